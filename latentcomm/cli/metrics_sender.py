@@ -1,0 +1,72 @@
+"""sender_sdvae_metrics.py: measure reconstruction quality locally, then send the latent only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from latentcomm.cli.common import HelpFormatter, add_model_args, add_network_args, run, setup_logging
+
+DESCRIPTION = """\
+Fit an image to 256x256 (centre crop, LANCZOS), encode it, decode it locally and print PSNR and
+SSIM of the reconstruction (what the receiver will show, since the wire's float16 latent is what
+is decoded here too), then send the latent only to receiver_sdvae.py and print the sender report.
+
+example:
+  python sender_sdvae_metrics.py --image temp/apple.jpeg --json
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sender_sdvae_metrics.py", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p.add_argument("--image", required=True, help="image file to measure and send")
+    add_network_args(p, listening=False)
+    add_model_args(p)
+    p.add_argument("--size", type=int, default=256, help="square size the image is centre-cropped to (multiple of 8)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the connection and the send")
+    p.add_argument("--json", action="store_true", help="print the metrics and report as one JSON object on stdout")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.size <= 0 or args.size % 8:
+        build_parser().error(f"--size must be a positive multiple of 8, got {args.size}")
+    setup_logging()
+    from latentcomm.codec import FLAG_FLOAT16, decode_latent
+    from latentcomm.engine import Engine
+    from latentcomm.images import load_image, tensor_to_pil
+    from latentcomm.metrics import psnr, ssim
+    from latentcomm.protocol import frame_to_bytes
+    from latentcomm.sender import build_frame, format_report, make_report, prepare
+    from latentcomm.transport import send_frame
+
+    load_image(args.image)
+    engine = Engine(args.model, args.device, args.precision)
+    prepared = prepare(args.image, args.size, fit="crop")
+    frame, facts = build_frame(engine, prepared, "f16", include_original=False)
+    t0 = time.perf_counter()
+    # Decode what the receiver will decode: the latent after the float16 round trip.
+    wire_latent = decode_latent(FLAG_FLOAT16, engine.latent_channels, frame.height, frame.width, frame.payload)
+    recon = tensor_to_pil(engine.decode(wire_latent))
+    decode_s = time.perf_counter() - t0
+    quality = {"psnr_db": round(psnr(prepared.image, recon), 3), "ssim": round(ssim(prepared.image, recon), 5),
+               "local_decode_s": round(decode_s, 4)}
+    data = frame_to_bytes(frame)
+    report = make_report(engine, args.image, prepared, frame, facts, "f16", len(data))
+    report.extra.update(quality)
+    if not args.json:
+        print(f"PSNR: {quality['psnr_db']:.2f} dB   SSIM: {quality['ssim']:.4f}", flush=True)
+    report.send_s = send_frame(args.host, args.port, data, timeout=args.timeout)
+    report.extra["model_load_s"] = round(engine.loaded.load_seconds, 3)
+    if args.json:
+        print(json.dumps(report.as_dict()), flush=True)
+    else:
+        print(format_report(report), flush=True)
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run(main))

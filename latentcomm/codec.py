@@ -1,0 +1,107 @@
+"""Latent codec: quantize a latent tensor and compress it, and the exact inverse.
+
+This module knows the legacy latent encodings of the original scripts:
+- flag 2: float16, little-endian (numpy's native order on every machine the scripts ran on);
+- flag 0: int8 with value = clip(round(latent * 127), -127, 127), decoded as int8 / 127. It can
+  only carry latents in [-1, 1]: raw SD VAE latents spread several units wide, so most of their
+  energy is clipped away. ``clipped_fraction`` reports how much, so users see the damage.
+
+The payload is gzip of the quantized values' bytes. Decompression is bounded by the size the header
+promises, so a tiny "gzip bomb" cannot make the receiver allocate more than that.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from latentcomm.errors import LocalProtocolError, RemoteProtocolError
+
+FLAG_INT8 = 0
+FLAG_FLOAT16 = 2
+#: ``--dtype`` names -> legacy header flags.
+DTYPE_FLAGS = {"f16": FLAG_FLOAT16, "i8": FLAG_INT8}
+_NUMPY_DTYPES = {FLAG_FLOAT16: np.dtype("<f2"), FLAG_INT8: np.dtype("i1")}
+
+
+@dataclass(frozen=True)
+class EncodedLatent:
+    """A latent ready for the wire: header flag, latent geometry and gzip payload."""
+
+    flag: int
+    channels: int
+    height: int
+    width: int
+    payload: bytes
+    clipped_fraction: float = 0.0  # int8 only: share of values outside [-1, 1]
+
+    @property
+    def raw_size(self) -> int:
+        return raw_latent_size(self.flag, self.channels, self.height, self.width)
+
+
+def raw_latent_size(flag: int, channels: int, height: int, width: int) -> int:
+    """Bytes of the uncompressed latent for a given flag and shape."""
+    if flag not in _NUMPY_DTYPES:
+        raise RemoteProtocolError(f"unknown latent flag {flag} (expected 0 = int8 or 2 = float16)")
+    return channels * height * width * _NUMPY_DTYPES[flag].itemsize
+
+
+def quantize(latent: torch.Tensor, flag: int) -> tuple[np.ndarray, float]:
+    """Latent tensor -> numpy array in the flag's wire dtype, and the fraction clipped (int8)."""
+    z = latent.detach().float().cpu().numpy()
+    if flag == FLAG_FLOAT16:
+        if not np.isfinite(z).all():
+            raise LocalProtocolError("latent contains NaN or inf; refusing to send it")
+        return z.astype("<f2"), float((np.abs(z) > 65504).mean())
+    if flag == FLAG_INT8:
+        clipped = float((np.abs(z) > 1.0).mean())
+        return np.clip(np.round(z * 127.0), -127, 127).astype(np.int8), clipped
+    raise LocalProtocolError(f"unknown latent flag {flag}")
+
+
+def encode_latent(latent: torch.Tensor, flag: int = FLAG_FLOAT16, level: int = 9) -> EncodedLatent:
+    """Quantize a (1, C, h, w) latent and gzip it, exactly as the original sender does."""
+    if latent.dim() != 4 or latent.shape[0] != 1:
+        raise LocalProtocolError(f"legacy frames carry one latent shaped (1, C, h, w), got {tuple(latent.shape)}")
+    _, c, h, w = latent.shape
+    if not (0 < h < 65536 and 0 < w < 65536):
+        raise LocalProtocolError(f"latent {h}x{w} does not fit the legacy header's 16-bit sizes")
+    q, clipped = quantize(latent, flag)
+    payload = gzip.compress(q.tobytes(), compresslevel=level, mtime=0)
+    return EncodedLatent(flag, c, h, w, payload, clipped)
+
+
+def bounded_gunzip(payload: bytes, expected: int) -> bytes:
+    """Gunzip ``payload`` producing exactly ``expected`` bytes, never allocating more than that.
+
+    Raises RemoteProtocolError for corrupt data or a size different from the header's promise.
+    """
+    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(payload, expected + 1)
+    except zlib.error as exc:
+        raise RemoteProtocolError(f"payload is not valid gzip data: {exc}") from None
+    if len(out) > expected:
+        raise RemoteProtocolError(f"payload inflates past the {expected} bytes the header promises")
+    if not d.eof:
+        raise RemoteProtocolError("payload is truncated gzip data")
+    if len(out) != expected:
+        raise RemoteProtocolError(f"payload holds {len(out)} bytes but the header's latent needs {expected}")
+    return out
+
+
+def decode_latent(flag: int, channels: int, height: int, width: int, payload: bytes) -> torch.Tensor:
+    """gzip payload -> float32 latent (1, C, h, w); the inverse of ``encode_latent``."""
+    expected = raw_latent_size(flag, channels, height, width)
+    raw = bounded_gunzip(payload, expected)
+    arr = np.frombuffer(raw, dtype=_NUMPY_DTYPES[flag]).astype(np.float32)
+    if flag == FLAG_INT8:
+        arr = arr / 127.0
+    elif not np.isfinite(arr).all():
+        raise RemoteProtocolError("latent contains NaN or inf values")
+    return torch.from_numpy(arr.reshape(1, channels, height, width))

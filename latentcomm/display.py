@@ -1,0 +1,85 @@
+"""Showing and saving the receiver's output: original and reconstruction side by side."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+def display_available() -> bool:
+    """Can matplotlib open a window here? (False on headless servers, CI, SSH without X.)"""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    import matplotlib
+
+    backend = matplotlib.get_backend().lower()
+    return backend not in ("agg", "pdf", "svg", "ps", "cairo", "template") and "inline" not in backend
+
+
+def _figure(original: Image.Image | None, recon: Image.Image, title: str | None = None):
+    import matplotlib.pyplot as plt
+
+    panels = [("Original", original), ("Reconstructed", recon)] if original is not None else [("Reconstructed", recon)]
+    w = max(recon.width, 1) / 100
+    h = max(recon.height, 1) / 100
+    scale = 4.0 / max(w, h)
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * w * scale, h * scale + 0.6), squeeze=False)
+    for ax, (name, img) in zip(axes[0], panels):
+        ax.imshow(img)
+        ax.set_title(name)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_outputs(out_dir: Path, index: int, original: Image.Image | None, recon: Image.Image) -> tuple[Path, Path]:
+    """Write NNNN_recon.png (exact pixels) and NNNN_compare.png (the side-by-side figure)."""
+    import matplotlib
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recon_path = out_dir / f"{index:04d}_recon.png"
+    compare_path = out_dir / f"{index:04d}_compare.png"
+    recon.save(recon_path)
+    if not display_available():
+        matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig = _figure(original, recon)
+    fig.savefig(compare_path, dpi=100)
+    plt.close(fig)
+    return recon_path, compare_path
+
+
+class Viewer:
+    """A matplotlib window that shows each new pair; ``block`` waits for the user to close it."""
+
+    def __init__(self) -> None:
+        import matplotlib.pyplot as plt
+
+        self._plt = plt
+        self._fig = None
+
+    def show(self, original: Image.Image | None, recon: Image.Image, title: str | None, block: bool) -> None:
+        plt = self._plt
+        if self._fig is not None:
+            plt.close(self._fig)
+        self._fig = _figure(original, recon, title)
+        if block:
+            plt.show()
+            self._fig = None
+        else:
+            plt.show(block=False)
+            plt.pause(0.001)
+
+    def pump(self) -> None:
+        """Keep an open window responsive while waiting for the next frame."""
+        if self._fig is not None and self._plt.fignum_exists(self._fig.number):
+            self._plt.pause(0.05)

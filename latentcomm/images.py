@@ -1,0 +1,138 @@
+"""Image <-> tensor conversion.
+
+Everything that turns a file into the autoencoder's input, or the autoencoder's output into pixels,
+lives here so that the sender, the receiver, the metrics script, training and the benchmarks agree
+on one convention: RGB, float tensors in [-1, 1] (the diffusers VAE convention), NCHW.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from latentcomm.errors import ImageError
+
+#: The autoencoder down-samples by 8; inputs must be a multiple of this.
+LATENT_STRIDE = 8
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Return an 8-bit RGB copy of any PIL image.
+
+    Grayscale, palette, RGBA (composited on white, so transparent areas don't turn black) and
+    16-bit images all occur in the wild; the model only understands 8-bit RGB.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image file as 8-bit RGB, honouring EXIF orientation.
+
+    Raises ImageError with a one-line reason for a missing, unreadable or non-image file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(f"image not found: {p}")
+    if p.is_dir():
+        raise ImageError(f"expected an image file, got a directory: {p}")
+    try:
+        with Image.open(p) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except UnidentifiedImageError:
+        raise ImageError(f"not an image Pillow can read: {p}") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read image {p}: {exc}") from None
+
+
+def decode_image_bytes(data: bytes) -> Image.Image:
+    """Decode encoded image bytes (PNG, JPEG...) to RGB; ImageError if they are not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return to_rgb(img)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageError(f"invalid image bytes: {exc}") from None
+
+
+def encode_png(img: Image.Image) -> bytes:
+    """PNG bytes of an image (lossless; used for reference images and tests)."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def resize_square(img: Image.Image, size: int) -> Image.Image:
+    """Plain resize to size x size, as the original sender does (aspect ratio not kept)."""
+    return img.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def center_crop_square(img: Image.Image, size: int) -> Image.Image:
+    """Fit to size x size by scaling the short side and cropping the centre (LANCZOS)."""
+    return ImageOps.fit(img, (size, size), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> float32 tensor (1, 3, H, W) in [-1, 1]."""
+    arr = np.asarray(to_rgb(img), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def tensor_to_pil(x: torch.Tensor) -> Image.Image:
+    """Tensor (1, 3, H, W) or (3, H, W) in [-1, 1] -> RGB PIL image (rounded, clipped)."""
+    return Image.fromarray(tensor_to_uint8(x), mode="RGB")
+
+
+def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Tensor in [-1, 1] -> HxWx3 uint8 array, rounding to nearest."""
+    if x.dim() == 4:
+        if x.shape[0] != 1:
+            raise ValueError(f"expected a single image, got batch of {x.shape[0]}")
+        x = x[0]
+    x = x.detach().float().cpu().clamp(-1.0, 1.0)
+    arr = ((x + 1.0) * 127.5).round().to(torch.uint8)
+    return arr.permute(1, 2, 0).numpy()
+
+
+def unit_float_to_image(arr: np.ndarray) -> Image.Image:
+    """Float (3, H, W) in [0, 1] (the original sender's wire layout) -> RGB image."""
+    hwc = np.clip(arr.transpose(1, 2, 0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(hwc, mode="RGB")
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = LATENT_STRIDE) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad an NCHW tensor on the bottom/right to a multiple of ``multiple``.
+
+    Reflection padding keeps the border statistics natural, so the codec doesn't waste bits (or
+    produce ringing) on an artificial black edge. Returns the padded tensor and the original (H, W)
+    to crop back to after decoding.
+    """
+    h, w = x.shape[-2:]
+    ph = (-h) % multiple
+    pw = (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if (ph < h and pw < w) else "replicate"
+        x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Crop an NCHW tensor back to (H, W) from the top-left corner."""
+    h, w = size
+    return x[..., :h, :w]

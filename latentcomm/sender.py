@@ -1,0 +1,137 @@
+"""The sending side: image file -> model input -> latent -> legacy frame -> socket, with a report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from latentcomm.codec import DTYPE_FLAGS, FLAG_INT8, encode_latent
+from latentcomm.engine import Engine
+from latentcomm.images import center_crop_square, load_image, pad_to_multiple, pil_to_tensor, resize_square
+from latentcomm.protocol import LegacyFrame, frame_to_bytes
+from latentcomm.transport import send_frame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SendReport:
+    """What one image cost; the same keys are printed by ``--json``."""
+
+    image: str
+    model: str
+    image_size: list[int]  # [H, W] the receiver reconstructs
+    latent_shape: list[int]
+    dtype: str
+    original_file_bytes: int
+    payload_bytes: int
+    frame_bytes: int
+    compression_ratio: float  # original file bytes / payload bytes
+    raw_compression_ratio: float  # 8-bit RGB pixel bytes / payload bytes
+    bpp: float  # payload bits per pixel
+    preprocess_s: float
+    encode_s: float
+    compress_s: float
+    send_s: float | None = None
+    clipped_fraction: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+
+@dataclass(frozen=True)
+class Prepared:
+    image: Image.Image  # the picture as the receiver should see it (resized/cropped)
+    tensor: object  # (1, 3, H', W') in [-1, 1], padded to a multiple of 8
+    size: tuple[int, int]  # (H, W) before padding
+    seconds: float
+
+
+def prepare(path: str | Path, size: int, fit: str = "resize") -> Prepared:
+    """Load an image and shape it for the model.
+
+    ``size`` > 0: square size x size, by plain resize (the original sender) or centre crop
+    (``fit="crop"``, the metrics script). ``size`` 0: native size, padded to a multiple of 8.
+    """
+    t0 = time.perf_counter()
+    img = load_image(path)
+    if size > 0:
+        img = resize_square(img, size) if fit == "resize" else center_crop_square(img, size)
+    tensor, hw = pad_to_multiple(pil_to_tensor(img))
+    return Prepared(img, tensor, hw, time.perf_counter() - t0)
+
+
+def build_frame(engine: Engine, prepared: Prepared, dtype: str = "f16", include_original: bool = True
+                ) -> tuple[LegacyFrame, dict]:
+    """Encode, quantize and compress; return the frame and timing/size facts."""
+    t0 = time.perf_counter()
+    latent = engine.encode(prepared.tensor)
+    t1 = time.perf_counter()
+    enc = encode_latent(latent, DTYPE_FLAGS[dtype])
+    original = None
+    if include_original:
+        # float32 [0, 1], (3, 8h, 8w): the padded picture, as the original sender lays it out.
+        original = np.ascontiguousarray((prepared.tensor[0].numpy() + 1.0) / 2.0, dtype=np.float32).tobytes()
+    padded_hw = tuple(prepared.tensor.shape[-2:])
+    frame = LegacyFrame(enc.flag, enc.height, enc.width, enc.payload, original,
+                        prepared.size if padded_hw != prepared.size else None)
+    t2 = time.perf_counter()
+    if enc.flag == FLAG_INT8 and enc.clipped_fraction > 0:
+        log.warning("int8 legacy latent: %.1f%% of values were outside [-1, 1] and clipped",
+                    100 * enc.clipped_fraction)
+    return frame, {"latent": latent, "encode_s": t1 - t0, "compress_s": t2 - t1,
+                   "clipped_fraction": enc.clipped_fraction}
+
+
+def send_image(engine: Engine, path: str | Path, host: str, port: int, size: int = 256, dtype: str = "f16",
+               include_original: bool = True, fit: str = "resize", timeout: float = 30.0) -> SendReport:
+    """The whole sender job for one image; raises LatentcommError subclasses on user errors."""
+    prepared = prepare(path, size, fit)
+    frame, facts = build_frame(engine, prepared, dtype, include_original)
+    data = frame_to_bytes(frame)
+    report = make_report(engine, path, prepared, frame, facts, dtype, len(data))
+    report.send_s = send_frame(host, port, data, timeout=timeout)
+    return report
+
+
+def make_report(engine: Engine, path: str | Path, prepared: Prepared, frame: LegacyFrame, facts: dict,
+                dtype: str, frame_bytes: int) -> SendReport:
+    h, w = prepared.size
+    payload = len(frame.payload)
+    file_bytes = Path(path).stat().st_size
+    return SendReport(
+        image=str(path), model=engine.source, image_size=[h, w],
+        latent_shape=[1, engine.latent_channels, frame.height, frame.width], dtype=dtype,
+        original_file_bytes=file_bytes, payload_bytes=payload, frame_bytes=frame_bytes,
+        compression_ratio=round(file_bytes / payload, 3), raw_compression_ratio=round(3 * h * w / payload, 3),
+        bpp=round(8 * payload / (h * w), 4), preprocess_s=round(prepared.seconds, 4),
+        encode_s=round(facts["encode_s"], 4), compress_s=round(facts["compress_s"], 4),
+        clipped_fraction=round(facts["clipped_fraction"], 6) if dtype == "i8" else None,
+    )
+
+
+def format_report(r: SendReport) -> str:
+    """The human-readable report the original sender printed, plus a few extra lines."""
+    lines = [
+        f"Image:                 {r.image} -> {r.image_size[1]}x{r.image_size[0]}",
+        f"Model:                 {r.model}",
+        f"Original file size:    {r.original_file_bytes:,} bytes",
+        f"Latent payload size:   {r.payload_bytes:,} bytes ({r.dtype}, latent {tuple(r.latent_shape)}, {r.bpp:.3f} bpp)",
+        f"Compression ratio:     {r.compression_ratio:.2f}x vs file, {r.raw_compression_ratio:.2f}x vs raw RGB",
+        f"Encoding time:         {r.encode_s:.3f} s",
+    ]
+    if r.send_s is not None:
+        lines.append(f"Transmission time:     {r.send_s:.4f} s ({r.frame_bytes:,} bytes on the wire)")
+    if r.clipped_fraction is not None:
+        lines.append(f"int8 clipped values:   {100 * r.clipped_fraction:.2f}% (legacy int8 only carries [-1, 1])")
+    for k, v in r.extra.items():
+        lines.append(f"{k + ':':<22} {v}")
+    return "\n".join(lines)

@@ -1,0 +1,258 @@
+"""Train the embedded autoencoder: ``python -m latentcomm.train``.
+
+The product needs real weights that work offline, with the SD VAE's latent interface (4 channels,
+8x down-sampling, input in [-1, 1]) so every code path and the legacy wire header work unchanged.
+This trains a small diffusers ``AutoencoderKL`` on random crops of the training photos.
+
+Design choices (why):
+- The decoder is fed ``latent_dist.mean`` plus uniform noise of one int8 step: that is what goes
+  over the wire, so the model learns to be robust to float16 and 8-bit rounding. A range penalty
+  keeps the latent inside [-1, 1], which is exactly what the legacy int8 frame (flag 0) can carry.
+- A tiny KL term keeps the posterior's variance meaningful for anyone calling ``sample()``.
+- EMA weights are exported, so the model is good whenever training is stopped.
+- Checkpoints are written atomically and include optimizer, EMA and RNG states: ``--resume``
+  continues bit-for-bit where it left off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from latentcomm import data
+from latentcomm.device import configure_threads, resolve_device, resolve_precision
+from latentcomm.images import center_crop_square, load_image, pil_to_tensor
+
+log = logging.getLogger("latentcomm.train")
+
+#: Multi-scale pyramid: evaluation happens at native size and at 256x256 (about 0.3x), so the
+#: model sees both fine and dense detail.
+SCALES = (1.0, 0.6, 0.35)
+
+
+def embedded_model_config() -> dict:
+    """The architecture of the embedded model (a plain diffusers AutoencoderKL config).
+
+    32/64/128/192 channels with two resnet layers per block and no mid-block attention: the cheap
+    full-resolution stages make a training step ~3x cheaper than 64 channels at full resolution
+    (measured here on 2 CPU cores), and 8.7M parameters fit in 18 MB of float16 safetensors.
+    """
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[32, 64, 128, 192],
+        layers_per_block=2,
+        latent_channels=4,
+        norm_num_groups=32,
+        act_fn="silu",
+        sample_size=256,
+        scaling_factor=1.0,
+        mid_block_add_attention=False,
+    )
+
+
+class CropSampler:
+    """Random crops + horizontal flips from an in-memory multi-scale pyramid of the photos."""
+
+    def __init__(self, paths: list[Path], crop: int, generator: torch.Generator) -> None:
+        self.crop = crop
+        self.gen = generator
+        self.images: list[torch.Tensor] = []
+        for p in tqdm(paths, desc="loading photos", unit="img"):
+            img = load_image(p)
+            for s in SCALES:
+                w, h = max(crop, round(img.width * s)), max(crop, round(img.height * s))
+                scaled = img if s == 1.0 else img.resize((w, h), Image.Resampling.LANCZOS)
+                self.images.append(torch.from_numpy(np.asarray(scaled).copy()).permute(2, 0, 1))
+
+    def batch(self, n: int) -> torch.Tensor:
+        out = torch.empty(n, 3, self.crop, self.crop)
+        c = self.crop
+        for i in range(n):
+            idx = int(torch.randint(len(self.images), (1,), generator=self.gen))
+            img = self.images[idx]
+            y = int(torch.randint(img.shape[1] - c + 1, (1,), generator=self.gen))
+            x = int(torch.randint(img.shape[2] - c + 1, (1,), generator=self.gen))
+            patch = img[:, y : y + c, x : x + c].float() / 127.5 - 1.0
+            if bool(torch.rand(1, generator=self.gen) < 0.5):
+                patch = patch.flip(-1)
+            out[i] = patch
+        return out
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 2% of the base rate."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def training_loss(model, x: torch.Tensor, kl_weight: float, range_weight: float) -> tuple[torch.Tensor, dict]:
+    """L1 + MSE reconstruction from the (noised) mean latent, a tiny KL, and a [-1, 1] range penalty."""
+    posterior = model.encode(x).latent_dist
+    z = posterior.mean
+    noise = (torch.rand_like(z) - 0.5) * (2.0 / 127.0)
+    recon = model.decode(z + noise).sample.float()
+    l1 = (recon - x).abs().mean()
+    mse = F.mse_loss(recon, x)
+    kl = posterior.kl().mean() / z[0].numel()
+    out_of_range = F.relu(z.float().abs() - 0.95).pow(2).mean()
+    loss = l1 + mse + kl_weight * kl + range_weight * out_of_range
+    psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-10))
+    return loss, {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "psnr": psnr,
+                  "kl": kl.item(), "zmax": z.detach().abs().max().item()}
+
+
+@torch.inference_mode()
+def evaluate(model, images: list[torch.Tensor], dtype: torch.dtype, device: torch.device) -> float:
+    """Mean PSNR (dB) over held-out images, computed on 8-bit pixels as a user would see them."""
+    psnrs = []
+    for x in images:
+        x = x.to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            y = model.decode(model.encode(x).latent_dist.mean).sample.float()
+        a = ((x.clamp(-1, 1) + 1) * 127.5).round()
+        b = ((y.clamp(-1, 1) + 1) * 127.5).round()
+        mse = (a - b).pow(2).mean().item()
+        psnrs.append(10 * math.log10(255.0**2 / max(mse, 1e-10)))
+    return float(np.mean(psnrs))
+
+
+def export(ema, out_dir: Path, meta: dict) -> None:
+    """Save the EMA model as a diffusers folder with float16 safetensors (small enough to commit)."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    half = copy.deepcopy(ema).to(torch.float16)
+    half.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "training_state.json").write_text(json.dumps(meta, indent=2) + "\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in tmp.iterdir():
+        os.replace(f, out_dir / f.name)
+    tmp.rmdir()
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m latentcomm.train", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", type=Path, default=data.PHOTOS_DIR, help="folder of training photos (held-out ones are skipped)")
+    p.add_argument("--run-dir", type=Path, default=data.REPO_ROOT / "runs" / "embedded", help="checkpoints and logs (not committed)")
+    p.add_argument("--export", type=Path, default=data.REPO_ROOT / "models" / "latentcomm-kl-f8", help="diffusers folder the EMA weights are exported to")
+    p.add_argument("--steps", type=int, default=4000, help="total optimisation steps (the LR schedule spans these)")
+    p.add_argument("--batch", type=int, default=16, help="crops per step")
+    p.add_argument("--crop", type=int, default=128, help="crop size in pixels (multiple of 8)")
+    p.add_argument("--lr", type=float, default=4e-4, help="peak learning rate (AdamW)")
+    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
+    p.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the KL term")
+    p.add_argument("--range-weight", type=float, default=1.0, help="weight of the penalty on |latent| > 0.95")
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, crops and noise")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+    p.add_argument("--precision", default="auto", help="auto|fp32|bf16|fp16 autocast for the forward pass")
+    p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints (and exports)")
+    p.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from run-dir/last.pt if present")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from diffusers import AutoencoderKL
+
+    device = resolve_device(args.device)
+    dtype = resolve_precision(args.precision, device)
+    if device.type == "cpu":
+        configure_threads()
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    paths = [p for p in sorted(args.data.glob("*.png")) if p.name not in data.HELDOUT_PHOTOS]
+    if not paths:
+        print(f"error: no training photos in {args.data}", file=sys.stderr)
+        return 2
+    sampler = CropSampler(paths, args.crop, gen)
+    heldout = [pil_to_tensor(center_crop_square(load_image(p), 256)) for p in data.heldout_photos(args.data)]
+
+    model = AutoencoderKL(**embedded_model_config()).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = args.run_dir / "last.pt"
+    step = 0
+    elapsed = 0.0
+    if args.resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        step, elapsed = state["step"], state.get("elapsed", 0.0)
+        log.info("resumed from %s at step %d", ckpt_path, step)
+    log.info("model: %.2fM parameters, device %s, autocast %s, %d training photos",
+             sum(p.numel() for p in model.parameters()) / 1e6, device, dtype, len(paths))
+
+    metrics_log = (args.run_dir / "metrics.jsonl").open("a")
+    bar = tqdm(total=args.steps, initial=step, desc="training", unit="step")
+    t0 = time.time() - elapsed
+    model.train()
+    while step < args.steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        x = sampler.batch(args.batch).to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss, stats = training_loss(model, x, args.kl_weight, args.range_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(psnr=f"{stats['psnr']:.2f}", loss=f"{stats['loss']:.4f}")
+        record = {"step": step, "lr": opt.param_groups[0]["lr"], "time_s": round(time.time() - t0, 1), **stats}
+        if step % args.eval_every == 0 or step == args.steps:
+            record["heldout_psnr_256"] = evaluate(ema, heldout, dtype, device)
+            log.info("step %d: held-out PSNR (EMA, 256x256) %.2f dB", step, record["heldout_psnr_256"])
+        metrics_log.write(json.dumps(record) + "\n")
+        metrics_log.flush()
+        if step % args.ckpt_every == 0 or step == args.steps:
+            elapsed = time.time() - t0
+            save_checkpoint(ckpt_path, {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                                        "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
+                                        "elapsed": elapsed, "args": {k: str(v) for k, v in vars(args).items()}})
+            export(ema, args.export, {"step": step, "train_seconds": round(elapsed), "batch": args.batch,
+                                      "crop": args.crop, "seed": args.seed, "device": str(device), "autocast": str(dtype)})
+    bar.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""Shared fixtures: a small real AutoencoderKL on disk, and the real scripts as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """Environment for the scripts: offline (no Hub), unbuffered, headless."""
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
+    env.pop("DISPLAY", None)
+    env.update(extra)
+    return env
+
+
+def make_tiny_vae(path: Path, seed: int = 0) -> Path:
+    """A small AutoencoderKL with the SD VAE's latent interface (4 channels, 8x down-sampling).
+
+    Built from a config and saved with save_pretrained, so the scripts load it through the same
+    from_pretrained path a user's --model takes.
+    """
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[8, 16, 16, 16], mid_block_add_attention=False,
+    )
+    vae.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_vae(tmp_path_factory.mktemp("models") / "tiny-vae")
+
+
+def run_script(name: str, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run one of the top-level scripts the way a user does, from the repository root."""
+    return subprocess.run([PYTHON, str(REPO / name), *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env or script_env())
+
+
+class ReceiverProcess:
+    """receiver_sdvae.py running in the background on a free port, its output collected by threads."""
+
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        self.proc = subprocess.Popen([PYTHON, str(REPO / "receiver_sdvae.py"), "--port", "0", *args], cwd=REPO,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env or script_env())
+        self.stdout_lines: queue.Queue[str] = queue.Queue()
+        self.stderr_text: list[str] = []
+        self._listening = threading.Event()
+        self.port: int | None = None
+        threading.Thread(target=self._pump_out, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
+
+    def _pump_out(self) -> None:
+        for line in self.proc.stdout:
+            self.stdout_lines.put(line)
+
+    def _pump_err(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr_text.append(line)
+            m = re.search(r"Receiver listening on [^ ]+:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                self._listening.set()
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.stderr_text)
+
+    def wait_listening(self, timeout: float = 120) -> int:
+        deadline = time.monotonic() + timeout
+        while not self._listening.wait(0.1):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"receiver did not start (rc={self.proc.poll()}):\n{self.stderr}")
+        assert self.port is not None
+        return self.port
+
+    def next_json(self, timeout: float = 120) -> dict:
+        """The next JSON object the receiver printed (needs --json)."""
+        try:
+            line = self.stdout_lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"receiver printed nothing in {timeout} s; stderr:\n{self.stderr}") from None
+        return json.loads(line)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+
+@pytest.fixture
+def start_receiver():
+    """Factory: start receivers; every one still running at the end of the test is stopped."""
+    started: list[ReceiverProcess] = []
+
+    def start(*args: str, env: dict | None = None) -> ReceiverProcess:
+        r = ReceiverProcess(*args, env=env)
+        started.append(r)
+        r.wait_listening()
+        return r
+
+    yield start
+    for r in started:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait()
