@@ -109,7 +109,7 @@ def load_autoencoder(model: str = AUTO, device: torch.device | str = "cpu",
     kwargs: dict = {"torch_dtype": torch_dtype}
     if looks_local:
         if not path.exists():
-            raise ModelLoadError(f"model folder {path} does not exist; pass a diffusers folder or a Hub id like {SD_VAE_ID}")
+            raise ModelLoadError(f"model folder {path} does not exist; pass --model a diffusers folder or a Hub id like {SD_VAE_ID}")
         sub = _check_local_folder(path)
         if sub:
             kwargs["subfolder"] = sub
