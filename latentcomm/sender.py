@@ -92,13 +92,14 @@ def build_frame(engine: Engine, prepared: Prepared, dtype: str = "f16", include_
 
 
 def send_image(engine: Engine, path: str | Path, host: str, port: int, size: int = 256, dtype: str = "f16",
-               include_original: bool = True, fit: str = "resize", timeout: float = 30.0) -> SendReport:
+               include_original: bool = True, fit: str = "resize", timeout: float = 30.0,
+               wait_for: float = 0.0) -> SendReport:
     """The whole sender job for one image; raises LatentcommError subclasses on user errors."""
     prepared = prepare(path, size, fit)
     frame, facts = build_frame(engine, prepared, dtype, include_original)
     data = frame_to_bytes(frame)
     report = make_report(engine, path, prepared, frame, facts, dtype, len(data))
-    report.send_s = send_frame(host, port, data, timeout=timeout)
+    report.send_s = send_frame(host, port, data, timeout=timeout, wait_for=wait_for)
     return report
 
 

@@ -26,15 +26,28 @@ log = logging.getLogger(__name__)
 RECV_CHUNK = 256 * 1024
 
 
-def send_frame(host: str, port: int, data: bytes, timeout: float = 30.0) -> float:
-    """Connect, send ``data``, close. Returns the seconds spent connecting and sending.
+def _connect(host: str, port: int, timeout: float, wait_for: float) -> socket.socket:
+    """Open a connection, retrying a refused one for up to ``wait_for`` seconds (receiver starting)."""
+    deadline = time.monotonic() + wait_for
+    while True:
+        try:
+            return socket.create_connection((host, port), timeout=timeout)
+        except ConnectionRefusedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.25)
 
-    Raises TransportError with a one-line, actionable message for the usual failures.
+
+def send_frame(host: str, port: int, data: bytes, timeout: float = 30.0, wait_for: float = 0.0) -> float:
+    """Connect, send ``data``, close. Returns the seconds from connected to sent (TCP handshake excluded).
+
+    ``wait_for``: keep retrying a refused connection this long, so a sender can be started
+    together with its receiver. Raises TransportError with a one-line, actionable message.
     """
-    t0 = time.perf_counter()
     where = f"{host}:{port}"
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        with _connect(host, port, timeout, wait_for) as sock:
+            t0 = time.perf_counter()
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)

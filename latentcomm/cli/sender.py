@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-original", action="store_true",
                    help="send the latent only, not the original image (the receiver then shows the reconstruction alone)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the connection and the send")
+    p.add_argument("--wait-for-receiver", type=float, default=0.0, metavar="S",
+                   help="if the receiver refuses the connection, keep retrying for S seconds (start both together)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
     return p
 
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     load_image(args.image)  # fail on a bad image before spending seconds on the model
     engine = Engine(args.model, args.device, args.precision)
     report = send_image(engine, args.image, args.host, args.port, size=args.size, dtype=args.dtype,
-                        include_original=not args.no_original, timeout=args.timeout)
+                        include_original=not args.no_original, timeout=args.timeout,
+                        wait_for=args.wait_for_receiver)
     report.extra["model_load_s"] = round(engine.loaded.load_seconds, 3)
     if args.json:
         print(json.dumps(report.as_dict()), flush=True)
