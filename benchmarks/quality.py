@@ -23,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 from PIL import Image, features  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -61,12 +60,34 @@ def fit_budget(img: Image.Image, fmt: str, budget: int) -> tuple[int, bytes, Ima
     return best if best is not None else (1, *pixel_codec(img, fmt, 1))
 
 
-def row(codec: str, dataset: str, size: str, name: str, img: Image.Image, nbytes: int, recon: Image.Image,
-        enc_s: float, dec_s: float, **extra) -> dict:
+def row(
+    codec: str,
+    dataset: str,
+    size: str,
+    name: str,
+    img: Image.Image,
+    nbytes: int,
+    recon: Image.Image,
+    enc_s: float,
+    dec_s: float,
+    **extra,
+) -> dict:
     pixels = img.width * img.height
-    return {"codec": codec, "dataset": dataset, "size": size, "image": name, "width": img.width,
-            "height": img.height, "bytes": nbytes, "bpp": 8 * nbytes / pixels, "psnr-rgb": psnr(img, recon),
-            "ssim-rgb": ssim(img, recon), "encoding_time": enc_s, "decoding_time": dec_s, **extra}
+    return {
+        "codec": codec,
+        "dataset": dataset,
+        "size": size,
+        "image": name,
+        "width": img.width,
+        "height": img.height,
+        "bytes": nbytes,
+        "bpp": 8 * nbytes / pixels,
+        "psnr-rgb": psnr(img, recon),
+        "ssim-rgb": ssim(img, recon),
+        "encoding_time": enc_s,
+        "decoding_time": dec_s,
+        **extra,
+    }
 
 
 def evaluate(engine: Engine, sets: dict[str, list[Path]], sizes: list[str], sweep: bool) -> list[dict]:
@@ -89,18 +110,45 @@ def evaluate(engine: Engine, sets: dict[str, list[Path]], sizes: list[str], swee
             z = decode_latent(flag, enc.channels, enc.height, enc.width, enc.payload)
             recon = tensor_to_pil(engine.decode_image(z, hw))
             dec_s = time.perf_counter() - t2
-            rows.append(row(codec, ds, size, path.name, img, len(enc.payload), recon, enc_s + q_s, dec_s,
-                            clipped_fraction=enc.clipped_fraction))
+            rows.append(
+                row(
+                    codec,
+                    ds,
+                    size,
+                    path.name,
+                    img,
+                    len(enc.payload),
+                    recon,
+                    enc_s + q_s,
+                    dec_s,
+                    clipped_fraction=enc.clipped_fraction,
+                )
+            )
             budget = budget or len(enc.payload)
         for fmt in PIXEL_CODECS:
             q, blob, recon, e, d = fit_budget(img, fmt, budget)
-            rows.append(row(fmt.lower(), ds, size, path.name, img, len(blob), recon, e, d, quality=q,
-                            budget=budget, over_budget=len(blob) > budget))
+            rows.append(
+                row(
+                    fmt.lower(),
+                    ds,
+                    size,
+                    path.name,
+                    img,
+                    len(blob),
+                    recon,
+                    e,
+                    d,
+                    quality=q,
+                    budget=budget,
+                    over_budget=len(blob) > budget,
+                )
+            )
             if sweep:
                 for q in SWEEP:
                     blob, recon, e, d = pixel_codec(img, fmt, q)
-                    rows.append(row(f"{fmt.lower()}-sweep", ds, size, path.name, img, len(blob), recon, e, d,
-                                    quality=q))
+                    rows.append(
+                        row(f"{fmt.lower()}-sweep", ds, size, path.name, img, len(blob), recon, e, d, quality=q)
+                    )
     return rows
 
 
@@ -121,14 +169,18 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def print_table(summary: list[dict]) -> None:
-    print(f"{'dataset':<8} {'size':<7} {'codec':<11} {'n':>3} {'bytes':>9} {'bpp':>7} {'PSNR dB':>8} {'SSIM':>7} "
-          f"{'enc s':>7} {'dec s':>7}")
+    print(
+        f"{'dataset':<8} {'size':<7} {'codec':<11} {'n':>3} {'bytes':>9} {'bpp':>7} {'PSNR dB':>8} {'SSIM':>7} "
+        f"{'enc s':>7} {'dec s':>7}"
+    )
     for s in summary:
         if s["codec"].endswith("sweep"):
             continue
-        print(f"{s['dataset']:<8} {s['size']:<7} {s['codec']:<11} {s['images']:>3} {s['bytes']:>9.0f} "
-              f"{s['bpp']:>7.3f} {s['psnr-rgb']:>8.2f} {s['ssim-rgb']:>7.4f} {s['encoding_time']:>7.3f} "
-              f"{s['decoding_time']:>7.3f}")
+        print(
+            f"{s['dataset']:<8} {s['size']:<7} {s['codec']:<11} {s['images']:>3} {s['bytes']:>9.0f} "
+            f"{s['bpp']:>7.3f} {s['psnr-rgb']:>8.2f} {s['ssim-rgb']:>7.4f} {s['encoding_time']:>7.3f} "
+            f"{s['decoding_time']:>7.3f}"
+        )
 
 
 def plot(summary: list[dict], path: Path, title: str) -> None:
@@ -145,8 +197,14 @@ def plot(summary: list[dict], path: Path, title: str) -> None:
         for fmt, color in colors.items():
             curve = sorted((s for s in sel if s["codec"] == f"{fmt}-sweep"), key=lambda s: s["bpp"])
             if curve:
-                ax.plot([s["bpp"] for s in curve], [s["psnr-rgb"] for s in curve], "-", color=color, alpha=0.6,
-                        label=f"{fmt.upper()} (quality sweep)")
+                ax.plot(
+                    [s["bpp"] for s in curve],
+                    [s["psnr-rgb"] for s in curve],
+                    "-",
+                    color=color,
+                    alpha=0.6,
+                    label=f"{fmt.upper()} (quality sweep)",
+                )
             at = [s for s in sel if s["codec"] == fmt]
             if at:
                 ax.plot(at[0]["bpp"], at[0]["psnr-rgb"], "s", color=color, label=f"{fmt.upper()} at f16 budget")
@@ -188,8 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = evaluate(engine, sets, [s.strip() for s in args.sizes.split(",")], sweep=not args.no_sweep)
     summary = summarize(rows)
     print_table(summary)
-    result = {"model": engine.source, "device": str(engine.device), "precision": str(engine.dtype),
-              "pixel_codecs": PIXEL_CODECS, "summary": summary, "rows": rows}
+    result = {
+        "model": engine.source,
+        "device": str(engine.device),
+        "precision": str(engine.dtype),
+        "pixel_codecs": PIXEL_CODECS,
+        "summary": summary,
+        "rows": rows,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     plot(summary, args.plot, f"{Path(engine.source).name} vs pixel codecs (held-out data)")

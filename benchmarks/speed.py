@@ -36,7 +36,7 @@ from tqdm import tqdm  # noqa: E402
 
 from latentcomm.codec import FLAG_FLOAT16, decode_latent, encode_latent  # noqa: E402
 from latentcomm.engine import Engine  # noqa: E402
-from latentcomm.images import pil_to_tensor, tensor_to_pil  # noqa: E402
+from latentcomm.images import tensor_to_pil  # noqa: E402
 from latentcomm.protocol import LegacyFrame, frame_to_bytes  # noqa: E402
 from latentcomm.sender import prepare  # noqa: E402
 from latentcomm.transport import FrameServer, send_frame  # noqa: E402
@@ -46,9 +46,17 @@ IMAGE = REPO / "temp" / "apple.jpeg"
 
 #: stabilityai/sd-vae-ft-ema's architecture (its config.json), written here so nothing is downloaded.
 SD_VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32, act_fn="silu",
-    block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-    up_block_types=["UpDecoderBlock2D"] * 4, sample_size=256, scaling_factor=0.18215,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    norm_num_groups=32,
+    act_fn="silu",
+    block_out_channels=[128, 256, 512, 512],
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    sample_size=256,
+    scaling_factor=0.18215,
 )
 TINY_CONFIG = dict(SD_VAE_CONFIG, block_out_channels=[16, 16, 32, 32], norm_num_groups=8, layers_per_block=1)
 
@@ -191,14 +199,21 @@ enc = encode_latent(z)
 out = tensor_to_pil(e.decode_image(decode_latent(enc.flag, 4, enc.height, enc.width, enc.payload), p.size))
 t2 = time.perf_counter()
 assert out.size == ({size}, {size})
-print(json.dumps(dict(encode_s=t1 - t, decode_s=t2 - t1, peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(json.dumps(dict(encode_s=t1 - t, decode_s=t2 - t1, peak_rss_gib=rss)))
 """
 
 
 def large_image(model_dir: Path, size: int, precision: str, tmp: Path) -> dict:
     """--size 0 on a size x size image in a fresh process: time and peak resident memory (tiled path)."""
-    code = LARGE_SCRIPT.format(repo=str(REPO), model=str(model_dir), precision=precision, image=str(IMAGE),
-                               size=size, path=str(tmp / "large.png"))
+    code = LARGE_SCRIPT.format(
+        repo=str(REPO),
+        model=str(model_dir),
+        precision=precision,
+        image=str(IMAGE),
+        size=size,
+        path=str(tmp / "large.png"),
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return {"size": size, **json.loads(out.stdout.strip().splitlines()[-1])}
 
@@ -245,7 +260,9 @@ def run(args: argparse.Namespace) -> dict:
         result["precision"] = str(engine.dtype)
         for size in args.sizes:
             r: dict = {}
-            orig = [original_way(model_dir, size, link) for _ in tqdm(range(args.original_reps), desc=f"original {size}")]
+            orig = [
+                original_way(model_dir, size, link) for _ in tqdm(range(args.original_reps), desc=f"original {size}")
+            ]
             warm = [ours_warm(engine, size, link) for _ in tqdm(range(args.reps), desc=f"ours warm {size}")]
             r["original"] = {k: median([o[k] for o in orig]) for k in orig[0]}
             r["ours_warm"] = {k: median([w[k] for w in warm]) for k in warm[0]}
@@ -278,12 +295,25 @@ def run(args: argparse.Namespace) -> dict:
     if (EMBEDDED_MODEL_DIR / "config.json").exists():
         fast = Engine(str(EMBEDDED_MODEL_DIR), "cpu", args.precision, warmup=False)
         result["quality_guard_psnr_db"]["embedded_model_real_weights"] = quality_guard(EMBEDDED_MODEL_DIR, fast)
-    result["matmul_peak_tflops"] = {"fp32": matmul_peak(torch.float32) / 1e12, "bf16": matmul_peak(torch.bfloat16) / 1e12}
+    result["matmul_peak_tflops"] = {
+        "fp32": matmul_peak(torch.float32) / 1e12,
+        "bf16": matmul_peak(torch.bfloat16) / 1e12,
+    }
     return result
 
 
-STAGES = ["load_sender", "load_receiver", "preprocess", "encode", "quantize_compress", "send", "decompress", "decode",
-          "postprocess", "end_to_end"]
+STAGES = [
+    "load_sender",
+    "load_receiver",
+    "preprocess",
+    "encode",
+    "quantize_compress",
+    "send",
+    "decompress",
+    "decode",
+    "postprocess",
+    "end_to_end",
+]
 
 
 def print_table(res: dict) -> None:
@@ -298,19 +328,27 @@ def print_table(res: dict) -> None:
             fmt = lambda v: f"{v:>10.4f}" if v is not None else f"{'-':>10}"  # noqa: E731
             print(f"{k:<20} {fmt(o)} {fmt(w)} {sp}")
         c = r["ours_cold"]
-        print(f"ours cold (new process): {c['process_wall']:.2f} s wall (imports {c['imports']:.2f}, load+warm-up "
-              f"{c['load_and_warmup']:.2f}, first image {c['first_image']:.2f})")
-        print(f"stream of {r['stream_images']}: ours {r['ours_stream_images_per_s']:.2f} img/s vs original "
-              f"{r['original_stream_images_per_s']:.3f} img/s = {r['speedup_stream']:.1f}x; "
-              f"warm end-to-end speedup {r['speedup_end_to_end_warm']:.1f}x")
+        print(
+            f"ours cold (new process): {c['process_wall']:.2f} s wall (imports {c['imports']:.2f}, load+warm-up "
+            f"{c['load_and_warmup']:.2f}, first image {c['first_image']:.2f})"
+        )
+        print(
+            f"stream of {r['stream_images']}: ours {r['ours_stream_images_per_s']:.2f} img/s vs original "
+            f"{r['original_stream_images_per_s']:.3f} img/s = {r['speedup_stream']:.1f}x; "
+            f"warm end-to-end speedup {r['speedup_end_to_end_warm']:.1f}x"
+        )
         f = r["flops"]
-        print(f"model: encode {f['encode_flops'] / 1e9:.1f} GFLOP, decode {f['decode_flops'] / 1e9:.1f} GFLOP; "
-              f"achieved encode {f['encode_tflops_achieved']:.2f} / decode {f['decode_tflops_achieved']:.2f} TFLOP/s "
-              f"(original fp32 {f['original_encode_tflops']:.2f} / {f['original_decode_tflops']:.2f})")
+        print(
+            f"model: encode {f['encode_flops'] / 1e9:.1f} GFLOP, decode {f['decode_flops'] / 1e9:.1f} GFLOP; "
+            f"achieved encode {f['encode_tflops_achieved']:.2f} / decode {f['decode_tflops_achieved']:.2f} TFLOP/s "
+            f"(original fp32 {f['original_encode_tflops']:.2f} / {f['original_decode_tflops']:.2f})"
+        )
     if "large_image" in res:
         li = res["large_image"]
-        print(f"{li['size']}x{li['size']} at native size (tiled): encode {li['encode_s']:.1f} s, decode "
-              f"{li['decode_s']:.1f} s, peak memory {li['peak_rss_gib']:.2f} GiB")
+        print(
+            f"{li['size']}x{li['size']} at native size (tiled): encode {li['encode_s']:.1f} s, decode "
+            f"{li['decode_s']:.1f} s, peak memory {li['peak_rss_gib']:.2f} GiB"
+        )
     p = res["matmul_peak_tflops"]
     for name, db in res["quality_guard_psnr_db"].items():
         print(f"quality guard, fast path vs fp32 ({name}): {db:.1f} dB (target >= 40)")
@@ -319,8 +357,12 @@ def print_table(res: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[256, 512],
-                   help="comma list of square image sizes")
+    p.add_argument(
+        "--sizes",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=[256, 512],
+        help="comma list of square image sizes",
+    )
     p.add_argument("--reps", type=int, default=5, help="warm repetitions per size (median reported)")
     p.add_argument("--original-reps", type=int, default=3, help="repetitions of the original way per size")
     p.add_argument("--stream", type=int, default=50, help="images in the throughput stream")

@@ -30,7 +30,7 @@ def _figure(original: Image.Image | None, recon: Image.Image, title: str | None 
     h = max(recon.height, 1) / 100
     scale = 4.0 / max(w, h)
     fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * w * scale, h * scale + 0.6), squeeze=False)
-    for ax, (name, img) in zip(axes[0], panels):
+    for ax, (name, img) in zip(axes[0], panels, strict=True):
         ax.imshow(img)
         ax.set_title(name)
         ax.axis("off")

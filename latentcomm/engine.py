@@ -33,8 +33,14 @@ class Engine:
     only pays for compute.
     """
 
-    def __init__(self, model: str = AUTO, device: str = "auto", precision: str = "auto",
-                 warmup: bool = True, channels_last: bool = True) -> None:
+    def __init__(
+        self,
+        model: str = AUTO,
+        device: str = "auto",
+        precision: str = "auto",
+        warmup: bool = True,
+        channels_last: bool = True,
+    ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         if self.device.type == "cpu":
@@ -47,8 +53,10 @@ class Engine:
         #: Pixels per latent cell: each encoder block but the last halves the resolution.
         self.stride = 2 ** (len(self.vae.config.block_out_channels) - 1)
         if self.stride != LATENT_STRIDE:
-            raise ModelLoadError(f"{self.loaded.source} down-samples by {self.stride}, but the wire format needs "
-                                 f"{LATENT_STRIDE} (the SD VAE's latent interface)")
+            raise ModelLoadError(
+                f"{self.loaded.source} down-samples by {self.stride}, but the wire format needs "
+                f"{LATENT_STRIDE} (the SD VAE's latent interface)"
+            )
         self.warmup_seconds = 0.0
         if warmup:
             t0 = time.perf_counter()

@@ -90,8 +90,9 @@ def _check_local_folder(path: Path) -> str | None:
     raise ModelLoadError(f"{path} has no config.json (nor vae/config.json): not a diffusers model folder")
 
 
-def load_autoencoder(model: str = AUTO, device: torch.device | str = "cpu",
-                     torch_dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_autoencoder(
+    model: str = AUTO, device: torch.device | str = "cpu", torch_dtype: torch.dtype = torch.float32
+) -> LoadedModel:
     """Load an ``AutoencoderKL`` from a Hub id or a local diffusers folder.
 
     ``auto`` picks the SD VAE when it is in the local Hugging Face cache or the Hub answers within
@@ -109,7 +110,9 @@ def load_autoencoder(model: str = AUTO, device: torch.device | str = "cpu",
     kwargs: dict = {"torch_dtype": torch_dtype}
     if looks_local:
         if not path.exists():
-            raise ModelLoadError(f"model folder {path} does not exist; pass --model a diffusers folder or a Hub id like {SD_VAE_ID}")
+            raise ModelLoadError(
+                f"model folder {path} does not exist; pass --model a diffusers folder or a Hub id like {SD_VAE_ID}"
+            )
         sub = _check_local_folder(path)
         if sub:
             kwargs["subfolder"] = sub
@@ -124,8 +127,11 @@ def load_autoencoder(model: str = AUTO, device: torch.device | str = "cpu",
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if looks_local:
             raise ModelLoadError(f"cannot load AutoencoderKL from {source}: {detail}") from None
-        hint = ("it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" if _offline()
-                else "it is not in the local Hugging Face cache and the Hub could not be reached")
+        hint = (
+            "it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+            if _offline()
+            else "it is not in the local Hugging Face cache and the Hub could not be reached"
+        )
         raise ModelLoadError(
             f"cannot load {source} from the Hub ({hint}); run once with network access to cache it, "
             f"or pass --model with a local diffusers folder such as {EMBEDDED_MODEL_DIR} [{detail[:160]}]"
@@ -145,8 +151,10 @@ def sd_vae_cached() -> bool:
     cfg = try_to_load_from_cache(SD_VAE_ID, "config.json")
     if not isinstance(cfg, str):
         return False
-    return any(isinstance(try_to_load_from_cache(SD_VAE_ID, f), str)
-               for f in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"))
+    return any(
+        isinstance(try_to_load_from_cache(SD_VAE_ID, f), str)
+        for f in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+    )
 
 
 def choose_default_model() -> str:
@@ -158,7 +166,9 @@ def choose_default_model() -> str:
         log.info("using %s (downloading from the Hub)", SD_VAE_ID)
         return SD_VAE_ID
     if not EMBEDDED_MODEL_DIR.is_dir():
-        raise ModelLoadError(f"{SD_VAE_ID} is not cached, the Hub is unreachable, and the embedded model "
-                             f"{EMBEDDED_MODEL_DIR} is missing; pass --model with a local diffusers folder")
+        raise ModelLoadError(
+            f"{SD_VAE_ID} is not cached, the Hub is unreachable, and the embedded model "
+            f"{EMBEDDED_MODEL_DIR} is missing; pass --model with a local diffusers folder"
+        )
     log.warning("%s not cached and the Hub is unreachable: using the embedded model %s", SD_VAE_ID, EMBEDDED_MODEL_DIR)
     return str(EMBEDDED_MODEL_DIR)

@@ -95,7 +95,8 @@ def _check_geometry(flag: int, height: int, width: int, limits: Limits) -> None:
         raise RemoteProtocolError(f"empty latent {height}x{width}")
     if LATENT_CHANNELS * height * width > limits.max_latent_elements:
         raise RemoteProtocolError(
-            f"latent 4x{height}x{width} exceeds the limit of {limits.max_latent_elements} elements")
+            f"latent 4x{height}x{width} exceeds the limit of {limits.max_latent_elements} elements"
+        )
 
 
 def frame_to_bytes(frame: LegacyFrame) -> bytes:
@@ -113,8 +114,10 @@ def frame_to_bytes(frame: LegacyFrame) -> bytes:
         parts.append(frame.original)
     if frame.original_size is not None:
         oh, ow = frame.original_size
-        if not (frame.height * STRIDE - STRIDE < oh <= frame.height * STRIDE
-                and frame.width * STRIDE - STRIDE < ow <= frame.width * STRIDE):
+        if not (
+            frame.height * STRIDE - STRIDE < oh <= frame.height * STRIDE
+            and frame.width * STRIDE - STRIDE < ow <= frame.width * STRIDE
+        ):
             raise LocalProtocolError(f"original size {oh}x{ow} is not the latent's size minus padding")
         parts.append(SIZE_TRAILER.pack(SIZE_TRAILER_MAGIC, oh, ow))
     return b"".join(parts)
@@ -165,7 +168,8 @@ class LegacyReceiver:
             _check_geometry(flag, h, w, self.limits)
             if payload_len > self.limits.max_payload_bytes:
                 raise RemoteProtocolError(
-                    f"payload of {payload_len} bytes exceeds the limit of {self.limits.max_payload_bytes}")
+                    f"payload of {payload_len} bytes exceeds the limit of {self.limits.max_payload_bytes}"
+                )
             if payload_len == 0:
                 raise RemoteProtocolError("empty payload")
             self._header = (payload_len, flag, h, w)
@@ -187,8 +191,10 @@ class LegacyReceiver:
         payload_len, flag, h, w = self._header
         end = HEADER.size + payload_len
         if len(self._buf) < end:
-            raise RemoteProtocolError(f"connection closed after {len(self._buf) - HEADER.size} of {payload_len} payload bytes")
-        payload = bytes(self._buf[HEADER.size:end])
+            raise RemoteProtocolError(
+                f"connection closed after {len(self._buf) - HEADER.size} of {payload_len} payload bytes"
+            )
+        payload = bytes(self._buf[HEADER.size : end])
         rest = memoryview(self._buf)[end:]
         img_len = original_image_size(h, w)
         original: bytes | None = None
@@ -204,7 +210,8 @@ class LegacyReceiver:
         elif len(rest):
             raise RemoteProtocolError(
                 f"connection closed after {len(rest)} bytes following the payload; expected 0 or {img_len} "
-                "(the original image)")
+                "(the original image)"
+            )
         self._done = True
         self._buf = bytearray()
         return LegacyFrame(flag, h, w, payload, original, size)

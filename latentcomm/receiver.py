@@ -45,8 +45,9 @@ class Receiver:
 
     def __init__(self, engine: Engine, options: ReceiverOptions, stdout: TextIO = sys.stdout) -> None:
         if engine.latent_channels != LATENT_CHANNELS:
-            raise LatentcommError(f"legacy frames carry 4-channel latents; model {engine.source} has "
-                                  f"{engine.latent_channels}")
+            raise LatentcommError(
+                f"legacy frames carry 4-channel latents; model {engine.source} has {engine.latent_channels}"
+            )
         self.engine = engine
         self.opts = options
         self.stdout = stdout
@@ -58,8 +59,9 @@ class Receiver:
             else:
                 if self.opts.out_dir is None:
                     self.opts.out_dir = DEFAULT_HEADLESS_OUT
-                log.warning("no display available; saving images to %s instead of showing them",
-                            self.opts.out_dir.resolve())
+                log.warning(
+                    "no display available; saving images to %s instead of showing them", self.opts.out_dir.resolve()
+                )
 
     def handle(self, item: ReceivedFrame) -> dict | None:
         """Decode, show/save and report one frame; a bad frame is logged and skipped."""
@@ -81,19 +83,27 @@ class Receiver:
             original = unit_float_to_image(original_arr).crop((0, 0, f.image_size[1], f.image_size[0]))
         index = self.summary.images_ok + 1
         report = {
-            "index": index, "peer": item.peer, "model": self.engine.source,
-            "flag": f.flag, "dtype": "f16" if f.flag == 2 else "i8",
+            "index": index,
+            "peer": item.peer,
+            "model": self.engine.source,
+            "flag": f.flag,
+            "dtype": "f16" if f.flag == 2 else "i8",
             "latent_shape": [1, LATENT_CHANNELS, f.height, f.width],
-            "image_size": list(f.image_size), "payload_bytes": len(f.payload), "frame_bytes": item.frame_bytes,
-            "has_original": original is not None, "receive_s": round(item.receive_seconds, 4),
-            "decompress_s": round(t1 - t0, 4), "decode_s": round(decode_s, 4),
+            "image_size": list(f.image_size),
+            "payload_bytes": len(f.payload),
+            "frame_bytes": item.frame_bytes,
+            "has_original": original is not None,
+            "receive_s": round(item.receive_seconds, 4),
+            "decompress_s": round(t1 - t0, 4),
+            "decode_s": round(decode_s, 4),
         }
         if self.opts.out_dir is not None:
             recon_path, compare_path = save_outputs(self.opts.out_dir, index, original, recon)
             report.update(recon_path=str(recon_path), compare_path=str(compare_path))
         if self.viewer is not None:
-            self.viewer.show(original, recon, f"#{index} from {item.peer}: {len(f.payload):,} byte latent",
-                             block=self.opts.once)
+            self.viewer.show(
+                original, recon, f"#{index} from {item.peer}: {len(f.payload):,} byte latent", block=self.opts.once
+            )
         report["decode_display_s"] = round(time.perf_counter() - t0, 4)
         self.summary.images_ok += 1
         self._print(report)

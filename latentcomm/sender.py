@@ -69,8 +69,9 @@ def prepare(path: str | Path, size: int, fit: str = "resize") -> Prepared:
     return Prepared(img, tensor, hw, time.perf_counter() - t0)
 
 
-def build_frame(engine: Engine, prepared: Prepared, dtype: str = "f16", include_original: bool = True
-                ) -> tuple[LegacyFrame, dict]:
+def build_frame(
+    engine: Engine, prepared: Prepared, dtype: str = "f16", include_original: bool = True
+) -> tuple[LegacyFrame, dict]:
     """Encode, quantize and compress; return the frame and timing/size facts."""
     t0 = time.perf_counter()
     latent = engine.encode(prepared.tensor)
@@ -81,19 +82,32 @@ def build_frame(engine: Engine, prepared: Prepared, dtype: str = "f16", include_
         # float32 [0, 1], (3, 8h, 8w): the padded picture, as the original sender lays it out.
         original = np.ascontiguousarray((prepared.tensor[0].numpy() + 1.0) / 2.0, dtype=np.float32).tobytes()
     padded_hw = tuple(prepared.tensor.shape[-2:])
-    frame = LegacyFrame(enc.flag, enc.height, enc.width, enc.payload, original,
-                        prepared.size if padded_hw != prepared.size else None)
+    frame = LegacyFrame(
+        enc.flag, enc.height, enc.width, enc.payload, original, prepared.size if padded_hw != prepared.size else None
+    )
     t2 = time.perf_counter()
     if enc.flag == FLAG_INT8 and enc.clipped_fraction > 0:
-        log.warning("int8 legacy latent: %.1f%% of values were outside [-1, 1] and clipped",
-                    100 * enc.clipped_fraction)
-    return frame, {"latent": latent, "encode_s": t1 - t0, "compress_s": t2 - t1,
-                   "clipped_fraction": enc.clipped_fraction}
+        log.warning("int8 legacy latent: %.1f%% of values were outside [-1, 1] and clipped", 100 * enc.clipped_fraction)
+    return frame, {
+        "latent": latent,
+        "encode_s": t1 - t0,
+        "compress_s": t2 - t1,
+        "clipped_fraction": enc.clipped_fraction,
+    }
 
 
-def send_image(engine: Engine, path: str | Path, host: str, port: int, size: int = 256, dtype: str = "f16",
-               include_original: bool = True, fit: str = "resize", timeout: float = 30.0,
-               wait_for: float = 0.0) -> SendReport:
+def send_image(
+    engine: Engine,
+    path: str | Path,
+    host: str,
+    port: int,
+    size: int = 256,
+    dtype: str = "f16",
+    include_original: bool = True,
+    fit: str = "resize",
+    timeout: float = 30.0,
+    wait_for: float = 0.0,
+) -> SendReport:
     """The whole sender job for one image; raises LatentcommError subclasses on user errors."""
     prepared = prepare(path, size, fit)
     frame, facts = build_frame(engine, prepared, dtype, include_original)
@@ -103,18 +117,27 @@ def send_image(engine: Engine, path: str | Path, host: str, port: int, size: int
     return report
 
 
-def make_report(engine: Engine, path: str | Path, prepared: Prepared, frame: LegacyFrame, facts: dict,
-                dtype: str, frame_bytes: int) -> SendReport:
+def make_report(
+    engine: Engine, path: str | Path, prepared: Prepared, frame: LegacyFrame, facts: dict, dtype: str, frame_bytes: int
+) -> SendReport:
     h, w = prepared.size
     payload = len(frame.payload)
     file_bytes = Path(path).stat().st_size
     return SendReport(
-        image=str(path), model=engine.source, image_size=[h, w],
-        latent_shape=[1, engine.latent_channels, frame.height, frame.width], dtype=dtype,
-        original_file_bytes=file_bytes, payload_bytes=payload, frame_bytes=frame_bytes,
-        compression_ratio=round(file_bytes / payload, 3), raw_compression_ratio=round(3 * h * w / payload, 3),
-        bpp=round(8 * payload / (h * w), 4), preprocess_s=round(prepared.seconds, 4),
-        encode_s=round(facts["encode_s"], 4), compress_s=round(facts["compress_s"], 4),
+        image=str(path),
+        model=engine.source,
+        image_size=[h, w],
+        latent_shape=[1, engine.latent_channels, frame.height, frame.width],
+        dtype=dtype,
+        original_file_bytes=file_bytes,
+        payload_bytes=payload,
+        frame_bytes=frame_bytes,
+        compression_ratio=round(file_bytes / payload, 3),
+        raw_compression_ratio=round(3 * h * w / payload, 3),
+        bpp=round(8 * payload / (h * w), 4),
+        preprocess_s=round(prepared.seconds, 4),
+        encode_s=round(facts["encode_s"], 4),
+        compress_s=round(facts["compress_s"], 4),
         clipped_fraction=round(facts["clipped_fraction"], 6) if dtype == "i8" else None,
     )
 
@@ -125,7 +148,8 @@ def format_report(r: SendReport) -> str:
         f"Image:                 {r.image} -> {r.image_size[1]}x{r.image_size[0]}",
         f"Model:                 {r.model}",
         f"Original file size:    {r.original_file_bytes:,} bytes",
-        f"Latent payload size:   {r.payload_bytes:,} bytes ({r.dtype}, latent {tuple(r.latent_shape)}, {r.bpp:.3f} bpp)",
+        f"Latent payload size:   {r.payload_bytes:,} bytes "
+        f"({r.dtype}, latent {tuple(r.latent_shape)}, {r.bpp:.3f} bpp)",
         f"Compression ratio:     {r.compression_ratio:.2f}x vs file, {r.raw_compression_ratio:.2f}x vs raw RGB",
         f"Encoding time:         {r.encode_s:.3f} s",
     ]

@@ -116,8 +116,14 @@ def training_loss(model, x: torch.Tensor, kl_weight: float, range_weight: float)
     out_of_range = F.relu(z.float().abs() - 0.95).pow(2).mean()
     loss = l1 + mse + kl_weight * kl + range_weight * out_of_range
     psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-10))
-    return loss, {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "psnr": psnr,
-                  "kl": kl.item(), "zmax": z.detach().abs().max().item()}
+    return loss, {
+        "loss": loss.item(),
+        "l1": l1.item(),
+        "mse": mse.item(),
+        "psnr": psnr,
+        "kl": kl.item(),
+        "zmax": z.detach().abs().max().item(),
+    }
 
 
 @torch.inference_mode()
@@ -154,11 +160,26 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m latentcomm.train", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", type=Path, default=data.PHOTOS_DIR, help="folder of training photos (held-out ones are skipped)")
-    p.add_argument("--run-dir", type=Path, default=data.REPO_ROOT / "runs" / "embedded", help="checkpoints and logs (not committed)")
-    p.add_argument("--export", type=Path, default=data.REPO_ROOT / "models" / "latentcomm-kl-f8", help="diffusers folder the EMA weights are exported to")
+    p = argparse.ArgumentParser(
+        prog="python -m latentcomm.train",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data", type=Path, default=data.PHOTOS_DIR, help="folder of training photos (held-out ones are skipped)"
+    )
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=data.REPO_ROOT / "runs" / "embedded",
+        help="checkpoints and logs (not committed)",
+    )
+    p.add_argument(
+        "--export",
+        type=Path,
+        default=data.REPO_ROOT / "models" / "latentcomm-kl-f8",
+        help="diffusers folder the EMA weights are exported to",
+    )
     p.add_argument("--steps", type=int, default=4000, help="total optimisation steps (the LR schedule spans these)")
     p.add_argument("--batch", type=int, default=16, help="crops per step")
     p.add_argument("--crop", type=int, default=128, help="crop size in pixels (multiple of 8)")
@@ -172,7 +193,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", help="auto|fp32|bf16|fp16 autocast for the forward pass")
     p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints (and exports)")
     p.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from run-dir/last.pt if present")
+    p.add_argument(
+        "--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from run-dir/last.pt if present"
+    )
     return p.parse_args(argv)
 
 
@@ -213,8 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_rng_state(state["torch_rng"])
         step, elapsed = state["step"], state.get("elapsed", 0.0)
         log.info("resumed from %s at step %d", ckpt_path, step)
-    log.info("model: %.2fM parameters, device %s, autocast %s, %d training photos",
-             sum(p.numel() for p in model.parameters()) / 1e6, device, dtype, len(paths))
+    log.info(
+        "model: %.2fM parameters, device %s, autocast %s, %d training photos",
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        device,
+        dtype,
+        len(paths),
+    )
 
     metrics_log = (args.run_dir / "metrics.jsonl").open("a")
     bar = tqdm(total=args.steps, initial=step, desc="training", unit="step")
@@ -232,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                 pe.lerp_(pm, 1 - decay)
         step += 1
         bar.update(1)
@@ -245,11 +273,32 @@ def main(argv: list[str] | None = None) -> int:
         metrics_log.flush()
         if step % args.ckpt_every == 0 or step == args.steps:
             elapsed = time.time() - t0
-            save_checkpoint(ckpt_path, {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                                        "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
-                                        "elapsed": elapsed, "args": {k: str(v) for k, v in vars(args).items()}})
-            export(ema, args.export, {"step": step, "train_seconds": round(elapsed), "batch": args.batch,
-                                      "crop": args.crop, "seed": args.seed, "device": str(device), "autocast": str(dtype)})
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "opt": opt.state_dict(),
+                    "gen": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "step": step,
+                    "elapsed": elapsed,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                },
+            )
+            export(
+                ema,
+                args.export,
+                {
+                    "step": step,
+                    "train_seconds": round(elapsed),
+                    "batch": args.batch,
+                    "crop": args.crop,
+                    "seed": args.seed,
+                    "device": str(device),
+                    "autocast": str(dtype),
+                },
+            )
     bar.close()
     return 0
 

@@ -52,15 +52,17 @@ def send_frame(host: str, port: int, data: bytes, timeout: float = 30.0, wait_fo
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
     except ConnectionRefusedError:
-        raise TransportError(f"connection refused by {where}: is the receiver running? "
-                             "start it with 'python receiver_sdvae.py'") from None
+        raise TransportError(
+            f"connection refused by {where}: is the receiver running? start it with 'python receiver_sdvae.py'"
+        ) from None
     except socket.gaierror as exc:
         raise TransportError(f"cannot resolve host {host!r}: {exc.strerror}") from None
     except TimeoutError:
         raise TransportError(f"timed out after {timeout:.0f} s talking to {where}") from None
     except (BrokenPipeError, ConnectionResetError):
-        raise TransportError(f"{where} closed the connection before the frame was sent "
-                             "(it may have rejected it; see the receiver's log)") from None
+        raise TransportError(
+            f"{where} closed the connection before the frame was sent (it may have rejected it; see the receiver's log)"
+        ) from None
     except OSError as exc:
         raise TransportError(f"cannot send to {where}: {exc.strerror or exc}") from None
     return time.perf_counter() - t0
@@ -91,9 +93,16 @@ class FrameServer:
     handled at once (extra ones are closed immediately and logged), and the protocol ``Limits``.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 65432, limits: Limits | None = None,
-                 read_timeout: float = 10.0, frame_timeout: float = 120.0, max_connections: int = 64,
-                 queue_size: int = 4) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 65432,
+        limits: Limits | None = None,
+        read_timeout: float = 10.0,
+        frame_timeout: float = 120.0,
+        max_connections: int = 64,
+        queue_size: int = 4,
+    ) -> None:
         self.limits = limits or Limits()
         self.read_timeout = read_timeout
         self.frame_timeout = frame_timeout
@@ -110,8 +119,10 @@ class FrameServer:
         except OSError as exc:
             self._sock.close()
             if exc.errno == errno.EADDRINUSE:
-                raise TransportError(f"port {port} on {host} is already in use (another receiver running?); "
-                                     "stop it or choose another --port") from None
+                raise TransportError(
+                    f"port {port} on {host} is already in use (another receiver running?); "
+                    "stop it or choose another --port"
+                ) from None
             if exc.errno == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
                 raise TransportError(f"cannot bind to {host}: not an address of this machine") from None
             raise TransportError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -150,8 +161,7 @@ class FrameServer:
                     conn.close()
                     continue
                 self._active += 1
-            threading.Thread(target=self._serve_connection, args=(conn, peer), name=f"conn {peer}",
-                             daemon=True).start()
+            threading.Thread(target=self._serve_connection, args=(conn, peer), name=f"conn {peer}", daemon=True).start()
 
     def _reject(self, peer: str, reason: str) -> None:
         with self._lock:

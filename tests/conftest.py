@@ -39,9 +39,15 @@ def make_tiny_vae(path: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[8, 16, 16, 16], mid_block_add_attention=False,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[8, 16, 16, 16],
+        mid_block_add_attention=False,
     )
     vae.save_pretrained(path)
     return path
@@ -54,17 +60,28 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def run_script(name: str, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run one of the top-level scripts the way a user does, from the repository root."""
-    return subprocess.run([PYTHON, str(REPO / name), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=env or script_env())
+    return subprocess.run(
+        [PYTHON, str(REPO / name), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or script_env(),
+    )
 
 
 class ReceiverProcess:
     """receiver_sdvae.py running in the background on a free port, its output collected by threads."""
 
     def __init__(self, *args: str, env: dict | None = None) -> None:
-        self.proc = subprocess.Popen([PYTHON, str(REPO / "receiver_sdvae.py"), "--port", "0", *args], cwd=REPO,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=env or script_env())
+        self.proc = subprocess.Popen(
+            [PYTHON, str(REPO / "receiver_sdvae.py"), "--port", "0", *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env or script_env(),
+        )
         self.stdout_lines: queue.Queue[str] = queue.Queue()
         self.stderr_text: list[str] = []
         self._listening = threading.Event()

@@ -33,15 +33,17 @@ def closed_port() -> int:
     return port
 
 
-@pytest.mark.parametrize("make, needle", [
-    (lambda d: d / "missing.png", "image not found"),
-    (lambda d: (d / "notes.txt").write_text("hello") and d / "notes.txt", "not an image"),
-    (lambda d: d, "directory"),
-])
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda d: d / "missing.png", "image not found"),
+        (lambda d: (d / "notes.txt").write_text("hello") and d / "notes.txt", "not an image"),
+        (lambda d: d, "directory"),
+    ],
+)
 def test_sender_rejects_bad_image_files(tmp_path, tiny_model, make, needle):
     path = make(tmp_path)
-    proc = run_script("sender_sdvae.py", "--image", str(path), "--model", str(tiny_model), "--port",
-                      str(closed_port()))
+    proc = run_script("sender_sdvae.py", "--image", str(path), "--model", str(tiny_model), "--port", str(closed_port()))
     assert_clean_error(proc, needle)
 
 
@@ -59,8 +61,18 @@ def test_bad_flags_are_usage_errors(tiny_model):
 
 def test_help_explains_every_flag():
     for script, flags in {
-        "sender_sdvae.py": ["--image", "--host", "--port", "--model", "--device", "--size", "--dtype",
-                            "--no-original", "--json", "--precision"],
+        "sender_sdvae.py": [
+            "--image",
+            "--host",
+            "--port",
+            "--model",
+            "--device",
+            "--size",
+            "--dtype",
+            "--no-original",
+            "--json",
+            "--precision",
+        ],
         "receiver_sdvae.py": ["--host", "--port", "--model", "--device", "--out", "--no-show", "--once", "--json"],
         "sender_sdvae_metrics.py": ["--image", "--host", "--port", "--model", "--device", "--json"],
     }.items():
@@ -70,10 +82,13 @@ def test_help_explains_every_flag():
             assert flag in proc.stdout, (script, flag)
 
 
-@pytest.mark.parametrize("model, needle", [
-    ("does/not/exist/here", "does not exist"),
-    ("stabilityai/sd-vae-ft-ema", "not in the local Hugging Face cache"),
-])
+@pytest.mark.parametrize(
+    "model, needle",
+    [
+        ("does/not/exist/here", "does not exist"),
+        ("stabilityai/sd-vae-ft-ema", "not in the local Hugging Face cache"),
+    ],
+)
 def test_unloadable_models(tmp_path, model, needle):
     env = script_env(HF_HOME=str(tmp_path / "hf"))
     t0 = time.monotonic()
@@ -110,8 +125,18 @@ def write_odd_images(folder) -> list:
 def test_odd_image_modes_are_converted(tiny_model, start_receiver, tmp_path):
     rx = start_receiver("--no-show", "--json", "--model", str(tiny_model), "--out", str(tmp_path / "out"))
     for path in write_odd_images(tmp_path):
-        proc = run_script("sender_sdvae.py", "--image", str(path), "--model", str(tiny_model), "--port",
-                          str(rx.port), "--size", "64", "--json")
+        proc = run_script(
+            "sender_sdvae.py",
+            "--image",
+            str(path),
+            "--model",
+            str(tiny_model),
+            "--port",
+            str(rx.port),
+            "--size",
+            "64",
+            "--json",
+        )
         assert proc.returncode == 0, proc.stderr
         got = rx.next_json()
         assert Image.open(got["recon_path"]).mode == "RGB"
@@ -134,9 +159,10 @@ def hostile_payloads() -> dict[str, bytes]:
 
 
 def test_receiver_survives_hostile_clients(tiny_model, start_receiver, tmp_path):
-    rx = start_receiver("--no-show", "--json", "--model", str(tiny_model), "--out", str(tmp_path),
-                        "--read-timeout", "2")
-    for name, data in hostile_payloads().items():
+    rx = start_receiver(
+        "--no-show", "--json", "--model", str(tiny_model), "--out", str(tmp_path), "--read-timeout", "2"
+    )
+    for data in hostile_payloads().values():
         with socket.create_connection(("127.0.0.1", rx.port), timeout=10) as s:
             s.sendall(data)
     # A client that connects and goes silent, and one that disconnects mid-frame.

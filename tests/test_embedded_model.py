@@ -35,18 +35,22 @@ def test_model_is_small_and_has_the_sd_vae_interface():
     assert (EMBEDDED_MODEL_DIR / "README.md").exists()
 
 
-@pytest.mark.parametrize("env_extra", [
-    {"HF_HUB_OFFLINE": "1"},
-    # Not marked offline, but the Hub can't be reached: the probe must give up within seconds.
-    {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "https://hub.invalid"},
-    {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"},
-])
+@pytest.mark.parametrize(
+    "env_extra",
+    [
+        {"HF_HUB_OFFLINE": "1"},
+        # Not marked offline, but the Hub can't be reached: the probe must give up within seconds.
+        {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "https://hub.invalid"},
+        {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"},
+    ],
+)
 def test_default_model_falls_back_to_the_embedded_one_quickly(tmp_path, env_extra):
     env = script_env(HF_HOME=str(tmp_path / "empty-hf-home"), **env_extra)
-    code = ("import time; t=time.monotonic(); from latentcomm.models import choose_default_model; "
-            "m=choose_default_model(); print(m); print(time.monotonic()-t)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=60)
+    code = (
+        "import time; t=time.monotonic(); from latentcomm.models import choose_default_model; "
+        "m=choose_default_model(); print(m); print(time.monotonic()-t)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     chosen, seconds = proc.stdout.split()
     assert chosen == str(EMBEDDED_MODEL_DIR)

@@ -35,10 +35,12 @@ def expected_recon(engine: Engine, image: Image.Image, flag: int = 2) -> np.ndar
 
 def test_sender_to_receiver_round_trip(tiny_model, fp32_engine, start_receiver, tmp_path):
     out = tmp_path / "out"
-    rx = start_receiver("--once", "--no-show", "--out", str(out), "--json", "--model", str(tiny_model),
-                        "--precision", "fp32")
-    tx = run_script("sender_sdvae.py", "--port", str(rx.port), "--model", str(tiny_model), "--precision", "fp32",
-                    "--json")
+    rx = start_receiver(
+        "--once", "--no-show", "--out", str(out), "--json", "--model", str(tiny_model), "--precision", "fp32"
+    )
+    tx = run_script(
+        "sender_sdvae.py", "--port", str(rx.port), "--model", str(tiny_model), "--precision", "fp32", "--json"
+    )
     assert tx.returncode == 0, tx.stderr
     sent = json.loads(tx.stdout)
     got = rx.next_json()
@@ -85,9 +87,9 @@ def test_sender_default_output_is_the_original_wire_format(tiny_model):
 
     payload_len, flag, h, w = struct.unpack("!IBHH", data[:9])
     assert (flag, h, w) == (2, 32, 32)
-    latent = np.frombuffer(gzip.decompress(data[9:9 + payload_len]), dtype=np.float16).reshape(1, 4, h, w)
+    latent = np.frombuffer(gzip.decompress(data[9 : 9 + payload_len]), dtype=np.float16).reshape(1, 4, h, w)
     assert np.isfinite(latent).all()
-    original = np.frombuffer(data[9 + payload_len:], dtype=np.float32).reshape(3, 8 * h, 8 * w)
+    original = np.frombuffer(data[9 + payload_len :], dtype=np.float32).reshape(3, 8 * h, 8 * w)
     want = np.asarray(resize_square(Image.open(APPLE).convert("RGB"), 256), dtype=np.float32) / 255.0
     np.testing.assert_allclose(original, want.transpose(2, 0, 1), atol=1e-6)
     # The human report names the sizes that were sent.
@@ -115,8 +117,9 @@ def send_raw(port: int, data: bytes) -> None:
 
 @pytest.mark.parametrize("flag", [2, 0])
 def test_hand_built_legacy_frames_are_accepted(tiny_model, fp32_engine, start_receiver, tmp_path, flag):
-    rx = start_receiver("--no-show", "--out", str(tmp_path), "--json", "--model", str(tiny_model),
-                        "--precision", "fp32")
+    rx = start_receiver(
+        "--no-show", "--out", str(tmp_path), "--json", "--model", str(tiny_model), "--precision", "fp32"
+    )
     latent = np.random.default_rng(0).uniform(-0.9, 0.9, (1, 4, 12, 20)).astype(np.float32)
     for with_image in (True, False):
         send_raw(rx.port, legacy_frame(latent, flag, with_image))
@@ -140,8 +143,18 @@ def test_native_size_is_cropped_back(tiny_model, start_receiver, tmp_path):
     rng = np.random.default_rng(3)
     Image.fromarray(rng.integers(0, 255, (75, 101, 3), dtype=np.uint8)).save(img_path)
     rx = start_receiver("--once", "--no-show", "--out", str(tmp_path / "out"), "--json", "--model", str(tiny_model))
-    tx = run_script("sender_sdvae.py", "--port", str(rx.port), "--model", str(tiny_model), "--image",
-                    str(img_path), "--size", "0", "--json")
+    tx = run_script(
+        "sender_sdvae.py",
+        "--port",
+        str(rx.port),
+        "--model",
+        str(tiny_model),
+        "--image",
+        str(img_path),
+        "--size",
+        "0",
+        "--json",
+    )
     assert tx.returncode == 0, tx.stderr
     assert json.loads(tx.stdout)["latent_shape"] == [1, 4, 10, 13]
     got = rx.next_json()
@@ -152,16 +165,16 @@ def test_native_size_is_cropped_back(tiny_model, start_receiver, tmp_path):
 
 def test_int8_reports_clipping_and_metrics_sender_sends_latent_only(tiny_model, start_receiver, tmp_path):
     rx = start_receiver("--no-show", "--json", "--model", str(tiny_model), "--out", str(tmp_path))
-    tx = run_script("sender_sdvae.py", "--port", str(rx.port), "--model", str(tiny_model), "--dtype", "i8",
-                    "--json")
+    tx = run_script("sender_sdvae.py", "--port", str(rx.port), "--model", str(tiny_model), "--dtype", "i8", "--json")
     assert tx.returncode == 0, tx.stderr
     sent = json.loads(tx.stdout)
     assert sent["dtype"] == "i8" and 0.0 <= sent["clipped_fraction"] <= 1.0
     got = rx.next_json()
     assert got["flag"] == 0
 
-    m = run_script("sender_sdvae_metrics.py", "--image", str(APPLE), "--port", str(rx.port), "--model",
-                   str(tiny_model), "--json")
+    m = run_script(
+        "sender_sdvae_metrics.py", "--image", str(APPLE), "--port", str(rx.port), "--model", str(tiny_model), "--json"
+    )
     assert m.returncode == 0, m.stderr
     metrics = json.loads(m.stdout)
     assert metrics["psnr_db"] > 0 and -1 <= metrics["ssim"] <= 1

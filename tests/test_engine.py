@@ -24,7 +24,7 @@ def engine(tiny_model):
 def test_batch_matches_one_by_one(engine):
     x = torch.rand(3, 3, 64, 48) * 2 - 1
     batch = engine.decode(engine.encode(x))
-    singles = torch.cat([engine.decode(engine.encode(x[i:i + 1])) for i in range(3)])
+    singles = torch.cat([engine.decode(engine.encode(x[i : i + 1])) for i in range(3)])
     assert batch.shape == (3, 3, 64, 48)
     torch.testing.assert_close(batch, singles, atol=1e-4, rtol=1e-4)
 
@@ -37,7 +37,7 @@ def test_odd_sizes_are_padded_and_cropped_back(engine):
 
 
 def test_large_images_use_tiling(engine):
-    side = int(TILING_THRESHOLD_PIXELS ** 0.5) + 64
+    side = int(TILING_THRESHOLD_PIXELS**0.5) + 64
     x = torch.zeros(1, 3, side, side)
     z = engine.encode(x)
     assert engine.vae.use_tiling
@@ -49,8 +49,12 @@ def test_large_images_use_tiling(engine):
 def test_wrong_stride_model_is_refused(tmp_path):
     from diffusers import AutoencoderKL
 
-    AutoencoderKL(block_out_channels=[8, 8], down_block_types=["DownEncoderBlock2D"] * 2,
-                  up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=8).save_pretrained(tmp_path)
+    AutoencoderKL(
+        block_out_channels=[8, 8],
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        norm_num_groups=8,
+    ).save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="down-samples by 2"):
         Engine(str(tmp_path), "cpu", "fp32", warmup=False)
 

@@ -19,7 +19,7 @@ from latentcomm.protocol import NEED_DATA, LegacyFrame, LegacyReceiver, Limits, 
 def parse(data: bytes, chunk: int = 7, limits: Limits | None = None):
     r = LegacyReceiver(limits)
     for i in range(0, len(data), chunk):
-        r.receive_data(data[i:i + chunk])
+        r.receive_data(data[i : i + chunk])
         assert r.next_event() is NEED_DATA  # a legacy frame is only complete at EOF
     r.receive_eof()
     return r.next_event()
@@ -61,11 +61,14 @@ def test_huge_length_is_rejected_from_the_header_alone():
         r.receive_data(struct.pack("!IBHH", 100, 2, 65535, 65535))
 
 
-@pytest.mark.parametrize("header, match", [
-    (struct.pack("!IBHH", 10, 7, 4, 4), "unknown latent flag"),
-    (struct.pack("!IBHH", 10, 2, 0, 4), "empty latent"),
-    (struct.pack("!IBHH", 0, 2, 4, 4), "empty payload"),
-])
+@pytest.mark.parametrize(
+    "header, match",
+    [
+        (struct.pack("!IBHH", 10, 7, 4, 4), "unknown latent flag"),
+        (struct.pack("!IBHH", 10, 2, 0, 4), "empty latent"),
+        (struct.pack("!IBHH", 0, 2, 4, 4), "empty payload"),
+    ],
+)
 def test_invalid_headers(header, match):
     with pytest.raises(RemoteProtocolError, match=match):
         LegacyReceiver().receive_data(header)
@@ -132,7 +135,7 @@ def test_fuzz_arbitrary_bytes_only_raise_protocol_errors(data, chunk):
     r = LegacyReceiver(limits)
     try:
         for i in range(0, len(data), chunk):
-            r.receive_data(data[i:i + chunk])
+            r.receive_data(data[i : i + chunk])
             bound = 9 + 4096 + original_image_size(16, 16) + 12
             assert r.buffered <= bound
         r.receive_eof()

@@ -23,15 +23,27 @@ def add_network_args(p: argparse.ArgumentParser, listening: bool) -> None:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="auto", metavar="ID_OR_DIR",
-                   help="AutoencoderKL to use: a Hugging Face Hub id (e.g. stabilityai/sd-vae-ft-ema) or a local "
-                        "diffusers folder. 'auto' uses stabilityai/sd-vae-ft-ema if cached or downloadable, else the "
-                        "embedded model in models/latentcomm-kl-f8. Sender and receiver must use the same model.")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                   help="where the autoencoder runs; auto = cuda, else mps, else cpu")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="compute precision; auto = bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA (with an fp32 "
-                        "retry if the output overflows), fp32 otherwise. The wire format does not depend on it.")
+    p.add_argument(
+        "--model",
+        default="auto",
+        metavar="ID_OR_DIR",
+        help="AutoencoderKL to use: a Hugging Face Hub id (e.g. stabilityai/sd-vae-ft-ema) or a local "
+        "diffusers folder. 'auto' uses stabilityai/sd-vae-ft-ema if cached or downloadable, else the "
+        "embedded model in models/latentcomm-kl-f8. Sender and receiver must use the same model.",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda", "mps"],
+        help="where the autoencoder runs; auto = cuda, else mps, else cpu",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="compute precision; auto = bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA (with an fp32 "
+        "retry if the output overflows), fp32 otherwise. The wire format does not depend on it.",
+    )
 
 
 def port_type(value: str) -> int:
@@ -46,8 +58,11 @@ def port_type(value: str) -> int:
 
 def setup_logging(verbose: bool = False) -> None:
     """Library logs to stderr as one line each; INFO shows which model was chosen and load times."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     for noisy in ("httpx", "httpcore", "urllib3", "filelock", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import warnings
@@ -57,6 +72,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 def sigterm_as_interrupt() -> None:
     """Let SIGTERM stop a process the same clean way Ctrl-C does."""
+
     def handler(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 

@@ -52,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     wire_latent = decode_latent(FLAG_FLOAT16, engine.latent_channels, frame.height, frame.width, frame.payload)
     recon = tensor_to_pil(engine.decode(wire_latent))
     decode_s = time.perf_counter() - t0
-    quality = {"psnr_db": round(psnr(prepared.image, recon), 3), "ssim": round(ssim(prepared.image, recon), 5),
-               "local_decode_s": round(decode_s, 4)}
+    quality = {
+        "psnr_db": round(psnr(prepared.image, recon), 3),
+        "ssim": round(ssim(prepared.image, recon), 5),
+        "local_decode_s": round(decode_s, 4),
+    }
     data = frame_to_bytes(frame)
     report = make_report(engine, args.image, prepared, frame, facts, "f16", len(data))
     report.extra.update(quality)

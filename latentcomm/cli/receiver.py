@@ -35,19 +35,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="receiver_sdvae.py", description=DESCRIPTION, formatter_class=HelpFormatter)
     add_network_args(p, listening=True)
     add_model_args(p)
-    p.add_argument("--out", type=Path, metavar="DIR",
-                   help="save NNNN_compare.png (side by side) and NNNN_recon.png (exact pixels) for every image")
-    p.add_argument("--no-show", action="store_true", help="don't open a window (without a display, images are "
-                   "saved to --out, or ./received, instead)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="save NNNN_compare.png (side by side) and NNNN_recon.png (exact pixels) for every image",
+    )
+    p.add_argument(
+        "--no-show",
+        action="store_true",
+        help="don't open a window (without a display, images are saved to --out, or ./received, instead)",
+    )
     p.add_argument("--once", action="store_true", help="exit after the first image (waits for its window to close)")
-    p.add_argument("--json", action="store_true", help="print one JSON object per image on stdout, and a summary "
-                   "object at exit")
-    p.add_argument("--max-payload", type=int, default=64 * 1024 * 1024, metavar="BYTES",
-                   help="largest compressed latent accepted")
-    p.add_argument("--max-latent", type=int, default=4 * 512 * 512, metavar="ELEMENTS",
-                   help="largest latent accepted, in elements (default: a 4096x4096 image)")
-    p.add_argument("--read-timeout", type=float, default=10.0, metavar="S",
-                   help="drop a peer that sends nothing for this long")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object per image on stdout, and a summary object at exit"
+    )
+    p.add_argument(
+        "--max-payload", type=int, default=64 * 1024 * 1024, metavar="BYTES", help="largest compressed latent accepted"
+    )
+    p.add_argument(
+        "--max-latent",
+        type=int,
+        default=4 * 512 * 512,
+        metavar="ELEMENTS",
+        help="largest latent accepted, in elements (default: a 4096x4096 image)",
+    )
+    p.add_argument(
+        "--read-timeout", type=float, default=10.0, metavar="S", help="drop a peer that sends nothing for this long"
+    )
     p.add_argument("--max-connections", type=int, default=64, help="connections handled at once; more are refused")
     return p
 
@@ -66,8 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: frames travel unencrypted and unauthenticated", args.host)
     # Bind first: a port conflict should fail in a second, not after loading the model.
-    server = FrameServer(args.host, args.port, Limits(args.max_payload, args.max_latent), args.read_timeout,
-                         max_connections=args.max_connections)
+    server = FrameServer(
+        args.host,
+        args.port,
+        Limits(args.max_payload, args.max_latent),
+        args.read_timeout,
+        max_connections=args.max_connections,
+    )
     engine = Engine(args.model, args.device, args.precision)
     receiver = Receiver(engine, ReceiverOptions(args.out, not args.no_show, args.once, args.json))
     server.start()
@@ -75,13 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     log.info("listening on %s:%d with %s", host, port, engine.source)
     print(f"Receiver listening on {host}:{port} (model {engine.source}); Ctrl-C to stop", file=sys.stderr, flush=True)
     summary = receiver.serve(server)
-    final = {"summary": True, "images_ok": summary.images_ok, "rejected": summary.rejected,
-             "bytes_received": summary.bytes_received}
+    final = {
+        "summary": True,
+        "images_ok": summary.images_ok,
+        "rejected": summary.rejected,
+        "bytes_received": summary.bytes_received,
+    }
     if args.json:
         print(json.dumps(final), flush=True)
     else:
-        print(f"Stopped: {summary.images_ok} image(s) ok, {summary.rejected} rejected, "
-              f"{summary.bytes_received:,} bytes received", file=sys.stderr)
+        print(
+            f"Stopped: {summary.images_ok} image(s) ok, {summary.rejected} rejected, "
+            f"{summary.bytes_received:,} bytes received",
+            file=sys.stderr,
+        )
     return 0
 
 
