@@ -105,3 +105,108 @@ def decode_latent(flag: int, channels: int, height: int, width: int, payload: by
     elif not np.isfinite(arr).all():
         raise RemoteProtocolError("latent contains NaN or inf values")
     return torch.from_numpy(arr.reshape(1, channels, height, width))
+
+
+# --- Versioned (v2) latent encodings and compressions ---------------------------------------------
+
+ENC_FLOAT16 = 0
+ENC_BFLOAT16 = 1
+ENC_INT8_LEGACY = 2
+ENC_UINT8_AFFINE = 3
+#: ``--dtype`` names for v2 frames -> encoding codes.
+V2_ENCODINGS = {"f16": ENC_FLOAT16, "bf16": ENC_BFLOAT16, "i8": ENC_INT8_LEGACY, "u8": ENC_UINT8_AFFINE}
+_V2_ITEMSIZE = {ENC_FLOAT16: 2, ENC_BFLOAT16: 2, ENC_INT8_LEGACY: 1, ENC_UINT8_AFFINE: 1}
+
+COMP_NONE = 0
+COMP_GZIP = 1
+COMP_ZSTD = 2
+COMPRESSIONS = {"none": COMP_NONE, "gzip": COMP_GZIP, "zstd": COMP_ZSTD}
+
+
+def v2_raw_size(encoding: int, c: int, h: int, w: int) -> int:
+    if encoding not in _V2_ITEMSIZE:
+        raise RemoteProtocolError(f"unknown latent encoding {encoding}")
+    return c * h * w * _V2_ITEMSIZE[encoding]
+
+
+def v2_quantize(latent: torch.Tensor, encoding: int) -> tuple[bytes, list[tuple[float, float]]]:
+    """(1, C, h, w) latent -> raw bytes and, for uint8, per-channel (scale, offset).
+
+    uint8 maps each channel's [min, max] onto 0..255, so it adapts to any model's latent range (the
+    SD VAE's several-unit spread included) where the legacy int8 rule clips.
+    """
+    z = latent.detach().float().cpu()
+    if not torch.isfinite(z).all():
+        raise LocalProtocolError("latent contains NaN or inf; refusing to send it")
+    if encoding == ENC_FLOAT16:
+        return z.numpy().astype("<f2").tobytes(), []
+    if encoding == ENC_BFLOAT16:
+        return z.to(torch.bfloat16).view(torch.int16).numpy().astype("<i2").tobytes(), []
+    if encoding == ENC_INT8_LEGACY:
+        return quantize(z, FLAG_INT8)[0].tobytes(), []
+    if encoding == ENC_UINT8_AFFINE:
+        flat = z[0].reshape(z.shape[1], -1)
+        lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+        scale = torch.where(hi > lo, (hi - lo) / 255.0, torch.ones_like(hi))
+        q = torch.round((flat - lo[:, None]) / scale[:, None]).clamp(0, 255).to(torch.uint8)
+        return q.numpy().tobytes(), [(float(s), float(o)) for s, o in zip(scale, lo, strict=True)]
+    raise LocalProtocolError(f"unknown latent encoding {encoding}")
+
+
+def v2_dequantize(
+    raw: bytes, encoding: int, shape: tuple[int, int, int], params: list[tuple[float, float]]
+) -> torch.Tensor:
+    c, h, w = shape
+    if encoding == ENC_FLOAT16:
+        arr = np.frombuffer(raw, "<f2").astype(np.float32)
+    elif encoding == ENC_BFLOAT16:
+        arr = torch.from_numpy(np.frombuffer(raw, "<i2").copy()).view(torch.bfloat16).float().numpy()
+    elif encoding == ENC_INT8_LEGACY:
+        arr = np.frombuffer(raw, "i1").astype(np.float32) / 127.0
+    elif encoding == ENC_UINT8_AFFINE:
+        if len(params) != c:
+            raise RemoteProtocolError(f"uint8 latent needs {c} channel parameters, got {len(params)}")
+        p = np.asarray(params, dtype=np.float32)
+        arr = np.frombuffer(raw, "u1").astype(np.float32).reshape(c, -1) * p[:, :1] + p[:, 1:]
+    else:
+        raise RemoteProtocolError(f"unknown latent encoding {encoding}")
+    if not np.isfinite(arr).all():
+        raise RemoteProtocolError("latent contains NaN or inf values")
+    return torch.from_numpy(np.ascontiguousarray(arr).reshape(1, c, h, w))
+
+
+def compress(raw: bytes, compression: int) -> bytes:
+    if compression == COMP_NONE:
+        return raw
+    if compression == COMP_GZIP:
+        return gzip.compress(raw, compresslevel=9, mtime=0)
+    if compression == COMP_ZSTD:
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=19).compress(raw)
+    raise LocalProtocolError(f"unknown compression {compression}")
+
+
+def bounded_decompress(payload: bytes, compression: int, expected: int) -> bytes:
+    """Decompress to exactly ``expected`` bytes, never producing more (bomb-safe)."""
+    if compression == COMP_NONE:
+        out = payload
+    elif compression == COMP_GZIP:
+        return bounded_gunzip(payload, expected)
+    elif compression == COMP_ZSTD:
+        import io
+
+        import zstandard
+
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload)) as reader:
+                out = reader.read(expected + 1)
+        except zstandard.ZstdError as exc:
+            raise RemoteProtocolError(f"payload is not valid zstd data: {exc}") from None
+        if len(out) > expected:
+            raise RemoteProtocolError(f"payload inflates past the {expected} bytes the header promises")
+    else:
+        raise RemoteProtocolError(f"unknown compression {compression}")
+    if len(out) != expected:
+        raise RemoteProtocolError(f"payload holds {len(out)} bytes but the header's latent needs {expected}")
+    return out

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +40,33 @@ def _figure(original: Image.Image | None, recon: Image.Image, title: str | None 
     return fig
 
 
-def save_outputs(out_dir: Path, index: int, original: Image.Image | None, recon: Image.Image) -> tuple[Path, Path]:
-    """Write NNNN_recon.png (exact pixels) and NNNN_compare.png (the side-by-side figure)."""
-    import matplotlib
+def compare_image(original: Image.Image | None, recon: Image.Image) -> Image.Image:
+    """Original and reconstruction side by side at 1:1 pixels, titled, on white.
 
+    Drawn with Pillow rather than matplotlib: ~50x faster, which matters for a server writing every
+    image, and the pixels are not resampled, so the saved file is an exact comparison.
+    """
+    panels = [("Original", original), ("Reconstructed", recon)] if original is not None else [("Reconstructed", recon)]
+    pad, title_h = 8, 22
+    width = sum(img.width for _, img in panels) + pad * (len(panels) + 1)
+    height = max(img.height for _, img in panels) + title_h + 2 * pad
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = pad
+    for title, img in panels:
+        draw.text((x, pad), title, fill="black", font=ImageFont.load_default())
+        canvas.paste(img, (x, pad + title_h))
+        x += img.width + pad
+    return canvas
+
+
+def save_outputs(out_dir: Path, index: int, original: Image.Image | None, recon: Image.Image) -> tuple[Path, Path]:
+    """Write NNNN_recon.png (exact pixels) and NNNN_compare.png (side by side)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     recon_path = out_dir / f"{index:04d}_recon.png"
     compare_path = out_dir / f"{index:04d}_compare.png"
     recon.save(recon_path)
-    if not display_available():
-        matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    fig = _figure(original, recon)
-    fig.savefig(compare_path, dpi=100)
-    plt.close(fig)
+    compare_image(original, recon).save(compare_path)
     return recon_path, compare_path
 
 

@@ -9,8 +9,11 @@ automatically. Large inputs switch to diffusers' tiled encode/decode to bound me
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import logging
 import time
+from pathlib import Path
 
 import torch
 
@@ -66,6 +69,22 @@ class Engine:
     @property
     def source(self) -> str:
         return self.loaded.source
+
+    @functools.cached_property
+    def model_id(self) -> str:
+        """What v2 frames carry to name the model: ``<name>@<fingerprint of the weights>``.
+
+        The name is the Hub id or the folder's name (paths differ between machines); the
+        fingerprint (BLAKE2b of every parameter, 8 bytes) tells apart two models that share a name,
+        such as two checkpoints of one training run.
+        """
+        h = hashlib.blake2b(digest_size=8)
+        for name, tensor in sorted(self.vae.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        src = Path(self.source)
+        name = src.name if src.is_dir() else self.source
+        return f"{name}@{h.hexdigest()}"
 
     def _autocast(self, dtype: torch.dtype):
         if dtype == torch.float32:

@@ -61,13 +61,19 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageError(f"cannot read image {p}: {exc}") from None
 
 
-def decode_image_bytes(data: bytes) -> Image.Image:
-    """Decode encoded image bytes (PNG, JPEG...) to RGB; ImageError if they are not an image."""
+def decode_image_bytes(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """Decode encoded image bytes (PNG, JPEG...) to RGB; ImageError if they are not an image.
+
+    ``max_pixels`` is checked from the file header, before any pixel is decoded, so a small file
+    that claims a huge canvas (a "decompression bomb") is refused without allocating it.
+    """
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageError(f"image of {img.width}x{img.height} exceeds {max_pixels} pixels")
             img.load()
             return to_rgb(img)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ImageError(f"invalid image bytes: {exc}") from None
 
 

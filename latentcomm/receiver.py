@@ -11,13 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from latentcomm.codec import decode_latent
+from PIL import Image
+
+from latentcomm import protocol_v2 as v2
+from latentcomm.codec import bounded_decompress, decode_latent, v2_dequantize, v2_raw_size
 from latentcomm.display import Viewer, display_available, save_outputs
 from latentcomm.engine import Engine
-from latentcomm.errors import LatentcommError
-from latentcomm.images import crop_to, tensor_to_pil, unit_float_to_image
-from latentcomm.protocol import LATENT_CHANNELS
-from latentcomm.transport import FrameServer, ReceivedFrame
+from latentcomm.errors import ImageError, LatentcommError, RemoteProtocolError
+from latentcomm.images import crop_to, decode_image_bytes, tensor_to_pil, unit_float_to_image
+from latentcomm.protocol import LATENT_CHANNELS, LegacyFrame
+from latentcomm.transport import SHUTDOWN_GRACE_S, FrameServer, ReceivedFrame
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +43,28 @@ class Summary:
     reports: list[dict] = field(default_factory=list)
 
 
-class Receiver:
-    """Decodes frames one at a time on the calling thread with a model loaded once."""
+class Rejected(LatentcommError):
+    """A frame the receiver refuses, with the v2 status to answer."""
 
-    def __init__(self, engine: Engine, options: ReceiverOptions, stdout: TextIO = sys.stdout) -> None:
-        if engine.latent_channels != LATENT_CHANNELS:
+    def __init__(self, status: v2.Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Receiver:
+    """Decodes frames one at a time on the calling thread with models loaded once.
+
+    ``engines`` maps v2 model ids to loaded engines; the first is the default, and the only one
+    legacy frames (which can't name their model) are decoded with.
+    """
+
+    def __init__(self, engines: list[Engine], options: ReceiverOptions, stdout: TextIO = sys.stdout) -> None:
+        self.default = engines[0]
+        if self.default.latent_channels != LATENT_CHANNELS:
             raise LatentcommError(
-                f"legacy frames carry 4-channel latents; model {engine.source} has {engine.latent_channels}"
+                f"legacy frames carry 4-channel latents; model {self.default.source} has {self.default.latent_channels}"
             )
-        self.engine = engine
+        self.engines = {e.model_id: e for e in engines}
         self.opts = options
         self.stdout = stdout
         self.summary = Summary()
@@ -63,33 +79,72 @@ class Receiver:
                     "no display available; saving images to %s instead of showing them", self.opts.out_dir.resolve()
                 )
 
+    # -- decoding ---------------------------------------------------------------------------------
+
+    def _legacy(self, f: LegacyFrame) -> tuple[Engine, object, Image.Image | None, dict]:
+        latent = decode_latent(f.flag, LATENT_CHANNELS, f.height, f.width, f.payload)
+        arr = f.original_array()
+        original = None
+        if arr is not None:
+            original = unit_float_to_image(arr).crop((0, 0, f.image_size[1], f.image_size[0]))
+        info = {"dtype": "f16" if f.flag == 2 else "i8", "flag": f.flag}
+        return self.default, latent, original, info
+
+    def _v2(self, f: v2.ImageFrame) -> tuple[Engine, object, Image.Image | None, dict]:
+        engine = self.engines.get(f.model)
+        if engine is None:
+            raise Rejected(
+                v2.Status.UNKNOWN_MODEL,
+                f"frame is for model {f.model!r}; this receiver runs {', '.join(self.engines)}",
+            )
+        c, h, w = f.shape
+        oh, ow = f.image_size
+        if c != engine.latent_channels:
+            raise Rejected(
+                v2.Status.DECODE_FAILED, f"latent has {c} channels, the model needs {engine.latent_channels}"
+            )
+        s = engine.stride
+        if not (h * s - s < oh <= h * s and w * s - s < ow <= w * s):
+            raise Rejected(v2.Status.DECODE_FAILED, f"image size {ow}x{oh} does not match a {w}x{h} latent")
+        raw = bounded_decompress(f.payload, f.compression, v2_raw_size(f.encoding, c, h, w))
+        latent = v2_dequantize(raw, f.encoding, f.shape, list(f.params))
+        original = None
+        if f.reference_png is not None:
+            original = decode_image_bytes(f.reference_png, max_pixels=oh * ow)
+            if original.size != (ow, oh):
+                raise Rejected(v2.Status.MALFORMED, f"reference image is {original.size}, expected {(ow, oh)}")
+        info = {"seq": f.seq, "name": f.name, "encoding": f.encoding, "compression": f.compression}
+        return engine, latent, original, info
+
     def handle(self, item: ReceivedFrame) -> dict | None:
-        """Decode, show/save and report one frame; a bad frame is logged and skipped."""
+        """Decode, show/save and report one frame; a bad frame is logged, answered (v2) and skipped."""
         f = item.frame
         t0 = time.perf_counter()
         try:
-            latent = decode_latent(f.flag, LATENT_CHANNELS, f.height, f.width, f.payload)
-            original_arr = f.original_array()
-        except LatentcommError as exc:
+            if isinstance(f, v2.ImageFrame):
+                engine, latent, original, info = self._v2(f)
+            else:
+                engine, latent, original, info = self._legacy(f)
+        except (Rejected, RemoteProtocolError, ImageError) as exc:
+            status = exc.status if isinstance(exc, Rejected) else v2.Status.DECODE_FAILED
             self.summary.rejected += 1
             log.warning("rejected frame from %s: %s", item.peer, exc)
+            if item.reply is not None:
+                item.reply.set_result(v2.Ack(f.seq, status, str(exc)))
             return None
         t1 = time.perf_counter()
-        recon_t = crop_to(self.engine.decode(latent), f.image_size)
-        recon = tensor_to_pil(recon_t)
+        size = f.image_size
+        recon = tensor_to_pil(crop_to(engine.decode(latent), size))
         decode_s = time.perf_counter() - t0
-        original = None
-        if original_arr is not None:
-            original = unit_float_to_image(original_arr).crop((0, 0, f.image_size[1], f.image_size[0]))
         index = self.summary.images_ok + 1
         report = {
             "index": index,
             "peer": item.peer,
-            "model": self.engine.source,
-            "flag": f.flag,
-            "dtype": "f16" if f.flag == 2 else "i8",
-            "latent_shape": [1, LATENT_CHANNELS, f.height, f.width],
-            "image_size": list(f.image_size),
+            "protocol": item.protocol,
+            "model": engine.model_id if item.protocol == "v2" else engine.source,
+            **info,
+            "latent_shape": [1, *latent.shape[1:]],
+            "image_size": list(size),
             "payload_bytes": len(f.payload),
             "frame_bytes": item.frame_bytes,
             "has_original": original is not None,
@@ -101,11 +156,12 @@ class Receiver:
             recon_path, compare_path = save_outputs(self.opts.out_dir, index, original, recon)
             report.update(recon_path=str(recon_path), compare_path=str(compare_path))
         if self.viewer is not None:
-            self.viewer.show(
-                original, recon, f"#{index} from {item.peer}: {len(f.payload):,} byte latent", block=self.opts.once
-            )
+            title = f"#{index} from {item.peer}: {len(f.payload):,} byte latent"
+            self.viewer.show(original, recon, title, block=self.opts.once)
         report["decode_display_s"] = round(time.perf_counter() - t0, 4)
         self.summary.images_ok += 1
+        if item.reply is not None:
+            item.reply.set_result(v2.Ack(f.seq, v2.Status.OK, ""))
         self._print(report)
         return report
 
@@ -113,10 +169,11 @@ class Receiver:
         if self.opts.json_lines:
             print(json.dumps(r), file=self.stdout, flush=True)
             return
+        name = f" {r['name']!r} (seq {r['seq']})" if r.get("name") or "seq" in r else ""
         lines = [
-            f"Image #{r['index']} from {r['peer']}: {r['image_size'][1]}x{r['image_size'][0]}"
+            f"Image #{r['index']}{name} from {r['peer']}: {r['image_size'][1]}x{r['image_size'][0]}"
             + ("" if r["has_original"] else " (latent only)"),
-            f"  Payload size:            {r['payload_bytes']:,} bytes ({r['dtype']}, {r['frame_bytes']:,} on the wire)",
+            f"  Payload size:            {r['payload_bytes']:,} bytes ({r['frame_bytes']:,} on the wire)",
             f"  Decode time:             {r['decode_s']:.3f} s",
             f"  Decode + display time:   {r['decode_display_s']:.3f} s",
         ]
@@ -124,8 +181,14 @@ class Receiver:
             lines.append(f"  Saved:                   {r['compare_path']}, {r['recon_path']}")
         print("\n".join(lines), file=self.stdout, flush=True)
 
+    # -- serving ------------------------------------------------------------------------------------
+
     def serve(self, server: FrameServer) -> Summary:
-        """Process frames until Ctrl-C (or the first image with ``once``)."""
+        """Process frames until Ctrl-C/SIGTERM (or the first image with ``once``), then drain.
+
+        On a stop request: stop accepting, finish the frames already received or arriving within a
+        short grace period, answer anything left with SHUTTING_DOWN, and return the summary.
+        """
         try:
             while True:
                 try:
@@ -137,9 +200,26 @@ class Receiver:
                 if self.handle(item) is not None and self.opts.once:
                     break
         except KeyboardInterrupt:
-            log.info("interrupted; shutting down")
-        finally:
-            server.stop()
-            self.summary.rejected += server.stats.rejected
-            self.summary.bytes_received = server.stats.bytes_received
+            log.info("stopping: finishing frames in flight")
+        server.stop_accepting()
+        self._drain(server)
+        self.summary.rejected += server.stats.rejected
+        self.summary.bytes_received = server.stats.bytes_received
         return self.summary
+
+    def _drain(self, server: FrameServer) -> None:
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        while True:
+            try:
+                item = server.frames.get(timeout=0.1)
+            except queue.Empty:
+                if server.active_connections == 0 or time.monotonic() > deadline:
+                    return
+                continue
+            except KeyboardInterrupt:  # a second Ctrl-C: stop now
+                return
+            if self.opts.once and self.summary.images_ok:
+                if item.reply is not None:
+                    item.reply.set_result(v2.Ack(item.frame.seq, v2.Status.SHUTTING_DOWN, "receiver exited"))
+                continue
+            self.handle(item)

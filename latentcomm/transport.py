@@ -1,29 +1,40 @@
 """TCP transport: sockets live here and only here.
 
-The sender side opens a connection, writes one frame's bytes and closes. The receiver side is a
-small threaded server: one thread accepts, one thread per connection feeds bytes into the sans-I/O
-``LegacyReceiver`` under a per-read timeout, and complete frames are handed to the caller through
-a bounded queue. The caller (the receiver script's main thread) decodes and displays them one at a
-time, so model memory stays flat however many senders connect, and matplotlib stays on the main
-thread where GUI toolkits require it.
+Sender side: ``send_frame`` writes one legacy frame per connection; ``V2Client`` keeps a connection,
+sends v2 frames, waits for each acknowledgement, and reconnects and resends when the connection drops.
+
+Receiver side: ``FrameServer``, a small threaded server. One thread accepts; one thread per
+connection tells legacy from v2 by the first bytes and feeds the sans-I/O parsers under a per-read
+timeout. Complete frames go to the caller through a bounded queue; the caller (the receiver
+script's main thread) decodes them one at a time, so model memory stays flat however many senders
+connect, and matplotlib stays on the main thread where GUI toolkits need it. A v2 connection thread
+waits for the caller's verdict on each frame and sends it back as the acknowledgement.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import queue
 import socket
 import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
+from latentcomm import protocol_v2 as v2
 from latentcomm.errors import ProtocolError, TransportError
 from latentcomm.protocol import NEED_DATA, LegacyFrame, LegacyReceiver, Limits
 
 log = logging.getLogger(__name__)
 
 RECV_CHUNK = 256 * 1024
+#: How long a stopping server still waits for frames in flight.
+SHUTDOWN_GRACE_S = 5.0
+#: Socket read granularity: how often a connection thread looks at the clock and the stop flag.
+POLL_S = 0.25
 
 
 def _connect(host: str, port: int, timeout: float, wait_for: float) -> socket.socket:
@@ -70,12 +81,17 @@ def send_frame(host: str, port: int, data: bytes, timeout: float = 30.0, wait_fo
 
 @dataclass(frozen=True)
 class ReceivedFrame:
-    """A complete frame, who sent it, and transport-level facts for the report."""
+    """A complete frame, who sent it, transport-level facts, and (v2) where the verdict goes."""
 
-    frame: LegacyFrame
+    frame: LegacyFrame | v2.ImageFrame
     peer: str
     frame_bytes: int
     receive_seconds: float
+    reply: Future | None = None  # v2: set_result(Ack) to acknowledge
+
+    @property
+    def protocol(self) -> str:
+        return "v2" if isinstance(self.frame, v2.ImageFrame) else "legacy"
 
 
 @dataclass
@@ -89,8 +105,9 @@ class ServerStats:
 class FrameServer:
     """Threaded TCP server producing ``ReceivedFrame`` objects on ``frames`` (a bounded queue).
 
-    Limits: ``read_timeout`` per read (a silent or trickling peer is dropped), ``max_connections``
-    handled at once (extra ones are closed immediately and logged), and the protocol ``Limits``.
+    Limits: ``read_timeout`` per read (a silent peer is dropped), ``frame_timeout`` for a whole
+    frame (a trickling peer is dropped), ``max_connections`` at once (more are closed and logged),
+    and the protocols' ``Limits``.
     """
 
     def __init__(
@@ -102,10 +119,14 @@ class FrameServer:
         frame_timeout: float = 120.0,
         max_connections: int = 64,
         queue_size: int = 4,
+        v2_limits: v2.Limits | None = None,
+        ack_timeout: float = 600.0,
     ) -> None:
         self.limits = limits or Limits()
+        self.v2_limits = v2_limits or v2.Limits(self.limits.max_payload_bytes, self.limits.max_latent_elements)
         self.read_timeout = read_timeout
         self.frame_timeout = frame_timeout
+        self.ack_timeout = ack_timeout
         self.max_connections = max_connections
         self.frames: queue.Queue[ReceivedFrame] = queue.Queue(maxsize=queue_size)
         self.stats = ServerStats()
@@ -131,15 +152,22 @@ class FrameServer:
         self.address = self._sock.getsockname()[:2]
         self._thread = threading.Thread(target=self._accept_loop, name="accept", daemon=True)
 
+    @property
+    def active_connections(self) -> int:
+        with self._lock:
+            return self._active
+
     def start(self) -> FrameServer:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Stop accepting; connections in flight finish or time out on their own."""
+    def stop_accepting(self) -> None:
+        """Close the listening socket; open connections finish the frame they are receiving."""
         self._stop.set()
         self._thread.join(timeout=2)
         self._sock.close()
+
+    stop = stop_accepting
 
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
@@ -168,54 +196,234 @@ class FrameServer:
             self.stats.rejected += 1
         log.warning("rejected frame from %s: %s", peer, reason)
 
+    def _recv(self, conn: socket.socket, started: float | None, between_frames: bool = False) -> bytes | None:
+        """One read. TimeoutError after ``read_timeout`` of silence, TransportError for a frame that
+        takes longer than ``frame_timeout`` in all; None if the server stops while a connection sits
+        idle between frames (polled, so shutdown doesn't wait for the read timeout)."""
+        silent = 0.0
+        while True:
+            if started is not None and time.perf_counter() - started > self.frame_timeout:
+                raise TransportError(f"frame not complete after {self.frame_timeout:.0f} s")
+            try:
+                data = conn.recv(RECV_CHUNK)
+            except TimeoutError:
+                silent += POLL_S
+                if between_frames and self._stop.is_set():
+                    return None
+                if silent >= self.read_timeout:
+                    raise
+                continue
+            with self._lock:
+                self.stats.bytes_received += len(data)
+            return data
+
+    def _enqueue(self, item: ReceivedFrame) -> bool:
+        """Hand a frame to the caller (blocking while the queue is full: back-pressure on the peer)."""
+        deadline: float | None = None
+        while True:
+            try:
+                self.frames.put(item, timeout=0.2)
+                with self._lock:
+                    self.stats.frames += 1
+                return True
+            except queue.Full:
+                if self._stop.is_set():
+                    deadline = deadline or time.monotonic() + SHUTDOWN_GRACE_S
+                    if time.monotonic() > deadline:
+                        return False
+
     def _serve_connection(self, conn: socket.socket, peer: str) -> None:
-        parser = LegacyReceiver(self.limits)
-        received = 0
-        t0 = time.perf_counter()
         try:
-            conn.settimeout(self.read_timeout)
-            while True:
-                if time.perf_counter() - t0 > self.frame_timeout:
-                    raise TransportError(f"frame not complete after {self.frame_timeout:.0f} s")
+            conn.settimeout(POLL_S)
+            first = b""
+            while (kind := v2.sniff(first)) is None:
                 try:
-                    data = conn.recv(RECV_CHUNK)
+                    data = self._recv(conn, None)
                 except TimeoutError:
-                    # A complete legacy frame is only known at EOF; a sender that stays open after
-                    # sending everything gets its frame accepted once it goes quiet.
-                    if parser.header is None:
-                        raise TransportError(f"no data for {self.read_timeout:.0f} s") from None
-                    parser.receive_eof()
-                    data = None
-                if data:
-                    received += len(data)
-                    with self._lock:
-                        self.stats.bytes_received += len(data)
-                    parser.receive_data(data)
-                    continue
-                if data is not None:
-                    if not parser.started:
-                        return  # connected and closed without a byte: a port check, not an error
-                    parser.receive_eof()
-                event = parser.next_event()
-                if event is NEED_DATA:  # pragma: no cover - EOF always completes or raises
-                    continue
-                item = ReceivedFrame(event, peer, received, time.perf_counter() - t0)
-                while not self._stop.is_set():
-                    try:
-                        self.frames.put(item, timeout=0.2)
-                        with self._lock:
-                            self.stats.frames += 1
-                        break
-                    except queue.Full:
-                        continue
-                return
+                    raise TransportError(f"no data for {self.read_timeout:.0f} s") from None
+                if not data:
+                    if first:
+                        raise TransportError(f"connection closed after {len(first)} bytes")
+                    return  # connected and closed without a byte: a port check, not an error
+                first += data
+            if kind == "v2":
+                self._serve_v2(conn, peer, first)
+            else:
+                self._serve_legacy(conn, peer, first)
         except (ProtocolError, TransportError) as exc:
             self._reject(peer, str(exc))
         except (ConnectionResetError, BrokenPipeError) as exc:
             self._reject(peer, f"connection lost: {exc.strerror or exc}")
+        except TimeoutError:
+            self._reject(peer, f"no data for {self.read_timeout:.0f} s")
         except OSError as exc:
             self._reject(peer, f"socket error: {exc.strerror or exc}")
         finally:
             conn.close()
             with self._lock:
                 self._active -= 1
+
+    def _serve_legacy(self, conn: socket.socket, peer: str, first: bytes) -> None:
+        parser = LegacyReceiver(self.limits)
+        received = len(first)
+        t0 = time.perf_counter()
+        parser.receive_data(first)
+        while True:
+            try:
+                data = self._recv(conn, t0)
+            except TimeoutError:
+                # A complete legacy frame is only known at EOF; a sender that stays open after
+                # sending everything gets its frame accepted once it goes quiet.
+                if parser.header is None:
+                    raise TransportError(f"no data for {self.read_timeout:.0f} s") from None
+                data = b""
+            if data:
+                received += len(data)
+                parser.receive_data(data)
+                continue
+            parser.receive_eof()
+            event = parser.next_event()
+            if event is NEED_DATA:  # pragma: no cover - EOF always completes or raises
+                continue
+            self._enqueue(ReceivedFrame(event, peer, received, time.perf_counter() - t0))
+            return
+
+    def _serve_v2(self, conn: socket.socket, peer: str, first: bytes) -> None:
+        proto = v2.Connection(v2.Role.RECEIVER, self.v2_limits)
+        proto.receive_data(first)
+        received = len(first)
+        t0: float | None = time.perf_counter()
+        while True:
+            try:
+                event = proto.next_event()
+            except v2.FrameRejected as exc:
+                self._reject(peer, f"seq {exc.seq}: {exc}")
+                conn.sendall(proto.send(v2.Ack(exc.seq, exc.status, str(exc))))
+                received, t0 = 0, None
+                continue
+            except ProtocolError as exc:
+                with contextlib.suppress(OSError):  # tell the peer why before hanging up
+                    conn.sendall(proto.send(v2.Ack(0, v2.Status.MALFORMED, str(exc))))
+                raise
+            if event is v2.CLOSED:
+                return
+            if event is v2.NEED_DATA:
+                idle = proto.buffered == 0
+                if idle and self._stop.is_set():
+                    return  # shutting down between frames
+                try:
+                    data = self._recv(conn, None if idle else t0, between_frames=idle)
+                except TimeoutError:
+                    if idle:
+                        return  # an idle v2 connection between frames: close it quietly
+                    raise
+                if data is None:
+                    return
+                if t0 is None:
+                    t0 = time.perf_counter()
+                received += len(data)
+                if data:
+                    proto.receive_data(data)
+                else:
+                    proto.receive_eof()
+                continue
+            reply: Future = Future()
+            item = ReceivedFrame(event, peer, received, time.perf_counter() - (t0 or time.perf_counter()), reply)
+            received, t0 = 0, None
+            if not self._enqueue(item):
+                ack = v2.Ack(event.seq, v2.Status.SHUTTING_DOWN, "receiver is shutting down")
+            else:
+                try:
+                    ack = reply.result(timeout=self.ack_timeout)
+                except FutureTimeout:
+                    ack = v2.Ack(event.seq, v2.Status.DECODE_FAILED, "receiver did not process the frame in time")
+            conn.sendall(proto.send(ack))
+
+
+class V2Client:
+    """Sends v2 frames over one connection and waits for each acknowledgement.
+
+    A dropped connection (reset, EOF, timeout) is re-opened and the unacknowledged frame sent again,
+    up to ``retries`` times with a growing pause, so no image is silently lost: ``send`` returns the
+    receiver's Ack or raises TransportError.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float = 60.0, retries: int = 3, wait_for: float = 0.0) -> None:
+        self.host, self.port = host, port
+        self.timeout = timeout
+        self.retries = retries
+        self.wait_for = wait_for
+        self._sock: socket.socket | None = None
+        self._proto: v2.Connection | None = None
+        self.reconnects = 0
+
+    def __enter__(self) -> V2Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+        self._sock = self._proto = None
+
+    def _open(self) -> None:
+        where = f"{self.host}:{self.port}"
+        try:
+            self._sock = _connect(self.host, self.port, self.timeout, self.wait_for)
+        except ConnectionRefusedError:
+            raise TransportError(
+                f"connection refused by {where}: is the receiver running? start it with 'python receiver_sdvae.py'"
+            ) from None
+        except socket.gaierror as exc:
+            raise TransportError(f"cannot resolve host {self.host!r}: {exc.strerror}") from None
+        except OSError as exc:
+            raise TransportError(f"cannot connect to {where}: {exc.strerror or exc}") from None
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._proto = v2.Connection(v2.Role.SENDER)
+
+    def _exchange(self, data: bytes, seq: int) -> v2.Ack:
+        assert self._sock is not None and self._proto is not None
+        self._sock.sendall(data)
+        while True:
+            event = self._proto.next_event()
+            if isinstance(event, v2.Ack):
+                if event.seq in (seq, 0):
+                    return event
+                continue  # a stale ack from before a reconnect
+            if event is v2.CLOSED:
+                raise ConnectionResetError("receiver closed the connection")
+            chunk = self._sock.recv(65536)
+            if chunk:
+                self._proto.receive_data(chunk)
+            else:
+                self._proto.receive_eof()
+
+    def send(self, frame: v2.ImageFrame) -> v2.Ack:
+        """Send one frame and return its acknowledgement, reconnecting on a dropped connection."""
+        data = v2.encode_image(frame)
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.reconnects += 1
+                time.sleep(min(2.0, 0.2 * 2**attempt))
+            try:
+                if self._sock is None:
+                    self._open()
+                ack = self._exchange(data, frame.seq)
+                if ack.status == v2.Status.SHUTTING_DOWN:
+                    self.close()
+                    last = TransportError(f"receiver shutting down: {ack.message}")
+                    continue
+                if ack.seq == 0 and frame.seq != 0:
+                    self.close()  # the receiver dropped the connection after a stream error
+                return ack
+            except (OSError, ProtocolError) as exc:
+                last = exc
+                self.close()
+        raise TransportError(
+            f"no acknowledgement from {self.host}:{self.port} for frame {frame.seq} after "
+            f"{self.retries + 1} attempts: {last}"
+        )

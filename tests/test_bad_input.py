@@ -38,7 +38,7 @@ def closed_port() -> int:
     [
         (lambda d: d / "missing.png", "image not found"),
         (lambda d: (d / "notes.txt").write_text("hello") and d / "notes.txt", "not an image"),
-        (lambda d: d, "directory"),
+        (lambda d: d, "no image files in folder"),
     ],
 )
 def test_sender_rejects_bad_image_files(tmp_path, tiny_model, make, needle):

@@ -63,7 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--read-timeout", type=float, default=10.0, metavar="S", help="drop a peer that sends nothing for this long"
     )
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest image (v2 frames) accepted, in pixels")
     p.add_argument("--max-connections", type=int, default=64, help="connections handled at once; more are refused")
+    p.add_argument(
+        "--extra-model",
+        action="append",
+        default=[],
+        metavar="ID_OR_DIR",
+        help="also accept v2 frames made with this model (repeatable); by default a frame for any model but "
+        "--model is refused with an error the sender sees",
+    )
     return p
 
 
@@ -71,12 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     sigterm_as_interrupt()
+    from latentcomm import protocol_v2 as v2
     from latentcomm.engine import Engine
     from latentcomm.protocol import Limits
     from latentcomm.receiver import Receiver, ReceiverOptions
     from latentcomm.transport import FrameServer
 
-    if args.max_payload <= 0 or args.max_latent <= 0 or args.read_timeout <= 0 or args.max_connections <= 0:
+    if (
+        args.max_payload <= 0
+        or args.max_latent <= 0
+        or args.max_pixels <= 0
+        or args.read_timeout <= 0
+        or args.max_connections <= 0
+    ):
         build_parser().error("limits must be positive")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: frames travel unencrypted and unauthenticated", args.host)
@@ -87,13 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         Limits(args.max_payload, args.max_latent),
         args.read_timeout,
         max_connections=args.max_connections,
+        v2_limits=v2.Limits(args.max_payload, args.max_latent, args.max_pixels),
     )
-    engine = Engine(args.model, args.device, args.precision)
-    receiver = Receiver(engine, ReceiverOptions(args.out, not args.no_show, args.once, args.json))
+    engines = [Engine(m, args.device, args.precision) for m in [args.model, *args.extra_model]]
+    receiver = Receiver(engines, ReceiverOptions(args.out, not args.no_show, args.once, args.json))
     server.start()
     host, port = server.address
-    log.info("listening on %s:%d with %s", host, port, engine.source)
-    print(f"Receiver listening on {host}:{port} (model {engine.source}); Ctrl-C to stop", file=sys.stderr, flush=True)
+    models = ", ".join(e.model_id for e in engines)
+    print(f"Receiver listening on {host}:{port} (model {models}); Ctrl-C to stop", file=sys.stderr, flush=True)
     summary = receiver.serve(server)
     final = {
         "summary": True,

@@ -1,4 +1,4 @@
-"""sender_sdvae.py: encode an image with the autoencoder and send its latent to a receiver."""
+"""sender_sdvae.py: encode images with the autoencoder and send their latents to a receiver."""
 
 from __future__ import annotations
 
@@ -9,13 +9,18 @@ import sys
 from latentcomm.cli.common import HelpFormatter, add_model_args, add_network_args, run, setup_logging
 
 DESCRIPTION = """\
-Encode an image with a diffusers AutoencoderKL, gzip its latent and send it over TCP to
-receiver_sdvae.py (legacy wire format, byte-compatible with the original scripts).
+Encode images with a diffusers AutoencoderKL, compress their latents and send them over TCP to
+receiver_sdvae.py.
+
+One image goes out in the legacy wire format by default (byte-compatible with the original
+scripts). Several images (--image given more than once, or a folder), or --protocol v2, use the
+versioned format: one connection, every image acknowledged by the receiver, reconnect and resend
+on a dropped connection, and a frame that names its model.
 
 examples:
   python sender_sdvae.py                              # temp/apple.jpeg -> 127.0.0.1:65432
   python sender_sdvae.py --image photo.png --size 0   # native size (padded to x8, cropped back)
-  python sender_sdvae.py --model models/latentcomm-kl-f8 --json
+  python sender_sdvae.py --image shots/ --json        # a folder, v2, one JSON line per image
 """
 
 
@@ -23,9 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sender_sdvae.py", description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument(
         "--image",
-        default="temp/apple.jpeg",
-        help="image file to send (any format Pillow reads; "
-        "grayscale, RGBA and 16-bit images are converted to 8-bit RGB)",
+        action="append",
+        metavar="PATH",
+        help="image file or folder of images to send; repeat for several (default: temp/apple.jpeg). Any format "
+        "Pillow reads; grayscale, RGBA and 16-bit images are converted to 8-bit RGB",
     )
     add_network_args(p, listening=False)
     add_model_args(p)
@@ -37,18 +43,33 @@ def build_parser() -> argparse.ArgumentParser:
         "0 keeps the native size, padded to a multiple of 8 and cropped back after decoding",
     )
     p.add_argument(
+        "--protocol",
+        choices=["auto", "legacy", "v2"],
+        default="auto",
+        help="wire format: legacy (the original scripts', one image per connection, no acknowledgement) or v2 "
+        "(acknowledged, see docs/protocol.md); auto = legacy for one image, v2 for several",
+    )
+    p.add_argument(
         "--dtype",
-        choices=["f16", "i8"],
+        choices=["f16", "i8", "bf16", "u8"],
         default="f16",
-        help="latent precision on the wire: f16 (flag 2, recommended) or i8 (flag 0: clips the latent "
-        "to [-1, 1]; the report says how much was clipped)",
+        help="latent precision on the wire: f16 (recommended); i8 = legacy int8, clips the latent to [-1, 1] (the "
+        "report says how much was clipped); v2 only: bf16, u8 (8 bits with per-channel scale/offset: adapts to any "
+        "latent range)",
+    )
+    p.add_argument(
+        "--compression",
+        choices=["zstd", "gzip", "none"],
+        default="zstd",
+        help="v2 only: payload compression (legacy frames are always gzip)",
     )
     p.add_argument(
         "--no-original",
         action="store_true",
         help="send the latent only, not the original image (the receiver then shows the reconstruction alone)",
     )
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the connection and the send")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a connection, a send or an ack")
+    p.add_argument("--retries", type=int, default=3, help="v2: reconnect and resend this many times per image")
     p.add_argument(
         "--wait-for-receiver",
         type=float,
@@ -56,24 +77,45 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="if the receiver refuses the connection, keep retrying for S seconds (start both together)",
     )
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
+    p.add_argument("--json", action="store_true", help="print the report as JSON: one object per image")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.size < 0 or args.size % 8:
-        build_parser().error(f"--size must be 0 or a positive multiple of 8, got {args.size}")
+        parser.error(f"--size must be 0 or a positive multiple of 8, got {args.size}")
+    if args.retries < 0 or args.timeout <= 0:
+        parser.error("--retries must be >= 0 and --timeout positive")
     setup_logging()
-    from latentcomm.engine import Engine
     from latentcomm.images import load_image
+    from latentcomm.sender import expand_images
+
+    images = expand_images(args.image or ["temp/apple.jpeg"])
+    protocol = args.protocol if args.protocol != "auto" else ("v2" if len(images) > 1 else "legacy")
+    if protocol == "legacy":
+        if len(images) > 1:
+            parser.error(
+                "the legacy format carries one image per connection without acknowledgement; use --protocol v2"
+            )
+        if args.dtype not in ("f16", "i8"):
+            parser.error(f"--dtype {args.dtype} needs --protocol v2 (legacy frames carry f16 or i8)")
+        load_image(images[0])  # fail on a bad image before spending seconds on the model
+    from latentcomm.engine import Engine
+
+    engine = Engine(args.model, args.device, args.precision)
+    if protocol == "legacy":
+        return _send_legacy(engine, args, images[0])
+    return _send_v2(engine, args, images)
+
+
+def _send_legacy(engine, args, image) -> int:
     from latentcomm.sender import format_report, send_image
 
-    load_image(args.image)  # fail on a bad image before spending seconds on the model
-    engine = Engine(args.model, args.device, args.precision)
     report = send_image(
         engine,
-        args.image,
+        image,
         args.host,
         args.port,
         size=args.size,
@@ -83,10 +125,35 @@ def main(argv: list[str] | None = None) -> int:
         wait_for=args.wait_for_receiver,
     )
     report.extra["model_load_s"] = round(engine.loaded.load_seconds, 3)
-    if args.json:
-        print(json.dumps(report.as_dict()), flush=True)
-    else:
-        print(format_report(report), flush=True)
+    print(json.dumps(report.as_dict()) if args.json else format_report(report), flush=True)
+    return 0
+
+
+def _send_v2(engine, args, images) -> int:
+    from latentcomm.sender import send_images_v2
+    from latentcomm.transport import V2Client
+
+    ok = failed = 0
+    with V2Client(args.host, args.port, args.timeout, args.retries, args.wait_for_receiver) as client:
+        for r in send_images_v2(engine, images, client, args.size, args.dtype, args.compression, not args.no_original):
+            ok += bool(r["acknowledged"])
+            failed += not r["acknowledged"]
+            if args.json:
+                print(json.dumps(r), flush=True)
+            elif "error" in r:
+                print(f"[{r['seq']}] {r['image']}: NOT SENT: {r['error']}", flush=True)
+            else:
+                verdict = "acknowledged" if r["acknowledged"] else f"REFUSED ({r['ack_status']}: {r['ack_message']})"
+                print(
+                    f"[{r['seq']}] {r['image']}: {r['payload_bytes']:,} byte latent ({r['dtype']}/{r['compression']}, "
+                    f"{r['bpp']:.3f} bpp), encode {r['encode_s']:.3f} s, send+ack {r['send_ack_s']:.3f} s: {verdict}",
+                    flush=True,
+                )
+    summary = f"{ok} of {ok + failed} image(s) acknowledged"
+    print(json.dumps({"summary": True, "acknowledged": ok, "failed": failed}) if args.json else summary, flush=True)
+    if failed:
+        print(f"error: {failed} image(s) were not acknowledged (see above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,306 @@
+"""Versioned frames (v2), sans-I/O: many frames per connection, each acknowledged.
+
+The byte layout is specified in docs/protocol.md. In short, every message is
+
+    prefix  "!4sBBHI": magic b"LCV2", version 2, type (1 IMAGE, 2 ACK), reserved 0, body_len
+
+followed by ``body_len`` bytes of body. The magic read as a legacy header means a 1.28 GB payload,
+which no receiver accepts, so a receiver tells v2 from legacy on one port by the first four bytes.
+
+Use it like h11: one ``Connection`` per TCP connection and role. Feed bytes with ``receive_data``,
+pull events with ``next_event`` (``NEED_DATA`` until a whole message is there, ``CLOSED`` after a
+clean EOF), and turn events into bytes with ``send``. Two kinds of errors:
+
+- ``RemoteProtocolError``: the byte stream itself is broken (bad magic, absurd length, EOF inside a
+  message). The connection cannot continue: answer if you can, then close.
+- ``FrameRejected`` (a subclass): a well-delimited IMAGE whose content is bad (checksum, sizes).
+  The stream is still in sync: acknowledge with the error code and keep reading.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+
+from latentcomm.codec import COMP_GZIP, COMP_NONE, COMP_ZSTD, ENC_UINT8_AFFINE, v2_raw_size
+from latentcomm.errors import LocalProtocolError, RemoteProtocolError
+
+MAGIC = b"LCV2"
+VERSION = 2
+PREFIX = struct.Struct("!4sBBHI")
+IMAGE_HEADER = struct.Struct("!IBBHHHIIHHIII")
+ACK_HEADER = struct.Struct("!IBH")
+PARAM = struct.Struct("!ff")
+TYPE_IMAGE = 1
+TYPE_ACK = 2
+
+
+class Status(IntEnum):
+    """Acknowledgement codes (the receiver's verdict on one IMAGE)."""
+
+    OK = 0
+    MALFORMED = 1
+    CHECKSUM = 2
+    UNKNOWN_MODEL = 3
+    TOO_LARGE = 4
+    DECODE_FAILED = 5
+    SHUTTING_DOWN = 6
+
+
+class Role(Enum):
+    SENDER = "sender"  # sends IMAGE, receives ACK
+    RECEIVER = "receiver"  # receives IMAGE, sends ACK
+
+
+class _Sentinel(Enum):
+    NEED_DATA = "NEED_DATA"
+    CLOSED = "CLOSED"
+
+
+NEED_DATA = _Sentinel.NEED_DATA
+CLOSED = _Sentinel.CLOSED
+
+
+class FrameRejected(RemoteProtocolError):
+    """A complete IMAGE with bad content; the stream is intact, so answer with ``status`` and go on."""
+
+    def __init__(self, seq: int, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.seq = seq
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a v2 receiver accepts, enforced from the prefix and header before buffering the body."""
+
+    max_payload_bytes: int = 64 * 1024 * 1024
+    max_latent_elements: int = 4 * 512 * 512
+    max_image_pixels: int = 4096 * 4096
+    max_reference_bytes: int = 32 * 1024 * 1024
+
+    @property
+    def max_body(self) -> int:
+        return IMAGE_HEADER.size + 2 * 65535 + 8 * 65535 + self.max_reference_bytes + self.max_payload_bytes
+
+
+@dataclass(frozen=True)
+class ImageFrame:
+    """One image's latent plus what the receiver needs to show it (see docs/protocol.md)."""
+
+    seq: int
+    model: str
+    encoding: int
+    compression: int
+    shape: tuple[int, int, int]  # latent (C, H, W)
+    image_size: tuple[int, int]  # original (height, width), before padding
+    payload: bytes = field(repr=False)
+    name: str = ""
+    params: tuple[tuple[float, float], ...] = ()  # uint8: per-channel (scale, offset)
+    reference_png: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Ack:
+    seq: int
+    status: Status
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK
+
+
+def sniff(first_bytes: bytes) -> str | None:
+    """'v2' or 'legacy' from a connection's first bytes; None if fewer than 4 have arrived."""
+    if len(first_bytes) < len(MAGIC):
+        return "legacy" if first_bytes and not MAGIC.startswith(first_bytes) else None
+    return "v2" if first_bytes[:4] == MAGIC else "legacy"
+
+
+def _checksum(params: bytes, reference: bytes, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(reference, zlib.crc32(params))) & 0xFFFFFFFF
+
+
+def _utf8(data: bytes, what: str, seq: int) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FrameRejected(seq, Status.MALFORMED, f"{what} is not UTF-8") from None
+
+
+def encode_image(frame: ImageFrame) -> bytes:
+    model, name = frame.model.encode(), frame.name.encode()
+    c, h, w = frame.shape
+    ref = frame.reference_png or b""
+    if len(model) > 65535 or len(name) > 65535:
+        raise LocalProtocolError("model id or image name longer than 65535 bytes")
+    if not all(0 < v < 65536 for v in frame.shape):
+        raise LocalProtocolError(f"latent shape {frame.shape} does not fit the v2 header")
+    if frame.compression not in (COMP_NONE, COMP_GZIP, COMP_ZSTD):
+        raise LocalProtocolError(f"unknown compression {frame.compression}")
+    v2_raw_size(frame.encoding, c, h, w)
+    if (frame.encoding == ENC_UINT8_AFFINE) != bool(frame.params) or (frame.params and len(frame.params) != c):
+        raise LocalProtocolError("uint8 latents need one (scale, offset) per channel, other encodings none")
+    params = b"".join(PARAM.pack(s, o) for s, o in frame.params)
+    header = IMAGE_HEADER.pack(
+        frame.seq,
+        frame.encoding,
+        frame.compression,
+        c,
+        h,
+        w,
+        *frame.image_size,
+        len(model),
+        len(name),
+        len(ref),
+        len(frame.payload),
+        _checksum(params, ref, frame.payload),
+    )
+    body = b"".join([header, model, name, params, ref, frame.payload])
+    return PREFIX.pack(MAGIC, VERSION, TYPE_IMAGE, 0, len(body)) + body
+
+
+def encode_ack(ack: Ack) -> bytes:
+    msg = ack.message.encode()[:1024]
+    body = ACK_HEADER.pack(ack.seq, int(ack.status), len(msg)) + msg
+    return PREFIX.pack(MAGIC, VERSION, TYPE_ACK, 0, len(body)) + body
+
+
+class Connection:
+    """The protocol state of one v2 connection, for one role. No I/O inside.
+
+    The receive buffer is consumed from the front with an offset and compacted only when at least
+    half of it is spent, so processing stays O(n) in the bytes received.
+    """
+
+    def __init__(self, role: Role, limits: Limits | None = None) -> None:
+        self.role = role
+        self.limits = limits or Limits()
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._closed = False
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def receive_data(self, data: bytes) -> None:
+        if self._eof:
+            if data:
+                raise RemoteProtocolError("data after EOF")
+            return
+        if self._pos and self._pos * 2 >= len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def receive_eof(self) -> None:
+        self._eof = True
+
+    def send(self, event: ImageFrame | Ack) -> bytes:
+        if isinstance(event, ImageFrame):
+            if self.role is not Role.SENDER:
+                raise LocalProtocolError("a receiver does not send images")
+            return encode_image(event)
+        if isinstance(event, Ack):
+            if self.role is not Role.RECEIVER:
+                raise LocalProtocolError("a sender does not send acknowledgements")
+            return encode_ack(event)
+        raise LocalProtocolError(f"cannot send {event!r}")
+
+    def next_event(self) -> ImageFrame | Ack | _Sentinel:
+        """The next complete message, NEED_DATA, or CLOSED after a clean EOF between messages."""
+        if self._closed:
+            return CLOSED
+        avail = len(self._buf) - self._pos
+        if avail < PREFIX.size:
+            if self._eof:
+                if avail == 0:
+                    self._closed = True
+                    return CLOSED
+                raise RemoteProtocolError(f"connection closed inside a message prefix ({avail} bytes)")
+            if avail and sniff(bytes(self._buf[self._pos : self._pos + 4])) == "legacy":
+                raise RemoteProtocolError("not a v2 message (bad magic)")
+            return NEED_DATA
+        magic, version, mtype, _reserved, body_len = PREFIX.unpack_from(self._buf, self._pos)
+        if magic != MAGIC:
+            raise RemoteProtocolError("not a v2 message (bad magic)")
+        if version != VERSION:
+            raise RemoteProtocolError(f"unsupported protocol version {version}")
+        want = TYPE_IMAGE if self.role is Role.RECEIVER else TYPE_ACK
+        if mtype != want:
+            raise RemoteProtocolError(f"unexpected message type {mtype} for a {self.role.value}")
+        limit = self.limits.max_body if mtype == TYPE_IMAGE else ACK_HEADER.size + 65535
+        if body_len > limit:
+            raise RemoteProtocolError(f"message body of {body_len} bytes exceeds the limit of {limit}")
+        if mtype == TYPE_IMAGE and avail >= PREFIX.size + IMAGE_HEADER.size:
+            self._check_image_header(body_len)
+        if avail < PREFIX.size + body_len:
+            if self._eof:
+                raise RemoteProtocolError(f"connection closed after {avail - PREFIX.size} of {body_len} body bytes")
+            return NEED_DATA
+        start = self._pos + PREFIX.size
+        body = bytes(self._buf[start : start + body_len])
+        self._pos = start + body_len
+        return self._parse_image(body) if mtype == TYPE_IMAGE else self._parse_ack(body)
+
+    def _check_image_header(self, body_len: int) -> None:
+        """Refuse oversized images from the fixed header alone, before their body is buffered."""
+        f = IMAGE_HEADER.unpack_from(self._buf, self._pos + PREFIX.size)
+        _seq, _enc, _comp, c, h, w, oh, ow, _ml, _nl, ref_len, payload_len, _crc = f
+        lim = self.limits
+        if payload_len > lim.max_payload_bytes:
+            raise RemoteProtocolError(f"payload of {payload_len} bytes exceeds the limit of {lim.max_payload_bytes}")
+        if c * h * w > lim.max_latent_elements:
+            raise RemoteProtocolError(f"latent {c}x{h}x{w} exceeds the limit of {lim.max_latent_elements} elements")
+        if oh * ow > lim.max_image_pixels:
+            raise RemoteProtocolError(f"image {ow}x{oh} exceeds the limit of {lim.max_image_pixels} pixels")
+        if ref_len > lim.max_reference_bytes:
+            raise RemoteProtocolError(f"reference image of {ref_len} bytes exceeds the limit")
+
+    def _parse_image(self, body: bytes) -> ImageFrame:
+        if len(body) < IMAGE_HEADER.size:
+            raise RemoteProtocolError("image body shorter than its header")
+        seq, enc, comp, c, h, w, oh, ow, ml, nl, ref_len, payload_len, crc = IMAGE_HEADER.unpack_from(body)
+        nparams = c if enc == ENC_UINT8_AFFINE else 0
+        expected = IMAGE_HEADER.size + ml + nl + nparams * PARAM.size + ref_len + payload_len
+        if expected != len(body):
+            raise FrameRejected(seq, Status.MALFORMED, f"body is {len(body)} bytes but its fields add up to {expected}")
+        if c == 0 or h == 0 or w == 0 or oh == 0 or ow == 0:
+            raise FrameRejected(seq, Status.MALFORMED, "empty latent or image size")
+        try:
+            v2_raw_size(enc, c, h, w)
+        except RemoteProtocolError as exc:
+            raise FrameRejected(seq, Status.MALFORMED, str(exc)) from None
+        if comp not in (COMP_NONE, COMP_GZIP, COMP_ZSTD):
+            raise FrameRejected(seq, Status.MALFORMED, f"unknown compression {comp}")
+        pos = IMAGE_HEADER.size
+        model = _utf8(body[pos : pos + ml], "model id", seq)
+        pos += ml
+        name = _utf8(body[pos : pos + nl], "image name", seq)
+        pos += nl
+        params_raw = body[pos : pos + nparams * PARAM.size]
+        pos += len(params_raw)
+        ref = body[pos : pos + ref_len]
+        pos += ref_len
+        payload = body[pos:]
+        if _checksum(params_raw, ref, payload) != crc:
+            raise FrameRejected(seq, Status.CHECKSUM, "checksum mismatch (data corrupted in transit)")
+        params = tuple(PARAM.unpack_from(params_raw, i * PARAM.size) for i in range(nparams))
+        return ImageFrame(seq, model, enc, comp, (c, h, w), (oh, ow), payload, name, params, ref or None)
+
+    def _parse_ack(self, body: bytes) -> Ack:
+        if len(body) < ACK_HEADER.size:
+            raise RemoteProtocolError("acknowledgement shorter than its header")
+        seq, status, mlen = ACK_HEADER.unpack_from(body)
+        if ACK_HEADER.size + mlen != len(body):
+            raise RemoteProtocolError("acknowledgement length mismatch")
+        try:
+            st = Status(status)
+        except ValueError:
+            raise RemoteProtocolError(f"unknown acknowledgement status {status}") from None
+        return Ack(seq, st, body[ACK_HEADER.size :].decode("utf-8", "replace"))
