@@ -1,0 +1,191 @@
+"""v2 frames without sockets: round trips, limits, rejections that keep the stream in sync, fuzzing."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from latentcomm import protocol_v2 as v2
+from latentcomm.codec import (
+    COMP_GZIP,
+    COMP_NONE,
+    COMP_ZSTD,
+    ENC_BFLOAT16,
+    ENC_FLOAT16,
+    ENC_INT8_LEGACY,
+    ENC_UINT8_AFFINE,
+    bounded_decompress,
+    compress,
+    v2_dequantize,
+    v2_quantize,
+    v2_raw_size,
+)
+from latentcomm.errors import LocalProtocolError, RemoteProtocolError
+
+
+def make_frame(seq=1, encoding=ENC_FLOAT16, compression=COMP_ZSTD, ref=b"\x89PNG fake", name="cam0/001.png"):
+    latent = torch.linspace(-4, 4, 4 * 3 * 5).reshape(1, 4, 3, 5)
+    raw, params = v2_quantize(latent, encoding)
+    return v2.ImageFrame(
+        seq,
+        "latentcomm-kl-f8@0011223344556677",
+        encoding,
+        compression,
+        (4, 3, 5),
+        (22, 40),
+        compress(raw, compression),
+        name,
+        tuple(params),
+        ref,
+    )
+
+
+def feed(conn: v2.Connection, data: bytes, chunk: int) -> list:
+    events = []
+    for i in range(0, len(data), chunk):
+        conn.receive_data(data[i : i + chunk])
+        while (ev := conn.next_event()) is not v2.NEED_DATA:
+            events.append(ev)
+    return events
+
+
+@pytest.mark.parametrize("encoding", [ENC_FLOAT16, ENC_BFLOAT16, ENC_INT8_LEGACY, ENC_UINT8_AFFINE])
+@pytest.mark.parametrize("compression", [COMP_NONE, COMP_GZIP, COMP_ZSTD])
+def test_round_trip_many_frames_any_chunking(encoding, compression):
+    frames = [make_frame(seq, encoding, compression, ref=None if seq % 2 else b"ref") for seq in range(1, 6)]
+    data = b"".join(v2.encode_image(f) for f in frames)
+    for chunk in (1, 13, len(data)):
+        conn = v2.Connection(v2.Role.RECEIVER)
+        assert feed(conn, data, chunk) == frames
+        conn.receive_eof()
+        assert conn.next_event() is v2.CLOSED
+
+
+@pytest.mark.parametrize("encoding, tol", [(ENC_FLOAT16, 2e-3), (ENC_BFLOAT16, 2e-2), (ENC_UINT8_AFFINE, 8 / 255)])
+def test_latent_encodings_round_trip(encoding, tol):
+    latent = torch.randn(1, 4, 6, 7) * 5
+    raw, params = v2_quantize(latent, encoding)
+    assert len(raw) == v2_raw_size(encoding, 4, 6, 7)
+    back = v2_dequantize(raw, encoding, (4, 6, 7), params)
+    assert torch.allclose(back, latent, atol=tol * 5, rtol=1e-2)
+
+
+def test_uint8_keeps_sd_scale_latents_that_legacy_int8_clips():
+    latent = torch.randn(1, 4, 16, 16) * 5  # SD VAE-like spread
+    raw, params = v2_quantize(latent, ENC_UINT8_AFFINE)
+    err_u8 = (v2_dequantize(raw, ENC_UINT8_AFFINE, (4, 16, 16), params) - latent).abs().mean()
+    raw8, _ = v2_quantize(latent, ENC_INT8_LEGACY)
+    err_i8 = (v2_dequantize(raw8, ENC_INT8_LEGACY, (4, 16, 16), []) - latent).abs().mean()
+    assert err_u8 < 0.05 < err_i8
+
+
+def test_acks_round_trip_and_roles_are_enforced():
+    rx, tx = v2.Connection(v2.Role.RECEIVER), v2.Connection(v2.Role.SENDER)
+    data = rx.send(v2.Ack(7, v2.Status.UNKNOWN_MODEL, "frame is for model 'x'"))
+    assert feed(tx, data, 3) == [v2.Ack(7, v2.Status.UNKNOWN_MODEL, "frame is for model 'x'")]
+    with pytest.raises(LocalProtocolError):
+        rx.send(make_frame())
+    with pytest.raises(RemoteProtocolError, match="unexpected message type"):
+        feed(v2.Connection(v2.Role.SENDER), v2.encode_image(make_frame()), 100)
+
+
+def test_sniff_tells_legacy_from_v2():
+    assert v2.sniff(b"") is None and v2.sniff(b"LC") is None
+    assert v2.sniff(b"LCV2....") == "v2"
+    assert v2.sniff(struct.pack("!IBHH", 100, 2, 32, 32)) == "legacy"
+    assert v2.sniff(b"\x00") == "legacy"
+
+
+def test_checksum_error_keeps_the_stream_in_sync():
+    good, bad = v2.encode_image(make_frame(1)), bytearray(v2.encode_image(make_frame(2)))
+    bad[-1] ^= 0xFF
+    conn = v2.Connection(v2.Role.RECEIVER)
+    conn.receive_data(bytes(bad) + good)
+    with pytest.raises(v2.FrameRejected) as exc:
+        conn.next_event()
+    assert exc.value.seq == 2 and exc.value.status == v2.Status.CHECKSUM
+    assert conn.next_event().seq == 1
+
+
+def test_limits_are_checked_from_the_header():
+    limits = v2.Limits(max_payload_bytes=1000, max_latent_elements=4 * 8 * 8, max_image_pixels=64 * 64)
+    huge = v2.PREFIX.pack(v2.MAGIC, 2, v2.TYPE_IMAGE, 0, 0xFFFFFFFF)
+    conn = v2.Connection(v2.Role.RECEIVER, limits)
+    conn.receive_data(huge)
+    with pytest.raises(RemoteProtocolError, match="exceeds the limit"):
+        conn.next_event()
+    big_latent = v2.ImageFrame(1, "m", ENC_FLOAT16, COMP_NONE, (4, 9, 9), (72, 72), b"x" * 10)
+    conn = v2.Connection(v2.Role.RECEIVER, limits)
+    conn.receive_data(v2.encode_image(big_latent)[:60])  # header only: refused before the body arrives
+    with pytest.raises(RemoteProtocolError, match="latent 4x9x9 exceeds"):
+        conn.next_event()
+
+
+def test_zstd_and_gzip_bombs_are_bounded():
+    zeros = b"\0" * (30 * 1024 * 1024)
+    for comp, blob in ((COMP_ZSTD, compress(zeros, COMP_ZSTD)), (COMP_GZIP, gzip.compress(zeros))):
+        assert len(blob) < 100_000
+        with pytest.raises(RemoteProtocolError, match="inflates past"):
+            bounded_decompress(blob, comp, 4096)
+    with pytest.raises(RemoteProtocolError, match="not valid zstd"):
+        bounded_decompress(b"nonsense", COMP_ZSTD, 10)
+
+
+def test_eof_inside_a_message_is_an_error():
+    data = v2.encode_image(make_frame())
+    conn = v2.Connection(v2.Role.RECEIVER)
+    conn.receive_data(data[:-5])
+    conn.receive_eof()
+    with pytest.raises(RemoteProtocolError, match="closed after"):
+        conn.next_event()
+
+
+def test_buffer_is_consumed_in_linear_time():
+    """Thousands of small frames fed byte-chunked: the buffer is compacted, never re-copied per frame."""
+    frame = v2.encode_image(make_frame(ref=None))
+    conn = v2.Connection(v2.Role.RECEIVER)
+    events = feed(conn, frame * 2000, 4096)
+    assert len(events) == 2000 and conn.buffered == 0
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=3000), st.integers(min_value=1, max_value=128))
+def test_fuzz_arbitrary_bytes(data, chunk):
+    limits = v2.Limits(max_payload_bytes=2048, max_latent_elements=256, max_image_pixels=4096, max_reference_bytes=512)
+    conn = v2.Connection(v2.Role.RECEIVER, limits)
+    try:
+        feed(conn, v2.MAGIC + data, chunk)
+        conn.receive_eof()
+        conn.next_event()
+    except RemoteProtocolError:
+        pass
+    assert conn.buffered <= v2.PREFIX.size + limits.max_body + 128
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=200), st.integers(min_value=0, max_value=255))
+def test_fuzz_bit_flips_in_a_valid_frame(pos, value):
+    data = bytearray(v2.encode_image(make_frame(encoding=ENC_UINT8_AFFINE)))
+    data[pos % len(data)] = value
+    conn = v2.Connection(v2.Role.RECEIVER)
+    try:
+        events = feed(conn, bytes(data), 64)
+        conn.receive_eof()
+        conn.next_event()
+    except RemoteProtocolError:
+        return
+    for ev in events:
+        c, h, w = ev.shape
+        try:
+            raw = bounded_decompress(ev.payload, ev.compression, v2_raw_size(ev.encoding, c, h, w))
+            v2_dequantize(raw, ev.encoding, ev.shape, list(ev.params))
+        except RemoteProtocolError:
+            pass
+        else:
+            assert np.isfinite(v2_dequantize(raw, ev.encoding, ev.shape, list(ev.params)).numpy()).all()
