@@ -1,0 +1,166 @@
+"""Receiver throughput: images/s and p50/p95 latency for 1, 4 and 16 concurrent v2 senders.
+
+    python benchmarks/server.py                     # small model, 64x64 images, 1/4/16 senders
+    python benchmarks/server.py --size 256 --images 20 --model models/latentcomm-kl-f8
+
+Starts the real receiver_sdvae.py process on a free port (--no-show, results to a temp --out unless
+--no-out), then runs N sender threads, each sending its share of pre-encoded v2 frames over its own
+connection and timing send -> acknowledgement. Latency therefore includes queueing behind other
+senders: it is what a sender sees. Prints JSON and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from latentcomm import protocol_v2 as v2  # noqa: E402
+from latentcomm.codec import COMP_ZSTD, ENC_FLOAT16, compress, v2_quantize  # noqa: E402
+from latentcomm.engine import Engine  # noqa: E402
+from latentcomm.transport import V2Client  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def small_model(folder: Path) -> Path:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(
+        block_out_channels=[16, 16, 32, 32],
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        mid_block_add_attention=False,
+    ).save_pretrained(folder)
+    return folder
+
+
+def start_receiver(model: str, out: Path | None) -> tuple[subprocess.Popen, int]:
+    cmd = [sys.executable, str(REPO / "receiver_sdvae.py"), "--port", "0", "--no-show", "--model", model]
+    cmd += ["--out", str(out)] if out else []
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"},
+    )
+    for line in proc.stderr:
+        m = re.search(r"Receiver listening on [^ ]+:(\d+)", line)
+        if m:
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+            return proc, int(m.group(1))
+    raise RuntimeError("receiver did not start")
+
+
+def frames_for(engine: Engine, n: int, size: int) -> list[v2.ImageFrame]:
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.uniform(-1, 1, (1, 3, size, size)).astype(np.float32))
+    latent = engine.encode(x)
+    raw, params = v2_quantize(latent, ENC_FLOAT16)
+    payload = compress(raw, COMP_ZSTD)
+    return [
+        v2.ImageFrame(
+            i + 1,
+            engine.model_id,
+            ENC_FLOAT16,
+            COMP_ZSTD,
+            tuple(latent.shape[1:]),
+            (size, size),
+            payload,
+            f"img{i}",
+            tuple(params),
+        )
+        for i in range(n)
+    ]
+
+
+def run_level(port: int, frames: list[v2.ImageFrame], senders: int) -> dict:
+    share = [frames[i::senders] for i in range(senders)]
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def send(chunk: list[v2.ImageFrame]) -> int:
+        ok = 0
+        with V2Client("127.0.0.1", port, timeout=300) as client:
+            for f in chunk:
+                t = time.perf_counter()
+                ok += client.send(f).ok
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+        return ok
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(senders) as pool:
+        ok = sum(pool.map(send, share))
+    wall = time.perf_counter() - t0
+    lat = np.array(latencies)
+    return {
+        "senders": senders,
+        "images": len(frames),
+        "acknowledged": ok,
+        "seconds": wall,
+        "images_per_s": len(frames) / wall,
+        "p50_latency_s": float(np.percentile(lat, 50)),
+        "p95_latency_s": float(np.percentile(lat, 95)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="receiver/sender model (default: a small random AutoencoderKL)")
+    p.add_argument("--size", type=int, default=64, help="square image size of the frames")
+    p.add_argument("--images", type=int, default=64, help="images per concurrency level")
+    p.add_argument("--levels", default="1,4,16", help="comma list of concurrent sender counts")
+    p.add_argument("--no-out", action="store_true", help="don't write PNGs at the receiver (decode only)")
+    p.add_argument("--json", type=Path, default=RESULTS / "server.json", help="where to write the results")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or str(small_model(Path(tmp) / "vae"))
+        engine = Engine(model, "cpu", "auto")
+        frames = frames_for(engine, args.images, args.size)
+        proc, port = start_receiver(model, None if args.no_out else Path(tmp) / "out")
+        try:
+            run_level(port, frames[:4], 1)  # warm-up
+            levels = [run_level(port, frames, int(n)) for n in args.levels.split(",")]
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    result = {
+        "model": model if args.model else "small random AutoencoderKL",
+        "size": args.size,
+        "writes_png": not args.no_out,
+        "levels": levels,
+    }
+    print(f"{'senders':>7} {'images':>6} {'ok':>4} {'img/s':>8} {'p50 ms':>8} {'p95 ms':>8}")
+    for r in levels:
+        print(
+            f"{r['senders']:>7} {r['images']:>6} {r['acknowledged']:>4} {r['images_per_s']:>8.1f} "
+            f"{1000 * r['p50_latency_s']:>8.1f} {1000 * r['p95_latency_s']:>8.1f}"
+        )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

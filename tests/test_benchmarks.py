@@ -1,0 +1,57 @@
+"""The benchmarks run end to end (tiny settings), print a table and write JSON with the documented keys."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from latentcomm.data import heldout_photos
+from latentcomm.models import EMBEDDED_MODEL_DIR
+from tests.conftest import REPO, script_env
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=script_env()
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_speed_benchmark_quick(tmp_path):
+    out = tmp_path / "speed.json"
+    proc = run_bench("benchmarks/speed.py", "--quick", "--json", str(out))
+    res = json.loads(out.read_text())
+    r = res["sizes"]["64"]
+    for stage in ("preprocess", "encode", "quantize_compress", "send", "decompress", "decode", "postprocess"):
+        assert r["original"][stage] > 0 and r["ours_warm"][stage] > 0
+    assert r["original"]["load_sender"] > 0 and r["ours_cold"]["process_wall"] > 0
+    assert r["flops"]["decode_flops"] > 0 and res["matmul_peak_tflops"]["bf16"] > 0
+    assert res["large_image"]["peak_rss_gib"] > 0
+    assert "end_to_end" in proc.stdout
+
+
+def test_server_benchmark_quick(tmp_path):
+    out = tmp_path / "server.json"
+    run_bench("benchmarks/server.py", "--images", "8", "--levels", "1,4", "--json", str(out))
+    levels = json.loads(out.read_text())["levels"]
+    assert [lv["acknowledged"] for lv in levels] == [8, 8]
+    assert all(lv["p95_latency_s"] >= lv["p50_latency_s"] > 0 for lv in levels)
+
+
+@pytest.mark.skipif(
+    not heldout_photos() or not (EMBEDDED_MODEL_DIR / "config.json").exists(),
+    reason="needs ../shared/data and the embedded model",
+)
+def test_quality_benchmark_quick(tmp_path):
+    out, plot = tmp_path / "q.json", tmp_path / "rd.png"
+    run_bench("benchmarks/quality.py", "--limit", "1", "--sizes", "64", "--json", str(out), "--plot", str(plot))
+    res = json.loads(out.read_text())
+    codecs = {s["codec"] for s in res["summary"]}
+    assert {"latent-f16", "latent-i8", "jpeg", "webp"} <= codecs
+    for s in res["summary"]:
+        assert {"bytes", "bpp", "psnr-rgb", "ssim-rgb", "encoding_time", "decoding_time"} <= set(s)
+    assert plot.stat().st_size > 1000
