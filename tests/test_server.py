@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -255,3 +257,67 @@ def test_dropped_connections_are_retried_and_nothing_is_lost(engine, tiny_model,
     names = [rx.next_json()["name"] for _ in range(6)]
     assert names == [f"img{i}" for i in range(1, 7)]
     assert rx.stop() == 0
+
+
+def test_trickling_client_is_dropped_while_others_are_served(engine, tiny_model, start_receiver):
+    rx = start_receiver(
+        "--no-show", "--json", "--model", str(tiny_model), "--frame-timeout", "3", "--read-timeout", "5"
+    )
+    data = v2.encode_image(latent_frame(engine, 1, "slow", 1)[0])
+    closed = threading.Event()
+
+    def trickle() -> None:
+        """One byte a second until the receiver hangs up on us."""
+        with socket.create_connection(("127.0.0.1", rx.port)) as s:
+            s.setblocking(False)
+            try:
+                for b in data:
+                    s.send(bytes([b]))
+                    time.sleep(1.0)
+                    try:
+                        if s.recv(65536) == b"":
+                            break
+                    except BlockingIOError:
+                        continue  # still open, nothing to read
+            except OSError:
+                pass  # reset by the receiver
+        closed.set()
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    with V2Client("127.0.0.1", rx.port) as client:
+        assert client.send(latent_frame(engine, 1, "fast", 2)[0]).ok
+    assert closed.wait(15), "the trickling client was not dropped"
+    assert rx.next_json()["name"] == "fast"
+    assert rx.stop() == 0
+    assert "frame not complete after 3 s" in rx.stderr
+
+
+def test_sigterm_finishes_frames_in_flight(engine, tiny_model, start_receiver, tmp_path):
+    rx = start_receiver("--no-show", "--json", "--model", str(tiny_model), "--out", str(tmp_path))
+    acked: list[str] = []
+    error: list[Exception] = []
+
+    def stream() -> None:
+        try:
+            with V2Client("127.0.0.1", rx.port, retries=0) as client:
+                for i in range(1, 1000):
+                    name = f"img{i}"
+                    if client.send(latent_frame(engine, i, name, i)[0]).ok:
+                        acked.append(name)
+                    if i == 5:
+                        rx.proc.send_signal(signal.SIGTERM)
+        except Exception as exc:  # the receiver going away ends the stream
+            error.append(exc)
+
+    t = threading.Thread(target=stream)
+    t.start()
+    t.join(60)
+    assert rx.proc.wait(30) == 0
+    assert error, "the stream should end when the receiver stops"
+    written = []
+    while not rx.stdout_lines.empty():
+        r = json.loads(rx.stdout_lines.get())
+        if "name" in r:
+            written.append(r["name"])
+    assert written[: len(acked)] == acked and len(acked) >= 5  # every acknowledged image was written

@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--read-timeout", type=float, default=10.0, metavar="S", help="drop a peer that sends nothing for this long"
     )
+    p.add_argument(
+        "--frame-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="drop a peer whose frame is not complete after this long (a client trickling bytes)",
+    )
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest image (v2 frames) accepted, in pixels")
     p.add_argument("--max-connections", type=int, default=64, help="connections handled at once; more are refused")
     p.add_argument(
@@ -91,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         or args.max_latent <= 0
         or args.max_pixels <= 0
         or args.read_timeout <= 0
+        or args.frame_timeout <= 0
         or args.max_connections <= 0
     ):
         build_parser().error("limits must be positive")
@@ -102,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         args.port,
         Limits(args.max_payload, args.max_latent),
         args.read_timeout,
+        frame_timeout=args.frame_timeout,
         max_connections=args.max_connections,
         v2_limits=v2.Limits(args.max_payload, args.max_latent, args.max_pixels),
     )
