@@ -160,6 +160,9 @@ class Receiver:
             self.viewer.show(original, recon, title, block=self.opts.once)
         report["decode_display_s"] = round(time.perf_counter() - t0, 4)
         self.summary.images_ok += 1
+        if self.opts.out_dir is not None:
+            with (self.opts.out_dir / "images.jsonl").open("a") as fh:
+                fh.write(json.dumps(report) + "\n")
         if item.reply is not None:
             item.reply.set_result(v2.Ack(f.seq, v2.Status.OK, ""))
         self._print(report)

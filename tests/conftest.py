@@ -73,10 +73,10 @@ def run_script(name: str, *args: str, timeout: float = 120, env: dict | None = N
 class ReceiverProcess:
     """receiver_sdvae.py running in the background on a free port, its output collected by threads."""
 
-    def __init__(self, *args: str, env: dict | None = None) -> None:
+    def __init__(self, *args: str, env: dict | None = None, cwd: Path = REPO) -> None:
         self.proc = subprocess.Popen(
             [PYTHON, str(REPO / "receiver_sdvae.py"), "--port", "0", *args],
-            cwd=REPO,
+            cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -136,8 +136,8 @@ def start_receiver():
     """Factory: start receivers; every one still running at the end of the test is stopped."""
     started: list[ReceiverProcess] = []
 
-    def start(*args: str, env: dict | None = None) -> ReceiverProcess:
-        r = ReceiverProcess(*args, env=env)
+    def start(*args: str, env: dict | None = None, cwd: Path = REPO) -> ReceiverProcess:
+        r = ReceiverProcess(*args, env=env, cwd=cwd)
         started.append(r)
         r.wait_listening()
         return r

@@ -63,6 +63,7 @@ def test_sender_to_receiver_round_trip(tiny_model, fp32_engine, start_receiver, 
     compare = Image.open(got["compare_path"])
     assert compare.width > compare.height  # two panels side by side
     assert (out / "0001_recon.png").exists() and (out / "0001_compare.png").exists()
+    assert json.loads((out / "images.jsonl").read_text()) == got
 
 
 def test_sender_default_output_is_the_original_wire_format(tiny_model):
@@ -182,3 +183,16 @@ def test_int8_reports_clipping_and_metrics_sender_sends_latent_only(tiny_model, 
     assert got["has_original"] is False
     assert got["frame_bytes"] == 9 + got["payload_bytes"] == 9 + metrics["payload_bytes"]
     assert rx.stop() == 0
+
+
+def test_headless_receiver_saves_and_says_where(tiny_model, start_receiver, tmp_path):
+    """No --no-show, no --out, no display: the receiver saves to ./received instead of failing."""
+    rx = start_receiver("--once", "--json", "--model", str(tiny_model), cwd=tmp_path)
+    assert "no display available; saving images to" in rx.stderr
+    assert str(tmp_path / "received") in rx.stderr
+    tx = run_script("sender_sdvae.py", "--port", str(rx.port), "--model", str(tiny_model))
+    assert tx.returncode == 0, tx.stderr
+    got = rx.next_json()
+    assert got["recon_path"] == "received/0001_recon.png"
+    assert (tmp_path / "received" / "0001_compare.png").exists()
+    assert rx.proc.wait(60) == 0

@@ -89,3 +89,17 @@ def test_bf16_fast_path_is_invisible_with_real_weights():
     fast = Engine(str(EMBEDDED_MODEL_DIR), "cpu", "bf16")
     assert fast.dtype == torch.bfloat16
     assert psnr(tensor_to_pil(ref.decode(ref.encode(x))), tensor_to_pil(fast.decode(fast.encode(x)))) >= 40.0
+
+
+def test_non_finite_fast_path_output_is_recomputed_in_fp32(tiny_model):
+    """The fp16/bf16 overflow guard: a non-finite result under autocast is redone in fp32."""
+    engine = Engine(str(tiny_model), "cpu", "bf16", warmup=False)
+    calls = []
+
+    def overflowing(t: torch.Tensor) -> torch.Tensor:
+        calls.append(torch.is_autocast_enabled("cpu"))
+        return torch.full_like(t, float("inf")) if calls[-1] else t * 2
+
+    out = engine._run(overflowing, torch.ones(1, 3, 8, 8))
+    assert calls == [True, False]
+    assert torch.equal(out, torch.full((1, 3, 8, 8), 2.0))
