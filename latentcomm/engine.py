@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 #: Above this many pixels per image, encode/decode run tiled (diffusers' tiling): memory stays at a
 #: few GB for 2048x2048 inputs, at the cost of slightly visible tile seams in flat regions.
 TILING_THRESHOLD_PIXELS = 1024 * 1024
+#: Side of the warm-up image: the scripts' default --size.
+WARMUP_SIZE = 256
 
 
 class Engine:
@@ -63,7 +65,9 @@ class Engine:
         self.warmup_seconds = 0.0
         if warmup:
             t0 = time.perf_counter()
-            self.decode(self.encode(torch.zeros(1, 3, 64, 64)))
+            # At the default image size: oneDNN builds kernels per shape, so warming a tiny shape
+            # would leave the first real image slow.
+            self.decode(self.encode(torch.zeros(1, 3, WARMUP_SIZE, WARMUP_SIZE)))
             self.warmup_seconds = time.perf_counter() - t0
 
     @property

@@ -183,6 +183,8 @@ class Connection:
         self._pos = 0
         self._eof = False
         self._closed = False
+        #: Bytes on the wire of the last message returned by ``next_event`` (prefix included).
+        self.last_message_size = 0
 
     @property
     def buffered(self) -> int:
@@ -246,6 +248,7 @@ class Connection:
         start = self._pos + PREFIX.size
         body = bytes(self._buf[start : start + body_len])
         self._pos = start + body_len
+        self.last_message_size = PREFIX.size + body_len
         return self._parse_image(body) if mtype == TYPE_IMAGE else self._parse_ack(body)
 
     def _check_image_header(self, body_len: int) -> None:

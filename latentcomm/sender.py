@@ -115,22 +115,22 @@ def send_image(
     prepared = prepare(path, size, fit)
     frame, facts = build_frame(engine, prepared, dtype, include_original)
     data = frame_to_bytes(frame)
-    report = make_report(engine, path, prepared, frame, facts, dtype, len(data))
+    report = make_report(engine, path, prepared, len(frame.payload), facts, dtype, len(data))
     report.send_s = send_frame(host, port, data, timeout=timeout, wait_for=wait_for)
     return report
 
 
 def make_report(
-    engine: Engine, path: str | Path, prepared: Prepared, frame: LegacyFrame, facts: dict, dtype: str, frame_bytes: int
+    engine: Engine, path: str | Path, prepared: Prepared, payload: int, facts: dict, dtype: str, frame_bytes: int
 ) -> SendReport:
+    """The report's sizes and timings, the same for legacy and v2 frames."""
     h, w = prepared.size
-    payload = len(frame.payload)
     file_bytes = Path(path).stat().st_size
     return SendReport(
         image=str(path),
         model=engine.source,
         image_size=[h, w],
-        latent_shape=[1, engine.latent_channels, frame.height, frame.width],
+        latent_shape=list(facts["latent"].shape),
         dtype=dtype,
         original_file_bytes=file_bytes,
         payload_bytes=payload,
@@ -232,7 +232,7 @@ def send_images_v2(
     compression: str = "zstd",
     include_original: bool = True,
 ) -> Iterator[dict]:
-    """Send each image over one v2 connection; yield one report per image, acknowledged or not.
+    """Send each image over one v2 connection; yield one report dict per image, acknowledged or not.
 
     A bad image file is reported and skipped; a lost connection is retried by the client; a frame
     the receiver refuses is reported with its status, so nothing is silently lost.
@@ -244,35 +244,19 @@ def send_images_v2(
             yield {"image": str(path), "seq": seq, "acknowledged": False, "error": str(exc)}
             continue
         frame, facts = build_v2_frame(engine, prepared, seq, path.name, dtype, compression, include_original)
-        data_len = len(v2.encode_image(frame))
         t0 = time.perf_counter()
         ack = client.send(frame)
-        rtt = time.perf_counter() - t0
-        h, w = prepared.size
-        file_bytes = path.stat().st_size
-        yield {
-            "image": str(path),
-            "name": path.name,
-            "seq": seq,
-            "protocol": "v2",
-            "model": frame.model,
-            "image_size": [h, w],
-            "latent_shape": [1, *frame.shape],
-            "dtype": dtype,
-            "compression": compression,
-            "original_file_bytes": file_bytes,
-            "payload_bytes": len(frame.payload),
-            "frame_bytes": data_len,
-            "compression_ratio": round(file_bytes / len(frame.payload), 3),
-            "raw_compression_ratio": round(3 * h * w / len(frame.payload), 3),
-            "bpp": round(8 * len(frame.payload) / (h * w), 4),
-            "preprocess_s": round(prepared.seconds, 4),
-            "encode_s": round(facts["encode_s"], 4),
-            "compress_s": round(facts["compress_s"], 4),
-            "send_ack_s": round(rtt, 4),
-            "acknowledged": ack.ok,
-            "ack_status": ack.status.name,
-            "ack_message": ack.message,
-            "reconnects": client.reconnects,
-            **({"clipped_fraction": round(facts["clipped_fraction"], 6)} if dtype == "i8" else {}),
-        }
+        report = make_report(engine, path, prepared, len(frame.payload), facts, dtype, client.last_frame_bytes)
+        report.send_s = round(time.perf_counter() - t0, 4)  # includes waiting for the acknowledgement
+        report.model = frame.model
+        report.extra.update(
+            name=path.name,
+            seq=seq,
+            protocol="v2",
+            compression=compression,
+            acknowledged=ack.ok,
+            ack_status=ack.status.name,
+            ack_message=ack.message,
+            reconnects=client.reconnects,
+        )
+        yield report.as_dict()

@@ -291,7 +291,6 @@ class FrameServer:
     def _serve_v2(self, conn: socket.socket, peer: str, first: bytes) -> None:
         proto = v2.Connection(v2.Role.RECEIVER, self.v2_limits)
         proto.receive_data(first)
-        received = len(first)
         t0: float | None = time.perf_counter()
         while True:
             try:
@@ -299,7 +298,7 @@ class FrameServer:
             except v2.FrameRejected as exc:
                 self._reject(peer, f"seq {exc.seq}: {exc}")
                 conn.sendall(proto.send(v2.Ack(exc.seq, exc.status, str(exc))))
-                received, t0 = 0, None
+                t0 = None
                 continue
             except ProtocolError as exc:
                 with contextlib.suppress(OSError):  # tell the peer why before hanging up
@@ -321,15 +320,15 @@ class FrameServer:
                     return
                 if t0 is None:
                     t0 = time.perf_counter()
-                received += len(data)
                 if data:
                     proto.receive_data(data)
                 else:
                     proto.receive_eof()
                 continue
             reply: Future = Future()
-            item = ReceivedFrame(event, peer, received, time.perf_counter() - (t0 or time.perf_counter()), reply)
-            received, t0 = 0, None
+            elapsed = time.perf_counter() - t0 if t0 is not None else 0.0
+            item = ReceivedFrame(event, peer, proto.last_message_size, elapsed, reply)
+            t0 = None
             if not self._enqueue(item):
                 ack = v2.Ack(event.seq, v2.Status.SHUTTING_DOWN, "receiver is shutting down")
             else:
@@ -356,6 +355,7 @@ class V2Client:
         self._sock: socket.socket | None = None
         self._proto: v2.Connection | None = None
         self.reconnects = 0
+        self.last_frame_bytes = 0  # wire size of the frame last passed to send()
 
     def __enter__(self) -> V2Client:
         return self
@@ -404,6 +404,7 @@ class V2Client:
     def send(self, frame: v2.ImageFrame) -> v2.Ack:
         """Send one frame and return its acknowledgement, reconnecting on a dropped connection."""
         data = v2.encode_image(frame)
+        self.last_frame_bytes = len(data)
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             if attempt:

@@ -146,7 +146,7 @@ def _send_v2(engine, args, images) -> int:
                 verdict = "acknowledged" if r["acknowledged"] else f"REFUSED ({r['ack_status']}: {r['ack_message']})"
                 print(
                     f"[{r['seq']}] {r['image']}: {r['payload_bytes']:,} byte latent ({r['dtype']}/{r['compression']}, "
-                    f"{r['bpp']:.3f} bpp), encode {r['encode_s']:.3f} s, send+ack {r['send_ack_s']:.3f} s: {verdict}",
+                    f"{r['bpp']:.3f} bpp), encode {r['encode_s']:.3f} s, send+ack {r['send_s']:.3f} s: {verdict}",
                     flush=True,
                 )
     summary = f"{ok} of {ok + failed} image(s) acknowledged"
