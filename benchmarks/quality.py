@@ -4,8 +4,9 @@
     python benchmarks/quality.py --model DIR --json out.json --plot rd.png
 
 For every evaluation image (the held-out photos and the aerial set, never trained on), at 256x256
-(centre crop) and at native size: the latent codec with float16 and int8 latents (payload = what the
-wire carries), and Pillow's JPEG / WebP / AVIF at the largest quality whose file fits the float16
+(centre crop) and at native size: the latent codec with float16 and int8 latents as the legacy frame
+carries them (gzip), and 8-bit per-channel uint8 + zstd as v2 carries it (payload = what the wire
+carries); and Pillow's JPEG / WebP / AVIF at the largest quality whose file fits the float16
 latent's byte budget. Every codec reports the same keys (CompressAI style): bytes, bpp, psnr-rgb,
 ssim-rgb, encoding and decoding time. Prints a table; writes JSON and a rate-distortion plot.
 """
@@ -27,7 +28,18 @@ from PIL import Image, features  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from latentcomm import data  # noqa: E402
-from latentcomm.codec import FLAG_FLOAT16, FLAG_INT8, decode_latent, encode_latent  # noqa: E402
+from latentcomm.codec import (  # noqa: E402
+    COMP_ZSTD,
+    ENC_UINT8_AFFINE,
+    FLAG_FLOAT16,
+    FLAG_INT8,
+    bounded_decompress,
+    compress,
+    decode_latent,
+    encode_latent,
+    v2_dequantize,
+    v2_quantize,
+)
 from latentcomm.engine import Engine  # noqa: E402
 from latentcomm.images import center_crop_square, load_image, pil_to_tensor, tensor_to_pil  # noqa: E402
 from latentcomm.metrics import psnr, ssim  # noqa: E402
@@ -102,6 +114,17 @@ def evaluate(engine: Engine, sets: dict[str, list[Path]], sizes: list[str], swee
         latent, hw = engine.encode_image(x)
         enc_s = time.perf_counter() - t0
         budget = None
+        t1 = time.perf_counter()
+        raw, params = v2_quantize(latent, ENC_UINT8_AFFINE)
+        payload = compress(raw, COMP_ZSTD)
+        q_s = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        c, h, w = latent.shape[1:]
+        z = v2_dequantize(bounded_decompress(payload, COMP_ZSTD, len(raw)), ENC_UINT8_AFFINE, (c, h, w), params)
+        recon = tensor_to_pil(engine.decode_image(z, hw))
+        rows.append(
+            row("latent-u8-zstd", ds, size, path.name, img, len(payload), recon, enc_s + q_s, time.perf_counter() - t2)
+        )
         for flag, codec in ((FLAG_FLOAT16, "latent-f16"), (FLAG_INT8, "latent-i8")):
             t1 = time.perf_counter()
             enc = encode_latent(latent, flag)
@@ -170,14 +193,14 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def print_table(summary: list[dict]) -> None:
     print(
-        f"{'dataset':<8} {'size':<7} {'codec':<11} {'n':>3} {'bytes':>9} {'bpp':>7} {'PSNR dB':>8} {'SSIM':>7} "
+        f"{'dataset':<8} {'size':<7} {'codec':<14} {'n':>3} {'bytes':>9} {'bpp':>7} {'PSNR dB':>8} {'SSIM':>7} "
         f"{'enc s':>7} {'dec s':>7}"
     )
     for s in summary:
         if s["codec"].endswith("sweep"):
             continue
         print(
-            f"{s['dataset']:<8} {s['size']:<7} {s['codec']:<11} {s['images']:>3} {s['bytes']:>9.0f} "
+            f"{s['dataset']:<8} {s['size']:<7} {s['codec']:<14} {s['images']:>3} {s['bytes']:>9.0f} "
             f"{s['bpp']:>7.3f} {s['psnr-rgb']:>8.2f} {s['ssim-rgb']:>7.4f} {s['encoding_time']:>7.3f} "
             f"{s['decoding_time']:>7.3f}"
         )
@@ -208,7 +231,7 @@ def plot(summary: list[dict], path: Path, title: str) -> None:
             at = [s for s in sel if s["codec"] == fmt]
             if at:
                 ax.plot(at[0]["bpp"], at[0]["psnr-rgb"], "s", color=color, label=f"{fmt.upper()} at f16 budget")
-        for codec, marker in (("latent-f16", "o"), ("latent-i8", "^")):
+        for codec, marker in (("latent-f16", "o"), ("latent-i8", "^"), ("latent-u8-zstd", "D")):
             at = [s for s in sel if s["codec"] == codec]
             if at:
                 ax.plot(at[0]["bpp"], at[0]["psnr-rgb"], marker, color="tab:red", markersize=9, label=codec)
