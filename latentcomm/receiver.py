@@ -6,6 +6,7 @@ import json
 import logging
 import queue
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,14 +187,18 @@ class Receiver:
 
     # -- serving ------------------------------------------------------------------------------------
 
-    def serve(self, server: FrameServer) -> Summary:
-        """Process frames until Ctrl-C/SIGTERM (or the first image with ``once``), then drain.
+    def serve(self, server: FrameServer, stop: threading.Event | None = None) -> Summary:
+        """Process frames until ``stop`` is set (or the first image with ``once``), then drain.
 
-        On a stop request: stop accepting, finish the frames already received or arriving within a
-        short grace period, answer anything left with SHUTTING_DOWN, and return the summary.
+        The scripts set ``stop`` from their SIGINT/SIGTERM handlers rather than letting a
+        KeyboardInterrupt fly into the middle of queue or lock code, which can leave a lock held
+        and hang the shutdown. On a stop request: stop accepting, finish the frames already
+        received or arriving within a short grace period, answer anything left with
+        SHUTTING_DOWN, and return the summary.
         """
+        stop = stop or threading.Event()
         try:
-            while True:
+            while not stop.is_set():
                 try:
                     item = server.frames.get(timeout=0.1)
                 except queue.Empty:
@@ -202,8 +207,9 @@ class Receiver:
                     continue
                 if self.handle(item) is not None and self.opts.once:
                     break
-        except KeyboardInterrupt:
-            log.info("stopping: finishing frames in flight")
+        except KeyboardInterrupt:  # a library user without signal handlers pressed Ctrl-C
+            pass
+        log.info("stopping: finishing frames in flight")
         server.stop_accepting()
         self._drain(server)
         self.summary.rejected += server.stats.rejected

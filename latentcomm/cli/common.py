@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 DEFAULT_HOST = "127.0.0.1"
@@ -70,13 +71,21 @@ def setup_logging(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
 
 
-def sigterm_as_interrupt() -> None:
-    """Let SIGTERM stop a process the same clean way Ctrl-C does."""
+def stop_on_signals() -> threading.Event:
+    """Make Ctrl-C and SIGTERM set an Event (a clean, drained stop) instead of raising.
+
+    A second signal raises KeyboardInterrupt, for when the clean stop itself is stuck.
+    """
+    stop = threading.Event()
 
     def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
 
+    signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    return stop
 
 
 def run(main: Callable[[], int]) -> int:

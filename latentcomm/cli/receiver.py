@@ -14,7 +14,7 @@ from latentcomm.cli.common import (
     add_network_args,
     run,
     setup_logging,
-    sigterm_as_interrupt,
+    stop_on_signals,
 )
 
 log = logging.getLogger("latentcomm.receiver")
@@ -86,7 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    sigterm_as_interrupt()
     from latentcomm import protocol_v2 as v2
     from latentcomm.engine import Engine
     from latentcomm.protocol import Limits
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = server.address
     models = ", ".join(e.model_id for e in engines)
     print(f"Receiver listening on {host}:{port} (model {models}); Ctrl-C to stop", file=sys.stderr, flush=True)
-    summary = receiver.serve(server)
+    summary = receiver.serve(server, stop_on_signals())
     final = {
         "summary": True,
         "images_ok": summary.images_ok,
