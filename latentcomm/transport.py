@@ -38,15 +38,26 @@ POLL_S = 0.25
 
 
 def _connect(host: str, port: int, timeout: float, wait_for: float) -> socket.socket:
-    """Open a connection, retrying a refused one for up to ``wait_for`` seconds (receiver starting)."""
+    """Open a TCP_NODELAY connection, retrying a refused one for up to ``wait_for`` seconds (a
+    receiver still starting). Failures become TransportError with a one-line, actionable message."""
+    where = f"{host}:{port}"
     deadline = time.monotonic() + wait_for
     while True:
         try:
-            return socket.create_connection((host, port), timeout=timeout)
+            sock = socket.create_connection((host, port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
         except ConnectionRefusedError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.25)
+            if time.monotonic() < deadline:
+                time.sleep(0.25)
+                continue
+            raise TransportError(
+                f"connection refused by {where}: is the receiver running? start it with 'python receiver_sdvae.py'"
+            ) from None
+        except socket.gaierror as exc:
+            raise TransportError(f"cannot resolve host {host!r}: {exc.strerror}") from None
+        except OSError as exc:
+            raise TransportError(f"cannot connect to {where}: {exc.strerror or exc}") from None
 
 
 def send_frame(host: str, port: int, data: bytes, timeout: float = 30.0, wait_for: float = 0.0) -> float:
@@ -59,15 +70,8 @@ def send_frame(host: str, port: int, data: bytes, timeout: float = 30.0, wait_fo
     try:
         with _connect(host, port, timeout, wait_for) as sock:
             t0 = time.perf_counter()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
-    except ConnectionRefusedError:
-        raise TransportError(
-            f"connection refused by {where}: is the receiver running? start it with 'python receiver_sdvae.py'"
-        ) from None
-    except socket.gaierror as exc:
-        raise TransportError(f"cannot resolve host {host!r}: {exc.strerror}") from None
     except TimeoutError:
         raise TransportError(f"timed out after {timeout:.0f} s talking to {where}") from None
     except (BrokenPipeError, ConnectionResetError):
@@ -370,18 +374,7 @@ class V2Client:
         self._sock = self._proto = None
 
     def _open(self) -> None:
-        where = f"{self.host}:{self.port}"
-        try:
-            self._sock = _connect(self.host, self.port, self.timeout, self.wait_for)
-        except ConnectionRefusedError:
-            raise TransportError(
-                f"connection refused by {where}: is the receiver running? start it with 'python receiver_sdvae.py'"
-            ) from None
-        except socket.gaierror as exc:
-            raise TransportError(f"cannot resolve host {self.host!r}: {exc.strerror}") from None
-        except OSError as exc:
-            raise TransportError(f"cannot connect to {where}: {exc.strerror or exc}") from None
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = _connect(self.host, self.port, self.timeout, self.wait_for)
         self._proto = v2.Connection(v2.Role.SENDER)
 
     def _exchange(self, data: bytes, seq: int) -> v2.Ack:
@@ -421,7 +414,7 @@ class V2Client:
                 if ack.seq == 0 and frame.seq != 0:
                     self.close()  # the receiver dropped the connection after a stream error
                 return ack
-            except (OSError, ProtocolError) as exc:
+            except (OSError, ProtocolError, TransportError) as exc:  # reset, EOF, timeout, refused reconnect
                 last = exc
                 self.close()
         raise TransportError(
