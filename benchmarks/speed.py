@@ -86,7 +86,7 @@ class Loopback:
         return item.frame, time.perf_counter() - t0
 
     def close(self) -> None:
-        self.server.stop()
+        self.server.stop_accepting()
 
 
 def original_way(model_dir: Path, size: int, link: Loopback) -> dict:

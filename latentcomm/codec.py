@@ -39,10 +39,6 @@ class EncodedLatent:
     payload: bytes
     clipped_fraction: float = 0.0  # int8 only: share of values outside [-1, 1]
 
-    @property
-    def raw_size(self) -> int:
-        return raw_latent_size(self.flag, self.channels, self.height, self.width)
-
 
 def raw_latent_size(flag: int, channels: int, height: int, width: int) -> int:
     """Bytes of the uncompressed latent for a given flag and shape."""

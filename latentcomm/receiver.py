@@ -8,7 +8,7 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -41,7 +41,6 @@ class Summary:
     images_ok: int = 0
     rejected: int = 0
     bytes_received: int = 0
-    reports: list[dict] = field(default_factory=list)
 
 
 class Rejected(LatentcommError):

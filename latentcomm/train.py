@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
-    paths = [p for p in sorted(args.data.glob("*.png")) if p.name not in data.HELDOUT_PHOTOS]
+    paths = data.training_photos(args.data)
     if not paths:
         print(f"error: no training photos in {args.data}", file=sys.stderr)
         return 2

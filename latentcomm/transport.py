@@ -171,8 +171,6 @@ class FrameServer:
         self._thread.join(timeout=2)
         self._sock.close()
 
-    stop = stop_accepting
-
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
             try:
