@@ -55,3 +55,19 @@ def test_quality_benchmark_quick(tmp_path):
     for s in res["summary"]:
         assert {"bytes", "bpp", "psnr-rgb", "ssim-rgb", "encoding_time", "decoding_time"} <= set(s)
     assert plot.stat().st_size > 1000
+
+
+@pytest.mark.skipif(
+    not heldout_photos() or not (EMBEDDED_MODEL_DIR / "config.json").exists(),
+    reason="needs ../shared/data and the embedded model",
+)
+def test_precision_guard_benchmark_quick(tmp_path):
+    out = tmp_path / "guard.json"
+    proc = run_bench(
+        "benchmarks/precision_guard.py", "--limit", "1", "--size", "64", "--calibration", "1", "--json", str(out)
+    )
+    res = json.loads(out.read_text())
+    assert set(res["psnr_vs_fp32_db"]) == {"bf16", "int8-weights", "int8-static", "int8-static-mixed"}
+    # bf16 is what the scripts ship on AMX CPUs: it must stay invisible next to fp32.
+    assert res["min_psnr_vs_fp32_db"]["bf16"] >= res["guard_db"]
+    assert "guard 40 dB" in proc.stdout
