@@ -44,20 +44,29 @@ log = logging.getLogger("latentcomm.train")
 SCALES = (1.0, 0.6, 0.35)
 
 
-def embedded_model_config() -> dict:
+#: Architecture of the shipped model (see :func:`embedded_model_config`).
+DEFAULT_CHANNELS = (64, 128, 128, 128)
+DEFAULT_LAYERS_PER_BLOCK = 1
+
+
+def embedded_model_config(
+    channels: tuple[int, ...] = DEFAULT_CHANNELS, layers_per_block: int = DEFAULT_LAYERS_PER_BLOCK
+) -> dict:
     """The architecture of the embedded model (a plain diffusers AutoencoderKL config).
 
-    32/64/128/192 channels with two resnet layers per block and no mid-block attention: the cheap
-    full-resolution stages make a training step ~3x cheaper than 64 channels at full resolution
-    (measured here on 2 CPU cores), and 8.7M parameters fit in 18 MB of float16 safetensors.
+    Four blocks (8x down-sampling), 64 channels at full resolution, one resnet layer per encoder
+    block and no mid-block attention. Measured on 2 CPU cores, this trains to a better held-out PSNR
+    per hour than a deeper model with cheaper full-resolution stages (32/64/128/192, two layers per
+    block: 19.4 dB after 1.8 h, flat from the first hour), because the full-resolution width is
+    what carries fine detail back out of a 4-channel latent. 4.9M parameters, about 10 MB of float16.
     """
     return dict(
         in_channels=3,
         out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[32, 64, 128, 192],
-        layers_per_block=2,
+        down_block_types=["DownEncoderBlock2D"] * len(channels),
+        up_block_types=["UpDecoderBlock2D"] * len(channels),
+        block_out_channels=list(channels),
+        layers_per_block=layers_per_block,
         latent_channels=4,
         norm_num_groups=32,
         act_fn="silu",
@@ -180,10 +189,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=data.REPO_ROOT / "models" / "latentcomm-kl-f8",
         help="diffusers folder the EMA weights are exported to",
     )
-    p.add_argument("--steps", type=int, default=4000, help="total optimisation steps (the LR schedule spans these)")
+    p.add_argument(
+        "--channels",
+        type=lambda v: tuple(int(c) for c in v.split(",")),
+        default=DEFAULT_CHANNELS,
+        help="block_out_channels, comma-separated; 4 blocks give the SD VAE's 8x down-sampling",
+    )
+    p.add_argument("--layers-per-block", type=int, default=DEFAULT_LAYERS_PER_BLOCK, help="resnet layers per block")
+    p.add_argument("--steps", type=int, default=2400, help="total optimisation steps (the LR schedule spans these)")
     p.add_argument("--batch", type=int, default=16, help="crops per step")
     p.add_argument("--crop", type=int, default=128, help="crop size in pixels (multiple of 8)")
-    p.add_argument("--lr", type=float, default=4e-4, help="peak learning rate (AdamW)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW)")
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
     p.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the KL term")
     p.add_argument("--range-weight", type=float, default=1.0, help="weight of the penalty on |latent| > 0.95")
@@ -192,7 +208,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
     p.add_argument("--precision", default="auto", help="auto|fp32|bf16|fp16 autocast for the forward pass")
     p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints (and exports)")
-    p.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations")
+    p.add_argument("--eval-every", type=int, default=200, help="steps between held-out evaluations")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="end this run after N steps (checkpointed; resume later with the same --steps); 0 = run to --steps",
+    )
     p.add_argument(
         "--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from run-dir/last.pt if present"
     )
@@ -220,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler = CropSampler(paths, args.crop, gen)
     heldout = [pil_to_tensor(center_crop_square(load_image(p), 256)) for p in data.heldout_photos(args.data)]
 
-    model = AutoencoderKL(**embedded_model_config()).to(device)
+    model = AutoencoderKL(**embedded_model_config(args.channels, args.layers_per_block)).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     args.run_dir.mkdir(parents=True, exist_ok=True)
@@ -229,7 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = 0.0
     if args.resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError:
+            print(
+                f"error: {ckpt_path} holds another architecture than --channels {','.join(map(str, args.channels))} "
+                f"--layers-per-block {args.layers_per_block}; pass a new --run-dir or --no-resume",
+                file=sys.stderr,
+            )
+            return 2
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
@@ -248,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(total=args.steps, initial=step, desc="training", unit="step")
     t0 = time.time() - elapsed
     model.train()
-    while step < args.steps:
+    stop_at = min(args.steps, step + args.stop_after) if args.stop_after > 0 else args.steps
+    while step < stop_at:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         x = sampler.batch(args.batch).to(device)
@@ -266,12 +297,12 @@ def main(argv: list[str] | None = None) -> int:
         bar.update(1)
         bar.set_postfix(psnr=f"{stats['psnr']:.2f}", loss=f"{stats['loss']:.4f}")
         record = {"step": step, "lr": opt.param_groups[0]["lr"], "time_s": round(time.time() - t0, 1), **stats}
-        if step % args.eval_every == 0 or step == args.steps:
+        if heldout and (step % args.eval_every == 0 or step == args.steps):
             record["heldout_psnr_256"] = evaluate(ema, heldout, dtype, device)
             log.info("step %d: held-out PSNR (EMA, 256x256) %.2f dB", step, record["heldout_psnr_256"])
         metrics_log.write(json.dumps(record) + "\n")
         metrics_log.flush()
-        if step % args.ckpt_every == 0 or step == args.steps:
+        if step % args.ckpt_every == 0 or step == stop_at:
             elapsed = time.time() - t0
             save_checkpoint(
                 ckpt_path,
