@@ -11,7 +11,11 @@ Design choices (why):
 - A tiny KL term keeps the posterior's variance meaningful for anyone calling ``sample()``.
 - EMA weights are exported, so the model is good whenever training is stopped.
 - Checkpoints are written atomically and include optimizer, EMA and RNG states: ``--resume``
-  continues bit-for-bit where it left off.
+  continues bit-for-bit where it left off. ``--init-from`` instead starts a new schedule from
+  trained weights (a second training phase with its own learning rate and loss weights).
+- The encoder and decoder are compiled (``torch.compile``) and run channels-last: measured on this
+  2-core CPU, a step of 16 128x128 crops takes 2.1 s instead of 3.5-4 s, for a one-off 40-60 s
+  compile.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -113,8 +118,19 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def training_loss(model, x: torch.Tensor, kl_weight: float, range_weight: float) -> tuple[torch.Tensor, dict]:
-    """L1 + MSE reconstruction from the (noised) mean latent, a tiny KL, and a [-1, 1] range penalty."""
+def training_loss(
+    model,
+    x: torch.Tensor,
+    kl_weight: float,
+    range_weight: float,
+    l1_weight: float = 1.0,
+    mse_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict]:
+    """L1 + MSE reconstruction from the (noised) mean latent, a tiny KL, and a [-1, 1] range penalty.
+
+    L1 gives strong gradients early, when errors are large; PSNR is an MSE measure, so a later
+    phase can shift the weight to MSE (``--l1-weight``/``--mse-weight``).
+    """
     posterior = model.encode(x).latent_dist
     z = posterior.mean
     noise = (torch.rand_like(z) - 0.5) * (2.0 / 127.0)
@@ -123,7 +139,7 @@ def training_loss(model, x: torch.Tensor, kl_weight: float, range_weight: float)
     mse = F.mse_loss(recon, x)
     kl = posterior.kl().mean() / z[0].numel()
     out_of_range = F.relu(z.float().abs() - 0.95).pow(2).mean()
-    loss = l1 + mse + kl_weight * kl + range_weight * out_of_range
+    loss = l1_weight * l1 + mse_weight * mse + kl_weight * kl + range_weight * out_of_range
     psnr = 10 * math.log10(4.0 / max(mse.item(), 1e-10))
     return loss, {
         "loss": loss.item(),
@@ -160,6 +176,19 @@ def export(ema, out_dir: Path, meta: dict) -> None:
     for f in tmp.iterdir():
         os.replace(f, out_dir / f.name)
     tmp.rmdir()
+
+
+def initial_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Float32 weights to start a new training phase from: a run's ``last.pt`` (its EMA weights)
+    or a diffusers model folder (e.g. the shipped model)."""
+    if path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        weights = state["ema"] if isinstance(state, dict) and "ema" in state else state
+    else:
+        from diffusers import AutoencoderKL
+
+        weights = AutoencoderKL.from_pretrained(path, torch_dtype=torch.float32).state_dict()
+    return {k: v.float() for k, v in weights.items()}
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -201,6 +230,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=128, help="crop size in pixels (multiple of 8)")
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW)")
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
+    p.add_argument("--l1-weight", type=float, default=1.0, help="weight of the L1 reconstruction term")
+    p.add_argument("--mse-weight", type=float, default=1.0, help="weight of the MSE reconstruction term")
     p.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the KL term")
     p.add_argument("--range-weight", type=float, default=1.0, help="weight of the penalty on |latent| > 0.95")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
@@ -214,6 +245,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=0,
         help="end this run after N steps (checkpointed; resume later with the same --steps); 0 = run to --steps",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="torch.compile the encoder and decoder (about 1.8x faster steps on CPU after a ~1 min compile)",
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start a new schedule from these weights (a run's last.pt or a diffusers model folder); "
+        "ignored when run-dir/last.pt is resumed",
     )
     p.add_argument(
         "--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from run-dir/last.pt if present"
@@ -243,20 +287,33 @@ def main(argv: list[str] | None = None) -> int:
     heldout = [pil_to_tensor(center_crop_square(load_image(p), 256)) for p in data.heldout_photos(args.data)]
 
     model = AutoencoderKL(**embedded_model_config(args.channels, args.layers_per_block)).to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    arch = f"--channels {','.join(map(str, args.channels))} --layers-per-block {args.layers_per_block}"
     args.run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.run_dir / "last.pt"
+    resuming = args.resume and ckpt_path.exists()
+    if args.init_from is not None and not resuming:
+        if not args.init_from.exists():
+            print(f"error: --init-from {args.init_from} does not exist", file=sys.stderr)
+            return 2
+        try:
+            model.load_state_dict(initial_weights(args.init_from))
+        except (RuntimeError, OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+            reason = "holds another architecture than " + arch if isinstance(exc, RuntimeError) else str(exc)
+            print(f"error: --init-from {args.init_from} {reason.splitlines()[0]}", file=sys.stderr)
+            return 2
+        log.info("initialised from %s", args.init_from)
+    model = model.to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     step = 0
     elapsed = 0.0
-    if args.resume and ckpt_path.exists():
+    if resuming:
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         try:
             model.load_state_dict(state["model"])
         except RuntimeError:
             print(
-                f"error: {ckpt_path} holds another architecture than --channels {','.join(map(str, args.channels))} "
-                f"--layers-per-block {args.layers_per_block}; pass a new --run-dir or --no-resume",
+                f"error: {ckpt_path} holds another architecture than {arch}; pass a new --run-dir or --no-resume",
                 file=sys.stderr,
             )
             return 2
@@ -274,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         len(paths),
     )
 
+    if args.compile and device.type in ("cpu", "cuda"):
+        # In place, so parameter names (checkpoints, exports) stay those of the plain model.
+        model.encoder.compile()
+        model.decoder.compile()
     metrics_log = (args.run_dir / "metrics.jsonl").open("a")
     bar = tqdm(total=args.steps, initial=step, desc="training", unit="step")
     t0 = time.time() - elapsed
@@ -282,9 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     while step < stop_at:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        x = sampler.batch(args.batch).to(device)
+        x = sampler.batch(args.batch).to(device).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss, stats = training_loss(model, x, args.kl_weight, args.range_weight)
+            loss, stats = training_loss(model, x, args.kl_weight, args.range_weight, args.l1_weight, args.mse_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

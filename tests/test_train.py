@@ -1,5 +1,6 @@
 """`python -m latentcomm.train`, run as a user runs it: seeded, resumable bit for bit, exports a
-diffusers folder the scripts load, and refuses a checkpoint of another architecture in one line."""
+diffusers folder the scripts load, starts a second phase from trained weights, and refuses a
+checkpoint of another architecture in one line."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def photos(tmp_path_factory):
 def train(photos, run_dir, export, *extra: str) -> subprocess.CompletedProcess:
     args = ["--data", str(photos), "--run-dir", str(run_dir), "--export", str(export)]
     args += ["--channels", "32,32,32,32", "--steps", "6", "--batch", "2", "--crop", "64"]
-    args += ["--warmup", "2", "--ckpt-every", "2", "--eval-every", "3", "--seed", "3", *extra]
+    args += ["--warmup", "2", "--ckpt-every", "2", "--eval-every", "3", "--seed", "3"]
+    args += [*extra] if "--compile" in extra else ["--no-compile", *extra]
     return subprocess.run(
         [sys.executable, "-m", "latentcomm.train", *args],
         cwd=REPO,
@@ -81,3 +83,38 @@ def test_resuming_another_architecture_is_one_clear_error(photos, tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "another architecture" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_second_phase_starts_from_trained_weights_compiled(photos, tmp_path):
+    """--init-from takes a run's last.pt or a diffusers folder; with a vanishing learning rate the
+    exported weights are the ones it started from (random weights would differ everywhere). This
+    run also exercises the torch.compile'd, channels-last training step the real runs use."""
+    assert train(photos, tmp_path / "a", tmp_path / "model-a", "--stop-after", "2").returncode == 0
+    start = load_file(tmp_path / "model-a" / "diffusion_pytorch_model.safetensors")
+
+    for source, name in ((tmp_path / "a" / "last.pt", "from-ckpt"), (tmp_path / "model-a", "from-folder")):
+        extra = ["--init-from", str(source), "--lr", "1e-12", "--l1-weight", "0", "--steps", "3"]
+        if name == "from-ckpt":
+            extra.append("--compile")
+        proc = train(photos, tmp_path / name, tmp_path / f"model-{name}", *extra)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "initialised from" in proc.stderr
+        weights = load_file(tmp_path / f"model-{name}" / "diffusion_pytorch_model.safetensors")
+        assert all(torch.allclose(weights[k].float(), start[k].float(), atol=1e-3) for k in start), name
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == [1, 2, 3]
+        assert records[0]["lr"] < 1e-11
+
+
+def test_init_from_mistakes_are_one_clear_error(photos, tmp_path):
+    assert train(photos, tmp_path / "a", tmp_path / "model-a", "--stop-after", "2").returncode == 0
+    for source, message in (
+        (tmp_path / "missing", "does not exist"),
+        (tmp_path / "a" / "last.pt", "another architecture"),
+    ):
+        proc = train(
+            photos, tmp_path / "b", tmp_path / "model-b", "--init-from", str(source), "--channels", "32,32,32,64"
+        )
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        assert message in proc.stderr.strip().splitlines()[-1]
