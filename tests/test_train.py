@@ -118,3 +118,24 @@ def test_init_from_mistakes_are_one_clear_error(photos, tmp_path):
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
         assert message in proc.stderr.strip().splitlines()[-1]
+
+
+def test_decoder_only_phase_keeps_the_latent_and_trains_the_decoder(photos, tmp_path):
+    """A decoder fine-tune must leave the encoder (what goes over the wire) bit-identical."""
+    assert train(photos, tmp_path / "a", tmp_path / "model-a", "--stop-after", "2").returncode == 0
+    start = load_file(tmp_path / "model-a" / "diffusion_pytorch_model.safetensors")
+    extra = ["--init-from", str(tmp_path / "a" / "last.pt"), "--decoder-only", "--lr", "1e-2", "--steps", "3"]
+    proc = train(photos, tmp_path / "d", tmp_path / "model-d", *extra)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    tuned = load_file(tmp_path / "model-d" / "diffusion_pytorch_model.safetensors")
+    frozen = [k for k in start if k.startswith(("encoder.", "quant_conv."))]
+    trained = [k for k in start if k.startswith(("decoder.", "post_quant_conv."))]
+    assert frozen and trained
+    assert all(torch.equal(tuned[k], start[k]) for k in frozen)
+    assert sum(not torch.equal(tuned[k], start[k]) for k in trained) > len(trained) // 2
+
+    # Resuming that run without --decoder-only is a one-line error, not an optimizer traceback.
+    proc = train(photos, tmp_path / "d", tmp_path / "model-d", "--steps", "4")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "--decoder-only" in proc.stderr.strip().splitlines()[-1]
