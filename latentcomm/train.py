@@ -409,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
                     "seed": args.seed,
                     "device": str(device),
                     "autocast": str(dtype),
+                    "lr": args.lr,
+                    "loss_weights": {"l1": args.l1_weight, "mse": args.mse_weight, "range": args.range_weight},
+                    "init_from": str(args.init_from) if args.init_from else None,
+                    "decoder_only": args.decoder_only,
                 },
             )
     bar.close()
