@@ -304,10 +304,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --init-from {args.init_from} does not exist", file=sys.stderr)
             return 2
         try:
-            model.load_state_dict(initial_weights(args.init_from))
+            weights = initial_weights(args.init_from)
         except (RuntimeError, OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
-            reason = "holds another architecture than " + arch if isinstance(exc, RuntimeError) else str(exc)
-            print(f"error: --init-from {args.init_from} {reason.splitlines()[0]}", file=sys.stderr)
+            first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            print(f"error: --init-from {args.init_from} can't be read: {first_line}", file=sys.stderr)
+            return 2
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError:
+            print(f"error: --init-from {args.init_from} holds another architecture than {arch}", file=sys.stderr)
             return 2
         log.info("initialised from %s", args.init_from)
     model = model.to(memory_format=torch.channels_last)

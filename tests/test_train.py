@@ -111,6 +111,7 @@ def test_init_from_mistakes_are_one_clear_error(photos, tmp_path):
     for source, message in (
         (tmp_path / "missing", "does not exist"),
         (tmp_path / "a" / "last.pt", "another architecture"),
+        (tmp_path / "a" / "metrics.jsonl", "can't be read"),
     ):
         proc = train(
             photos, tmp_path / "b", tmp_path / "model-b", "--init-from", str(source), "--channels", "32,32,32,64"
