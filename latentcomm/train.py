@@ -42,7 +42,9 @@ from tqdm import tqdm
 
 from latentcomm import data
 from latentcomm.device import configure_threads, resolve_device, resolve_precision
+from latentcomm.errors import ModelLoadError
 from latentcomm.images import center_crop_square, load_image, pil_to_tensor
+from latentcomm.models import load_autoencoder
 
 log = logging.getLogger("latentcomm.train")
 
@@ -187,9 +189,7 @@ def initial_weights(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=False)
         weights = state["ema"] if isinstance(state, dict) and "ema" in state else state
     else:
-        from diffusers import AutoencoderKL
-
-        weights = AutoencoderKL.from_pretrained(path, torch_dtype=torch.float32).state_dict()
+        weights = load_autoencoder(str(path)).vae.state_dict()
     return {k: v.float() for k, v in weights.items()}
 
 
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             weights = initial_weights(args.init_from)
-        except (RuntimeError, OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+        except (ModelLoadError, RuntimeError, OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
             first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
             print(f"error: --init-from {args.init_from} can't be read: {first_line}", file=sys.stderr)
             return 2

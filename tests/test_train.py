@@ -35,6 +35,15 @@ def photos(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def trained(photos, tmp_path_factory):
+    """A 2-step run (run dir with last.pt, and its export) that second-phase tests start from."""
+    root = tmp_path_factory.mktemp("trained")
+    proc = train(photos, root / "a", root / "model-a", "--stop-after", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root
+
+
 def train(photos, run_dir, export, *extra: str) -> subprocess.CompletedProcess:
     args = ["--data", str(photos), "--run-dir", str(run_dir), "--export", str(export)]
     args += ["--channels", "32,32,32,32", "--steps", "6", "--batch", "2", "--crop", "64"]
@@ -85,14 +94,13 @@ def test_resuming_another_architecture_is_one_clear_error(photos, tmp_path):
     assert "another architecture" in proc.stderr.strip().splitlines()[-1]
 
 
-def test_a_second_phase_starts_from_trained_weights_compiled(photos, tmp_path):
+def test_a_second_phase_starts_from_trained_weights_compiled(photos, trained, tmp_path):
     """--init-from takes a run's last.pt or a diffusers folder; with a vanishing learning rate the
     exported weights are the ones it started from (random weights would differ everywhere). This
     run also exercises the torch.compile'd, channels-last training step the real runs use."""
-    assert train(photos, tmp_path / "a", tmp_path / "model-a", "--stop-after", "2").returncode == 0
-    start = load_file(tmp_path / "model-a" / "diffusion_pytorch_model.safetensors")
+    start = load_file(trained / "model-a" / "diffusion_pytorch_model.safetensors")
 
-    for source, name in ((tmp_path / "a" / "last.pt", "from-ckpt"), (tmp_path / "model-a", "from-folder")):
+    for source, name in ((trained / "a" / "last.pt", "from-ckpt"), (trained / "model-a", "from-folder")):
         extra = ["--init-from", str(source), "--lr", "1e-12", "--l1-weight", "0", "--steps", "3"]
         if name == "from-ckpt":
             extra.append("--compile")
@@ -106,12 +114,11 @@ def test_a_second_phase_starts_from_trained_weights_compiled(photos, tmp_path):
         assert records[0]["lr"] < 1e-11
 
 
-def test_init_from_mistakes_are_one_clear_error(photos, tmp_path):
-    assert train(photos, tmp_path / "a", tmp_path / "model-a", "--stop-after", "2").returncode == 0
+def test_init_from_mistakes_are_one_clear_error(photos, trained, tmp_path):
     for source, message in (
         (tmp_path / "missing", "does not exist"),
-        (tmp_path / "a" / "last.pt", "another architecture"),
-        (tmp_path / "a" / "metrics.jsonl", "can't be read"),
+        (trained / "a" / "last.pt", "another architecture"),
+        (trained / "a" / "metrics.jsonl", "can't be read"),
     ):
         proc = train(
             photos, tmp_path / "b", tmp_path / "model-b", "--init-from", str(source), "--channels", "32,32,32,64"
@@ -121,11 +128,10 @@ def test_init_from_mistakes_are_one_clear_error(photos, tmp_path):
         assert message in proc.stderr.strip().splitlines()[-1]
 
 
-def test_decoder_only_phase_keeps_the_latent_and_trains_the_decoder(photos, tmp_path):
+def test_decoder_only_phase_keeps_the_latent_and_trains_the_decoder(photos, trained, tmp_path):
     """A decoder fine-tune must leave the encoder (what goes over the wire) bit-identical."""
-    assert train(photos, tmp_path / "a", tmp_path / "model-a", "--stop-after", "2").returncode == 0
-    start = load_file(tmp_path / "model-a" / "diffusion_pytorch_model.safetensors")
-    extra = ["--init-from", str(tmp_path / "a" / "last.pt"), "--decoder-only", "--lr", "1e-2", "--steps", "3"]
+    start = load_file(trained / "model-a" / "diffusion_pytorch_model.safetensors")
+    extra = ["--init-from", str(trained / "a" / "last.pt"), "--decoder-only", "--lr", "1e-2", "--steps", "3"]
     proc = train(photos, tmp_path / "d", tmp_path / "model-d", *extra)
     assert proc.returncode == 0, proc.stderr[-2000:]
     tuned = load_file(tmp_path / "model-d" / "diffusion_pytorch_model.safetensors")
