@@ -109,6 +109,8 @@ ENC_FLOAT16 = 0
 ENC_BFLOAT16 = 1
 ENC_INT8_LEGACY = 2
 ENC_UINT8_AFFINE = 3
+#: The learned codec's entropy-coded bitstream (latentcomm.codecs.LearnedCodec); no raw size.
+ENC_LEARNED = 4
 #: ``--dtype`` names for v2 frames -> encoding codes.
 V2_ENCODINGS = {"f16": ENC_FLOAT16, "bf16": ENC_BFLOAT16, "i8": ENC_INT8_LEGACY, "u8": ENC_UINT8_AFFINE}
 _V2_ITEMSIZE = {ENC_FLOAT16: 2, ENC_BFLOAT16: 2, ENC_INT8_LEGACY: 1, ENC_UINT8_AFFINE: 1}
@@ -119,7 +121,14 @@ COMP_ZSTD = 2
 COMPRESSIONS = {"none": COMP_NONE, "gzip": COMP_GZIP, "zstd": COMP_ZSTD}
 
 
+def check_encoding(encoding: int) -> None:
+    """RemoteProtocolError unless ``encoding`` is a v2 latent encoding this version knows."""
+    if encoding not in _V2_ITEMSIZE and encoding != ENC_LEARNED:
+        raise RemoteProtocolError(f"unknown latent encoding {encoding}")
+
+
 def v2_raw_size(encoding: int, c: int, h: int, w: int) -> int:
+    """Bytes of an uncompressed VAE latent in ``encoding`` (the learned codec has no raw form)."""
     if encoding not in _V2_ITEMSIZE:
         raise RemoteProtocolError(f"unknown latent encoding {encoding}")
     return c * h * w * _V2_ITEMSIZE[encoding]

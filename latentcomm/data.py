@@ -16,6 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("LATENTCOMM_DATA", REPO_ROOT.parent / "shared" / "data"))
 PHOTOS_DIR = DATA_ROOT / "photos"
 AERIAL_DIR = DATA_ROOT / "aerial"
+#: Large Unsplash photos: training material only, never evaluated on.
+UNSPLASH_DIR = DATA_ROOT / "photos-unsplash"
 
 #: Every seventh photo is held out for evaluation (6 of 49), spread over the whole collection.
 HELDOUT_PHOTOS: tuple[str, ...] = ("007.png", "014.png", "021.png", "028.png", "035.png", "042.png")

@@ -30,3 +30,44 @@ def ssim(reference: Image.Image | np.ndarray, test: Image.Image | np.ndarray) ->
     if a.shape != b.shape:
         raise ValueError(f"images differ in size: {a.shape} vs {b.shape}")
     return float(structural_similarity(a, b, channel_axis=-1, data_range=255))
+
+
+def ms_ssim(reference: Image.Image | np.ndarray, test: Image.Image | np.ndarray) -> float:
+    """MS-SSIM (Wang et al. 2003; pytorch-msssim, 5 scales, Gaussian 11x11 window) on RGB in [0, 255].
+
+    Images smaller than 161 pixels on a side can't be down-sampled 4 times with that window; for
+    those it uses a 7x7 window and as many scales as fit, and says so in the log.
+    """
+    import torch
+    from pytorch_msssim import ms_ssim as _ms_ssim
+
+    a, b = _u8(reference), _u8(test)
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in size: {a.shape} vs {b.shape}")
+    ta = torch.from_numpy(a.astype(np.float32)).permute(2, 0, 1)[None]
+    tb = torch.from_numpy(b.astype(np.float32)).permute(2, 0, 1)[None]
+    side = min(a.shape[:2])
+    if side > 160:
+        return float(_ms_ssim(ta, tb, data_range=255.0))
+    scales = max(1, min(5, int(np.log2(side / 7)) + 1))
+    weights = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333][:scales]
+    return float(_ms_ssim(ta, tb, data_range=255.0, win_size=7, weights=weights))
+
+
+def ssimulacra2(reference: Image.Image | np.ndarray, test: Image.Image | np.ndarray) -> float:
+    """SSIMULACRA2 (Cloudinary's perceptual metric; pip ``ssimulacra2``): 100 = identical, 90 = visually
+    lossless, 70 = high quality, 50 = medium, 30 = low, below 10 = very low."""
+    import tempfile
+    from pathlib import Path
+
+    from ssimulacra2 import compute_ssimulacra2
+
+    a, b = _u8(reference), _u8(test)
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in size: {a.shape} vs {b.shape}")
+    # The package reads files; PNG is lossless, so this measures exactly these pixels.
+    with tempfile.TemporaryDirectory() as tmp:
+        pa, pb = Path(tmp) / "a.png", Path(tmp) / "b.png"
+        Image.fromarray(a).save(pa, compress_level=1)
+        Image.fromarray(b).save(pb, compress_level=1)
+        return float(compute_ssimulacra2(str(pa), str(pb)))

@@ -24,7 +24,7 @@ import zlib
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
-from latentcomm.codec import COMP_GZIP, COMP_NONE, COMP_ZSTD, ENC_UINT8_AFFINE, v2_raw_size
+from latentcomm.codec import COMP_GZIP, COMP_NONE, COMP_ZSTD, ENC_LEARNED, ENC_UINT8_AFFINE, check_encoding
 from latentcomm.errors import LocalProtocolError, RemoteProtocolError
 
 MAGIC = b"LCV2"
@@ -141,7 +141,7 @@ def encode_image(frame: ImageFrame) -> bytes:
         raise LocalProtocolError(f"latent shape {frame.shape} does not fit the v2 header")
     if frame.compression not in (COMP_NONE, COMP_GZIP, COMP_ZSTD):
         raise LocalProtocolError(f"unknown compression {frame.compression}")
-    v2_raw_size(frame.encoding, c, h, w)
+    check_encoding(frame.encoding)
     if (frame.encoding == ENC_UINT8_AFFINE) != bool(frame.params) or (frame.params and len(frame.params) != c):
         raise LocalProtocolError("uint8 latents need one (scale, offset) per channel, other encodings none")
     params = b"".join(PARAM.pack(s, o) for s, o in frame.params)
@@ -254,11 +254,13 @@ class Connection:
     def _check_image_header(self, body_len: int) -> None:
         """Refuse oversized images from the fixed header alone, before their body is buffered."""
         f = IMAGE_HEADER.unpack_from(self._buf, self._pos + PREFIX.size)
-        _seq, _enc, _comp, c, h, w, oh, ow, _ml, _nl, ref_len, payload_len, _crc = f
+        _seq, enc, _comp, c, h, w, oh, ow, _ml, _nl, ref_len, payload_len, _crc = f
         lim = self.limits
         if payload_len > lim.max_payload_bytes:
             raise RemoteProtocolError(f"payload of {payload_len} bytes exceeds the limit of {lim.max_payload_bytes}")
-        if c * h * w > lim.max_latent_elements:
+        # A learned latent is bounded by the image size instead (its codec checks that the two match),
+        # so the pixel limit below bounds what decoding it allocates.
+        if enc != ENC_LEARNED and c * h * w > lim.max_latent_elements:
             raise RemoteProtocolError(f"latent {c}x{h}x{w} exceeds the limit of {lim.max_latent_elements} elements")
         if oh * ow > lim.max_image_pixels:
             raise RemoteProtocolError(f"image {ow}x{oh} exceeds the limit of {lim.max_image_pixels} pixels")
@@ -276,7 +278,7 @@ class Connection:
         if c == 0 or h == 0 or w == 0 or oh == 0 or ow == 0:
             raise FrameRejected(seq, Status.MALFORMED, "empty latent or image size")
         try:
-            v2_raw_size(enc, c, h, w)
+            check_encoding(enc)
         except RemoteProtocolError as exc:
             raise FrameRejected(seq, Status.MALFORMED, str(exc)) from None
         if comp not in (COMP_NONE, COMP_GZIP, COMP_ZSTD):

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import torch
 from PIL import Image
 
 from latentcomm import protocol_v2 as v2
-from latentcomm.codec import bounded_decompress, decode_latent, v2_dequantize, v2_raw_size
+from latentcomm.codec import decode_latent
+from latentcomm.codecs import LEARNED_HEADER, ImageCodec, VaeCodec
 from latentcomm.display import Viewer, display_available, save_outputs
 from latentcomm.engine import Engine
 from latentcomm.errors import ImageError, LatentcommError, RemoteProtocolError
@@ -54,17 +56,19 @@ class Rejected(LatentcommError):
 class Receiver:
     """Decodes frames one at a time on the calling thread with models loaded once.
 
-    ``engines`` maps v2 model ids to loaded engines; the first is the default, and the only one
-    legacy frames (which can't name their model) are decoded with.
+    ``codecs`` maps v2 model ids to loaded codecs (``latentcomm.codecs``); legacy frames, which
+    can't name their model, are decoded with the first VAE codec, and refused when there is none
+    (a receiver started with ``--codec learned`` only).
     """
 
-    def __init__(self, engines: list[Engine], options: ReceiverOptions, stdout: TextIO = sys.stdout) -> None:
-        self.default = engines[0]
-        if self.default.latent_channels != LATENT_CHANNELS:
+    def __init__(self, codecs: list[ImageCodec], options: ReceiverOptions, stdout: TextIO = sys.stdout) -> None:
+        vae = [c for c in codecs if isinstance(c, VaeCodec)]
+        self.default: Engine | None = vae[0].engine if vae else None
+        if self.default is not None and self.default.latent_channels != LATENT_CHANNELS:
             raise LatentcommError(
                 f"legacy frames carry 4-channel latents; model {self.default.source} has {self.default.latent_channels}"
             )
-        self.engines = {e.model_id: e for e in engines}
+        self.codecs = {c.model_id: c for c in codecs}
         self.opts = options
         self.stdout = stdout
         self.summary = Summary()
@@ -81,40 +85,46 @@ class Receiver:
 
     # -- decoding ---------------------------------------------------------------------------------
 
-    def _legacy(self, f: LegacyFrame) -> tuple[Engine, object, Image.Image | None, dict]:
+    def _legacy(self, f: LegacyFrame) -> tuple[str, torch.Tensor, Image.Image | None, dict]:
+        if self.default is None:
+            raise Rejected(
+                v2.Status.UNKNOWN_MODEL,
+                "legacy frame refused: this receiver runs only the learned codec (legacy frames carry a VAE latent)",
+            )
         latent = decode_latent(f.flag, LATENT_CHANNELS, f.height, f.width, f.payload)
         arr = f.original_array()
         original = None
         if arr is not None:
             original = unit_float_to_image(arr).crop((0, 0, f.image_size[1], f.image_size[0]))
-        info = {"dtype": "f16" if f.flag == 2 else "i8", "flag": f.flag}
-        return self.default, latent, original, info
+        info = {"dtype": "f16" if f.flag == 2 else "i8", "flag": f.flag, "latent_shape": list(latent.shape)}
+        image = crop_to(self.default.decode(latent), f.image_size)
+        return self.default.source, image, original, info
 
-    def _v2(self, f: v2.ImageFrame) -> tuple[Engine, object, Image.Image | None, dict]:
-        engine = self.engines.get(f.model)
-        if engine is None:
+    def _v2(self, f: v2.ImageFrame) -> tuple[str, torch.Tensor, Image.Image | None, dict]:
+        codec = self.codecs.get(f.model)
+        if codec is None:
             raise Rejected(
                 v2.Status.UNKNOWN_MODEL,
-                f"frame is for model {f.model!r}; this receiver runs {', '.join(self.engines)}",
+                f"frame is for model {f.model!r}; this receiver runs {', '.join(self.codecs)}",
             )
-        c, h, w = f.shape
         oh, ow = f.image_size
-        if c != engine.latent_channels:
-            raise Rejected(
-                v2.Status.DECODE_FAILED, f"latent has {c} channels, the model needs {engine.latent_channels}"
-            )
-        s = engine.stride
-        if not (h * s - s < oh <= h * s and w * s - s < ow <= w * s):
-            raise Rejected(v2.Status.DECODE_FAILED, f"image size {ow}x{oh} does not match a {w}x{h} latent")
-        raw = bounded_decompress(f.payload, f.compression, v2_raw_size(f.encoding, c, h, w))
-        latent = v2_dequantize(raw, f.encoding, f.shape, list(f.params))
         original = None
         if f.reference_png is not None:
             original = decode_image_bytes(f.reference_png, max_pixels=oh * ow)
             if original.size != (ow, oh):
                 raise Rejected(v2.Status.MALFORMED, f"reference image is {original.size}, expected {(ow, oh)}")
-        info = {"seq": f.seq, "name": f.name, "encoding": f.encoding, "compression": f.compression}
-        return engine, latent, original, info
+        image = codec.decode(f.encoding, f.compression, f.shape, f.payload, f.params, f.image_size)
+        info = {
+            "seq": f.seq,
+            "name": f.name,
+            "codec": codec.kind,
+            "encoding": f.encoding,
+            "compression": f.compression,
+            "latent_shape": [1, *f.shape],
+        }
+        if codec.kind == "learned":
+            info["quality"] = LEARNED_HEADER.unpack_from(f.payload)[1] / 1000
+        return codec.model_id, image, original, info
 
     def handle(self, item: ReceivedFrame) -> dict | None:
         """Decode, show/save and report one frame; a bad frame is logged, answered (v2) and skipped."""
@@ -122,9 +132,9 @@ class Receiver:
         t0 = time.perf_counter()
         try:
             if isinstance(f, v2.ImageFrame):
-                engine, latent, original, info = self._v2(f)
+                model, image, original, info = self._v2(f)
             else:
-                engine, latent, original, info = self._legacy(f)
+                model, image, original, info = self._legacy(f)
         except (Rejected, RemoteProtocolError, ImageError) as exc:
             status = exc.status if isinstance(exc, Rejected) else v2.Status.DECODE_FAILED
             self.summary.rejected += 1
@@ -132,24 +142,21 @@ class Receiver:
             if item.reply is not None:
                 item.reply.set_result(v2.Ack(f.seq, status, str(exc)))
             return None
-        t1 = time.perf_counter()
         size = f.image_size
-        recon = tensor_to_pil(crop_to(engine.decode(latent), size))
+        recon = tensor_to_pil(image)
         decode_s = time.perf_counter() - t0
         index = self.summary.images_ok + 1
         report = {
             "index": index,
             "peer": item.peer,
             "protocol": item.protocol,
-            "model": engine.model_id if item.protocol == "v2" else engine.source,
+            "model": model,
             **info,
-            "latent_shape": [1, *latent.shape[1:]],
             "image_size": list(size),
             "payload_bytes": len(f.payload),
             "frame_bytes": item.frame_bytes,
             "has_original": original is not None,
             "receive_s": round(item.receive_seconds, 4),
-            "decompress_s": round(t1 - t0, 4),
             "decode_s": round(decode_s, 4),
         }
         if self.opts.out_dir is not None:

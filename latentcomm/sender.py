@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image
 
 from latentcomm import protocol_v2 as v2
-from latentcomm.codec import COMPRESSIONS, DTYPE_FLAGS, FLAG_INT8, V2_ENCODINGS, compress, encode_latent, v2_quantize
+from latentcomm.codec import DTYPE_FLAGS, FLAG_INT8, encode_latent
+from latentcomm.codecs import ImageCodec, VaeCodec
 from latentcomm.engine import Engine
 from latentcomm.errors import ImageError
 from latentcomm.images import center_crop_square, encode_png, load_image, pad_to_multiple, pil_to_tensor, resize_square
@@ -93,6 +94,7 @@ def build_frame(
         log.warning("int8 legacy latent: %.1f%% of values were outside [-1, 1] and clipped", 100 * enc.clipped_fraction)
     return frame, {
         "latent": latent,
+        "latent_shape": list(latent.shape),
         "encode_s": t1 - t0,
         "compress_s": t2 - t1,
         "clipped_fraction": enc.clipped_fraction,
@@ -115,22 +117,22 @@ def send_image(
     prepared = prepare(path, size, fit)
     frame, facts = build_frame(engine, prepared, dtype, include_original)
     data = frame_to_bytes(frame)
-    report = make_report(engine, path, prepared, len(frame.payload), facts, dtype, len(data))
+    report = make_report(engine.source, path, prepared, len(frame.payload), facts, dtype, len(data))
     report.send_s = send_frame(host, port, data, timeout=timeout, wait_for=wait_for)
     return report
 
 
 def make_report(
-    engine: Engine, path: str | Path, prepared: Prepared, payload: int, facts: dict, dtype: str, frame_bytes: int
+    source: str, path: str | Path, prepared: Prepared, payload: int, facts: dict, dtype: str, frame_bytes: int
 ) -> SendReport:
-    """The report's sizes and timings, the same for legacy and v2 frames."""
+    """The report's sizes and timings, the same for legacy and v2 frames and for every codec."""
     h, w = prepared.size
     file_bytes = Path(path).stat().st_size
     return SendReport(
         image=str(path),
-        model=engine.source,
+        model=source,
         image_size=[h, w],
-        latent_shape=list(facts["latent"].shape),
+        latent_shape=list(facts["latent_shape"]),
         dtype=dtype,
         original_file_bytes=file_bytes,
         payload_bytes=payload,
@@ -153,6 +155,7 @@ def format_report(r: SendReport) -> str:
         f"Original file size:    {r.original_file_bytes:,} bytes",
         f"Latent payload size:   {r.payload_bytes:,} bytes "
         f"({r.dtype}, latent {tuple(r.latent_shape)}, {r.bpp:.3f} bpp)",
+        *([f"Quality:               {r.extra['quality']:g}"] if "quality" in r.extra else []),
         f"Compression ratio:     {r.compression_ratio:.2f}x vs file, {r.raw_compression_ratio:.2f}x vs raw RGB",
         f"Encoding time:         {r.encode_s:.3f} s",
     ]
@@ -161,6 +164,8 @@ def format_report(r: SendReport) -> str:
     if r.clipped_fraction is not None:
         lines.append(f"int8 clipped values:   {100 * r.clipped_fraction:.2f}% (legacy int8 only carries [-1, 1])")
     for k, v in r.extra.items():
+        if k == "quality":
+            continue
         lines.append(f"{k + ':':<22} {v}")
     return "\n".join(lines)
 
@@ -186,50 +191,31 @@ def expand_images(items: list[str]) -> list[Path]:
 
 
 def build_v2_frame(
-    engine: Engine,
+    codec: ImageCodec,
     prepared: Prepared,
     seq: int,
     name: str,
-    dtype: str = "f16",
-    compression: str = "zstd",
     include_original: bool = True,
 ) -> tuple[v2.ImageFrame, dict]:
     """Encode one prepared image into a v2 frame (the original rides along as PNG, never float32)."""
-    t0 = time.perf_counter()
-    latent = engine.encode(prepared.tensor)
-    t1 = time.perf_counter()
-    encoding = V2_ENCODINGS[dtype]
-    raw, params = v2_quantize(latent, encoding)
-    payload = compress(raw, COMPRESSIONS[compression])
+    enc = codec.encode(pil_to_tensor(prepared.image))
     ref = encode_png(prepared.image) if include_original else None
     frame = v2.ImageFrame(
-        seq,
-        engine.model_id,
-        encoding,
-        COMPRESSIONS[compression],
-        tuple(latent.shape[1:]),
-        prepared.size,
-        payload,
-        name,
-        tuple(params),
-        ref,
+        seq, codec.model_id, enc.encoding, enc.compression, enc.shape, prepared.size, enc.payload, name, enc.params, ref
     )
-    clipped = float((latent.abs() > 1).float().mean()) if dtype == "i8" else 0.0
-    return frame, {
-        "latent": latent,
-        "encode_s": t1 - t0,
-        "compress_s": time.perf_counter() - t1,
-        "clipped_fraction": clipped,
-    }
+    return frame, enc.facts
+
+
+def codec_label(codec: ImageCodec) -> str:
+    """What the report's ``dtype`` field says: the VAE latent's precision, or "learned"."""
+    return codec.dtype if isinstance(codec, VaeCodec) else "learned"
 
 
 def send_images_v2(
-    engine: Engine,
+    codec: ImageCodec,
     paths: list[Path],
     client: V2Client,
     size: int = 256,
-    dtype: str = "f16",
-    compression: str = "zstd",
     include_original: bool = True,
 ) -> Iterator[dict]:
     """Send each image over one v2 connection; yield one report dict per image, acknowledged or not.
@@ -243,20 +229,26 @@ def send_images_v2(
         except ImageError as exc:
             yield {"image": str(path), "seq": seq, "acknowledged": False, "error": str(exc)}
             continue
-        frame, facts = build_v2_frame(engine, prepared, seq, path.name, dtype, compression, include_original)
+        frame, facts = build_v2_frame(codec, prepared, seq, path.name, include_original)
         t0 = time.perf_counter()
         ack = client.send(frame)
-        report = make_report(engine, path, prepared, len(frame.payload), facts, dtype, client.last_frame_bytes)
+        report = make_report(
+            codec.source, path, prepared, len(frame.payload), facts, codec_label(codec), client.last_frame_bytes
+        )
         report.send_s = round(time.perf_counter() - t0, 4)  # includes waiting for the acknowledgement
         report.model = frame.model
         report.extra.update(
             name=path.name,
             seq=seq,
             protocol="v2",
-            compression=compression,
+            codec=codec.kind,
+            compression=codec.compression_name if isinstance(codec, VaeCodec) else "entropy-coded",
             acknowledged=ack.ok,
             ack_status=ack.status.name,
             ack_message=ack.message,
             reconnects=client.reconnects,
         )
+        for key in ("quality", "target_bytes", "fits_target", "rate_probes"):
+            if key in facts:
+                report.extra[key] = facts[key]
         yield report.as_dict()

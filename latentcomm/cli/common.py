@@ -25,12 +25,21 @@ def add_network_args(p: argparse.ArgumentParser, listening: bool) -> None:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--codec",
+        choices=["vae", "learned"],
+        default="vae",
+        help="vae: an AutoencoderKL latent (the original scripts' path, the only one legacy frames carry); "
+        "learned: the learned image codec in models/latentcomm-lic (a latent trained for rate, entropy-coded; "
+        "far fewer bytes for the same picture, v2 frames only, needs no SD VAE)",
+    )
+    p.add_argument(
         "--model",
         default="auto",
         metavar="ID_OR_DIR",
-        help="AutoencoderKL to use: a Hugging Face Hub id (e.g. stabilityai/sd-vae-ft-ema) or a local "
-        "diffusers folder. 'auto' uses stabilityai/sd-vae-ft-ema if cached or downloadable, else the "
-        "embedded model in models/latentcomm-kl-f8. Sender and receiver must use the same model.",
+        help="model to use. --codec vae: a Hugging Face Hub id (e.g. stabilityai/sd-vae-ft-ema) or a local "
+        "diffusers folder; 'auto' uses stabilityai/sd-vae-ft-ema if cached or downloadable, else the "
+        "embedded model in models/latentcomm-kl-f8. --codec learned: a learned codec folder; 'auto' = "
+        "models/latentcomm-lic. Sender and receiver must use the same model.",
     )
     p.add_argument(
         "--device",
@@ -45,6 +54,37 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="compute precision; auto = bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA (with an fp32 "
         "retry if the output overflows), fp32 otherwise. The wire format does not depend on it.",
     )
+
+
+def add_rate_args(p: argparse.ArgumentParser) -> None:
+    """--quality and --target-bytes: the learned codec's rate control."""
+    p.add_argument(
+        "--quality",
+        type=float,
+        default=None,
+        metavar="Q",
+        help="--codec learned: quality from 1 (fewest bytes) to 8 (best picture); fractions allowed (default 4)",
+    )
+    p.add_argument(
+        "--target-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="--codec learned: for each image, the best quality whose payload fits N bytes (quality 1 if none "
+        "does; the report says so)",
+    )
+
+
+def check_rate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Parser errors for rate flags that can't apply (exit status 2, like any flag mistake)."""
+    if args.codec != "learned" and (args.quality is not None or args.target_bytes is not None):
+        parser.error("--quality and --target-bytes need --codec learned")
+    if args.quality is not None and args.target_bytes is not None:
+        parser.error("give --quality or --target-bytes, not both")
+    if args.quality is not None and not 1 <= args.quality <= 8:
+        parser.error(f"--quality must be between 1 and 8, got {args.quality}")
+    if args.target_bytes is not None and args.target_bytes <= 0:
+        parser.error("--target-bytes must be positive")
 
 
 def port_type(value: str) -> int:

@@ -6,16 +6,29 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
-from latentcomm.cli.common import HelpFormatter, add_model_args, add_network_args, run, setup_logging
+from latentcomm.cli.common import (
+    HelpFormatter,
+    add_model_args,
+    add_network_args,
+    add_rate_args,
+    check_rate_args,
+    run,
+    setup_logging,
+)
 
 DESCRIPTION = """\
 Fit an image to 256x256 (centre crop, LANCZOS), encode it, decode it locally and print PSNR and
 SSIM of the reconstruction (what the receiver will show, since the wire's float16 latent is what
 is decoded here too), then send the latent only to receiver_sdvae.py and print the sender report.
 
-example:
+With --codec learned it also reports MS-SSIM and SSIMULACRA2, and sends a v2 frame (the learned
+codec has no legacy form); the reconstruction measured is a decode of the exact bitstream sent.
+
+examples:
   python sender_sdvae_metrics.py --image temp/apple.jpeg --json
+  python sender_sdvae_metrics.py --image temp/apple.jpeg --codec learned --target-bytes 1500
 """
 
 
@@ -24,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="image file to measure and send")
     add_network_args(p, listening=False)
     add_model_args(p)
+    add_rate_args(p)
     p.add_argument("--size", type=int, default=256, help="square size the image is centre-cropped to (multiple of 8)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the connection and the send")
     p.add_argument("--json", action="store_true", help="print the metrics and report as one JSON object on stdout")
@@ -31,10 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.size <= 0 or args.size % 8:
-        build_parser().error(f"--size must be a positive multiple of 8, got {args.size}")
+        parser.error(f"--size must be a positive multiple of 8, got {args.size}")
+    check_rate_args(parser, args)
     setup_logging()
+    if args.codec == "learned":
+        return _learned(args)
     from latentcomm.codec import FLAG_FLOAT16, decode_latent
     from latentcomm.engine import Engine
     from latentcomm.images import load_image, tensor_to_pil
@@ -68,6 +86,64 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report.as_dict()), flush=True)
     else:
         print(format_report(report), flush=True)
+    return 0
+
+
+def _learned(args) -> int:
+    """The learned codec: encode, decode the exact bitstream locally, measure, send it (v2, latent only)."""
+    from latentcomm.codecs import load_codec
+    from latentcomm.images import load_image, tensor_to_pil
+    from latentcomm.metrics import ms_ssim, psnr, ssim, ssimulacra2
+    from latentcomm.sender import build_v2_frame, format_report, make_report, prepare
+    from latentcomm.transport import V2Client
+
+    load_image(args.image)
+    codec = load_codec(
+        "learned",
+        args.model,
+        args.device,
+        args.precision,
+        quality=args.quality if args.quality is not None else 4.0,
+        target_bytes=args.target_bytes,
+    )
+    prepared = prepare(args.image, args.size, fit="crop")
+    frame, facts = build_v2_frame(codec, prepared, 1, Path(args.image).name, include_original=False)
+    t0 = time.perf_counter()
+    recon = tensor_to_pil(
+        codec.decode(frame.encoding, frame.compression, frame.shape, frame.payload, frame.params, frame.image_size)
+    )
+    decode_s = time.perf_counter() - t0
+    quality = {
+        "psnr_db": round(psnr(prepared.image, recon), 3),
+        "ssim": round(ssim(prepared.image, recon), 5),
+        "ms_ssim": round(ms_ssim(prepared.image, recon), 5),
+        "ssimulacra2": round(ssimulacra2(prepared.image, recon), 3),
+        "local_decode_s": round(decode_s, 4),
+    }
+    if not args.json:
+        print(
+            f"PSNR: {quality['psnr_db']:.2f} dB   SSIM: {quality['ssim']:.4f}   MS-SSIM: {quality['ms_ssim']:.4f}   "
+            f"SSIMULACRA2: {quality['ssimulacra2']:.2f}",
+            flush=True,
+        )
+    with V2Client(args.host, args.port, args.timeout, retries=1) as client:
+        t0 = time.perf_counter()
+        ack = client.send(frame)
+        send_s = time.perf_counter() - t0
+        frame_bytes = client.last_frame_bytes
+    report = make_report(codec.source, args.image, prepared, len(frame.payload), facts, "learned", frame_bytes)
+    report.model = frame.model
+    report.send_s = round(send_s, 4)
+    report.extra.update(quality)
+    report.extra.update({k: facts[k] for k in ("quality", "target_bytes", "fits_target") if k in facts})
+    report.extra.update(
+        protocol="v2", codec="learned", acknowledged=ack.ok, ack_status=ack.status.name, ack_message=ack.message
+    )
+    report.extra["model_load_s"] = round(codec.load_seconds, 3)
+    print(json.dumps(report.as_dict()) if args.json else format_report(report), flush=True)
+    if not ack.ok:
+        print(f"error: the receiver refused the image ({ack.status.name}: {ack.message})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -28,6 +28,7 @@ examples:
   python receiver_sdvae.py                           # show each image in a window
   python receiver_sdvae.py --no-show --out received --json
   python receiver_sdvae.py --once                    # exit after the first image, like the original
+  python receiver_sdvae.py --codec learned           # the learned codec (no SD VAE needed)
 """
 
 
@@ -77,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ID_OR_DIR",
-        help="also accept v2 frames made with this model (repeatable); by default a frame for any model but "
-        "--model is refused with an error the sender sees",
+        help="also accept v2 frames made with this model (repeatable): an AutoencoderKL or a learned codec "
+        "folder; by default a frame for any model but --model is refused with an error the sender sees",
     )
     return p
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     from latentcomm import protocol_v2 as v2
-    from latentcomm.engine import Engine
+    from latentcomm.codecs import load_codec
     from latentcomm.protocol import Limits
     from latentcomm.receiver import Receiver, ReceiverOptions
     from latentcomm.transport import FrameServer
@@ -113,11 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         max_connections=args.max_connections,
         v2_limits=v2.Limits(args.max_payload, args.max_latent, args.max_pixels),
     )
-    engines = [Engine(m, args.device, args.precision) for m in [args.model, *args.extra_model]]
-    receiver = Receiver(engines, ReceiverOptions(args.out, not args.no_show, args.once, args.json))
+    codecs = [load_codec(args.codec, args.model, args.device, args.precision)]
+    codecs += [load_codec("vae", m, args.device, args.precision) for m in args.extra_model]
+    receiver = Receiver(codecs, ReceiverOptions(args.out, not args.no_show, args.once, args.json))
     server.start()
     host, port = server.address
-    models = ", ".join(e.model_id for e in engines)
+    models = ", ".join(c.model_id for c in codecs)
     print(f"Receiver listening on {host}:{port} (model {models}); Ctrl-C to stop", file=sys.stderr, flush=True)
     summary = receiver.serve(server, stop_on_signals())
     final = {

@@ -6,7 +6,15 @@ import argparse
 import json
 import sys
 
-from latentcomm.cli.common import HelpFormatter, add_model_args, add_network_args, run, setup_logging
+from latentcomm.cli.common import (
+    HelpFormatter,
+    add_model_args,
+    add_network_args,
+    add_rate_args,
+    check_rate_args,
+    run,
+    setup_logging,
+)
 
 DESCRIPTION = """\
 Encode images with a diffusers AutoencoderKL, compress their latents and send them over TCP to
@@ -21,6 +29,8 @@ examples:
   python sender_sdvae.py                              # temp/apple.jpeg -> 127.0.0.1:65432
   python sender_sdvae.py --image photo.png --size 0   # native size (padded to x8, cropped back)
   python sender_sdvae.py --image shots/ --json        # a folder, v2, one JSON line per image
+  python sender_sdvae.py --codec learned --quality 3  # the learned codec (v2), far fewer bytes
+  python sender_sdvae.py --codec learned --target-bytes 2000 --size 0   # fit each image into 2,000 bytes
 """
 
 
@@ -35,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_network_args(p, listening=False)
     add_model_args(p)
+    add_rate_args(p)
     p.add_argument(
         "--size",
         type=int,
@@ -47,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "legacy", "v2"],
         default="auto",
         help="wire format: legacy (the original scripts', one image per connection, no acknowledgement) or v2 "
-        "(acknowledged, see docs/protocol.md); auto = legacy for one image, v2 for several",
+        "(acknowledged, see docs/protocol.md); auto = legacy for one VAE image, v2 for several or --codec learned",
     )
     p.add_argument(
         "--dtype",
@@ -88,12 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--size must be 0 or a positive multiple of 8, got {args.size}")
     if args.retries < 0 or args.timeout <= 0:
         parser.error("--retries must be >= 0 and --timeout positive")
+    check_rate_args(parser, args)
+    if args.codec == "learned" and args.protocol == "legacy":
+        parser.error("the learned codec travels in v2 frames only (the legacy format carries a VAE latent)")
     setup_logging()
     from latentcomm.images import load_image
     from latentcomm.sender import expand_images
 
     images = expand_images(args.image or ["temp/apple.jpeg"])
-    protocol = args.protocol if args.protocol != "auto" else ("v2" if len(images) > 1 else "legacy")
+    protocol = args.protocol
+    if protocol == "auto":
+        protocol = "v2" if len(images) > 1 or args.codec == "learned" else "legacy"
     if protocol == "legacy":
         if len(images) > 1:
             parser.error(
@@ -102,12 +118,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.dtype not in ("f16", "i8"):
             parser.error(f"--dtype {args.dtype} needs --protocol v2 (legacy frames carry f16 or i8)")
         load_image(images[0])  # fail on a bad image before spending seconds on the model
-    from latentcomm.engine import Engine
+    from latentcomm.codecs import load_codec
 
-    engine = Engine(args.model, args.device, args.precision)
+    codec = load_codec(
+        args.codec,
+        args.model,
+        args.device,
+        args.precision,
+        dtype=args.dtype,
+        compression=args.compression,
+        quality=args.quality if args.quality is not None else 4.0,
+        target_bytes=args.target_bytes,
+    )
     if protocol == "legacy":
-        return _send_legacy(engine, args, images[0])
-    return _send_v2(engine, args, images)
+        return _send_legacy(codec.engine, args, images[0])
+    return _send_v2(codec, args, images)
 
 
 def _send_legacy(engine, args, image) -> int:
@@ -129,13 +154,13 @@ def _send_legacy(engine, args, image) -> int:
     return 0
 
 
-def _send_v2(engine, args, images) -> int:
+def _send_v2(codec, args, images) -> int:
     from latentcomm.sender import send_images_v2
     from latentcomm.transport import V2Client
 
     ok = failed = 0
     with V2Client(args.host, args.port, args.timeout, args.retries, args.wait_for_receiver) as client:
-        for r in send_images_v2(engine, images, client, args.size, args.dtype, args.compression, not args.no_original):
+        for r in send_images_v2(codec, images, client, args.size, not args.no_original):
             ok += bool(r["acknowledged"])
             failed += not r["acknowledged"]
             if args.json:
@@ -144,8 +169,13 @@ def _send_v2(engine, args, images) -> int:
                 print(f"[{r['seq']}] {r['image']}: NOT SENT: {r['error']}", flush=True)
             else:
                 verdict = "acknowledged" if r["acknowledged"] else f"REFUSED ({r['ack_status']}: {r['ack_message']})"
+                how = (
+                    f"{r['dtype']}/{r['compression']}" if r["codec"] == "vae" else f"learned, quality {r['quality']:g}"
+                )
+                if r.get("fits_target") is False:
+                    how += f", DOES NOT FIT {r['target_bytes']:,} bytes even at quality 1"
                 print(
-                    f"[{r['seq']}] {r['image']}: {r['payload_bytes']:,} byte latent ({r['dtype']}/{r['compression']}, "
+                    f"[{r['seq']}] {r['image']}: {r['payload_bytes']:,} byte latent ({how}, "
                     f"{r['bpp']:.3f} bpp), encode {r['encode_s']:.3f} s, send+ack {r['send_s']:.3f} s: {verdict}",
                     flush=True,
                 )

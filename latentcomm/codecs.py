@@ -1,0 +1,363 @@
+"""Image codecs behind one small interface: an image in, the bytes and frame parameters out, and back.
+
+Two implementations today:
+
+- :class:`VaeCodec`: an AutoencoderKL latent (the SD VAE or the embedded model) quantized to one of
+  the v2 encodings (f16, bf16, i8, u8) and compressed with zstd/gzip. What latentcomm always sent.
+- :class:`LearnedCodec`: the learned image codec (``latentcomm.learned``): a latent trained for rate,
+  entropy-coded with constriction, with a continuous quality and a byte-budget search.
+
+Both are used by the sender, the receiver, the metrics script and the benchmarks the same way, so a
+new codec is one class here. The legacy frame (original scripts) keeps its own encoder in
+``latentcomm.codec``: its layout is frozen and has no room for another codec.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+import time
+import zlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from latentcomm.codec import (
+    COMP_NONE,
+    ENC_LEARNED,
+    bounded_decompress,
+    compress,
+    v2_dequantize,
+    v2_quantize,
+    v2_raw_size,
+)
+from latentcomm.data import REPO_ROOT
+from latentcomm.device import configure_threads, resolve_device
+from latentcomm.errors import LocalProtocolError, ModelLoadError, RemoteProtocolError
+from latentcomm.learned import Y_RANGE, Z_RANGE
+
+log = logging.getLogger(__name__)
+
+#: The learned codec shipped with the repository.
+LEARNED_MODEL_DIR = REPO_ROOT / "models" / "latentcomm-lic"
+CODECS = ("vae", "learned")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """What a codec hands the frame builder: encoding code, compression, latent shape, payload, params."""
+
+    encoding: int
+    compression: int
+    shape: tuple[int, int, int]
+    payload: bytes = field(repr=False)
+    params: tuple[tuple[float, float], ...] = ()
+    #: Facts for reports: timings, the quality chosen, clipped fraction...
+    facts: dict = field(default_factory=dict, repr=False)
+
+
+class ImageCodec(ABC):
+    """Images are (1, 3, H, W) float tensors in [-1, 1] (what ``images.pil_to_tensor`` gives)."""
+
+    #: "vae" or "learned": the value of ``--codec``.
+    kind: str
+    #: Names the exact model in v2 frames: ``<name>@<weight fingerprint>``.
+    model_id: str
+    #: Where the model came from (Hub id or folder), for reports.
+    source: str
+    load_seconds: float = 0.0
+
+    @abstractmethod
+    def encode(self, image: torch.Tensor) -> Encoded:
+        """Encode one image of any size (the codec pads as it needs; the frame carries the size)."""
+
+    @abstractmethod
+    def decode(self, encoding: int, compression: int, shape, payload: bytes, params, image_size) -> torch.Tensor:
+        """The inverse: frame fields -> image (1, 3, H, W) in [-1, 1], cropped to ``image_size``.
+
+        Raises RemoteProtocolError (with a one-line reason) for anything that does not decode.
+        """
+
+
+class VaeCodec(ImageCodec):
+    """An AutoencoderKL latent in one of the v2 encodings (f16, bf16, i8, u8) plus zstd/gzip."""
+
+    kind = "vae"
+
+    def __init__(self, engine, dtype: str = "f16", compression: str = "zstd") -> None:
+        from latentcomm.codec import COMPRESSIONS, V2_ENCODINGS
+
+        self.engine = engine
+        self.dtype = dtype
+        self.encoding = V2_ENCODINGS[dtype]
+        self.compression_name = compression
+        self.compression = COMPRESSIONS[compression]
+        self.model_id = engine.model_id
+        self.source = engine.source
+        self.load_seconds = engine.loaded.load_seconds
+
+    def encode(self, image: torch.Tensor) -> Encoded:
+        from latentcomm.images import pad_to_multiple
+
+        t0 = time.perf_counter()
+        padded, _ = pad_to_multiple(image)
+        latent = self.engine.encode(padded)
+        t1 = time.perf_counter()
+        raw, params = v2_quantize(latent, self.encoding)
+        payload = compress(raw, self.compression)
+        clipped = float((latent.abs() > 1).float().mean()) if self.dtype == "i8" else 0.0
+        facts = {
+            "encode_s": t1 - t0,
+            "compress_s": time.perf_counter() - t1,
+            "clipped_fraction": clipped,
+            "latent_shape": list(latent.shape),
+        }
+        return Encoded(self.encoding, self.compression, tuple(latent.shape[1:]), payload, tuple(params), facts)
+
+    def decode(self, encoding, compression, shape, payload, params, image_size) -> torch.Tensor:
+        from latentcomm.images import crop_to
+
+        c, h, w = shape
+        oh, ow = image_size
+        if encoding == ENC_LEARNED:
+            raise RemoteProtocolError("frame holds a learned-codec bitstream but names a VAE model")
+        if c != self.engine.latent_channels:
+            raise RemoteProtocolError(f"latent has {c} channels, the model needs {self.engine.latent_channels}")
+        s = self.engine.stride
+        if not (h * s - s < oh <= h * s and w * s - s < ow <= w * s):
+            raise RemoteProtocolError(f"image size {ow}x{oh} does not match a {w}x{h} latent")
+        raw = bounded_decompress(payload, compression, v2_raw_size(encoding, c, h, w))
+        latent = v2_dequantize(raw, encoding, shape, list(params))
+        return crop_to(self.engine.decode(latent), image_size)
+
+
+# --- the learned codec ------------------------------------------------------------------------------
+
+#: Payload prefix of a learned-codec frame: format version, quality in thousandths, CRC-32 of the
+#: integer latent (z then y, int16 little-endian). The ANS words (uint32 LE) follow.
+LEARNED_HEADER = struct.Struct("!BHI")
+LEARNED_VERSION = 1
+#: Learned latents are 16x smaller than the image and the hyper-latent 64x: images are padded to this.
+LEARNED_PAD = 64
+
+
+def _symbols_crc(z: np.ndarray, y: np.ndarray) -> int:
+    return zlib.crc32(y.astype("<i2").tobytes(), zlib.crc32(z.astype("<i2").tobytes())) & 0xFFFFFFFF
+
+
+class LearnedCodec(ImageCodec):
+    """The learned codec: ``encode(image, quality=...)`` or ``encode(image, target_bytes=...)``.
+
+    Quality is continuous in [1, levels] (1 = smallest); it travels in thousandths, and the sender
+    rounds to that grid before encoding so both sides use exactly the same gains.
+    """
+
+    kind = "learned"
+
+    def __init__(
+        self,
+        model: str | Path = LEARNED_MODEL_DIR,
+        device: str = "auto",
+        precision: str = "auto",
+        quality: float = 4.0,
+        target_bytes: int | None = None,
+    ) -> None:
+        from latentcomm.entropy import EntropyCoder
+        from latentcomm.learned import LearnedCodecModel
+
+        t0 = time.perf_counter()
+        self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            configure_threads()
+        self.dtype = _learned_precision(precision, self.device)
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise ModelLoadError(f"learned codec folder {path} does not exist")
+        self.model = LearnedCodecModel.from_pretrained(path)
+        self.model.to(self.device)
+        self.coder = EntropyCoder(self.model.z_density.probability_tables())
+        self.model_id = f"{path.resolve().name}@{self.model.fingerprint()}"
+        self.source = str(path.resolve())
+        self.levels = self.model.config.levels
+        self.quality = self.check_quality(quality)
+        self.target_bytes = target_bytes
+        self.load_seconds = time.perf_counter() - t0
+        log.info(
+            "loaded learned codec %s in %.2f s (%s, %s)", self.model_id, self.load_seconds, self.device, self.dtype
+        )
+
+    def check_quality(self, q: float) -> float:
+        if not (1.0 <= q <= self.levels) or not math.isfinite(q):
+            raise LocalProtocolError(f"--quality must be between 1 and {self.levels}, got {q}")
+        return round(q * 1000) / 1000
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    # -- encoding ----------------------------------------------------------------------------------
+
+    def analyse(self, image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """[-1, 1] image -> the un-gained latent g_a(x) (float32), computed once per image."""
+        if image.dim() != 4 or image.shape[:2] != (1, 3):
+            raise LocalProtocolError(f"expected one image shaped (1, 3, H, W), got {tuple(image.shape)}")
+        h, w = image.shape[2:]
+        x = (image.float() + 1) / 2
+        x = F.pad(x, (0, (-w) % LEARNED_PAD, 0, (-h) % LEARNED_PAD), mode="replicate")
+        with torch.inference_mode(), self._autocast():
+            y = self.model.g_a(x.to(self.device)).float()
+        return y, (h, w)
+
+    def _code(self, y_raw: torch.Tensor, quality: float) -> tuple[bytes, dict]:
+        m = self.model
+        with torch.inference_mode():
+            g, _ = m.gains(quality)
+            y = y_raw * g.to(y_raw.device)
+            with self._autocast():
+                z = m.h_a(y).float()
+            z_sym = torch.round(z).clamp(-Z_RANGE, Z_RANGE).to(torch.int32).cpu()
+            mean, idx = m.entropy_parameters(z_sym)
+            y_sym = torch.round(y.cpu().double() - mean).clamp(-Y_RANGE, Y_RANGE).to(torch.int32)
+        zs, ys, ix = z_sym[0].numpy(), y_sym[0].numpy(), idx[0].numpy()
+        words = self.coder.encode(zs, ys, ix)
+        header = LEARNED_HEADER.pack(LEARNED_VERSION, round(quality * 1000), _symbols_crc(zs, ys))
+        return header + words, {"y_symbols": ys, "z_symbols": zs}
+
+    def encode(self, image: torch.Tensor, quality: float | None = None, target_bytes: int | None = None) -> Encoded:
+        t0 = time.perf_counter()
+        y_raw, _ = self.analyse(image)
+        t1 = time.perf_counter()
+        target = target_bytes if target_bytes is not None else (self.target_bytes if quality is None else None)
+        if target is not None:
+            quality, payload, probes = self._search(y_raw, target)
+        else:
+            quality = self.check_quality(self.quality if quality is None else quality)
+            payload, _ = self._code(y_raw, quality)
+            probes = 1
+        facts = {
+            "encode_s": t1 - t0,
+            "compress_s": time.perf_counter() - t1,
+            "quality": quality,
+            "rate_probes": probes,
+            "latent_shape": [1, *y_raw.shape[1:]],
+        }
+        if target is not None:
+            facts["target_bytes"] = target
+            facts["fits_target"] = len(payload) <= target
+        return Encoded(ENC_LEARNED, COMP_NONE, tuple(y_raw.shape[1:]), payload, (), facts)
+
+    def _search(self, y_raw: torch.Tensor, target: int) -> tuple[float, bytes, int]:
+        """The highest quality (to 1/1000) whose payload fits ``target`` bytes: bisection on quality.
+
+        The analysis transform runs once; each probe costs only the hyper transforms and the ANS
+        coder (tens of milliseconds), so 9 probes are cheap. If even quality 1 doesn't fit, quality 1
+        is sent and the report says it doesn't fit.
+        """
+        lo, hi = 1.0, float(self.levels)
+        best_q, best = 1.0, self._code(y_raw, 1.0)[0]
+        probes = 1
+        if len(best) > target:
+            return best_q, best, probes
+        top = self._code(y_raw, hi)[0]
+        probes += 1
+        if len(top) <= target:
+            return hi, top, probes
+        while hi - lo > 0.01:
+            mid = round((lo + hi) / 2 * 1000) / 1000
+            payload = self._code(y_raw, mid)[0]
+            probes += 1
+            if len(payload) <= target:
+                lo, best_q, best = mid, mid, payload
+            else:
+                hi = mid
+        return best_q, best, probes
+
+    # -- decoding ----------------------------------------------------------------------------------
+
+    def decode_symbols(self, shape, payload: bytes, image_size) -> tuple[float, np.ndarray, np.ndarray, torch.Tensor]:
+        """Parse and entropy-decode: (quality, z symbols, y symbols, y means). Checks the checksum."""
+        m = self.model
+        c, h, w = shape
+        oh, ow = image_size
+        if c != m.config.M:
+            raise RemoteProtocolError(f"learned latent has {c} channels, this model {m.config.M}")
+        if h != 4 * math.ceil(oh / LEARNED_PAD) or w != 4 * math.ceil(ow / LEARNED_PAD):
+            raise RemoteProtocolError(f"image size {ow}x{oh} does not match a {w}x{h} learned latent")
+        if len(payload) < LEARNED_HEADER.size:
+            raise RemoteProtocolError("learned payload shorter than its header")
+        version, q_milli, crc = LEARNED_HEADER.unpack_from(payload)
+        if version != LEARNED_VERSION:
+            raise RemoteProtocolError(f"unsupported learned bitstream version {version}")
+        quality = q_milli / 1000
+        if not 1.0 <= quality <= self.levels:
+            raise RemoteProtocolError(f"quality {quality} outside this model's 1..{self.levels}")
+        z, coder = self.coder.decode_z(payload[LEARNED_HEADER.size :], (m.config.H, h // 4, w // 4))
+        mean, idx = m.entropy_parameters(torch.from_numpy(z)[None])
+        y = self.coder.decode_y(coder, idx[0].numpy())
+        if _symbols_crc(z, y) != crc:
+            raise RemoteProtocolError(
+                "learned latent checksum mismatch: the bitstream decodes to other symbols than were sent "
+                "(different weights or a corrupted payload)"
+            )
+        return quality, z, y, mean
+
+    def synthesise(self, y: np.ndarray, mean: torch.Tensor, quality: float, image_size) -> torch.Tensor:
+        oh, ow = image_size
+        y_hat = (torch.from_numpy(y)[None].double() + mean).float()
+        with torch.inference_mode(), self._autocast():
+            x = self.model.synthesis(y_hat.to(self.device), quality)
+        return (x[:, :, :oh, :ow].float().cpu() * 2 - 1).clamp(-1, 1)
+
+    def decode(self, encoding, compression, shape, payload, params, image_size) -> torch.Tensor:
+        if encoding != ENC_LEARNED:
+            raise RemoteProtocolError("frame names the learned codec's model but holds a VAE latent")
+        if compression != COMP_NONE or params:
+            raise RemoteProtocolError("learned-codec frames carry no compression and no channel parameters")
+        quality, _z, y, mean = self.decode_symbols(shape, payload, image_size)
+        return self.synthesise(y, mean, quality, image_size)
+
+
+def _learned_precision(precision: str, device: torch.device) -> torch.dtype:
+    """fp32 on CPU unless asked: measured on an AVX512-BF16 (no AMX) CPU, bf16 convolutions and
+    transposed convolutions of this model run 20-50x slower than fp32 in torch 2.13. The entropy
+    path is float64 whatever this says, so the choice never changes the bitstream."""
+    from latentcomm.device import resolve_precision
+
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return resolve_precision(precision, device)
+
+
+def is_learned_model(model: str | Path) -> bool:
+    """Does this folder hold a learned codec (rather than an AutoencoderKL)?"""
+    import json
+
+    cfg = Path(model).expanduser() / "config.json"
+    try:
+        return cfg.is_file() and json.loads(cfg.read_text()).get("_class_name") == "LearnedCodecModel"
+    except (OSError, ValueError):
+        return False
+
+
+def load_codec(
+    codec: str,
+    model: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    dtype: str = "f16",
+    compression: str = "zstd",
+    quality: float = 4.0,
+    target_bytes: int | None = None,
+) -> ImageCodec:
+    """The one way scripts get a codec: ``--codec`` plus ``--model`` (auto = the codec's default model)."""
+    if codec not in CODECS:
+        raise LocalProtocolError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+    if codec == "learned" or (model != "auto" and is_learned_model(model)):
+        return LearnedCodec(LEARNED_MODEL_DIR if model == "auto" else model, device, precision, quality, target_bytes)
+    from latentcomm.engine import Engine
+
+    return VaeCodec(Engine(model, device, precision), dtype, compression)

@@ -1,0 +1,349 @@
+"""The learned image codec: a latent trained for rate and distortion together.
+
+Architecture: the mean-scale hyperprior of Minnen, Balle & Toderici (2018) without its slow
+autoregressive context, on the transforms of Balle et al. (2018): four stride-2 5x5 convolutions with
+GDN (16x down-sampling to M channels), a hyper-analysis to N channels at 1/64 resolution, a
+factorized learned density for the hyper-latent ``z`` and a conditional Gaussian for the latent
+``y`` whose mean and scale the hyper-synthesis predicts from ``z``.
+
+Rate control (one model for 0.03-1 bpp): gain vectors in the style of Cui et al. (2021, "asymmetric
+gained"): the latent is multiplied channel-wise by a learned encoder gain before quantization and by
+the matching inverse gain after it, one pair per training lambda. A quality between two trained
+levels interpolates the log-gains, so quality is continuous and ``--target-bytes`` can search it.
+The gain never enters the hyper path's inputs after quantization, so the probability model that
+sender and receiver must agree on depends only on integers (``z_hat``) and the weights.
+
+Why the probability path is computed in float64: the scale of each latent element chooses one of 64
+fixed coding tables. If sender and receiver compute a scale differently in the last bit (another
+CPU's kernels, bf16 against fp32), an element near a table boundary picks another table and the rest
+of the bitstream decodes to garbage. In float64 such a difference is ~1e-16 relative, which makes a
+boundary crossing practically impossible; the frame's checksum of the integer latent catches the
+rest. The hyper-synthesis works at 1/16 resolution, so float64 costs little.
+
+The model folder is diffusers-like: ``config.json`` plus ``model.safetensors``; load it with
+:meth:`LearnedCodecModel.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentcomm.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+CLASS_NAME = "LearnedCodecModel"
+#: Lower bound of the predicted scales and the coding tables' scales (as in CompressAI).
+SCALE_MIN = 0.11
+SCALE_MAX = 256.0
+SCALE_LEVELS = 64
+#: Latent symbols are clipped into [-Y_RANGE, Y_RANGE]; hyper-latent symbols into [-Z_RANGE, Z_RANGE].
+Y_RANGE = 255
+Z_RANGE = 48
+
+
+class _LowerBound(torch.autograd.Function):
+    """max(x, bound) whose gradient still flows when it would push x back above the bound."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bound: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.bound = bound
+        return x.clamp_min(bound)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        pass_through = (x >= ctx.bound) | (grad < 0)
+        return grad * pass_through, None
+
+
+def lower_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
+    return _LowerBound.apply(x, bound)
+
+
+class GDN(nn.Module):
+    """Generalized divisive normalization (Balle et al. 2016), or its inverse.
+
+    y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2). Parameters are stored as square roots so that
+    they stay non-negative; the bounds keep the denominator away from zero.
+    """
+
+    def __init__(self, channels: int, inverse: bool = False) -> None:
+        super().__init__()
+        self.inverse = inverse
+        self.beta = nn.Parameter(torch.ones(channels))
+        self.gamma = nn.Parameter(torch.eye(channels) * math.sqrt(0.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta = lower_bound(self.beta, 1e-3) ** 2
+        gamma = lower_bound(self.gamma, 0.0) ** 2
+        c = gamma.shape[0]
+        norm = F.conv2d(x * x, gamma.view(c, c, 1, 1).to(x.dtype), beta.to(x.dtype))
+        norm = torch.sqrt(norm.float().clamp_min(1e-6)).to(x.dtype)
+        return x * norm if self.inverse else x / norm
+
+
+def _conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+
+
+def _deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=k // 2, output_padding=stride - 1)
+
+
+class FactorizedDensity(nn.Module):
+    """The hyper-latent's learned per-channel density (Balle et al. 2018, appendix 6.1).
+
+    A small monotone network per channel gives the cumulative logits; the probability of an integer
+    is the difference of two sigmoids. Used for training likelihoods and, once, to build the coding
+    tables (``probability_tables``), which then travel with the weights.
+    """
+
+    def __init__(self, channels: int, filters: tuple[int, ...] = (3, 3, 3), init_scale: float = 10.0) -> None:
+        super().__init__()
+        dims = (1, *filters, 1)
+        scale = init_scale ** (1 / (len(filters) + 1))
+        self.matrices = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.factors = nn.ParameterList()
+        for i in range(len(filters) + 1):
+            init = math.log(math.expm1(1 / scale / dims[i + 1]))
+            self.matrices.append(nn.Parameter(torch.full((channels, dims[i + 1], dims[i]), init)))
+            self.biases.append(nn.Parameter(torch.empty(channels, dims[i + 1], 1).uniform_(-0.5, 0.5)))
+            if i < len(filters):
+                self.factors.append(nn.Parameter(torch.zeros(channels, dims[i + 1], 1)))
+
+    def logits_cdf(self, v: torch.Tensor) -> torch.Tensor:
+        """v: (C, 1, n) -> cumulative logits (C, 1, n)."""
+        for i, m in enumerate(self.matrices):
+            v = torch.matmul(F.softplus(m).to(v.dtype), v) + self.biases[i].to(v.dtype)
+            if i < len(self.factors):
+                v = v + torch.tanh(self.factors[i].to(v.dtype)) * torch.tanh(v)
+        return v
+
+    def likelihood(self, z: torch.Tensor) -> torch.Tensor:
+        """Probability mass of the unit interval around each value of z (B, C, H, W)."""
+        b, c, h, w = z.shape
+        v = z.float().permute(1, 0, 2, 3).reshape(c, 1, -1)
+        lower = self.logits_cdf(v - 0.5)
+        upper = self.logits_cdf(v + 0.5)
+        sign = -torch.sign(lower + upper).detach()
+        p = (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
+        return p.reshape(c, b, h, w).permute(1, 0, 2, 3)
+
+    @torch.no_grad()
+    def probability_tables(self) -> np.ndarray:
+        """(C, 2*Z_RANGE+1) float64 probabilities of the integers -Z_RANGE..Z_RANGE, tails folded into the ends."""
+        c = self.matrices[0].shape[0]
+        edges = torch.arange(-Z_RANGE - 0.5, Z_RANGE + 1.0, 1.0, dtype=torch.float64)
+        v = edges.view(1, 1, -1).expand(c, 1, -1)
+        self_64 = {k: p.double() for k, p in self.named_parameters()}
+        # Evaluate with float64 copies of the parameters for a table independent of training precision.
+        vv = v
+        for i in range(len(self.matrices)):
+            vv = torch.matmul(F.softplus(self_64[f"matrices.{i}"]), vv) + self_64[f"biases.{i}"]
+            if i < len(self.factors):
+                vv = vv + torch.tanh(self_64[f"factors.{i}"]) * torch.tanh(vv)
+        cdf = torch.sigmoid(vv[:, 0, :])
+        cdf[:, 0] = 0.0
+        cdf[:, -1] = 1.0
+        probs = (cdf[:, 1:] - cdf[:, :-1]).clamp_min(0.0)
+        probs = probs / probs.sum(dim=1, keepdim=True)
+        return probs.numpy()
+
+
+def gaussian_likelihood(y: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Mass of [y - 0.5, y + 0.5] under N(mean, scale^2), computed on the side of the smaller tail."""
+    v = (y - mean).abs()
+    s = lower_bound(scale, SCALE_MIN)
+    hi = 0.5 * torch.erfc((v - 0.5) / (s * math.sqrt(2)))
+    lo = 0.5 * torch.erfc((v + 0.5) / (s * math.sqrt(2)))
+    return hi - lo
+
+
+def scale_table() -> np.ndarray:
+    """The 64 scales the coding tables are built for (float64, log-spaced), shared by both sides."""
+    return np.exp(np.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), SCALE_LEVELS))
+
+
+def _ste_round(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+@dataclass
+class LearnedCodecConfig:
+    """Everything needed to rebuild the model; saved as ``config.json``."""
+
+    N: int = 96
+    M: int = 192
+    #: Width of the hyper-analysis and hyper-synthesis (smaller than Minnen's to fit the 20 MB budget).
+    H: int = 96
+    #: The rate-distortion trade-offs the gain pairs were trained for (MSE on 0..255 pixels), lowest first.
+    lambdas: list[float] = field(default_factory=lambda: [0.0004, 0.0009, 0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.05])
+    _class_name: str = CLASS_NAME
+
+    @property
+    def levels(self) -> int:
+        return len(self.lambdas)
+
+
+class LearnedCodecModel(nn.Module):
+    """Transforms, gains and entropy models of the learned codec (no entropy coder inside)."""
+
+    def __init__(self, config: LearnedCodecConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or LearnedCodecConfig()
+        N, M, H, L = self.config.N, self.config.M, self.config.H, self.config.levels
+        self.g_a = nn.Sequential(_conv(3, N), GDN(N), _conv(N, N), GDN(N), _conv(N, N), GDN(N), _conv(N, M))
+        self.g_s = nn.Sequential(
+            _deconv(M, N), GDN(N, True), _deconv(N, N), GDN(N, True), _deconv(N, N), GDN(N, True), _deconv(N, 3)
+        )
+        self.h_a = nn.Sequential(
+            _conv(M, H, 3, 1), nn.LeakyReLU(inplace=True), _conv(H, H), nn.LeakyReLU(inplace=True), _conv(H, H)
+        )
+        self.h_s = nn.Sequential(
+            _deconv(H, H),
+            nn.LeakyReLU(inplace=True),
+            _deconv(H, H * 3 // 2),
+            nn.LeakyReLU(inplace=True),
+            _conv(H * 3 // 2, 2 * M, 3, 1),
+        )
+        self.z_density = FactorizedDensity(H)
+        # Log-gains, initialised so that higher levels quantize finer: the MSE-optimal step size
+        # shrinks like 1/sqrt(lambda).
+        lam = torch.tensor(self.config.lambdas)
+        init = 0.5 * torch.log(lam / lam[L // 2])
+        self.log_gain = nn.Parameter(init[:, None].repeat(1, M).clone())
+        self.log_inv_gain = nn.Parameter(-init[:, None].repeat(1, M).clone())
+
+    # --- quality -> gains ------------------------------------------------------------------------
+
+    def gains(self, quality: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder and decoder gains (B, M, 1, 1) for qualities in [1, levels] (fractional allowed)."""
+        q = torch.as_tensor(quality, dtype=torch.float32, device=self.log_gain.device).reshape(-1)
+        pos = (q - 1).clamp(0, self.config.levels - 1)
+        lo = pos.floor().long().clamp(max=self.config.levels - 2)
+        t = (pos - lo.float())[:, None]
+        g = self.log_gain[lo] * (1 - t) + self.log_gain[lo + 1] * t
+        gi = self.log_inv_gain[lo] * (1 - t) + self.log_inv_gain[lo + 1] * t
+        return g.exp()[:, :, None, None], gi.exp()[:, :, None, None]
+
+    # --- training --------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, quality: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x in [0, 1] (B, 3, H, W), H and W multiples of 64; per-sample quality levels.
+
+        Returns the reconstruction and the likelihoods of y and z (additive-noise proxy for the
+        rate; straight-through rounding of ``y - mean`` for what the decoder sees, as at test time).
+        """
+        g, gi = self.gains(quality)
+        y = self.g_a(x).float() * g
+        z = self.h_a(y).float()
+        z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
+        z_like = self.z_density.likelihood(z_noisy)
+        z_hat = _ste_round(z)
+        params = self.h_s(z_hat).float()
+        scale, mean = params.chunk(2, dim=1)
+        y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        y_like = gaussian_likelihood(y_noisy, mean, scale)
+        y_hat = _ste_round(y - mean) + mean
+        x_hat = self.g_s(y_hat * gi)
+        return {"x_hat": x_hat, "y_likelihood": y_like, "z_likelihood": z_like}
+
+    # --- inference pieces (the entropy coder lives in latentcomm.entropy) ---------------------------
+
+    def analysis(self, x: torch.Tensor, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image in [0, 1] -> gained latent y (float32) and integer hyper-latent symbols."""
+        g, _ = self.gains(quality)
+        y = self.g_a(x).float() * g
+        z = self.h_a(y)
+        return y, torch.round(z.float()).clamp(-Z_RANGE, Z_RANGE).to(torch.int32)
+
+    def entropy_parameters(self, z_symbols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer hyper-latent -> (means, scale indexes), computed in float64 on the CPU.
+
+        Sender and receiver both call exactly this: it decides the coding tables, so it must not
+        depend on the compute precision the transforms use.
+        """
+        h_s = self._h_s64()
+        with torch.autocast("cpu", enabled=False):
+            params = h_s(z_symbols.to(torch.float64).cpu())
+        scale, mean = params.chunk(2, dim=1)
+        table = torch.from_numpy(scale_table())
+        # Index of the smallest table scale >= the predicted one (CompressAI's rule): never too narrow.
+        idx = torch.searchsorted(table, scale.clamp(SCALE_MIN, SCALE_MAX).contiguous())
+        return mean, idx.clamp(0, SCALE_LEVELS - 1).to(torch.int32)
+
+    def _h_s64(self) -> nn.Module:
+        cached = getattr(self, "_h_s64_cache", None)
+        if cached is None:
+            import copy
+
+            cached = copy.deepcopy(self.h_s).cpu().double().eval().requires_grad_(False)
+            object.__setattr__(self, "_h_s64_cache", cached)
+        return cached
+
+    def synthesis(self, y_hat: torch.Tensor, quality: float) -> torch.Tensor:
+        """Dequantized latent -> image in [0, 1] (float32, clamped)."""
+        _, gi = self.gains(quality)
+        dtype = next(self.g_s.parameters()).dtype
+        return self.g_s((y_hat.float() * gi.to(y_hat.device)).to(dtype)).float().clamp(0, 1)
+
+    # --- files -----------------------------------------------------------------------------------
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex, first 16 bytes) of the weights as saved: names this exact model in frames."""
+        h = hashlib.sha256()
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:32]
+
+    def save_pretrained(self, folder: Path, half_precision: bool = False, extra: dict | None = None) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (float16 when ``half_precision``, to fit the size budget)."""
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg = asdict(self.config)
+        (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        dtype = torch.float16 if half_precision else torch.float32
+        state = {k: v.detach().cpu().to(dtype).contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt", **(extra or {})})
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> LearnedCodecModel:
+        """Load a model folder (``config.json`` + ``model.safetensors``); ModelLoadError if it isn't one."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        cfg_path = folder / "config.json"
+        if not cfg_path.is_file():
+            raise ModelLoadError(f"{folder} has no config.json: not a learned codec model folder")
+        try:
+            raw = json.loads(cfg_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot read {cfg_path}: {exc}") from None
+        if raw.get("_class_name") != CLASS_NAME:
+            raise ModelLoadError(
+                f"{cfg_path} describes a {raw.get('_class_name') or 'unknown model'}, not a {CLASS_NAME}"
+            )
+        try:
+            config = LearnedCodecConfig(**raw)
+            model = cls(config)
+            weights = load_file(str(folder / "model.safetensors"))
+            model.load_state_dict({k: v.float() for k, v in weights.items()})
+        except (OSError, TypeError, RuntimeError, ValueError) as exc:
+            detail = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+            raise ModelLoadError(f"cannot load the learned codec from {folder}: {detail[:200]}") from None
+        return model.eval().requires_grad_(False)

@@ -1,0 +1,359 @@
+"""Train the learned codec for rate + lambda * distortion: ``python -m latentcomm.train --objective codec``.
+
+One model covers every quality: each crop in a batch draws one of the config's lambdas and is coded
+through that level's gain pair, so the shared transforms learn the whole 0.03-1 bpp range at once.
+
+Design choices (why):
+- Rate is the additive-uniform-noise estimate of the latent's and hyper-latent's code length; the
+  decoder sees straight-through rounded ``y - mean`` (the "mixed" quantization of Minnen & Singh
+  2020), which is what it gets at test time, so there is no train/test gap in the synthesis.
+- Distortion is MSE on 0..255 pixels (lambda * 255^2 * MSE), as in CompressAI's MSE models.
+- EMA weights are what gets exported: good whenever training stops.
+- Checkpoints are atomic and carry optimizer, EMA and RNG states: a run is resumable bit for bit and
+  trains in time-boxed chunks (``--minutes``), on CPU (bf16 autocast where native) or CUDA.
+- ``--pack`` writes the training photos into one compact ``.npz`` (downscaled, uint8), so a GPU
+  machine that gets only the checkout can train from it (``--data-pack``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from latentcomm import data
+from latentcomm.device import configure_threads, resolve_device, resolve_precision
+from latentcomm.images import load_image
+from latentcomm.learned import LearnedCodecConfig, LearnedCodecModel
+
+log = logging.getLogger("latentcomm.train_codec")
+
+#: Scales of the training pyramid for the 43 photos (about 1.1 MP at 1.0) and, relative to a
+#: 1600-pixel long side, for the large Unsplash photos.
+PHOTO_SCALES = (1.0, 0.6)
+UNSPLASH_LONG_SIDES = (1600, 900)
+
+
+def load_training_images(photos: Path, unsplash: Path | None) -> list[np.ndarray]:
+    """Training pyramid as uint8 HxWx3 arrays (held-out photos and aerial images never included)."""
+    out: list[np.ndarray] = []
+    for p in tqdm(data.training_photos(photos), desc="loading photos", unit="img"):
+        img = load_image(p)
+        for s in PHOTO_SCALES:
+            scaled = img if s == 1.0 else img.resize((round(img.width * s), round(img.height * s)), Image.LANCZOS)
+            out.append(np.asarray(scaled).copy())
+    if unsplash is not None and unsplash.is_dir():
+        files = sorted(p for p in unsplash.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        for p in tqdm(files, desc="loading unsplash", unit="img"):
+            img = load_image(p)
+            for side in UNSPLASH_LONG_SIDES:
+                s = side / max(img.size)
+                out.append(np.asarray(img.resize((round(img.width * s), round(img.height * s)), Image.LANCZOS)).copy())
+    return out
+
+
+def write_pack(images: list[np.ndarray], path: Path) -> None:
+    """All training images in one compressed .npz (for a machine that has only the checkout)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **{f"img{i:04d}": a for i, a in enumerate(images)})
+
+
+def read_pack(path: Path) -> list[np.ndarray]:
+    with np.load(path) as pack:
+        return [pack[k] for k in sorted(pack.files)]
+
+
+class Crops:
+    """Random crops with horizontal flips, drawn from a seeded generator (reproducible on resume)."""
+
+    def __init__(self, images: list[np.ndarray], crop: int, gen: torch.Generator) -> None:
+        self.images = [torch.from_numpy(a).permute(2, 0, 1) for a in images if min(a.shape[:2]) >= crop]
+        if not self.images:
+            raise ValueError(f"no training image is at least {crop}x{crop}")
+        self.crop, self.gen = crop, gen
+
+    def batch(self, n: int) -> torch.Tensor:
+        c = self.crop
+        out = torch.empty(n, 3, c, c)
+        for i in range(n):
+            img = self.images[int(torch.randint(len(self.images), (1,), generator=self.gen))]
+            y = int(torch.randint(img.shape[1] - c + 1, (1,), generator=self.gen))
+            x = int(torch.randint(img.shape[2] - c + 1, (1,), generator=self.gen))
+            patch = img[:, y : y + c, x : x + c].float() / 255.0
+            out[i] = patch.flip(-1) if bool(torch.rand(1, generator=self.gen) < 0.5) else patch
+        return out
+
+
+def rd_loss(model: LearnedCodecModel, x: torch.Tensor, levels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Mean over the batch of bpp + lambda_i * 255^2 * MSE_i, each crop at its own level."""
+    out = model(x, levels.float() + 1)
+    n_pix = x.shape[2] * x.shape[3]
+    bits_y = -torch.log2(out["y_likelihood"].clamp_min(1e-9)).sum(dim=(1, 2, 3))
+    bits_z = -torch.log2(out["z_likelihood"].clamp_min(1e-9)).sum(dim=(1, 2, 3))
+    bpp = (bits_y + bits_z) / n_pix
+    mse = (out["x_hat"].float() - x).pow(2).mean(dim=(1, 2, 3))
+    lam = torch.tensor(model.config.lambdas, device=x.device)[levels]
+    loss = (bpp + lam * 255.0**2 * mse).mean()
+    psnr = (10 * torch.log10(1.0 / mse.detach().clamp_min(1e-10))).mean().item()
+    return loss, {"loss": loss.item(), "bpp": bpp.mean().item(), "psnr": psnr}
+
+
+@torch.inference_mode()
+def evaluate(
+    model: LearnedCodecModel, images: list[torch.Tensor], qualities: tuple[float, ...], dtype: torch.dtype
+) -> dict[str, float]:
+    """Held-out rate (ideal code length with rounding, in bpp) and PSNR at a few qualities.
+
+    The real entropy-coded bytes are measured by ``benchmarks/quality.py``; this estimate is within
+    a few bytes of them and is what training watches.
+    """
+    dev = next(model.parameters()).device
+    res: dict[str, float] = {}
+    for q in qualities:
+        bpps, psnrs = [], []
+        for x in images:
+            x = x.to(dev)
+            h, w = x.shape[2:]
+            xp = F.pad(x, (0, (-w) % 64, 0, (-h) % 64), mode="replicate")
+            with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+                g, gi = model.gains(q)
+                y = model.g_a(xp).float() * g
+                z = torch.round(model.h_a(y).float())
+                scale, mean = model.h_s(z).float().chunk(2, dim=1)
+                y_hat = torch.round(y - mean) + mean
+                x_hat = model.g_s(y_hat * gi).float()[:, :, :h, :w].clamp(0, 1)
+            from latentcomm.learned import gaussian_likelihood
+
+            bits = -torch.log2(gaussian_likelihood(y_hat, mean, scale).clamp_min(1e-9)).sum()
+            bits += -torch.log2(model.z_density.likelihood(z).clamp_min(1e-9)).sum()
+            bpps.append(bits.item() / (h * w))
+            a, b = (x * 255).round(), (x_hat * 255).round()
+            psnrs.append(10 * math.log10(255.0**2 / max((a - b).pow(2).mean().item(), 1e-10)))
+        res[f"q{q:g}_bpp"] = float(np.mean(bpps))
+        res[f"q{q:g}_psnr"] = float(np.mean(psnrs))
+    return res
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def export(ema: LearnedCodecModel, folder: Path, meta: dict) -> None:
+    """Write the EMA weights as a model folder (float16 safetensors + config + training state)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    half = copy.deepcopy(ema).cpu()
+    half.save_pretrained(tmp, half_precision=True)
+    (tmp / "training_state.json").write_text(json.dumps(meta, indent=2) + "\n")
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in tmp.iterdir():
+        os.replace(f, folder / f.name)
+    tmp.rmdir()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m latentcomm.train --objective codec",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", type=Path, default=data.PHOTOS_DIR, help="folder of photos (held-out ones are skipped)")
+    p.add_argument("--extra-data", type=Path, default=data.UNSPLASH_DIR, help="folder of large training-only photos")
+    p.add_argument("--data-pack", type=Path, default=None, help="train from this .npz pack instead of the folders")
+    p.add_argument("--pack", type=Path, default=None, help="write the training images to this .npz pack and exit")
+    p.add_argument("--run-dir", type=Path, default=data.REPO_ROOT / "runs" / "codec", help="checkpoints and logs")
+    p.add_argument(
+        "--export", type=Path, default=data.REPO_ROOT / "runs" / "codec" / "export", help="model folder for EMA weights"
+    )
+    p.add_argument("--N", type=int, default=96, help="channels of the transforms")
+    p.add_argument("--M", type=int, default=192, help="latent channels")
+    p.add_argument("--H", type=int, default=96, help="channels of the hyper transforms")
+    p.add_argument("--batch", type=int, default=8, help="crops per step")
+    p.add_argument("--crop", type=int, default=128, help="crop size (multiple of 64)")
+    p.add_argument("--lr", type=float, default=3e-4, help="learning rate (Adam); may change between resumed chunks")
+    p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps of a new run")
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, crops and noise")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+    p.add_argument("--precision", default="auto", help="auto|fp32|bf16|fp16 autocast for the transforms")
+    p.add_argument(
+        "--minutes", type=float, default=0.0, help="stop (checkpointed) after this many minutes; 0 = no limit"
+    )
+    p.add_argument("--steps", type=int, default=10**7, help="stop at this total step count")
+    p.add_argument("--ckpt-every", type=int, default=200, help="steps between checkpoints and exports")
+    p.add_argument("--eval-every", type=int, default=1000, help="steps between held-out evaluations (0 = never)")
+    p.add_argument("--eval-size", type=int, default=512, help="held-out photos are centre-cropped to this (0 = native)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from last.pt")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.crop % 64:
+        print("error: --crop must be a multiple of 64", file=sys.stderr)
+        return 2
+    if args.pack is not None:
+        write_pack(load_training_images(args.data, args.extra_data), args.pack)
+        print(f"wrote {args.pack} ({args.pack.stat().st_size / 1e6:.1f} MB)")
+        return 0
+    device = resolve_device(args.device)
+    dtype = resolve_precision(args.precision, device)
+    if device.type == "cpu":
+        configure_threads()
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    if args.data_pack is not None:
+        if not args.data_pack.is_file():
+            print(f"error: --data-pack {args.data_pack} does not exist", file=sys.stderr)
+            return 2
+        images = read_pack(args.data_pack)
+    else:
+        images = load_training_images(args.data, args.extra_data)
+    if not images:
+        print(f"error: no training photos in {args.data}", file=sys.stderr)
+        return 2
+    crops = Crops(images, args.crop, gen)
+    heldout = []
+    if args.eval_every > 0:
+        from latentcomm.images import center_crop_square
+
+        for p in data.heldout_photos(args.data):
+            img = load_image(p)
+            if args.eval_size:
+                img = center_crop_square(img, args.eval_size)
+            heldout.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255.0)
+
+    config = LearnedCodecConfig(N=args.N, M=args.M, H=args.H)
+    model = LearnedCodecModel(config).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = args.run_dir / "last.pt"
+    step, elapsed = 0, 0.0
+    if args.resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError:
+            print(
+                f"error: {ckpt_path} holds another architecture; pass a new --run-dir or --no-resume", file=sys.stderr
+            )
+            return 2
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        step, elapsed = state["step"], state.get("elapsed", 0.0)
+        log.info("resumed from %s at step %d (%.1f h trained)", ckpt_path, step, elapsed / 3600)
+    log.info(
+        "codec: %.2fM parameters, device %s, autocast %s, %d training images",
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        device,
+        dtype,
+        len(images),
+    )
+    fwd = torch.compile(model) if args.compile else model
+    metrics_log = (args.run_dir / "metrics.jsonl").open("a")
+    t_start = time.time()
+    deadline = t_start + args.minutes * 60 if args.minutes > 0 else math.inf
+    bar = tqdm(desc="training codec", unit="step", initial=step)
+    model.train()
+    levels_n = config.levels
+
+    def checkpoint() -> None:
+        total = elapsed + time.time() - t_start
+        save_checkpoint(
+            ckpt_path,
+            {
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "opt": opt.state_dict(),
+                "gen": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                "elapsed": total,
+                "config": config.__dict__,
+            },
+        )
+        export(
+            ema,
+            args.export,
+            {
+                "step": step,
+                "train_seconds": round(total),
+                "batch": args.batch,
+                "crop": args.crop,
+                "lr": args.lr,
+                "seed": args.seed,
+                "device": str(device),
+                "autocast": str(dtype),
+                "objective": "bpp + lambda * 255^2 * MSE, one lambda per crop",
+            },
+        )
+
+    while step < args.steps and time.time() < deadline:
+        lr = args.lr * min(1.0, (step + 1) / args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = crops.batch(args.batch).to(device)
+        levels = torch.randint(levels_n, (args.batch,), generator=gen).to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss, stats = rd_loss(fwd, x, levels) if not args.compile else rd_loss_compiled(fwd, model, x, levels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(pm, 1 - decay)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(bpp=f"{stats['bpp']:.3f}", psnr=f"{stats['psnr']:.2f}")
+        record = {"step": step, "lr": lr, "time_s": round(elapsed + time.time() - t_start, 1), **stats}
+        if heldout and step % args.eval_every == 0:
+            record.update(evaluate(ema, heldout, (1.0, 3.0, 5.0, 8.0), dtype))
+            log.info("step %d held-out: %s", step, {k: round(v, 3) for k, v in record.items() if k.startswith("q")})
+        metrics_log.write(json.dumps(record) + "\n")
+        metrics_log.flush()
+        if step % args.ckpt_every == 0:
+            checkpoint()
+    checkpoint()
+    bar.close()
+    log.info("stopped at step %d; checkpoint %s, export %s", step, ckpt_path, args.export)
+    return 0
+
+
+def rd_loss_compiled(fwd, model: LearnedCodecModel, x: torch.Tensor, levels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """rd_loss through a compiled forward (the lambdas come from the plain model's config)."""
+
+    class _View:
+        config = model.config
+
+        def __call__(self, *a):
+            return fwd(*a)
+
+    return rd_loss(_View(), x, levels)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
