@@ -1,14 +1,24 @@
-"""Rate-distortion of the latent codec against JPEG, WebP and AVIF at the same byte budget.
+"""Rate-distortion of every codec latentcomm can send, against JPEG, WebP, AVIF and JPEG XL.
 
-    python benchmarks/quality.py                        # embedded model, held-out photos + aerial
-    python benchmarks/quality.py --model DIR --json out.json --plot rd.png
+    python benchmarks/quality.py                         # held-out photos + aerial, native size
+    python benchmarks/quality.py --codecs learned --merge benchmarks/results/quality.json
+    python benchmarks/quality.py --quick --json /tmp/q.json --plots /tmp/q   # smoke test
 
-For every evaluation image (the held-out photos and the aerial set, never trained on), at 256x256
-(centre crop) and at native size: the latent codec with float16 and int8 latents as the legacy frame
-carries them (gzip), and 8-bit per-channel uint8 + zstd as v2 carries it (payload = what the wire
-carries); and Pillow's JPEG / WebP / AVIF at the largest quality whose file fits the float16
-latent's byte budget. Every codec reports the same keys (CompressAI style): bytes, bpp, psnr-rgb,
-ssim-rgb, encoding and decoding time. Prints a table; writes JSON and a rate-distortion plot.
+For every evaluation image (the 6 held-out photos and the 12 aerial images, never trained on), at
+native size, one harness runs every codec and measures what a receiver would show:
+
+- ``learned``: the learned codec at every trained quality (1-8), the real entropy-coded payload;
+- ``vae-u8-zstd`` / ``vae-f16``: the embedded AutoencoderKL's latent as v2 frames carry it;
+- ``jpeg`` / ``webp`` / ``avif`` / ``jxl`` (Pillow, pillow-jxl-plugin): a quality sweep;
+- equal bytes: at 0.05, 0.1, 0.15, 0.25 and 0.5 bpp every codec gets the image's byte budget
+  (the learned codec through ``--target-bytes``'s search, pixel codecs by bisection on their
+  quality). A codec whose smallest output is over the budget is marked ``over_budget``.
+
+Every row has the same keys (CompressAI style): bytes, bpp, psnr-rgb, ms-ssim-rgb, ssimulacra2,
+encoding_time, decoding_time. BD-rate against AVIF (PSNR and SSIMULACRA2) is computed over
+0.05-0.5 bpp on the mean curves. Writes JSON, a markdown table, RD plots and a picture grid.
+``--merge`` keeps another run's rows for the codecs not re-run here (the pixel codecs don't change
+when the learned codec is retrained).
 """
 
 from __future__ import annotations
@@ -24,263 +34,416 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from PIL import Image, features  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw, features  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from latentcomm import data  # noqa: E402
-from latentcomm.codec import (  # noqa: E402
-    COMP_ZSTD,
-    ENC_UINT8_AFFINE,
-    FLAG_FLOAT16,
-    FLAG_INT8,
-    bounded_decompress,
-    compress,
-    decode_latent,
-    encode_latent,
-    v2_dequantize,
-    v2_quantize,
-)
-from latentcomm.engine import Engine  # noqa: E402
+from latentcomm.codecs import LEARNED_MODEL_DIR, ImageCodec, LearnedCodec, VaeCodec  # noqa: E402
 from latentcomm.images import center_crop_square, load_image, pil_to_tensor, tensor_to_pil  # noqa: E402
-from latentcomm.metrics import psnr, ssim  # noqa: E402
+from latentcomm.metrics import ms_ssim, psnr, ssimulacra2  # noqa: E402
 from latentcomm.models import EMBEDDED_MODEL_DIR  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PIXEL_CODECS = [c for c in ("JPEG", "WEBP", "AVIF") if c == "JPEG" or features.check(c.lower())]
-SWEEP = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90)
+BUDGETS_BPP = (0.05, 0.1, 0.15, 0.25, 0.5)
+BD_RANGE = (0.05, 0.5)
+PIXEL_SWEEPS = {
+    "jpeg": ("JPEG", (5, 15, 30, 50, 70, 85)),
+    "webp": ("WEBP", (5, 20, 40, 60, 75, 90)),
+    "avif": ("AVIF", (10, 25, 40, 55, 70, 85)),
+    "jxl": ("JXL", (5, 20, 40, 60, 75, 90)),
+}
+ALL_CODECS = ("learned", "vae", *PIXEL_SWEEPS)
+METRICS = ("psnr-rgb", "ms-ssim-rgb", "ssimulacra2")
 
 
-def pixel_codec(img: Image.Image, fmt: str, quality: int) -> tuple[bytes, Image.Image, float, float]:
+def available_pixel_codecs() -> list[str]:
+    out = []
+    for name, (fmt, _) in PIXEL_SWEEPS.items():
+        if fmt == "JXL":
+            try:
+                import pillow_jxl  # noqa: F401
+            except ImportError:
+                continue
+        elif fmt != "JPEG" and not features.check(fmt.lower()):
+            continue
+        out.append(name)
+    return out
+
+
+def pixel_encode(img: Image.Image, fmt: str, quality: int) -> tuple[bytes, Image.Image, float, float]:
     t0 = time.perf_counter()
     buf = io.BytesIO()
     img.save(buf, format=fmt, quality=quality)
     t1 = time.perf_counter()
     out = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    out.load()
     return buf.getvalue(), out, t1 - t0, time.perf_counter() - t1
 
 
-def fit_budget(img: Image.Image, fmt: str, budget: int) -> tuple[int, bytes, Image.Image, float, float]:
-    """Highest quality (1-100) whose file is <= budget bytes (quality 1 if none fits)."""
+def pixel_fit(img: Image.Image, fmt: str, budget: int, known: dict[int, int] | None = None) -> tuple[int, tuple]:
+    """Highest quality (1-100) whose file fits ``budget`` bytes (quality 1 if none does).
+
+    ``known`` (quality -> bytes from the sweep) narrows the bisection to the bracketing sweep
+    qualities, which halves the encodes (AVIF takes about a second per megapixel here).
+    """
     lo, hi, best = 1, 100, None
+    for q, n in sorted((known or {}).items()):
+        if n <= budget:
+            lo = max(lo, q)
+        else:
+            hi = min(hi, q - 1)
+            break
     while lo <= hi:
         q = (lo + hi) // 2
-        res = pixel_codec(img, fmt, q)
+        res = pixel_encode(img, fmt, q)
         if len(res[0]) <= budget:
-            best, lo = (q, *res), q + 1
+            best, lo = (q, res), q + 1
         else:
             hi = q - 1
-    return best if best is not None else (1, *pixel_codec(img, fmt, 1))
+    return best if best is not None else (1, pixel_encode(img, fmt, 1))
 
 
-def row(
-    codec: str,
-    dataset: str,
-    size: str,
-    name: str,
-    img: Image.Image,
-    nbytes: int,
-    recon: Image.Image,
-    enc_s: float,
-    dec_s: float,
-    **extra,
-) -> dict:
-    pixels = img.width * img.height
+def measure(img: Image.Image, recon: Image.Image, nbytes: int, enc_s: float, dec_s: float, **extra) -> dict:
     return {
-        "codec": codec,
-        "dataset": dataset,
-        "size": size,
-        "image": name,
         "width": img.width,
         "height": img.height,
         "bytes": nbytes,
-        "bpp": 8 * nbytes / pixels,
+        "bpp": 8 * nbytes / (img.width * img.height),
         "psnr-rgb": psnr(img, recon),
-        "ssim-rgb": ssim(img, recon),
+        "ms-ssim-rgb": ms_ssim(img, recon),
+        "ssimulacra2": ssimulacra2(img, recon),
         "encoding_time": enc_s,
         "decoding_time": dec_s,
         **extra,
     }
 
 
-def evaluate(engine: Engine, sets: dict[str, list[Path]], sizes: list[str], sweep: bool) -> list[dict]:
+def run_codec(codec: ImageCodec, img: Image.Image, **kw) -> tuple[Image.Image, int, float, float, dict]:
+    """Encode with a latentcomm codec, decode the exact payload, time both (model loaded)."""
+    x = pil_to_tensor(img)
+    t0 = time.perf_counter()
+    enc = codec.encode(x, **kw)
+    enc_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    out = codec.decode(enc.encoding, enc.compression, enc.shape, enc.payload, enc.params, (img.height, img.width))
+    recon = tensor_to_pil(out)
+    return recon, len(enc.payload), enc_s, time.perf_counter() - t1, enc.facts
+
+
+def evaluate(
+    images: list[tuple[str, Path]],
+    codecs: list[str],
+    learned: LearnedCodec | None,
+    vae: dict[str, VaeCodec],
+    size: str,
+    qualities: list[float],
+) -> list[dict]:
     rows: list[dict] = []
-    jobs = [(ds, p, s) for ds, paths in sets.items() for p in paths for s in sizes]
-    for ds, path, size in tqdm(jobs, desc="quality", unit="img"):
+    for ds, path in tqdm(images, desc="images", unit="img"):
         img = load_image(path)
         if size != "native":
             img = center_crop_square(img, int(size))
-        x = pil_to_tensor(img)
-        t0 = time.perf_counter()
-        latent, hw = engine.encode_image(x)
-        enc_s = time.perf_counter() - t0
-        budget = None
-        t1 = time.perf_counter()
-        raw, params = v2_quantize(latent, ENC_UINT8_AFFINE)
-        payload = compress(raw, COMP_ZSTD)
-        q_s = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        c, h, w = latent.shape[1:]
-        z = v2_dequantize(bounded_decompress(payload, COMP_ZSTD, len(raw)), ENC_UINT8_AFFINE, (c, h, w), params)
-        recon = tensor_to_pil(engine.decode_image(z, hw))
-        rows.append(
-            row("latent-u8-zstd", ds, size, path.name, img, len(payload), recon, enc_s + q_s, time.perf_counter() - t2)
-        )
-        for flag, codec in ((FLAG_FLOAT16, "latent-f16"), (FLAG_INT8, "latent-i8")):
-            t1 = time.perf_counter()
-            enc = encode_latent(latent, flag)
-            q_s = time.perf_counter() - t1
-            t2 = time.perf_counter()
-            z = decode_latent(flag, enc.channels, enc.height, enc.width, enc.payload)
-            recon = tensor_to_pil(engine.decode_image(z, hw))
-            dec_s = time.perf_counter() - t2
-            rows.append(
-                row(
-                    codec,
-                    ds,
-                    size,
-                    path.name,
-                    img,
-                    len(enc.payload),
-                    recon,
-                    enc_s + q_s,
-                    dec_s,
-                    clipped_fraction=enc.clipped_fraction,
+        base = {"dataset": ds, "image": path.name, "size": size}
+        pixels = img.width * img.height
+        swept: dict[str, dict[int, int]] = {}
+        if learned is not None:
+            for q in qualities:
+                recon, n, e, d, facts = run_codec(learned, img, quality=q)
+                rows.append({**base, "codec": "learned", "mode": "sweep", "quality": q, **measure(img, recon, n, e, d)})
+        for name, vc in vae.items():
+            recon, n, e, d, _ = run_codec(vc, img)
+            rows.append({**base, "codec": name, "mode": "sweep", "quality": None, **measure(img, recon, n, e, d)})
+        for name in codecs:
+            if name not in PIXEL_SWEEPS:
+                continue
+            fmt, sweep = PIXEL_SWEEPS[name]
+            for q in sweep:
+                blob, recon, e, d = pixel_encode(img, fmt, q)
+                swept.setdefault(name, {})[q] = len(blob)
+                rows.append(
+                    {**base, "codec": name, "mode": "sweep", "quality": q, **measure(img, recon, len(blob), e, d)}
                 )
-            )
-            budget = budget or len(enc.payload)
-        for fmt in PIXEL_CODECS:
-            q, blob, recon, e, d = fit_budget(img, fmt, budget)
-            rows.append(
-                row(
-                    fmt.lower(),
-                    ds,
-                    size,
-                    path.name,
-                    img,
-                    len(blob),
-                    recon,
-                    e,
-                    d,
-                    quality=q,
-                    budget=budget,
-                    over_budget=len(blob) > budget,
+        for bpp in BUDGETS_BPP:
+            budget = int(bpp * pixels / 8)
+            if learned is not None:
+                recon, n, e, d, facts = run_codec(learned, img, target_bytes=budget)
+                rows.append(
+                    {
+                        **base,
+                        "codec": "learned",
+                        "mode": "budget",
+                        "budget_bpp": bpp,
+                        "budget": budget,
+                        "quality": facts["quality"],
+                        "over_budget": n > budget,
+                        **measure(img, recon, n, e, d),
+                    }
                 )
-            )
-            if sweep:
-                for q in SWEEP:
-                    blob, recon, e, d = pixel_codec(img, fmt, q)
-                    rows.append(
-                        row(f"{fmt.lower()}-sweep", ds, size, path.name, img, len(blob), recon, e, d, quality=q)
-                    )
+            for name in codecs:
+                if name not in PIXEL_SWEEPS:
+                    continue
+                q, (blob, recon, e, d) = pixel_fit(img, PIXEL_SWEEPS[name][0], budget, swept.get(name))
+                rows.append(
+                    {
+                        **base,
+                        "codec": name,
+                        "mode": "budget",
+                        "budget_bpp": bpp,
+                        "budget": budget,
+                        "quality": q,
+                        "over_budget": len(blob) > budget,
+                        **measure(img, recon, len(blob), e, d),
+                    }
+                )
     return rows
 
 
-def summarize(rows: list[dict]) -> list[dict]:
+def curves(rows: list[dict], dataset: str) -> dict[str, list[dict]]:
+    """Mean RD curve per codec (sweep rows averaged over images at each quality setting)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (r["dataset"], r["size"], r["codec"]) + ((r["quality"],) if r["codec"].endswith("sweep") else ())
-        groups.setdefault(key, []).append(r)
+        if r["dataset"] == dataset and r["mode"] == "sweep":
+            groups.setdefault((r["codec"], r["quality"]), []).append(r)
+    out: dict[str, list[dict]] = {}
+    for (codec, q), rs in groups.items():
+        point = {"quality": q, "images": len(rs)}
+        for k in ("bpp", *METRICS, "encoding_time", "decoding_time"):
+            point[k] = statistics.fmean(r[k] for r in rs)
+        out.setdefault(codec, []).append(point)
+    for pts in out.values():
+        pts.sort(key=lambda p: p["bpp"])
+    return out
+
+
+def equal_bytes(rows: list[dict], dataset: str) -> list[dict]:
+    """Per budget and codec: mean metrics, and how many images went over the budget."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["dataset"] == dataset and r["mode"] == "budget":
+            groups.setdefault((r["budget_bpp"], r["codec"]), []).append(r)
     out = []
-    for key, rs in groups.items():
-        s = {"dataset": key[0], "size": key[1], "codec": key[2], "images": len(rs)}
-        if len(key) == 4:
-            s["quality"] = key[3]
-        for k in ("bytes", "bpp", "psnr-rgb", "ssim-rgb", "encoding_time", "decoding_time"):
+    for (bpp, codec), rs in sorted(groups.items()):
+        s = {"budget_bpp": bpp, "codec": codec, "images": len(rs), "over_budget": sum(r["over_budget"] for r in rs)}
+        for k in ("bpp", *METRICS):
             s[k] = statistics.fmean(r[k] for r in rs)
         out.append(s)
     return out
 
 
-def print_table(summary: list[dict]) -> None:
-    print(
-        f"{'dataset':<8} {'size':<7} {'codec':<14} {'n':>3} {'bytes':>9} {'bpp':>7} {'PSNR dB':>8} {'SSIM':>7} "
-        f"{'enc s':>7} {'dec s':>7}"
-    )
-    for s in summary:
-        if s["codec"].endswith("sweep"):
-            continue
-        print(
-            f"{s['dataset']:<8} {s['size']:<7} {s['codec']:<14} {s['images']:>3} {s['bytes']:>9.0f} "
-            f"{s['bpp']:>7.3f} {s['psnr-rgb']:>8.2f} {s['ssim-rgb']:>7.4f} {s['encoding_time']:>7.3f} "
-            f"{s['decoding_time']:>7.3f}"
+def bd_rate(anchor: list[dict], test: list[dict], metric: str, rate_range=BD_RANGE) -> float | None:
+    """Bjontegaard delta rate (%) of ``test`` against ``anchor``: cubic fits of log-rate over the metric,
+    integrated over the metric interval both curves cover with points inside ``rate_range`` (widened by
+    one neighbouring point each side so the fit spans the range). Negative = fewer bytes than the anchor."""
+
+    def clip(pts):
+        pts = sorted(pts, key=lambda p: p["bpp"])
+        idx = [i for i, p in enumerate(pts) if rate_range[0] <= p["bpp"] <= rate_range[1]]
+        if not idx:
+            return []
+        lo, hi = max(0, idx[0] - 1), min(len(pts), idx[-1] + 2)
+        return pts[lo:hi]
+
+    a, t = clip(anchor), clip(test)
+    if len(a) < 4 or len(t) < 4:
+        return None
+    ra, da = np.log([p["bpp"] for p in a]), np.array([p[metric] for p in a])
+    rt, dt = np.log([p["bpp"] for p in t]), np.array([p[metric] for p in t])
+    lo, hi = max(da.min(), dt.min()), min(da.max(), dt.max())
+    if hi <= lo:
+        return None
+    pa, pt = np.polyfit(da, ra, 3), np.polyfit(dt, rt, 3)
+    ia = np.polyval(np.polyint(pa), hi) - np.polyval(np.polyint(pa), lo)
+    it = np.polyval(np.polyint(pt), hi) - np.polyval(np.polyint(pt), lo)
+    return float((np.exp((it - ia) / (hi - lo)) - 1) * 100)
+
+
+def summarize(rows: list[dict]) -> dict:
+    out = {}
+    for ds in sorted({r["dataset"] for r in rows}):
+        cv = curves(rows, ds)
+        bd = {}
+        if "avif" in cv:
+            for codec in cv:
+                if codec != "avif":
+                    bd[codec] = {m: bd_rate(cv["avif"], cv[codec], m) for m in ("psnr-rgb", "ssimulacra2")}
+        out[ds] = {"curves": cv, "equal_bytes": equal_bytes(rows, ds), "bd_rate_vs_avif_percent": bd}
+    return out
+
+
+def table(summary: dict) -> str:
+    lines = []
+    for ds, s in summary.items():
+        lines.append(
+            f"\n### {ds}: equal bytes (mean over images; 'over' = images whose smallest file exceeds the budget)\n"
         )
+        lines.append("| budget bpp | codec | bpp | PSNR dB | MS-SSIM | SSIMULACRA2 | over |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for e in s["equal_bytes"]:
+            lines.append(
+                f"| {e['budget_bpp']} | {e['codec']} | {e['bpp']:.3f} | {e['psnr-rgb']:.2f} | {e['ms-ssim-rgb']:.4f} | "
+                f"{e['ssimulacra2']:.1f} | {e['over_budget']}/{e['images']} |"
+            )
+        lines.append(
+            f"\n### {ds}: BD-rate against AVIF over {BD_RANGE[0]}-{BD_RANGE[1]} bpp (negative = fewer bytes)\n"
+        )
+        lines.append("| codec | PSNR | SSIMULACRA2 |")
+        lines.append("|---|---|---|")
+        for codec, v in s["bd_rate_vs_avif_percent"].items():
+            cells = [
+                f"{v[m]:+.1f}%" if v[m] is not None else "n/a (curves don't overlap)"
+                for m in ("psnr-rgb", "ssimulacra2")
+            ]
+            lines.append(f"| {codec} | {cells[0]} | {cells[1]} |")
+        lines.append(f"\n### {ds}: every curve point (mean over images; times with the model loaded)\n")
+        lines.append("| codec | setting | bpp | PSNR dB | MS-SSIM | SSIMULACRA2 | enc s | dec s |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for codec, pts in s["curves"].items():
+            for p in pts:
+                lines.append(
+                    f"| {codec} | {p['quality']} | {p['bpp']:.3f} | {p['psnr-rgb']:.2f} | {p['ms-ssim-rgb']:.4f} | "
+                    f"{p['ssimulacra2']:.1f} | {p['encoding_time']:.3f} | {p['decoding_time']:.3f} |"
+                )
+    return "\n".join(lines) + "\n"
 
 
-def plot(summary: list[dict], path: Path, title: str) -> None:
+COLORS = {
+    "learned": "tab:red",
+    "vae-u8-zstd": "tab:orange",
+    "vae-f16": "tab:brown",
+    "jpeg": "tab:blue",
+    "webp": "tab:green",
+    "avif": "tab:purple",
+    "jxl": "tab:gray",
+}
+
+
+def plot_rd(summary: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(s["dataset"], s["size"]) for s in summary})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
-    colors = {"jpeg": "tab:blue", "webp": "tab:green", "avif": "tab:purple"}
-    for ax, (ds, size) in zip(axes[0], panels, strict=True):
-        sel = [s for s in summary if s["dataset"] == ds and s["size"] == size]
-        for fmt, color in colors.items():
-            curve = sorted((s for s in sel if s["codec"] == f"{fmt}-sweep"), key=lambda s: s["bpp"])
-            if curve:
-                ax.plot(
-                    [s["bpp"] for s in curve],
-                    [s["psnr-rgb"] for s in curve],
-                    "-",
-                    color=color,
-                    alpha=0.6,
-                    label=f"{fmt.upper()} (quality sweep)",
-                )
-            at = [s for s in sel if s["codec"] == fmt]
-            if at:
-                ax.plot(at[0]["bpp"], at[0]["psnr-rgb"], "s", color=color, label=f"{fmt.upper()} at f16 budget")
-        for codec, marker in (("latent-f16", "o"), ("latent-i8", "^"), ("latent-u8-zstd", "D")):
-            at = [s for s in sel if s["codec"] == codec]
-            if at:
-                ax.plot(at[0]["bpp"], at[0]["psnr-rgb"], marker, color="tab:red", markersize=9, label=codec)
-        ax.set_xlabel("bits per pixel")
-        ax.set_ylabel("PSNR (dB, RGB)")
-        ax.set_title(f"{ds}, {size}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
+    sets = list(summary)
+    fig, axes = plt.subplots(len(sets), 3, figsize=(15, 4.2 * len(sets)), squeeze=False)
+    for row, ds in zip(axes, sets, strict=True):
+        for ax, metric in zip(row, METRICS, strict=True):
+            for codec, pts in summary[ds]["curves"].items():
+                marker = "o-" if len(pts) > 1 else "D"
+                ax.plot([p["bpp"] for p in pts], [p[metric] for p in pts], marker, color=COLORS.get(codec), label=codec,
+                        markersize=4)  # fmt: skip
+            ax.set_xscale("log")
+            ax.set_xlabel("bits per pixel (log)")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{ds}, native size: {metric}")
+            ax.grid(alpha=0.3, which="both")
+            ax.axvspan(*BD_RANGE, color="k", alpha=0.04)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
+
+
+def picture_grid(path: Path, learned: LearnedCodec, codecs: list[str], bpp: float, out: Path) -> None:
+    """One held-out photo, every codec at the same byte budget, a 1:1 crop side by side with bytes."""
+    img = load_image(path)
+    budget = int(bpp * img.width * img.height / 8)
+    tiles = [("original", img, None)]
+    recon, n, *_ = run_codec(learned, img, target_bytes=budget)
+    tiles.append(("learned", recon, n))
+    for name in codecs:
+        if name in PIXEL_SWEEPS:
+            _, (blob, rec, *_rest) = pixel_fit(img, PIXEL_SWEEPS[name][0], budget)
+            tiles.append((name, rec, len(blob)))
+    cw, ch = 360, 300
+    left, top = (img.width - cw) // 2, (img.height - ch) // 2
+    cols = 4
+    rows_n = (len(tiles) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * cw, rows_n * (ch + 22)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (name, im, nbytes) in enumerate(tiles):
+        x, y = (i % cols) * cw, (i // cols) * (ch + 22)
+        grid.paste(im.crop((left, top, left + cw, top + ch)), (x, y + 22))
+        caption = name if nbytes is None else f"{name}: {nbytes:,} B ({8 * nbytes / (img.width * img.height):.3f} bpp)"
+        if nbytes is not None and nbytes > budget:
+            caption += " OVER"
+        draw.text((x + 4, y + 5), caption, fill="black")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(EMBEDDED_MODEL_DIR), help="AutoencoderKL: Hub id or diffusers folder")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
-    p.add_argument("--precision", default="auto", help="auto|fp32|bf16|fp16 (auto = what the scripts use)")
-    p.add_argument("--sizes", default="256,native", help="comma list: square sizes and/or 'native'")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N images of each set (0 = all)")
-    p.add_argument("--no-sweep", action="store_true", help="skip the JPEG/WebP/AVIF quality sweep (plot curves)")
-    p.add_argument("--json", type=Path, default=RESULTS / "quality.json", help="where to write all rows + summary")
-    p.add_argument("--plot", type=Path, default=RESULTS / "quality_rd.png", help="rate-distortion plot (PNG)")
+    p.add_argument("--learned-model", default=str(LEARNED_MODEL_DIR), help="learned codec folder")
+    p.add_argument("--vae-model", default=str(EMBEDDED_MODEL_DIR), help="AutoencoderKL for the vae rows")
+    p.add_argument("--codecs", default=",".join(ALL_CODECS), help=f"comma list of {', '.join(ALL_CODECS)}")
+    p.add_argument("--sets", default="photos,aerial", help="comma list: photos (held-out), aerial")
+    p.add_argument("--size", default="native", help="'native' or a square centre-crop size")
+    p.add_argument("--limit", type=int, default=0, help="first N images of each set (0 = all)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 image per set, 128x128, qualities 1 and 8")
+    p.add_argument("--merge", type=Path, default=None, help="keep this JSON's rows for codecs not run now")
+    p.add_argument("--json", type=Path, default=RESULTS / "quality.json", help="rows + summary (JSON)")
+    p.add_argument("--plots", type=Path, default=RESULTS / "quality", help="prefix of the PNGs and the table (.md)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
+    unknown = set(codecs) - set(ALL_CODECS)
+    if unknown:
+        p.error(f"unknown codecs: {', '.join(sorted(unknown))}")
+    pixel = available_pixel_codecs()
+    missing = [c for c in codecs if c in PIXEL_SWEEPS and c not in pixel]
+    if missing:
+        print(f"note: not available here, skipped: {', '.join(missing)}", file=sys.stderr)
+    codecs = [c for c in codecs if c not in missing]
+    limit, size, qualities = args.limit, args.size, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    if args.quick:
+        limit, size, qualities = 1, "128", [1.0, 8.0]
     sets = {"photos": data.heldout_photos(), "aerial": data.aerial_images()}
-    if args.limit:
-        sets = {k: v[: args.limit] for k, v in sets.items()}
-    if not any(sets.values()):
+    images = [(ds, path) for ds in args.sets.split(",") for path in (sets[ds][:limit] if limit else sets[ds])]
+    if not images:
         print(f"error: no evaluation images under {data.DATA_ROOT}", file=sys.stderr)
         return 1
-    engine = Engine(args.model, args.device, args.precision)
-    rows = evaluate(engine, sets, [s.strip() for s in args.sizes.split(",")], sweep=not args.no_sweep)
+    learned = LearnedCodec(args.learned_model, "cpu", "fp32") if "learned" in codecs else None
+    vae: dict[str, VaeCodec] = {}
+    if "vae" in codecs:
+        from latentcomm.engine import Engine
+
+        engine = Engine(args.vae_model, "cpu", "auto")
+        vae = {"vae-u8-zstd": VaeCodec(engine, "u8", "zstd"), "vae-f16": VaeCodec(engine, "f16", "zstd")}
+    rows = evaluate(images, codecs, learned, vae, size, qualities)
+    kept = []
+    if args.merge and args.merge.exists():
+        ran = set(codecs) | ({"vae-u8-zstd", "vae-f16"} if "vae" in codecs else set())
+        kept = [r for r in json.loads(args.merge.read_text())["rows"] if r["codec"] not in ran]
+    rows = kept + rows
     summary = summarize(rows)
-    print_table(summary)
+    md = table(summary)
+    print(md)
+    from benchmarks.codec_speed import cpu_name
+
     result = {
-        "model": engine.source,
-        "device": str(engine.device),
-        "precision": str(engine.dtype),
-        "pixel_codecs": PIXEL_CODECS,
+        "learned_model": learned.model_id if learned else None,
+        "cpu": cpu_name(),
+        "torch_threads": torch.get_num_threads(),
+        "size": size,
+        "budgets_bpp": BUDGETS_BPP,
         "summary": summary,
         "rows": rows,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
-    plot(summary, args.plot, f"{Path(engine.source).name} vs pixel codecs (held-out data)")
-    print(f"wrote {args.json} and {args.plot}")
+    args.plots.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{args.plots}_table.md").write_text(md)
+    plot_rd(summary, Path(f"{args.plots}_rd.png"))
+    if learned is not None and "photos" in args.sets and not args.quick:
+        photo = next(p for p in data.heldout_photos() if p.name == "007.png")
+        picture_grid(photo, learned, pixel, 0.1, Path(f"{args.plots}_grid.png"))
+    print(f"wrote {args.json}, {args.plots}_rd.png, {args.plots}_table.md")
     return 0
 
 

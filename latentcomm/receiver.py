@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
@@ -154,6 +155,7 @@ class Receiver:
             **info,
             "image_size": list(size),
             "payload_bytes": len(f.payload),
+            "payload_sha256": hashlib.sha256(f.payload).hexdigest(),
             "frame_bytes": item.frame_bytes,
             "has_original": original is not None,
             "receive_s": round(item.receive_seconds, 4),

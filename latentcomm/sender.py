@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -247,6 +248,7 @@ def send_images_v2(
             ack_status=ack.status.name,
             ack_message=ack.message,
             reconnects=client.reconnects,
+            payload_sha256=hashlib.sha256(frame.payload).hexdigest(),
         )
         for key in ("quality", "target_bytes", "fits_target", "rate_probes"):
             if key in facts:

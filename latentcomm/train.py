@@ -202,8 +202,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m latentcomm.train",
-        description=__doc__.split("\n")[0],
+        description=__doc__.split("\n")[0]
+        + " (--objective codec trains the learned codec instead: see --objective codec --help)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--objective",
+        choices=["reconstruction", "codec"],
+        default="reconstruction",
+        help="reconstruction: the embedded AutoencoderKL; codec: the learned codec (rate + lambda * distortion)",
     )
     p.add_argument(
         "--data", type=Path, default=data.PHOTOS_DIR, help="folder of training photos (held-out ones are skipped)"
@@ -274,7 +281,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    # --objective picks the model being trained: the embedded AutoencoderKL (reconstruction, here)
+    # or the learned codec (rate + lambda * distortion, latentcomm.train_codec, its own flags).
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--objective", choices=["reconstruction", "codec"], default="reconstruction")
+    known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if known.objective == "codec":
+        from latentcomm import train_codec
+
+        return train_codec.main(rest)
+    args = parse_args(rest)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from diffusers import AutoencoderKL
 

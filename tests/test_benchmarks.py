@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from latentcomm.data import heldout_photos
 from latentcomm.models import EMBEDDED_MODEL_DIR
@@ -47,14 +49,21 @@ def test_server_benchmark_quick(tmp_path):
     reason="needs ../shared/data and the embedded model",
 )
 def test_quality_benchmark_quick(tmp_path):
-    out, plot = tmp_path / "q.json", tmp_path / "rd.png"
-    run_bench("benchmarks/quality.py", "--limit", "1", "--sizes", "64", "--json", str(out), "--plot", str(plot))
+    out, prefix = tmp_path / "q.json", tmp_path / "q"
+    proc = run_bench("benchmarks/quality.py", "--quick", "--json", str(out), "--plots", str(prefix))
     res = json.loads(out.read_text())
-    codecs = {s["codec"] for s in res["summary"]}
-    assert {"latent-f16", "latent-i8", "jpeg", "webp"} <= codecs
-    for s in res["summary"]:
-        assert {"bytes", "bpp", "psnr-rgb", "ssim-rgb", "encoding_time", "decoding_time"} <= set(s)
-    assert plot.stat().st_size > 1000
+    codecs = {r["codec"] for r in res["rows"]}
+    assert {"learned", "vae-u8-zstd", "vae-f16", "jpeg", "webp"} <= codecs
+    for r in res["rows"]:
+        assert {"bytes", "bpp", "psnr-rgb", "ms-ssim-rgb", "ssimulacra2", "encoding_time", "decoding_time"} <= set(r)
+    budgets = {r["budget_bpp"] for r in res["rows"] if r["mode"] == "budget" and r["codec"] == "learned"}
+    assert budgets == {0.05, 0.1, 0.15, 0.25, 0.5}
+    # The learned codec's budgeted payloads fit unless even quality 1 can't, and then it says so.
+    for r in res["rows"]:
+        if r["mode"] == "budget":
+            assert (r["bytes"] > r["budget"]) == r["over_budget"]
+    assert "BD-rate against AVIF" in proc.stdout
+    assert Path(f"{prefix}_rd.png").stat().st_size > 1000 and Path(f"{prefix}_table.md").exists()
 
 
 @pytest.mark.skipif(
@@ -71,3 +80,15 @@ def test_precision_guard_benchmark_quick(tmp_path):
     # bf16 is what the scripts ship on AMX CPUs: it must stay invisible next to fp32.
     assert res["min_psnr_vs_fp32_db"]["bf16"] >= res["guard_db"]
     assert "guard 40 dB" in proc.stdout
+
+
+def test_codec_speed_and_pictures_quick(tmp_path):
+    out = tmp_path / "s.json"
+    proc = run_bench("benchmarks/codec_speed.py", "--size", "128x64", "--repeats", "1", "--json", str(out))
+    res = json.loads(out.read_text())
+    assert any(k.startswith("learned q4") for k in res["codecs"]) and any(k.startswith("vae") for k in res["codecs"])
+    assert all(r["encode_s"] > 0 and r["decode_s"] > 0 and r["payload_bytes"] > 0 for r in res["codecs"].values())
+    assert "encode s" in proc.stdout
+    png = tmp_path / "cmp.png"
+    run_bench("benchmarks/pictures.py", "--size", "64", "--qualities", "2", "--out", str(png))
+    assert Image.open(png).size == (3 * 64, 64 + 20)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -137,7 +138,12 @@ def _learned(args) -> int:
     report.extra.update(quality)
     report.extra.update({k: facts[k] for k in ("quality", "target_bytes", "fits_target") if k in facts})
     report.extra.update(
-        protocol="v2", codec="learned", acknowledged=ack.ok, ack_status=ack.status.name, ack_message=ack.message
+        protocol="v2",
+        codec="learned",
+        acknowledged=ack.ok,
+        ack_status=ack.status.name,
+        ack_message=ack.message,
+        payload_sha256=hashlib.sha256(frame.payload).hexdigest(),
     )
     report.extra["model_load_s"] = round(codec.load_seconds, 3)
     print(json.dumps(report.as_dict()) if args.json else format_report(report), flush=True)

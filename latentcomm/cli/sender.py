@@ -165,6 +165,8 @@ def _send_v2(codec, args, images) -> int:
             failed += not r["acknowledged"]
             if args.json:
                 print(json.dumps(r), flush=True)
+            elif len(images) == 1 and "error" not in r:
+                print(_single_report(r), flush=True)
             elif "error" in r:
                 print(f"[{r['seq']}] {r['image']}: NOT SENT: {r['error']}", flush=True)
             else:
@@ -185,6 +187,36 @@ def _send_v2(codec, args, images) -> int:
         print(f"error: {failed} image(s) were not acknowledged (see above)", file=sys.stderr)
         return 1
     return 0
+
+
+def _single_report(r: dict) -> str:
+    """One v2 image: the same report the legacy path prints, plus the codec's and the receiver's answer."""
+    how = f"{r['dtype']}/{r['compression']}" if r["codec"] == "vae" else "learned, entropy-coded"
+    lines = [
+        f"Image:                 {r['image']} -> {r['image_size'][1]}x{r['image_size'][0]}",
+        f"Model:                 {r['model']}",
+        f"Original file size:    {r['original_file_bytes']:,} bytes",
+        f"Latent payload size:   {r['payload_bytes']:,} bytes ({how}, latent {tuple(r['latent_shape'])}, "
+        f"{r['bpp']:.3f} bpp)",
+    ]
+    if "quality" in r:
+        fit = ""
+        if "target_bytes" in r:
+            fit = (
+                f" (best that fits {r['target_bytes']:,} bytes)"
+                if r["fits_target"]
+                else (f" (DOES NOT FIT {r['target_bytes']:,} bytes even at quality 1)")
+            )
+        lines.append(f"Quality:               {r['quality']:g}{fit}")
+    lines += [
+        f"Compression ratio:     {r['compression_ratio']:.2f}x vs file, {r['raw_compression_ratio']:.2f}x vs raw RGB",
+        f"Encoding time:         {r['encode_s'] + r['compress_s']:.3f} s",
+        f"Transmission time:     {r['send_s']:.4f} s including the acknowledgement ({r['frame_bytes']:,} bytes "
+        "on the wire)",
+        "Receiver:              "
+        + ("acknowledged" if r["acknowledged"] else f"REFUSED ({r['ack_status']}: {r['ack_message']})"),
+    ]
+    return "\n".join(lines)
 
 
 def entry() -> None:

@@ -1,0 +1,115 @@
+"""Encode and decode time of each codec for one 768x512 image, model loaded (the issue's speed target).
+
+    python benchmarks/codec_speed.py                 # learned codec vs the embedded VAE path
+    python benchmarks/codec_speed.py --repeats 3 --json /tmp/s.json
+
+Both codecs run through the same ``ImageCodec`` calls the sender and receiver make: encode is
+image tensor -> payload bytes (analysis, quantization, entropy coding or compression), decode is
+payload -> image tensor (entropy decoding or decompression, synthesis). Medians of ``--repeats``
+runs after one warm-up. The input is a 768x512 crop of a held-out photo (or a synthetic picture
+when the shared data isn't there). Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from latentcomm import data  # noqa: E402
+from latentcomm.codecs import LEARNED_MODEL_DIR, ImageCodec, LearnedCodec, VaeCodec  # noqa: E402
+from latentcomm.images import load_image, pil_to_tensor  # noqa: E402
+from latentcomm.models import EMBEDDED_MODEL_DIR  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def test_image(w: int, h: int) -> Image.Image:
+    photos = data.heldout_photos()
+    if photos:
+        img = load_image(photos[0])
+        left, top = (img.width - w) // 2, (img.height - h) // 2
+        return img.crop((left, top, left + w, top + h))
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def time_codec(codec: ImageCodec, img: Image.Image, repeats: int, **kw) -> dict:
+    x = pil_to_tensor(img)
+    size = (img.height, img.width)
+    enc_t, dec_t = [], []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        enc = codec.encode(x, **kw)
+        t1 = time.perf_counter()
+        codec.decode(enc.encoding, enc.compression, enc.shape, enc.payload, enc.params, size)
+        t2 = time.perf_counter()
+        if i:  # the first run warms up oneDNN's kernels for this shape
+            enc_t.append(t1 - t0)
+            dec_t.append(t2 - t1)
+    return {
+        "encode_s": statistics.median(enc_t),
+        "decode_s": statistics.median(dec_t),
+        "payload_bytes": len(enc.payload),
+        "bpp": 8 * len(enc.payload) / (img.width * img.height),
+    }
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--learned-model", default=str(LEARNED_MODEL_DIR), help="learned codec folder")
+    p.add_argument("--vae-model", default=str(EMBEDDED_MODEL_DIR), help="AutoencoderKL for the vae path")
+    p.add_argument("--size", default="768x512", help="WIDTHxHEIGHT of the test image")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per codec (median reported)")
+    p.add_argument("--json", type=Path, default=RESULTS / "codec_speed.json", help="where to write the results")
+    args = p.parse_args(argv)
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    img = test_image(w, h)
+    from latentcomm.engine import Engine
+
+    rows = {}
+    learned = LearnedCodec(args.learned_model, "cpu", "auto")
+    for q in (1.0, 4.0, 8.0):
+        rows[f"learned q{q:g} ({learned.dtype})"] = time_codec(learned, img, args.repeats, quality=q)
+    rows["learned --target-bytes 0.1 bpp"] = time_codec(learned, img, args.repeats, target_bytes=w * h // 80)
+    engine = Engine(args.vae_model, "cpu", "auto")
+    rows[f"vae u8+zstd ({engine.dtype})"] = time_codec(VaeCodec(engine, "u8", "zstd"), img, args.repeats)
+    print(f"{'codec':<34} {'encode s':>9} {'decode s':>9} {'bytes':>8} {'bpp':>6}")
+    for name, r in rows.items():
+        print(f"{name:<34} {r['encode_s']:>9.3f} {r['decode_s']:>9.3f} {r['payload_bytes']:>8} {r['bpp']:>6.3f}")
+    result = {
+        "image": f"{w}x{h}",
+        "cpu": cpu_name(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "repeats": args.repeats,
+        "codecs": rows,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
