@@ -30,14 +30,31 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        arr = np.clip(arr / _full_scale(img.mode, arr) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _full_scale(mode: str, arr: np.ndarray) -> float:
+    """The value that means white for a single-channel image of this mode.
+
+    16-bit modes: 65535. Float ("F", e.g. TIFFs from scientific cameras) holds [0, 1] by convention,
+    unless its values say it holds 8- or 16-bit levels. 32-bit integer ("I"): 8- or 16-bit levels
+    by its range, else its own maximum.
+    """
+    if mode.startswith("I;16"):
+        return 65535.0
+    peak = float(arr.max()) if arr.size else 0.0
+    if mode == "F" and peak <= 1.0:
+        return 1.0
+    for full in (255.0, 65535.0):
+        if peak <= full:
+            return full
+    return peak
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -57,6 +74,8 @@ def load_image(path: str | Path) -> Image.Image:
             return to_rgb(img)
     except UnidentifiedImageError:
         raise ImageError(f"not an image Pillow can read: {p}") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"refusing {p}: {exc}") from None
     except OSError as exc:
         raise ImageError(f"cannot read image {p}: {exc}") from None
 

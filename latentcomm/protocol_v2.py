@@ -132,7 +132,9 @@ def _utf8(data: bytes, what: str, seq: int) -> str:
 
 
 def encode_image(frame: ImageFrame) -> bytes:
-    model, name = frame.model.encode(), frame.name.encode()
+    # File names from the OS may hold undecodable bytes (surrogate escapes); send them as visible
+    # backslash escapes rather than fail or put invalid UTF-8 on the wire.
+    model, name = frame.model.encode(), frame.name.encode("utf-8", "backslashreplace")
     c, h, w = frame.shape
     ref = frame.reference_png or b""
     if len(model) > 65535 or len(name) > 65535:

@@ -73,6 +73,7 @@ class Receiver:
         self.opts = options
         self.stdout = stdout
         self.summary = Summary()
+        self._decoded = 0
         self.viewer: Viewer | None = None
         if options.show:
             if display_available():
@@ -146,7 +147,9 @@ class Receiver:
         size = f.image_size
         recon = tensor_to_pil(image)
         decode_s = time.perf_counter() - t0
-        index = self.summary.images_ok + 1
+        # Counts every decoded image, saved or not, so a failed save never blocks the next file name.
+        self._decoded += 1
+        index = self._decoded
         report = {
             "index": index,
             "peer": item.peer,
@@ -162,7 +165,16 @@ class Receiver:
             "decode_s": round(decode_s, 4),
         }
         if self.opts.out_dir is not None:
-            recon_path, compare_path = save_outputs(self.opts.out_dir, index, original, recon)
+            try:
+                recon_path, compare_path = save_outputs(self.opts.out_dir, index, original, recon)
+            except OSError as exc:  # a full disk, a file where the folder should be: this image fails, not the server
+                reason = f"decoded but not saved to {self.opts.out_dir}: {exc.strerror or exc}"
+                log.error("image from %s: %s", item.peer, reason)
+                self.summary.rejected += 1
+                if item.reply is not None:
+                    item.reply.set_result(v2.Ack(f.seq, v2.Status.DECODE_FAILED, reason))
+                self._print_error(item, reason)
+                return None
             report.update(recon_path=str(recon_path), compare_path=str(compare_path))
         if self.viewer is not None:
             title = f"#{index} from {item.peer}: {len(f.payload):,} byte latent"
@@ -170,12 +182,23 @@ class Receiver:
         report["decode_display_s"] = round(time.perf_counter() - t0, 4)
         self.summary.images_ok += 1
         if self.opts.out_dir is not None:
-            with (self.opts.out_dir / "images.jsonl").open("a") as fh:
-                fh.write(json.dumps(report) + "\n")
+            try:
+                with (self.opts.out_dir / "images.jsonl").open("a") as fh:
+                    fh.write(json.dumps(report) + "\n")
+            except OSError as exc:
+                log.error("could not append to %s: %s", self.opts.out_dir / "images.jsonl", exc.strerror or exc)
         if item.reply is not None:
             item.reply.set_result(v2.Ack(f.seq, v2.Status.OK, ""))
         self._print(report)
         return report
+
+    def _print_error(self, item: ReceivedFrame, reason: str) -> None:
+        """A failed image in the same stream as the good ones (JSON with --json), so no report drops it."""
+        if self.opts.json_lines:
+            seq = getattr(item.frame, "seq", None)
+            print(json.dumps({"peer": item.peer, "seq": seq, "error": reason}), file=self.stdout, flush=True)
+        else:
+            print(f"Image from {item.peer}: FAILED: {reason}", file=self.stdout, flush=True)
 
     def _print(self, r: dict) -> None:
         if self.opts.json_lines:

@@ -162,6 +162,7 @@ def format_report(r: SendReport) -> str:
     ]
     if r.send_s is not None:
         lines.append(f"Transmission time:     {r.send_s:.4f} s ({r.frame_bytes:,} bytes on the wire)")
+        lines.append("Delivery:              unconfirmed (legacy frames get no acknowledgement; --protocol v2 does)")
     if r.clipped_fraction is not None:
         lines.append(f"int8 clipped values:   {100 * r.clipped_fraction:.2f}% (legacy int8 only carries [-1, 1])")
     for k, v in r.extra.items():

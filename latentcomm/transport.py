@@ -72,6 +72,9 @@ def send_frame(host: str, port: int, data: bytes, timeout: float = 30.0, wait_fo
             t0 = time.perf_counter()
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
+            sent = time.perf_counter() - t0
+            _await_close(sock, where, min(timeout, LEGACY_CLOSE_WAIT_S))
+            return sent
     except TimeoutError:
         raise TransportError(f"timed out after {timeout:.0f} s talking to {where}") from None
     except (BrokenPipeError, ConnectionResetError):
@@ -80,7 +83,30 @@ def send_frame(host: str, port: int, data: bytes, timeout: float = 30.0, wait_fo
         ) from None
     except OSError as exc:
         raise TransportError(f"cannot send to {where}: {exc.strerror or exc}") from None
-    return time.perf_counter() - t0
+
+
+#: How long a legacy sender waits for the receiver to close after the frame (the only signal it gets).
+LEGACY_CLOSE_WAIT_S = 5.0
+
+
+def _await_close(sock: socket.socket, where: str, wait: float) -> None:
+    """Legacy frames have no acknowledgement, but a receiver that refuses one closes with unread
+    data, which resets the connection; one that read it all closes cleanly. Tell the two apart.
+
+    A clean close (or no close within ``wait``, as an original receiver showing its window) still
+    does not prove the image was decoded: the report says legacy delivery is unconfirmed.
+    """
+    sock.settimeout(wait)
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        raise TransportError(
+            f"{where} reset the connection: it refused the frame (see the receiver's log; legacy frames get "
+            "no acknowledgement, --protocol v2 gets one with the reason)"
+        ) from None
+    except TimeoutError:
+        pass
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.size <= 0 or args.size % 8:
-        parser.error(f"--size must be a positive multiple of 8, got {args.size}")
+    if args.size <= 0 or args.size % 8 or args.size > 4096:
+        parser.error(f"--size must be a positive multiple of 8 up to 4096 (the receiver's limit), got {args.size}")
     check_rate_args(parser, args)
     setup_logging()
     if args.codec == "learned":

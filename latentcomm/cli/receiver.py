@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     from latentcomm import protocol_v2 as v2
     from latentcomm.codecs import load_codec
+    from latentcomm.errors import LatentcommError
     from latentcomm.protocol import Limits
     from latentcomm.receiver import Receiver, ReceiverOptions
     from latentcomm.transport import FrameServer
@@ -102,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         or args.max_connections <= 0
     ):
         build_parser().error("limits must be positive")
+    if args.out is not None:
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise LatentcommError(f"--out {args.out} exists and is not a directory") from None
+        except OSError as exc:
+            raise LatentcommError(f"--out {args.out} can't be created: {exc.strerror or exc}") from None
+        if not os.access(args.out, os.W_OK | os.X_OK):
+            raise LatentcommError(f"--out {args.out} is not writable")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: frames travel unencrypted and unauthenticated", args.host)
     # Bind first: a port conflict should fail in a second, not after loading the model.

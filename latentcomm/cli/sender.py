@@ -34,6 +34,10 @@ examples:
 """
 
 
+#: Largest --size: a receiver with default limits accepts images up to 4096x4096 pixels.
+MAX_SIZE = 4096
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sender_sdvae.py", description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument(
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.size < 0 or args.size % 8:
         parser.error(f"--size must be 0 or a positive multiple of 8, got {args.size}")
+    if args.size > MAX_SIZE:
+        parser.error(f"--size {args.size} is over {MAX_SIZE}, the receiver's default limit (4096x4096 pixels)")
     if args.retries < 0 or args.timeout <= 0:
         parser.error("--retries must be >= 0 and --timeout positive")
     check_rate_args(parser, args)
@@ -150,7 +156,10 @@ def _send_legacy(engine, args, image) -> int:
         wait_for=args.wait_for_receiver,
     )
     report.extra["model_load_s"] = round(engine.loaded.load_seconds, 3)
-    print(json.dumps(report.as_dict()) if args.json else format_report(report), flush=True)
+    if args.json:
+        print(json.dumps({**report.as_dict(), "delivery": "unconfirmed"}), flush=True)
+    else:
+        print(format_report(report), flush=True)
     return 0
 
 
