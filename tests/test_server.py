@@ -183,7 +183,9 @@ def test_hostile_v2_frames_are_answered_and_the_connection_goes_on(engine, tiny_
     assert rx.next_json()["protocol"] == "legacy"
     assert rx.stop() == 0
     summary = rx.next_json()
-    assert summary["images_ok"] == 2 and summary["rejected"] >= 7
+    # Every hostile frame above is one rejection: the in-stream ones answered with an error, and the
+    # two broken streams answered MALFORMED and closed.
+    assert summary["images_ok"] == 2 and summary["rejected"] == 7
 
 
 def test_sender_reports_a_model_mismatch_and_extra_models_are_accepted(tiny_model, start_receiver, tmp_path):
@@ -251,7 +253,7 @@ def test_dropped_connections_are_retried_and_nothing_is_lost(engine, tiny_model,
     proxy = DroppingProxy(rx.port, cut=frame_len * 2 + frame_len // 2, drops=2)
     with V2Client("127.0.0.1", proxy.port, timeout=30, retries=3) as client:
         acks = [client.send(latent_frame(engine, i, f"img{i}", i)[0]) for i in range(1, 7)]
-        assert client.reconnects >= 2
+        assert client.reconnects == 2  # the proxy drops exactly two connections
     proxy.close()
     assert all(a.ok for a in acks)
     names = [rx.next_json()["name"] for _ in range(6)]
@@ -320,4 +322,6 @@ def test_sigterm_finishes_frames_in_flight(engine, tiny_model, start_receiver, t
         r = json.loads(rx.stdout_lines.get())
         if "name" in r:
             written.append(r["name"])
-    assert written[: len(acked)] == acked and len(acked) >= 5  # every acknowledged image was written
+    # Five images go out before SIGTERM; how many more the draining receiver still accepts depends on
+    # timing, so only the lower bound is fixed. What matters: every acknowledged image was written.
+    assert written[: len(acked)] == acked and len(acked) >= 5

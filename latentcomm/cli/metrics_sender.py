@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "local_decode_s": round(decode_s, 4),
     }
     data = frame_to_bytes(frame)
-    report = make_report(engine, args.image, prepared, len(frame.payload), facts, "f16", len(data))
+    report = make_report(engine.source, args.image, prepared, len(frame.payload), facts, "f16", len(data))
     report.extra.update(quality)
     if not args.json:
         print(f"PSNR: {quality['psnr_db']:.2f} dB   SSIM: {quality['ssim']:.4f}", flush=True)
