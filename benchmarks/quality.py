@@ -404,7 +404,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="native", help="'native' or a square centre-crop size")
     p.add_argument("--limit", type=int, default=0, help="first N images of each set (0 = all)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 image per set, 128x128, qualities 1 and 8")
-    p.add_argument("--merge", type=Path, default=None, help="keep this JSON's rows for codecs not run now")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        action="append",
+        default=[],
+        help="keep this JSON's rows for codecs (and sets) not run now; repeatable. With --codecs none, only "
+        "merges, summarizes and plots",
+    )
+    p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True, help="write the picture grid")
     p.add_argument("--json", type=Path, default=RESULTS / "quality.json", help="rows + summary (JSON)")
     p.add_argument("--plots", type=Path, default=RESULTS / "quality", help="prefix of the PNGs and the table (.md)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
@@ -414,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
+    codecs = [c.strip() for c in args.codecs.split(",") if c.strip() and c.strip() != "none"]
     unknown = set(codecs) - set(ALL_CODECS)
     if unknown:
         p.error(f"unknown codecs: {', '.join(sorted(unknown))}")
@@ -431,18 +439,19 @@ def main(argv: list[str] | None = None) -> int:
     if not images:
         print(f"error: no evaluation images under {data.DATA_ROOT}", file=sys.stderr)
         return 1
-    learned = LearnedCodec(args.learned_model, "cpu", "fp32") if "learned" in codecs else None
+    learned = LearnedCodec(args.learned_model, "cpu", "fp32") if "learned" in codecs or args.grid else None
     vae: dict[str, VaeCodec] = {}
     if "vae" in codecs:
         from latentcomm.engine import Engine
 
         engine = Engine(args.vae_model, "cpu", "auto")
         vae = {"vae-u8-zstd": VaeCodec(engine, "u8", "zstd"), "vae-f16": VaeCodec(engine, "f16", "zstd")}
-    rows = evaluate(images, codecs, learned, vae, size, qualities)
+    rows = evaluate(images, codecs, learned if "learned" in codecs else None, vae, size, qualities) if codecs else []
+    ran = {(c, ds) for c in codecs for ds in args.sets.split(",")}
+    ran |= {(c, ds) for c in ("vae-u8-zstd", "vae-f16") for ds in args.sets.split(",") if "vae" in codecs}
     kept = []
-    if args.merge and args.merge.exists():
-        ran = set(codecs) | ({"vae-u8-zstd", "vae-f16"} if "vae" in codecs else set())
-        kept = [r for r in json.loads(args.merge.read_text())["rows"] if r["codec"] not in ran]
+    for path in args.merge:
+        kept += [r for r in json.loads(path.read_text())["rows"] if (r["codec"], r["dataset"]) not in ran]
     rows = kept + rows
     summary = summarize(rows)
     md = table(summary)
@@ -463,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     args.plots.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.plots}_table.md").write_text(md)
     plot_rd(summary, Path(f"{args.plots}_rd.png"))
-    if learned is not None and "photos" in args.sets and not args.quick:
+    if learned is not None and args.grid and data.heldout_photos() and not args.quick:
         photo = next(p for p in data.heldout_photos() if p.name == "007.png")
         picture_grid(photo, learned, pixel, 0.1, Path(f"{args.plots}_grid.png"))
     print(f"wrote {args.json}, {args.plots}_rd.png, {args.plots}_table.md")

@@ -8,7 +8,8 @@ Design choices (why):
 - The decoder is fed ``latent_dist.mean`` plus uniform noise of one int8 step: that is what goes
   over the wire, so the model learns to be robust to float16 and 8-bit rounding. A range penalty
   keeps the latent inside [-1, 1], which is exactly what the legacy int8 frame (flag 0) can carry.
-- A tiny KL term keeps the posterior's variance meaningful for anyone calling ``sample()``.
+- A tiny KL term (1e-6) is kept for diffusers compatibility; it is too small to shape the posterior
+  (its std stays near the prior's 1.0, so ``sample()`` is far noisier than the mean): use the mean.
 - EMA weights are exported, so the model is good whenever training is stopped.
 - Checkpoints are written atomically and include optimizer, EMA and RNG states: ``--resume``
   continues bit-for-bit where it left off. ``--init-from`` instead starts a new schedule from
