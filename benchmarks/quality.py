@@ -267,14 +267,16 @@ def bd_rate(anchor: list[dict], test: list[dict], metric: str, rate_range=BD_RAN
         return pts[lo:hi]
 
     a, t = clip(anchor), clip(test)
-    if len(a) < 4 or len(t) < 4:
+    if len(a) < 2 or len(t) < 2:
         return None
+    # Cubic fits as Bjontegaard's, lower degree where a sweep has fewer points in the range.
+    deg = min(3, len(a) - 1, len(t) - 1)
     ra, da = np.log([p["bpp"] for p in a]), np.array([p[metric] for p in a])
     rt, dt = np.log([p["bpp"] for p in t]), np.array([p[metric] for p in t])
     lo, hi = max(da.min(), dt.min()), min(da.max(), dt.max())
     if hi <= lo:
         return None
-    pa, pt = np.polyfit(da, ra, 3), np.polyfit(dt, rt, 3)
+    pa, pt = np.polyfit(da, ra, deg), np.polyfit(dt, rt, deg)
     ia = np.polyval(np.polyint(pa), hi) - np.polyval(np.polyint(pa), lo)
     it = np.polyval(np.polyint(pt), hi) - np.polyval(np.polyint(pt), lo)
     return float((np.exp((it - ia) / (hi - lo)) - 1) * 100)
@@ -293,8 +295,40 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def table(summary: dict) -> str:
+def compact_table(summary: dict) -> str:
+    """Equal bytes at a glance (the README's table): PSNR dB / SSIMULACRA2 per budget and codec."""
+    order = ["learned", "avif", "jxl", "webp", "jpeg", "thumbnail"]
     lines = []
+    for ds, s in summary.items():
+        codecs = [c for c in order if any(e["codec"] == c for e in s["equal_bytes"])]
+        lines.append(f"| {ds}: bpp budget | " + " | ".join(codecs) + " |")
+        lines.append("|---" * (len(codecs) + 1) + "|")
+        for bpp in BUDGETS_BPP:
+            cells = []
+            for c in codecs:
+                e = next((e for e in s["equal_bytes"] if e["codec"] == c and e["budget_bpp"] == bpp), None)
+                if e is None:
+                    cells.append("")
+                    continue
+                over = f" ({e['over_budget']}/{e['images']} over)" if e["over_budget"] else ""
+                cells.append(f"{e['psnr-rgb']:.2f} / {e['ssimulacra2']:.1f}{over}")
+            lines.append(f"| {bpp} | " + " | ".join(cells) + " |")
+        vae = s["curves"].get("vae-u8-zstd")
+        if vae:
+            p = vae[0]
+            lines.append(
+                f"| VAE u8+zstd, its only point | {p['bpp']:.3f} bpp: {p['psnr-rgb']:.2f} / {p['ssimulacra2']:.1f} |"
+            )
+        bd = s["bd_rate_vs_avif_percent"].get("learned")
+        if bd:
+            cells = [f"{bd[m]:+.0f}%" if bd[m] is not None else "n/a" for m in ("psnr-rgb", "ssimulacra2")]
+            lines.append(f"| learned: BD-rate vs AVIF | PSNR {cells[0]}, SSIMULACRA2 {cells[1]} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def table(summary: dict) -> str:
+    lines = ["## Equal bytes at a glance: PSNR dB / SSIMULACRA2 (mean over images)\n", compact_table(summary)]
     for ds, s in summary.items():
         lines.append(
             f"\n### {ds}: equal bytes (mean over images; 'over' = images whose smallest file exceeds the budget)\n"
@@ -413,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         "merges, summarizes and plots",
     )
     p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True, help="write the picture grid")
+    p.add_argument("--grid-image", default="014.png", help="held-out photo shown in the picture grid")
+    p.add_argument("--grid-bpp", type=float, default=0.25, help="byte budget of the picture grid, in bpp")
     p.add_argument("--json", type=Path, default=RESULTS / "quality.json", help="rows + summary (JSON)")
     p.add_argument("--plots", type=Path, default=RESULTS / "quality", help="prefix of the PNGs and the table (.md)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
@@ -473,8 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(f"{args.plots}_table.md").write_text(md)
     plot_rd(summary, Path(f"{args.plots}_rd.png"))
     if learned is not None and args.grid and data.heldout_photos() and not args.quick:
-        photo = next(p for p in data.heldout_photos() if p.name == "007.png")
-        picture_grid(photo, learned, pixel, 0.1, Path(f"{args.plots}_grid.png"))
+        photo = next(p for p in data.heldout_photos() if p.name == args.grid_image)
+        picture_grid(photo, learned, pixel, args.grid_bpp, Path(f"{args.plots}_grid.png"))
     print(f"wrote {args.json}, {args.plots}_rd.png, {args.plots}_table.md")
     return 0
 

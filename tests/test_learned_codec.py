@@ -29,10 +29,10 @@ from latentcomm.images import load_image, pil_to_tensor, tensor_to_uint8
 from latentcomm.metrics import psnr
 from tests.conftest import PYTHON, REPO, run_script, script_env
 
-#: Measured with the shipped weights (see models/latentcomm-lic/README.md): held-out photo 007 at
-#: native size, quality 4. The floor sits about 0.5 dB under the measured value; a wrong colour
-#: range or a broken synthesis lands 10+ dB lower.
-PSNR_FLOOR_Q4_007 = 23.0
+#: Measured with the shipped weights (see models/latentcomm-lic/README.md): held-out photo 007 (the
+#: hardest of the six, fine texture everywhere) at native size, quality 4: 17.04 dB at 0.62 bpp. The
+#: floor sits 0.5 dB under it, so retrained weights must not be worse on it.
+PSNR_FLOOR_Q4_007 = 16.5
 
 needs_photos = pytest.mark.skipif(not heldout_photos(), reason="../shared/data/photos is not there")
 
