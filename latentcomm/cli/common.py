@@ -51,7 +51,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--precision",
         default="auto",
         choices=["auto", "fp32", "bf16", "fp16"],
-        help="compute precision; auto = bf16 on CPUs with AMX/AVX512-BF16, fp16 on CUDA (with an fp32 "
+        help="compute precision; auto = bf16 on CPUs with AMX, fp16 on CUDA (with an fp32 "
         "retry if the output overflows), fp32 otherwise. The wire format does not depend on it.",
     )
 
