@@ -76,6 +76,10 @@ class ImageCodec(ABC):
     def encode(self, image: torch.Tensor) -> Encoded:
         """Encode one image of any size (the codec pads as it needs; the frame carries the size)."""
 
+    def payload_facts(self, payload: bytes) -> dict:
+        """What a receiver's report can say about a payload it decoded (the learned codec: its quality)."""
+        return {}
+
     @abstractmethod
     def decode(self, encoding: int, compression: int, shape, payload: bytes, params, image_size) -> torch.Tensor:
         """The inverse: frame fields -> image (1, 3, H, W) in [-1, 1], cropped to ``image_size``.
@@ -314,6 +318,9 @@ class LearnedCodec(ImageCodec):
         with torch.inference_mode(), self._autocast():
             x = self.model.synthesis(y_hat.to(self.device).contiguous(memory_format=torch.channels_last), quality)
         return (x[:, :, :oh, :ow].float().cpu() * 2 - 1).clamp(-1, 1)
+
+    def payload_facts(self, payload: bytes) -> dict:
+        return {"quality": LEARNED_HEADER.unpack_from(payload)[1] / 1000}
 
     def decode(self, encoding, compression, shape, payload, params, image_size) -> torch.Tensor:
         if encoding != ENC_LEARNED:

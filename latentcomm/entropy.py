@@ -47,6 +47,12 @@ def gaussian_tables() -> np.ndarray:
     return out / out.sum(axis=1, keepdims=True)
 
 
+def _groups(y_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Element order grouped by table (stable, so both sides agree) and each table's element count."""
+    idx = y_index.astype(np.int64).ravel()
+    return np.argsort(idx, kind="stable"), np.bincount(idx, minlength=SCALE_LEVELS)
+
+
 class EntropyCoder:
     """Codes (z symbols, y symbols, y scale indexes) to bytes and back for one model's tables."""
 
@@ -60,9 +66,7 @@ class EntropyCoder:
             raise ValueError(f"z has {z.shape[0]} channels, the tables {len(self.z_models)}")
         coder = constriction.stream.stack.AnsCoder()
         ys = (np.clip(y, -Y_RANGE, Y_RANGE) + Y_RANGE).astype(np.int32).ravel()
-        idx = y_index.astype(np.int64).ravel()
-        order = np.argsort(idx, kind="stable")
-        counts = np.bincount(idx, minlength=SCALE_LEVELS)
+        order, counts = _groups(y_index)
         bounds = np.concatenate([[0], np.cumsum(counts)])
         sorted_syms = ys[order]
         for i in reversed(range(SCALE_LEVELS)):
@@ -95,10 +99,8 @@ class EntropyCoder:
 
     def decode_y(self, coder, y_index: np.ndarray) -> np.ndarray:
         """Second half: the latent symbols, given the scale indexes computed from ``z``."""
-        idx = y_index.astype(np.int64).ravel()
-        order = np.argsort(idx, kind="stable")
-        counts = np.bincount(idx, minlength=SCALE_LEVELS)
-        out = np.empty(idx.size, np.int32)
+        order, counts = _groups(y_index)
+        out = np.empty(order.size, np.int32)
         pos = 0
         for i in range(SCALE_LEVELS):
             if counts[i]:

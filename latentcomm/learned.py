@@ -127,7 +127,7 @@ class FactorizedDensity(nn.Module):
     def logits_cdf(self, v: torch.Tensor) -> torch.Tensor:
         """v: (C, 1, n) -> cumulative logits (C, 1, n)."""
         for i, m in enumerate(self.matrices):
-            v = torch.matmul(F.softplus(m).to(v.dtype), v) + self.biases[i].to(v.dtype)
+            v = torch.matmul(F.softplus(m.to(v.dtype)), v) + self.biases[i].to(v.dtype)
             if i < len(self.factors):
                 v = v + torch.tanh(self.factors[i].to(v.dtype)) * torch.tanh(v)
         return v
@@ -147,14 +147,8 @@ class FactorizedDensity(nn.Module):
         """(C, 2*Z_RANGE+1) float64 probabilities of the integers -Z_RANGE..Z_RANGE, tails folded into the ends."""
         c = self.matrices[0].shape[0]
         edges = torch.arange(-Z_RANGE - 0.5, Z_RANGE + 1.0, 1.0, dtype=torch.float64)
-        v = edges.view(1, 1, -1).expand(c, 1, -1)
-        self_64 = {k: p.double() for k, p in self.named_parameters()}
-        # Evaluate with float64 copies of the parameters for a table independent of training precision.
-        vv = v
-        for i in range(len(self.matrices)):
-            vv = torch.matmul(F.softplus(self_64[f"matrices.{i}"]), vv) + self_64[f"biases.{i}"]
-            if i < len(self.factors):
-                vv = vv + torch.tanh(self_64[f"factors.{i}"]) * torch.tanh(vv)
+        # logits_cdf casts the parameters to the input's dtype: float64 here, whatever training used.
+        vv = self.logits_cdf(edges.view(1, 1, -1).expand(c, 1, -1))
         cdf = torch.sigmoid(vv[:, 0, :])
         cdf[:, 0] = 0.0
         cdf[:, -1] = 1.0

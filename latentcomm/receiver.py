@@ -18,7 +18,7 @@ from PIL import Image
 
 from latentcomm import protocol_v2 as v2
 from latentcomm.codec import decode_latent
-from latentcomm.codecs import LEARNED_HEADER, ImageCodec, VaeCodec
+from latentcomm.codecs import ImageCodec, VaeCodec
 from latentcomm.display import Viewer, display_available, save_outputs
 from latentcomm.engine import Engine
 from latentcomm.errors import ImageError, LatentcommError, RemoteProtocolError
@@ -123,9 +123,8 @@ class Receiver:
             "encoding": f.encoding,
             "compression": f.compression,
             "latent_shape": [1, *f.shape],
+            **codec.payload_facts(f.payload),
         }
-        if codec.kind == "learned":
-            info["quality"] = LEARNED_HEADER.unpack_from(f.payload)[1] / 1000
         return codec.model_id, image, original, info
 
     def handle(self, item: ReceivedFrame) -> dict | None:

@@ -37,7 +37,8 @@ from tqdm import tqdm
 from latentcomm import data
 from latentcomm.device import configure_threads, resolve_device, resolve_precision
 from latentcomm.images import load_image
-from latentcomm.learned import LearnedCodecConfig, LearnedCodecModel
+from latentcomm.learned import LearnedCodecConfig, LearnedCodecModel, gaussian_likelihood
+from latentcomm.train import save_checkpoint
 
 log = logging.getLogger("latentcomm.train_codec")
 
@@ -111,9 +112,12 @@ class Crops:
         return out
 
 
-def rd_loss(model: LearnedCodecModel, x: torch.Tensor, levels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """Mean over the batch of bpp + lambda_i * 255^2 * MSE_i, each crop at its own level."""
-    out = model(x, levels.float() + 1)
+def rd_loss(model: LearnedCodecModel, x: torch.Tensor, levels: torch.Tensor, forward=None) -> tuple[torch.Tensor, dict]:
+    """Mean over the batch of bpp + lambda_i * 255^2 * MSE_i, each crop at its own level.
+
+    ``forward``: a compiled ``model`` to run instead (the lambdas still come from ``model``'s config).
+    """
+    out = (forward or model)(x, levels.float() + 1)
     n_pix = x.shape[2] * x.shape[3]
     bits_y = -torch.log2(out["y_likelihood"].clamp_min(1e-9)).sum(dim=(1, 2, 3))
     bits_z = -torch.log2(out["z_likelihood"].clamp_min(1e-9)).sum(dim=(1, 2, 3))
@@ -149,8 +153,6 @@ def evaluate(
                 scale, mean = model.h_s(z).float().chunk(2, dim=1)
                 y_hat = torch.round(y - mean) + mean
                 x_hat = model.g_s(y_hat * gi).float()[:, :, :h, :w].clamp(0, 1)
-            from latentcomm.learned import gaussian_likelihood
-
             bits = -torch.log2(gaussian_likelihood(y_hat, mean, scale).clamp_min(1e-9)).sum()
             bits += -torch.log2(model.z_density.likelihood(z).clamp_min(1e-9)).sum()
             bpps.append(bits.item() / (h * w))
@@ -159,12 +161,6 @@ def evaluate(
         res[f"q{q:g}_bpp"] = float(np.mean(bpps))
         res[f"q{q:g}_psnr"] = float(np.mean(psnrs))
     return res
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def export(ema: LearnedCodecModel, folder: Path, meta: dict) -> None:
@@ -331,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         x = crops.batch(args.batch).to(device)
         levels = torch.randint(levels_n, (args.batch,), generator=gen).to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss, stats = rd_loss(fwd, x, levels) if not args.compile else rd_loss_compiled(fwd, model, x, levels)
+            loss, stats = rd_loss(model, x, levels, fwd)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -355,18 +351,6 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
     log.info("stopped at step %d; checkpoint %s, export %s", step, ckpt_path, args.export)
     return 0
-
-
-def rd_loss_compiled(fwd, model: LearnedCodecModel, x: torch.Tensor, levels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """rd_loss through a compiled forward (the lambdas come from the plain model's config)."""
-
-    class _View:
-        config = model.config
-
-        def __call__(self, *a):
-            return fwd(*a)
-
-    return rd_loss(_View(), x, levels)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
