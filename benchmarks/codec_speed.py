@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.meta import run_meta  # noqa: E402
 from latentcomm import data  # noqa: E402
 from latentcomm.codecs import LEARNED_MODEL_DIR, ImageCodec, LearnedCodec, VaeCodec  # noqa: E402
 from latentcomm.images import load_image, pil_to_tensor  # noqa: E402
@@ -65,16 +65,6 @@ def time_codec(codec: ImageCodec, img: Image.Image, repeats: int, **kw) -> dict:
     }
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--learned-model", default=str(LEARNED_MODEL_DIR), help="learned codec folder")
@@ -98,10 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in rows.items():
         print(f"{name:<34} {r['encode_s']:>9.3f} {r['decode_s']:>9.3f} {r['payload_bytes']:>8} {r['bpp']:>6.3f}")
     result = {
+        **run_meta(),
         "image": f"{w}x{h}",
-        "cpu": cpu_name(),
         "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
         "repeats": args.repeats,
         "codecs": rows,
     }

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from benchmarks.meta import run_meta  # noqa: E402
 from latentcomm import data  # noqa: E402
 from latentcomm.engine import Engine  # noqa: E402
 from latentcomm.images import center_crop_square, load_image, pil_to_tensor, tensor_to_pil  # noqa: E402
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=RESULTS / "precision_guard.json", help="where to write the results")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    res = run(args)
+    res = {**run_meta(), **run(args)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=2) + "\n")
     print_table(res)

@@ -401,8 +401,12 @@ def plot_rd(summary: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def picture_grid(path: Path, learned: LearnedCodec, codecs: list[str], bpp: float, out: Path) -> None:
-    """One held-out photo, every codec at the same byte budget, a 1:1 crop side by side with bytes."""
+def picture_grid(path: Path, learned: LearnedCodec, codecs: list[str], bpp: float, out: Path) -> dict:
+    """One held-out photo, every codec at the same byte budget, a 1:1 crop side by side with bytes.
+
+    Returns what the grid shows (image, budget, bytes per codec), so the README's caption is written
+    from the run rather than by hand.
+    """
     img = load_image(path)
     budget = int(bpp * img.width * img.height / 8)
     tiles = [("original", img, None)]
@@ -427,6 +431,12 @@ def picture_grid(path: Path, learned: LearnedCodec, codecs: list[str], bpp: floa
         draw.text((x + 4, y + 5), caption, fill="black")
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
+    return {
+        "image": path.name,
+        "bpp": bpp,
+        "budget_bytes": budget,
+        "bytes": {name: nbytes for name, _, nbytes in tiles if nbytes is not None},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -492,25 +502,25 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(rows)
     md = table(summary)
     print(md)
-    from benchmarks.codec_speed import cpu_name
+    from benchmarks.meta import run_meta
 
     result = {
+        **run_meta(),
         "learned_model": learned.model_id if learned else None,
-        "cpu": cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "size": size,
         "budgets_bpp": BUDGETS_BPP,
         "summary": summary,
         "rows": rows,
     }
+    if learned is not None and args.grid and data.heldout_photos() and not args.quick:
+        photo = next(p for p in data.heldout_photos() if p.name == args.grid_image)
+        result["grid"] = picture_grid(photo, learned, pixel, args.grid_bpp, Path(f"{args.plots}_grid.png"))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     args.plots.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.plots}_table.md").write_text(md)
     plot_rd(summary, Path(f"{args.plots}_rd.png"))
-    if learned is not None and args.grid and data.heldout_photos() and not args.quick:
-        photo = next(p for p in data.heldout_photos() if p.name == args.grid_image)
-        picture_grid(photo, learned, pixel, args.grid_bpp, Path(f"{args.plots}_grid.png"))
     print(f"wrote {args.json}, {args.plots}_rd.png, {args.plots}_table.md")
     return 0
 

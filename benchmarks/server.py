@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.meta import run_meta  # noqa: E402
 from latentcomm import protocol_v2 as v2  # noqa: E402
 from latentcomm.codec import COMP_ZSTD, ENC_FLOAT16, compress, v2_quantize  # noqa: E402
 from latentcomm.engine import Engine  # noqa: E402
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.terminate()
             proc.wait(30)
     result = {
+        **run_meta(),
         "model": model if args.model else "small random AutoencoderKL",
         "size": args.size,
         "writes_png": not args.no_out,

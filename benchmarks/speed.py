@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from benchmarks.meta import run_meta  # noqa: E402
 from latentcomm.codec import FLAG_FLOAT16, decode_latent, encode_latent  # noqa: E402
 from latentcomm.engine import Engine  # noqa: E402
 from latentcomm.images import tensor_to_pil  # noqa: E402
@@ -189,6 +190,7 @@ from latentcomm.engine import Engine
 from latentcomm.codec import encode_latent, decode_latent
 from latentcomm.images import tensor_to_pil
 from latentcomm.sender import prepare
+from benchmarks.meta import run_meta  # noqa: E402
 Image.open({image!r}).convert("RGB").resize(({size}, {size}), Image.Resampling.LANCZOS).save({path!r})
 e = Engine({model!r}, "cpu", {precision!r})
 t = time.perf_counter()
@@ -250,7 +252,7 @@ def quality_guard(model_dir: Path, fast: Engine, size: int = 256) -> float:
 
 
 def run(args: argparse.Namespace) -> dict:
-    result: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "sizes": {}}
+    result: dict = {**run_meta(), "threads": torch.get_num_threads(), "sizes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_model(Path(tmp) / "vae", TINY_CONFIG if args.quick else SD_VAE_CONFIG)
         link = Loopback()

@@ -1,0 +1,65 @@
+"""The figures in the README and the model cards are the benchmark runs' own numbers.
+
+`benchmarks/report.py` writes every benchmark figure the documentation quotes from
+`benchmarks/results/*.json`; these tests fail when a document drifts from the JSON (someone edited a
+number by hand, or re-ran a benchmark without re-rendering), and when the quick start's sample report
+is not what the sender really prints.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+from tests.conftest import PYTHON, REPO, run_script
+
+REPORT = REPO / "benchmarks" / "report.py"
+
+
+def check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, str(REPORT), "--check", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_documentation_figures_match_the_benchmark_results():
+    res = check()
+    assert res.returncode == 0, res.stderr
+
+
+def test_a_result_that_changed_is_reported_as_stale(tmp_path):
+    """The check can fail: one throughput figure changed in a copy of the results names its block."""
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "benchmarks" / "results", results)
+    server = json.loads((results / "server.json").read_text())
+    server["levels"][-1]["images_per_s"] += 1.0
+    (results / "server.json").write_text(json.dumps(server))
+    res = check("--results", str(results))
+    assert res.returncode == 1
+    assert "README.md: server" in res.stderr and "quality" not in res.stderr
+
+
+def test_a_hand_edited_figure_is_reported_as_stale(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    edited = re.sub(r"(<!-- report:codec-speed -->\n.*?)\d\.\d{3}", r"\g<1>9.999", readme, count=1, flags=re.S)
+    assert edited != readme
+    doc = tmp_path / "README.md"
+    doc.write_text(edited)
+    res = check(str(doc))
+    assert res.returncode == 1 and "codec-speed" in res.stderr
+
+
+REPORT_LINES = ("Image:", "Model:", "Original file size:", "Latent payload size:", "Quality:", "Compression ratio:")
+
+
+def test_quick_start_sample_report_is_what_the_sender_prints(start_receiver, tmp_path):
+    """The README's sample sender report, run for real: every line that doesn't depend on timing matches."""
+    readme = (REPO / "README.md").read_text()
+    sample = readme.split("The sender prints its report:", 1)[1].split("```", 2)[1]
+    rx = start_receiver("--codec", "learned", "--no-show", "--out", str(tmp_path / "out"))
+    tx = run_script("sender_sdvae.py", "--codec", "learned", "--port", str(rx.port), timeout=300)
+    assert tx.returncode == 0, tx.stderr
+    for prefix in REPORT_LINES:
+        want = next(line for line in sample.splitlines() if line.startswith(prefix))
+        got = next(line for line in tx.stdout.splitlines() if line.startswith(prefix))
+        assert got == want, f"README sample says {want!r}, the sender prints {got!r}"
