@@ -163,6 +163,18 @@ def evaluate(
     return res
 
 
+def heldout_history(metrics_path: Path) -> list[dict]:
+    """The held-out evaluations logged so far (step, then bpp and PSNR per quality), for the model card."""
+    if not metrics_path.exists():
+        return []
+    out = []
+    for line in metrics_path.read_text().splitlines():
+        rec = json.loads(line)
+        if "q3_psnr" in rec:
+            out.append({"step": rec["step"], **{k: round(v, 4) for k, v in rec.items() if k.startswith("q")}})
+    return out
+
+
 def export(ema: LearnedCodecModel, folder: Path, meta: dict) -> None:
     """Write the EMA weights as a model folder (float16 safetensors + config + training state)."""
     tmp = folder.with_name(folder.name + ".tmp")
@@ -317,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 "device": str(device),
                 "autocast": str(dtype),
                 "objective": "bpp + lambda * 255^2 * MSE, one lambda per crop",
+                "heldout_evals": heldout_history(args.run_dir / "metrics.jsonl"),
             },
         )
 
