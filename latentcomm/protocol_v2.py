@@ -47,6 +47,9 @@ class Status(IntEnum):
     TOO_LARGE = 4
     DECODE_FAILED = 5
     SHUTTING_DOWN = 6
+    UNKNOWN_KEY = 7  # sealed connections (docs/security.md): the receiver holds no key with that id
+    AUTH_FAILED = 8  # a sealed frame failed authentication, was replayed or came out of order
+    SEALING_REQUIRED = 9  # a receiver with --key got a plaintext or legacy frame
 
 
 class Role(Enum):

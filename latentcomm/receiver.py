@@ -153,6 +153,7 @@ class Receiver:
             "index": index,
             "peer": item.peer,
             "protocol": item.protocol,
+            "key_id": item.key_id,
             "model": model,
             **info,
             "image_size": list(size),

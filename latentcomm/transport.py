@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from latentcomm import protocol_v2 as v2
 from latentcomm.errors import ProtocolError, TransportError
 from latentcomm.protocol import NEED_DATA, LegacyFrame, LegacyReceiver, Limits
+from latentcomm.secure import Handshake, Key, Keyring, SealError, SecureConnection
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,12 @@ def send_frame(host: str, port: int, data: bytes, timeout: float = 30.0, wait_fo
             return sent
     except TimeoutError:
         raise TransportError(f"timed out after {timeout:.0f} s talking to {where}") from None
-    except (BrokenPipeError, ConnectionResetError):
-        raise TransportError(
-            f"{where} closed the connection before the frame was sent (it may have rejected it; see the receiver's log)"
-        ) from None
     except OSError as exc:
+        if isinstance(exc, BrokenPipeError | ConnectionResetError) or exc.errno == errno.ENOTCONN:
+            raise TransportError(
+                f"{where} closed the connection before the frame was sent: it refused it (see the receiver's log; "
+                "a receiver started with --key refuses legacy frames)"
+            ) from None
         raise TransportError(f"cannot send to {where}: {exc.strerror or exc}") from None
 
 
@@ -118,6 +120,7 @@ class ReceivedFrame:
     frame_bytes: int
     receive_seconds: float
     reply: Future | None = None  # v2: set_result(Ack) to acknowledge
+    key_id: str | None = None  # sealed frames: the id of the key that authenticated them
 
     @property
     def protocol(self) -> str:
@@ -137,7 +140,8 @@ class FrameServer:
 
     Limits: ``read_timeout`` per read (a silent peer is dropped), ``frame_timeout`` for a whole
     frame (a trickling peer is dropped), ``max_connections`` at once (more are closed and logged),
-    and the protocols' ``Limits``.
+    and the protocols' ``Limits``. With a ``keyring``, only sealed v2 connections are served
+    (docs/security.md): plaintext v2 and legacy frames are refused with the reason.
     """
 
     def __init__(
@@ -151,7 +155,9 @@ class FrameServer:
         queue_size: int = 4,
         v2_limits: v2.Limits | None = None,
         ack_timeout: float = 600.0,
+        keyring: Keyring | None = None,
     ) -> None:
+        self.keyring = keyring
         self.limits = limits or Limits()
         self.v2_limits = v2_limits or v2.Limits(self.limits.max_payload_bytes, self.limits.max_latent_elements)
         self.read_timeout = read_timeout
@@ -276,6 +282,11 @@ class FrameServer:
                 first += data
             if kind == "v2":
                 self._serve_v2(conn, peer, first)
+            elif self.keyring:
+                raise SealError(
+                    "legacy frame refused: this receiver only accepts sealed frames (the legacy format has no room "
+                    "for an authentication tag; send v2 with --key)"
+                )
             else:
                 self._serve_legacy(conn, peer, first)
         except (ProtocolError, TransportError) as exc:
@@ -317,7 +328,12 @@ class FrameServer:
             return
 
     def _serve_v2(self, conn: socket.socket, peer: str, first: bytes) -> None:
-        proto = v2.Connection(v2.Role.RECEIVER, self.v2_limits)
+        proto: v2.Connection | SecureConnection
+        if self.keyring:
+            proto = SecureConnection(v2.Role.RECEIVER, keyring=self.keyring, limits=self.v2_limits)
+        else:
+            proto = v2.Connection(v2.Role.RECEIVER, self.v2_limits)
+        key_id = None
         proto.receive_data(first)
         t0: float | None = time.perf_counter()
         while True:
@@ -329,11 +345,17 @@ class FrameServer:
                 t0 = None
                 continue
             except ProtocolError as exc:
-                with contextlib.suppress(OSError):  # tell the peer why before hanging up
-                    conn.sendall(proto.send(v2.Ack(0, v2.Status.MALFORMED, str(exc))))
+                status = getattr(exc, "status", v2.Status.MALFORMED)
+                with contextlib.suppress(OSError, ProtocolError):  # tell the peer why before hanging up
+                    conn.sendall(proto.send(v2.Ack(0, status, str(exc))))
                 raise
             if event is v2.CLOSED:
                 return
+            if isinstance(event, Handshake):
+                key_id = event.key_id
+                log.info("sealed connection from %s with key %s", peer, key_id)
+                conn.sendall(event.reply)
+                continue
             if event is v2.NEED_DATA:
                 idle = proto.buffered == 0
                 if idle and self._stop.is_set():
@@ -355,7 +377,7 @@ class FrameServer:
                 continue
             reply: Future = Future()
             elapsed = time.perf_counter() - t0 if t0 is not None else 0.0
-            item = ReceivedFrame(event, peer, proto.last_message_size, elapsed, reply)
+            item = ReceivedFrame(event, peer, proto.last_message_size, elapsed, reply, key_id)
             t0 = None
             if not self._enqueue(item):
                 ack = v2.Ack(event.seq, v2.Status.SHUTTING_DOWN, "receiver is shutting down")
@@ -373,15 +395,29 @@ class V2Client:
     A dropped connection (reset, EOF, timeout) is re-opened and the unacknowledged frame sent again,
     up to ``retries`` times with a growing pause, so no image is silently lost: ``send`` returns the
     receiver's Ack or raises TransportError.
+
+    With a ``key`` every connection starts with the sealed handshake (docs/security.md) and every
+    frame and acknowledgement is sealed; a receiver that doesn't hold the key, or can't prove it
+    does, ends the send at once with the reason (no retries), and an acknowledgement that fails
+    authentication never counts as a delivery.
     """
 
-    def __init__(self, host: str, port: int, timeout: float = 60.0, retries: int = 3, wait_for: float = 0.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float = 60.0,
+        retries: int = 3,
+        wait_for: float = 0.0,
+        key: Key | None = None,
+    ) -> None:
+        self.key = key
         self.host, self.port = host, port
         self.timeout = timeout
         self.retries = retries
         self.wait_for = wait_for
         self._sock: socket.socket | None = None
-        self._proto: v2.Connection | None = None
+        self._proto: v2.Connection | SecureConnection | None = None
         self.reconnects = 0
         self.last_frame_bytes = 0  # wire size of the frame last passed to send()
 
@@ -399,38 +435,61 @@ class V2Client:
 
     def _open(self) -> None:
         self._sock = _connect(self.host, self.port, self.timeout, self.wait_for)
-        self._proto = v2.Connection(v2.Role.SENDER)
+        if self.key is None:
+            self._proto = v2.Connection(v2.Role.SENDER)
+            return
+        proto = SecureConnection(v2.Role.SENDER, key=self.key)
+        self._proto = proto
+        self._sock.sendall(proto.hello())
+        while not isinstance(self._next(), Handshake):
+            pass
 
-    def _exchange(self, data: bytes, seq: int) -> v2.Ack:
+    def _next(self) -> object:
+        """The next protocol event, reading from the socket until there is one."""
         assert self._sock is not None and self._proto is not None
-        self._sock.sendall(data)
         while True:
             event = self._proto.next_event()
-            if isinstance(event, v2.Ack):
-                if event.seq in (seq, 0):
-                    return event
-                continue  # a stale ack from before a reconnect
-            if event is v2.CLOSED:
-                raise ConnectionResetError("receiver closed the connection")
+            if event is not v2.NEED_DATA:
+                return event
             chunk = self._sock.recv(65536)
             if chunk:
                 self._proto.receive_data(chunk)
             else:
                 self._proto.receive_eof()
 
+    def _exchange(self, frame: v2.ImageFrame) -> v2.Ack:
+        assert self._sock is not None and self._proto is not None
+        data = self._proto.send(frame)
+        self.last_frame_bytes = len(data)
+        self._sock.sendall(data)
+        seq = frame.seq
+        while True:
+            event = self._next()
+            if isinstance(event, v2.Ack):
+                if event.seq in (seq, 0):
+                    return event
+                continue  # a stale ack from before a reconnect
+            if event is v2.CLOSED:
+                raise ConnectionResetError("receiver closed the connection")
+
     def send(self, frame: v2.ImageFrame) -> v2.Ack:
         """Send one frame and return its acknowledgement, reconnecting on a dropped connection."""
-        data = v2.encode_image(frame)
-        self.last_frame_bytes = len(data)
+        self.last_frame_bytes = len(v2.encode_image(frame))  # checks the frame before any connection
         last: Exception | None = None
+        fatal: TransportError | None = None
         for attempt in range(self.retries + 1):
             if attempt:
                 self.reconnects += 1
                 time.sleep(min(2.0, 0.2 * 2**attempt))
             try:
                 if self._sock is None:
-                    self._open()
-                ack = self._exchange(data, frame.seq)
+                    try:
+                        self._open()
+                    except SealError as exc:  # the key or the policy, not the link: retrying can't help
+                        self.close()
+                        fatal = TransportError(f"{self.host}:{self.port}: {exc}")
+                        break
+                ack = self._exchange(frame)
                 if ack.status == v2.Status.SHUTTING_DOWN:
                     self.close()
                     last = TransportError(f"receiver shutting down: {ack.message}")
@@ -441,6 +500,8 @@ class V2Client:
             except (OSError, ProtocolError, TransportError) as exc:  # reset, EOF, timeout, refused reconnect
                 last = exc
                 self.close()
+        if fatal is not None:
+            raise fatal
         raise TransportError(
             f"no acknowledgement from {self.host}:{self.port} for frame {frame.seq} after "
             f"{self.retries + 1} attempts: {last}"

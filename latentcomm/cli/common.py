@@ -23,6 +23,45 @@ def add_network_args(p: argparse.ArgumentParser, listening: bool) -> None:
     p.add_argument("--port", type=port_type, default=DEFAULT_PORT, help=f"TCP port to {verb}")
 
 
+def add_key_args(p: argparse.ArgumentParser, receiver: bool) -> None:
+    """--key (and, on the receiver, --insecure): sealed frames, docs/security.md."""
+    if receiver:
+        p.add_argument(
+            "--key",
+            action="append",
+            default=[],
+            metavar="PATH",
+            help="accept only sealed frames, authenticated and decrypted with this key file (python -m latentcomm "
+            "keygen PATH); repeat for several senders or fleets (each frame names its key by id). Plaintext v2 and "
+            "legacy frames are then refused",
+        )
+        p.add_argument(
+            "--insecure",
+            action="store_true",
+            help="allow listening beyond loopback without --key (frames travel in clear and anyone who reaches "
+            "the port can send images); logged",
+        )
+    else:
+        p.add_argument(
+            "--key",
+            metavar="PATH",
+            help="seal every frame with this key file (authenticated encryption, v2 only; the receiver needs the "
+            "same key). Create one with: python -m latentcomm keygen PATH",
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--codec",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from latentcomm.cli.common import (
     HelpFormatter,
+    add_key_args,
     add_model_args,
     add_network_args,
     add_rate_args,
@@ -26,6 +27,7 @@ is decoded here too), then send the latent only to receiver_sdvae.py and print t
 
 With --codec learned it also reports MS-SSIM and SSIMULACRA2, and sends a v2 frame (the learned
 codec has no legacy form); the reconstruction measured is a decode of the exact bitstream sent.
+With --key the frame is a sealed v2 frame (any codec; docs/security.md).
 
 examples:
   python sender_sdvae_metrics.py --image temp/apple.jpeg --json
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_network_args(p, listening=False)
     add_model_args(p)
     add_rate_args(p)
+    add_key_args(p, receiver=False)
     p.add_argument("--size", type=int, default=256, help="square size the image is centre-cropped to (multiple of 8)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the connection and the send")
     p.add_argument("--json", action="store_true", help="print the metrics and report as one JSON object on stdout")
@@ -52,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--size must be a positive multiple of 8 up to 4096 (the receiver's limit), got {args.size}")
     check_rate_args(parser, args)
     setup_logging()
-    if args.codec == "learned":
-        return _learned(args)
+    if args.codec == "learned" or args.key:
+        return _v2(args)
     from latentcomm.codec import FLAG_FLOAT16, decode_latent
     from latentcomm.engine import Engine
     from latentcomm.images import load_image, tensor_to_pil
@@ -90,20 +93,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _learned(args) -> int:
-    """The learned codec: encode, decode the exact bitstream locally, measure, send it (v2, latent only)."""
+def _v2(args) -> int:
+    """The learned codec, or any codec with --key: encode, decode the exact bitstream locally, measure,
+    send it in a v2 frame (latent only; sealed with --key)."""
     from latentcomm.codecs import load_codec
     from latentcomm.images import load_image, tensor_to_pil
     from latentcomm.metrics import ms_ssim, psnr, ssim, ssimulacra2
-    from latentcomm.sender import build_v2_frame, format_report, make_report, prepare
+    from latentcomm.secure import load_key
+    from latentcomm.sender import build_v2_frame, codec_label, format_report, make_report, prepare
     from latentcomm.transport import V2Client
 
+    key = load_key(args.key) if args.key else None
     load_image(args.image)
     codec = load_codec(
-        "learned",
+        args.codec,
         args.model,
         args.device,
         args.precision,
+        dtype="f16",
+        compression="zstd",
         quality=args.quality if args.quality is not None else 4.0,
         target_bytes=args.target_bytes,
     )
@@ -127,19 +135,20 @@ def _learned(args) -> int:
             f"SSIMULACRA2: {quality['ssimulacra2']:.2f}",
             flush=True,
         )
-    with V2Client(args.host, args.port, args.timeout, retries=1) as client:
+    with V2Client(args.host, args.port, args.timeout, retries=1, key=key) as client:
         t0 = time.perf_counter()
         ack = client.send(frame)
         send_s = time.perf_counter() - t0
         frame_bytes = client.last_frame_bytes
-    report = make_report(codec.source, args.image, prepared, len(frame.payload), facts, "learned", frame_bytes)
+    report = make_report(codec.source, args.image, prepared, len(frame.payload), facts, codec_label(codec), frame_bytes)
     report.model = frame.model
     report.send_s = round(send_s, 4)
     report.extra.update(quality)
     report.extra.update({k: facts[k] for k in ("quality", "target_bytes", "fits_target") if k in facts})
     report.extra.update(
         protocol="v2",
-        codec="learned",
+        codec=codec.kind,
+        sealed=key is not None,
         acknowledged=ack.ok,
         ack_status=ack.status.name,
         ack_message=ack.message,

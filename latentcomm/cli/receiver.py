@@ -11,8 +11,10 @@ from pathlib import Path
 
 from latentcomm.cli.common import (
     HelpFormatter,
+    add_key_args,
     add_model_args,
     add_network_args,
+    is_loopback,
     run,
     setup_logging,
     stop_on_signals,
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="receiver_sdvae.py", description=DESCRIPTION, formatter_class=HelpFormatter)
     add_network_args(p, listening=True)
     add_model_args(p)
+    add_key_args(p, receiver=True)
     p.add_argument(
         "--out",
         type=Path,
@@ -113,8 +116,16 @@ def main(argv: list[str] | None = None) -> int:
             raise LatentcommError(f"--out {args.out} can't be created: {exc.strerror or exc}") from None
         if not os.access(args.out, os.W_OK | os.X_OK):
             raise LatentcommError(f"--out {args.out} is not writable")
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: frames travel unencrypted and unauthenticated", args.host)
+    from latentcomm.secure import Keyring, load_key
+
+    keyring = Keyring([load_key(k) for k in args.key]) if args.key else None
+    if not is_loopback(args.host) and keyring is None:
+        if not args.insecure:
+            raise LatentcommError(
+                f"refusing to listen on {args.host} without --key: anyone who reaches the port could read and send "
+                "images. Give --key PATH (python -m latentcomm keygen PATH), or --insecure to accept that"
+            )
+        log.warning("--insecure: listening on %s with frames in clear and unauthenticated", args.host)
     # Bind first: a port conflict should fail in a second, not after loading the model.
     server = FrameServer(
         args.host,
@@ -124,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         frame_timeout=args.frame_timeout,
         max_connections=args.max_connections,
         v2_limits=v2.Limits(args.max_payload, args.max_latent, args.max_pixels),
+        keyring=keyring,
     )
     codecs = [load_codec(args.codec, args.model, args.device, args.precision)]
     codecs += [load_codec("vae", m, args.device, args.precision) for m in args.extra_model]
@@ -131,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     server.start()
     host, port = server.address
     models = ", ".join(c.model_id for c in codecs)
-    print(f"Receiver listening on {host}:{port} (model {models}); Ctrl-C to stop", file=sys.stderr, flush=True)
+    sealing = f"sealed frames only, key id(s) {', '.join(k.hex() for k in keyring.keys)}" if keyring else "in clear"
+    print(
+        f"Receiver listening on {host}:{port} (model {models}; {sealing}); Ctrl-C to stop", file=sys.stderr, flush=True
+    )
     summary = receiver.serve(server, stop_on_signals())
     final = {
         "summary": True,

@@ -8,6 +8,7 @@ import sys
 
 from latentcomm.cli.common import (
     HelpFormatter,
+    add_key_args,
     add_model_args,
     add_network_args,
     add_rate_args,
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_network_args(p, listening=False)
     add_model_args(p)
     add_rate_args(p)
+    add_key_args(p, receiver=False)
     p.add_argument(
         "--size",
         type=int,
@@ -108,14 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     check_rate_args(parser, args)
     if args.codec == "learned" and args.protocol == "legacy":
         parser.error("the learned codec travels in v2 frames only (the legacy format carries a VAE latent)")
+    if args.key and args.protocol == "legacy":
+        parser.error("legacy frames can't be sealed (the format has no room for an authentication tag); use v2")
     setup_logging()
+    from latentcomm.secure import load_key
+
+    key = load_key(args.key) if args.key else None
     from latentcomm.images import load_image
     from latentcomm.sender import expand_images
 
     images = expand_images(args.image or ["temp/apple.jpeg"])
     protocol = args.protocol
     if protocol == "auto":
-        protocol = "v2" if len(images) > 1 or args.codec == "learned" else "legacy"
+        protocol = "v2" if len(images) > 1 or args.codec == "learned" or key else "legacy"
     if protocol == "legacy":
         if len(images) > 1:
             parser.error(
@@ -138,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if protocol == "legacy":
         return _send_legacy(codec.engine, args, images[0])
-    return _send_v2(codec, args, images)
+    return _send_v2(codec, args, images, key)
 
 
 def _send_legacy(engine, args, image) -> int:
@@ -163,12 +170,12 @@ def _send_legacy(engine, args, image) -> int:
     return 0
 
 
-def _send_v2(codec, args, images) -> int:
+def _send_v2(codec, args, images, key=None) -> int:
     from latentcomm.sender import send_images_v2
     from latentcomm.transport import V2Client
 
     ok = failed = 0
-    with V2Client(args.host, args.port, args.timeout, args.retries, args.wait_for_receiver) as client:
+    with V2Client(args.host, args.port, args.timeout, args.retries, args.wait_for_receiver, key=key) as client:
         for r in send_images_v2(codec, images, client, args.size, not args.no_original):
             ok += bool(r["acknowledged"])
             failed += not r["acknowledged"]

@@ -1,0 +1,5 @@
+"""`python -m latentcomm COMMAND`: see latentcomm/cli/main.py."""
+
+from latentcomm.cli.main import entry
+
+entry()
