@@ -23,7 +23,7 @@ def cpu_name() -> str:
 
 
 def cpu_features() -> str:
-    """'AMX', 'AVX512-BF16, no AMX' or '': what decides the bf16 speed of this CPU."""
+    """'AMX', 'AVX512-BF16, no AMX', ... or '': what decides the bf16 (and fp32) speed of this CPU."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -32,6 +32,10 @@ def cpu_features() -> str:
         return "AMX"
     if "avx512_bf16" in flags:
         return "AVX512-BF16, no AMX"
+    if "avx512f" in flags:
+        return "AVX-512, no BF16"
+    if " avx2" in flags:
+        return "AVX2, no AVX-512"
     return ""
 
 

@@ -61,7 +61,7 @@ def run_line(d: dict) -> str:
         cpu += f" ({d['cpu_features']})"
     parts = [d.get("date") or "date not recorded", cpu]
     if d.get("cores"):
-        parts.append(f"{d['cores']} cores")
+        parts.append(f"{d['cores']} core{'s' if d['cores'] > 1 else ''}")
     return ", ".join(parts)
 
 
@@ -261,14 +261,24 @@ def server(r: Results) -> str:
     d = r["server"]
     out = [
         f"Run of {run_line(d)}; {d['model']}, {d['size']}x{d['size']} images, PNGs "
-        f"{'written' if d['writes_png'] else 'not written'}:\n",
-        "| concurrent senders | images/s | p50 latency | p95 latency | acknowledged |",
-        "|---|---|---|---|---|",
+        f"{'written' if d['writes_png'] else 'not written'}; every level in clear and sealed (`--key`), side by "
+        "side:\n",
+        "| concurrent senders | sealed | images/s | p50 latency | p95 latency | acknowledged |",
+        "|---|---|---|---|---|---|",
     ]
-    for lv in d["levels"]:
+    sealed = d.get("levels_sealed") or [None] * len(d["levels"])
+    for plain, seal in zip(d["levels"], sealed, strict=True):
+        for label, lv in (("no", plain), ("yes", seal)):
+            if lv is None:
+                continue
+            out.append(
+                f"| {lv['senders']} | {label} | {lv['images_per_s']:.1f} | {1000 * lv['p50_latency_s']:.1f} ms | "
+                f"{1000 * lv['p95_latency_s']:.1f} ms | {lv['acknowledged']}/{lv['images']} |"
+            )
+    if "sealed_overhead_bytes_per_frame" in d:
         out.append(
-            f"| {lv['senders']} | {lv['images_per_s']:.1f} | {1000 * lv['p50_latency_s']:.1f} ms | "
-            f"{1000 * lv['p95_latency_s']:.1f} ms | {lv['acknowledged']}/{lv['images']} |"
+            f"\nSealing adds {d['sealed_overhead_bytes_per_frame']} bytes to every frame (and one handshake of two "
+            "short messages per connection)."
         )
     return "\n".join(out) + "\n"
 

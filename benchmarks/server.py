@@ -6,7 +6,9 @@
 Starts the real receiver_sdvae.py process on a free port (--no-show, results to a temp --out unless
 --no-out), then runs N sender threads, each sending its share of pre-encoded v2 frames over its own
 connection and timing send -> acknowledgement. Latency therefore includes queueing behind other
-senders: it is what a sender sees. Prints JSON and a table.
+senders: it is what a sender sees. Every level runs twice, side by side: in clear, and sealed
+(--key, docs/security.md) against a second receiver holding the key, so the cost of sealing is
+measured in the same run. Prints JSON and a table.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from benchmarks.meta import run_meta  # noqa: E402
 from latentcomm import protocol_v2 as v2  # noqa: E402
 from latentcomm.codec import COMP_ZSTD, ENC_FLOAT16, compress, v2_quantize  # noqa: E402
 from latentcomm.engine import Engine  # noqa: E402
+from latentcomm.secure import Key, generate_key  # noqa: E402
 from latentcomm.transport import V2Client  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,9 +56,10 @@ def small_model(folder: Path) -> Path:
     return folder
 
 
-def start_receiver(model: str, out: Path | None) -> tuple[subprocess.Popen, int]:
+def start_receiver(model: str, out: Path | None, key: Path | None = None) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, str(REPO / "receiver_sdvae.py"), "--port", "0", "--no-show", "--model", model]
     cmd += ["--out", str(out)] if out else []
+    cmd += ["--key", str(key)] if key else []
     proc = subprocess.Popen(
         cmd,
         cwd=REPO,
@@ -94,14 +98,14 @@ def frames_for(engine: Engine, n: int, size: int) -> list[v2.ImageFrame]:
     ]
 
 
-def run_level(port: int, frames: list[v2.ImageFrame], senders: int) -> dict:
+def run_level(port: int, frames: list[v2.ImageFrame], senders: int, key: Key | None = None) -> dict:
     share = [frames[i::senders] for i in range(senders)]
     latencies: list[float] = []
     lock = threading.Lock()
 
     def send(chunk: list[v2.ImageFrame]) -> int:
         ok = 0
-        with V2Client("127.0.0.1", port, timeout=300) as client:
+        with V2Client("127.0.0.1", port, timeout=300, key=key) as client:
             for f in chunk:
                 t = time.perf_counter()
                 ok += client.send(f).ok
@@ -125,6 +129,18 @@ def run_level(port: int, frames: list[v2.ImageFrame], senders: int) -> dict:
     }
 
 
+def sealed_frame_bytes(frame: v2.ImageFrame, key: Key) -> bytes:
+    """One frame as a sealed connection sends it (after a handshake done in memory)."""
+    from latentcomm.secure import Keyring, SecureConnection
+
+    tx = SecureConnection(v2.Role.SENDER, key=key)
+    rx = SecureConnection(v2.Role.RECEIVER, keyring=Keyring([key]))
+    rx.receive_data(tx.hello())
+    tx.receive_data(rx.next_event().reply)
+    tx.next_event()
+    return tx.send(frame)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="receiver/sender model (default: a small random AutoencoderKL)")
@@ -138,26 +154,41 @@ def main(argv: list[str] | None = None) -> int:
         model = args.model or str(small_model(Path(tmp) / "vae"))
         engine = Engine(model, "cpu", "auto")
         frames = frames_for(engine, args.images, args.size)
-        proc, port = start_receiver(model, None if args.no_out else Path(tmp) / "out")
+        key = generate_key(Path(tmp) / "bench.key")
+        procs = []
         try:
+            proc, port = start_receiver(model, None if args.no_out else Path(tmp) / "out")
+            procs.append(proc)
+            proc, sealed_port = start_receiver(
+                model, None if args.no_out else Path(tmp) / "out-sealed", Path(tmp) / "bench.key"
+            )
+            procs.append(proc)
             run_level(port, frames[:4], 1)  # warm-up
-            levels = [run_level(port, frames, int(n)) for n in args.levels.split(",")]
+            run_level(sealed_port, frames[:4], 1, key)
+            levels, sealed = [], []
+            for n in args.levels.split(","):
+                levels.append(run_level(port, frames, int(n)))
+                sealed.append(run_level(sealed_port, frames, int(n), key))
         finally:
-            proc.terminate()
-            proc.wait(30)
+            for proc in procs:
+                proc.terminate()
+                proc.wait(30)
     result = {
         **run_meta(),
         "model": model if args.model else "small random AutoencoderKL",
         "size": args.size,
         "writes_png": not args.no_out,
         "levels": levels,
+        "levels_sealed": sealed,
+        "sealed_overhead_bytes_per_frame": len(sealed_frame_bytes(frames[0], key)) - len(v2.encode_image(frames[0])),
     }
-    print(f"{'senders':>7} {'images':>6} {'ok':>4} {'img/s':>8} {'p50 ms':>8} {'p95 ms':>8}")
-    for r in levels:
-        print(
-            f"{r['senders']:>7} {r['images']:>6} {r['acknowledged']:>4} {r['images_per_s']:>8.1f} "
-            f"{1000 * r['p50_latency_s']:>8.1f} {1000 * r['p95_latency_s']:>8.1f}"
-        )
+    print(f"{'senders':>7} {'sealed':>6} {'images':>6} {'ok':>4} {'img/s':>8} {'p50 ms':>8} {'p95 ms':>8}")
+    for plain_r, sealed_r in zip(levels, sealed, strict=True):
+        for label, r in (("no", plain_r), ("yes", sealed_r)):
+            print(
+                f"{r['senders']:>7} {label:>6} {r['images']:>6} {r['acknowledged']:>4} {r['images_per_s']:>8.1f} "
+                f"{1000 * r['p50_latency_s']:>8.1f} {1000 * r['p95_latency_s']:>8.1f}"
+            )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.json}")
