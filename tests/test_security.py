@@ -538,3 +538,17 @@ def test_sealed_and_plain_payload_hashes_agree():
     rx.receive_data(tx.send(FRAME))
     opened = rx.next_event()
     assert hashlib.sha256(v2.encode_image(opened)).digest() == hashlib.sha256(v2.encode_image(FRAME)).digest()
+
+
+def test_metrics_sender_seals_its_frame_too(tmp_path, keys, start_receiver, tiny_model):
+    model = ["--model", str(tiny_model)]
+    rx = start_receiver(*model, "--no-show", "--json", "--key", str(keys[2][0]))
+    res = run_script(
+        "sender_sdvae_metrics.py", *model, "--image", "temp/apple.jpeg", "--port", str(rx.port),
+        "--key", str(keys[2][0]), "--json",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    sent = json.loads(res.stdout)
+    assert sent["acknowledged"] and sent["sealed"] and sent["psnr_db"] > 0
+    got = rx.next_json()
+    assert got["key_id"] == keys[2][1] and got["payload_sha256"] == sent["payload_sha256"]
