@@ -22,21 +22,25 @@ def display_available() -> bool:
     return backend not in ("agg", "pdf", "svg", "ps", "cairo", "template") and "inline" not in backend
 
 
-def _figure(original: Image.Image | None, recon: Image.Image, title: str | None = None):
+def _figure(original: Image.Image | None, recon: Image.Image, title: str | None = None, text: str | None = None):
     import matplotlib.pyplot as plt
 
     panels = [("Original", original), ("Reconstructed", recon)] if original is not None else [("Reconstructed", recon)]
     w = max(recon.width, 1) / 100
     h = max(recon.height, 1) / 100
     scale = 4.0 / max(w, h)
-    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * w * scale, h * scale + 0.6), squeeze=False)
+    lines = text.splitlines()[:6] if text else []
+    extra = 0.25 * len(lines)
+    fig, axes = plt.subplots(1, len(panels), figsize=(len(panels) * w * scale, h * scale + 0.6 + extra), squeeze=False)
     for ax, (name, img) in zip(axes[0], panels, strict=True):
         ax.imshow(img)
         ax.set_title(name)
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, extra / (h * scale + 0.6 + extra), 1, 1))
+    if lines:  # the text sent beside the image, under the pictures (first lines, each cut at 120 characters)
+        fig.text(0.01, 0.01, "\n".join(line[:120] for line in lines), fontsize=8, va="bottom", family="monospace")
     return fig
 
 
@@ -79,11 +83,13 @@ class Viewer:
         self._plt = plt
         self._fig = None
 
-    def show(self, original: Image.Image | None, recon: Image.Image, title: str | None, block: bool) -> None:
+    def show(
+        self, original: Image.Image | None, recon: Image.Image, title: str | None, block: bool, text: str | None = None
+    ) -> None:
         plt = self._plt
         if self._fig is not None:
             plt.close(self._fig)
-        self._fig = _figure(original, recon, title)
+        self._fig = _figure(original, recon, title, text)
         if block:
             plt.show()
             self._fig = None

@@ -33,8 +33,11 @@ PREFIX = struct.Struct("!4sBBHI")
 IMAGE_HEADER = struct.Struct("!IBBHHHIIHHIII")
 ACK_HEADER = struct.Struct("!IBH")
 PARAM = struct.Struct("!ff")
+TEXT_LEN = struct.Struct("!I")
 TYPE_IMAGE = 1
 TYPE_ACK = 2
+#: Prefix flag (the prefix's 16-bit field, 0 in the first v2 receivers): an IMAGE carries a text.
+FLAG_TEXT = 0x0001
 
 
 class Status(IntEnum):
@@ -83,10 +86,12 @@ class Limits:
     max_latent_elements: int = 4 * 512 * 512
     max_image_pixels: int = 4096 * 4096
     max_reference_bytes: int = 32 * 1024 * 1024
+    max_text_bytes: int = 64 * 1024
 
     @property
     def max_body(self) -> int:
-        return IMAGE_HEADER.size + 2 * 65535 + 8 * 65535 + self.max_reference_bytes + self.max_payload_bytes
+        fixed = IMAGE_HEADER.size + TEXT_LEN.size + 2 * 65535 + 8 * 65535
+        return fixed + self.max_reference_bytes + self.max_payload_bytes + self.max_text_bytes
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ class ImageFrame:
     name: str = ""
     params: tuple[tuple[float, float], ...] = ()  # uint8: per-channel (scale, offset)
     reference_png: bytes | None = field(default=None, repr=False)
+    text: str | None = None  # optional UTF-8 text beside the image (a caption, a sensor reading)
 
 
 @dataclass(frozen=True)
@@ -123,8 +129,8 @@ def sniff(first_bytes: bytes) -> str | None:
     return "v2" if first_bytes[:4] == MAGIC else "legacy"
 
 
-def _checksum(params: bytes, reference: bytes, payload: bytes) -> int:
-    return zlib.crc32(payload, zlib.crc32(reference, zlib.crc32(params))) & 0xFFFFFFFF
+def _checksum(params: bytes, reference: bytes, payload: bytes, text: bytes = b"") -> int:
+    return zlib.crc32(text, zlib.crc32(payload, zlib.crc32(reference, zlib.crc32(params)))) & 0xFFFFFFFF
 
 
 def _utf8(data: bytes, what: str, seq: int) -> str:
@@ -150,6 +156,12 @@ def encode_image(frame: ImageFrame) -> bytes:
     if (frame.encoding == ENC_UINT8_AFFINE) != bool(frame.params) or (frame.params and len(frame.params) != c):
         raise LocalProtocolError("uint8 latents need one (scale, offset) per channel, other encodings none")
     params = b"".join(PARAM.pack(s, o) for s, o in frame.params)
+    text = b""
+    if frame.text is not None:
+        try:
+            text = frame.text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LocalProtocolError("the text is not valid UTF-8 (undecodable bytes)") from None
     header = IMAGE_HEADER.pack(
         frame.seq,
         frame.encoding,
@@ -162,10 +174,14 @@ def encode_image(frame: ImageFrame) -> bytes:
         len(name),
         len(ref),
         len(frame.payload),
-        _checksum(params, ref, frame.payload),
+        _checksum(params, ref, frame.payload, text),
     )
-    body = b"".join([header, model, name, params, ref, frame.payload])
-    return PREFIX.pack(MAGIC, VERSION, TYPE_IMAGE, 0, len(body)) + body
+    flags = 0
+    if frame.text is not None:
+        flags |= FLAG_TEXT
+        header += TEXT_LEN.pack(len(text))
+    body = b"".join([header, model, name, params, ref, frame.payload, text])
+    return PREFIX.pack(MAGIC, VERSION, TYPE_IMAGE, flags, len(body)) + body
 
 
 def encode_ack(ack: Ack) -> bytes:
@@ -233,7 +249,7 @@ class Connection:
             if avail and sniff(bytes(self._buf[self._pos : self._pos + 4])) == "legacy":
                 raise RemoteProtocolError("not a v2 message (bad magic)")
             return NEED_DATA
-        magic, version, mtype, _reserved, body_len = PREFIX.unpack_from(self._buf, self._pos)
+        magic, version, mtype, flags, body_len = PREFIX.unpack_from(self._buf, self._pos)
         if magic != MAGIC:
             raise RemoteProtocolError("not a v2 message (bad magic)")
         if version != VERSION:
@@ -244,8 +260,11 @@ class Connection:
         limit = self.limits.max_body if mtype == TYPE_IMAGE else ACK_HEADER.size + 65535
         if body_len > limit:
             raise RemoteProtocolError(f"message body of {body_len} bytes exceeds the limit of {limit}")
-        if mtype == TYPE_IMAGE and avail >= PREFIX.size + IMAGE_HEADER.size:
-            self._check_image_header(body_len)
+        if flags & ~FLAG_TEXT or (flags and mtype != TYPE_IMAGE):
+            raise RemoteProtocolError(f"unknown prefix flags {flags:#06x}")
+        has_text = bool(flags & FLAG_TEXT)
+        if mtype == TYPE_IMAGE and avail >= PREFIX.size + IMAGE_HEADER.size + has_text * TEXT_LEN.size:
+            self._check_image_header(body_len, has_text)
         if avail < PREFIX.size + body_len:
             if self._eof:
                 raise RemoteProtocolError(f"connection closed after {avail - PREFIX.size} of {body_len} body bytes")
@@ -254,9 +273,9 @@ class Connection:
         body = bytes(self._buf[start : start + body_len])
         self._pos = start + body_len
         self.last_message_size = PREFIX.size + body_len
-        return self._parse_image(body) if mtype == TYPE_IMAGE else self._parse_ack(body)
+        return self._parse_image(body, has_text) if mtype == TYPE_IMAGE else self._parse_ack(body)
 
-    def _check_image_header(self, body_len: int) -> None:
+    def _check_image_header(self, body_len: int, has_text: bool) -> None:
         """Refuse oversized images from the fixed header alone, before their body is buffered."""
         f = IMAGE_HEADER.unpack_from(self._buf, self._pos + PREFIX.size)
         _seq, enc, _comp, c, h, w, oh, ow, _ml, _nl, ref_len, payload_len, _crc = f
@@ -271,13 +290,23 @@ class Connection:
             raise RemoteProtocolError(f"image {ow}x{oh} exceeds the limit of {lim.max_image_pixels} pixels")
         if ref_len > lim.max_reference_bytes:
             raise RemoteProtocolError(f"reference image of {ref_len} bytes exceeds the limit")
+        if has_text:
+            (text_len,) = TEXT_LEN.unpack_from(self._buf, self._pos + PREFIX.size + IMAGE_HEADER.size)
+            if text_len > lim.max_text_bytes:
+                raise RemoteProtocolError(
+                    f"text of {text_len} bytes exceeds the receiver's limit of {lim.max_text_bytes} (--max-text)"
+                )
 
-    def _parse_image(self, body: bytes) -> ImageFrame:
-        if len(body) < IMAGE_HEADER.size:
+    def _parse_image(self, body: bytes, has_text: bool = False) -> ImageFrame:
+        fixed = IMAGE_HEADER.size + has_text * TEXT_LEN.size
+        if len(body) < fixed:
             raise RemoteProtocolError("image body shorter than its header")
         seq, enc, comp, c, h, w, oh, ow, ml, nl, ref_len, payload_len, crc = IMAGE_HEADER.unpack_from(body)
+        text_len = TEXT_LEN.unpack_from(body, IMAGE_HEADER.size)[0] if has_text else 0
+        if text_len > self.limits.max_text_bytes:
+            raise FrameRejected(seq, Status.TOO_LARGE, f"text of {text_len} bytes exceeds the limit")
         nparams = c if enc == ENC_UINT8_AFFINE else 0
-        expected = IMAGE_HEADER.size + ml + nl + nparams * PARAM.size + ref_len + payload_len
+        expected = fixed + ml + nl + nparams * PARAM.size + ref_len + payload_len + text_len
         if expected != len(body):
             raise FrameRejected(seq, Status.MALFORMED, f"body is {len(body)} bytes but its fields add up to {expected}")
         if c == 0 or h == 0 or w == 0 or oh == 0 or ow == 0:
@@ -288,7 +317,7 @@ class Connection:
             raise FrameRejected(seq, Status.MALFORMED, str(exc)) from None
         if comp not in (COMP_NONE, COMP_GZIP, COMP_ZSTD):
             raise FrameRejected(seq, Status.MALFORMED, f"unknown compression {comp}")
-        pos = IMAGE_HEADER.size
+        pos = fixed
         model = _utf8(body[pos : pos + ml], "model id", seq)
         pos += ml
         name = _utf8(body[pos : pos + nl], "image name", seq)
@@ -297,11 +326,13 @@ class Connection:
         pos += len(params_raw)
         ref = body[pos : pos + ref_len]
         pos += ref_len
-        payload = body[pos:]
-        if _checksum(params_raw, ref, payload) != crc:
+        payload = body[pos : pos + payload_len]
+        text_raw = body[pos + payload_len :]
+        if _checksum(params_raw, ref, payload, text_raw) != crc:
             raise FrameRejected(seq, Status.CHECKSUM, "checksum mismatch (data corrupted in transit)")
+        text = _utf8(text_raw, "text", seq) if has_text else None
         params = tuple(PARAM.unpack_from(params_raw, i * PARAM.size) for i in range(nparams))
-        return ImageFrame(seq, model, enc, comp, (c, h, w), (oh, ow), payload, name, params, ref or None)
+        return ImageFrame(seq, model, enc, comp, (c, h, w), (oh, ow), payload, name, params, ref or None, text)
 
     def _parse_ack(self, body: bytes) -> Ack:
         if len(body) < ACK_HEADER.size:

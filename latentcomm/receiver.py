@@ -125,6 +125,8 @@ class Receiver:
             "latent_shape": [1, *f.shape],
             **codec.payload_facts(f.payload),
         }
+        if f.text is not None:
+            info["text"] = f.text
         return codec.model_id, image, original, info
 
     def handle(self, item: ReceivedFrame) -> dict | None:
@@ -178,7 +180,7 @@ class Receiver:
             report.update(recon_path=str(recon_path), compare_path=str(compare_path))
         if self.viewer is not None:
             title = f"#{index} from {item.peer}: {len(f.payload):,} byte latent"
-            self.viewer.show(original, recon, title, block=self.opts.once)
+            self.viewer.show(original, recon, title, block=self.opts.once, text=report.get("text"))
         report["decode_display_s"] = round(time.perf_counter() - t0, 4)
         self.summary.images_ok += 1
         if self.opts.out_dir is not None:
@@ -214,6 +216,8 @@ class Receiver:
         ]
         if "recon_path" in r:
             lines.append(f"  Saved:                   {r['compare_path']}, {r['recon_path']}")
+        if "text" in r:
+            lines.append(f"  Text:                    {r['text']}")
         print("\n".join(lines), file=self.stdout, flush=True)
 
     # -- serving ------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -192,18 +192,69 @@ def expand_images(items: list[str]) -> list[Path]:
     return out
 
 
+def text_source(text: str | None, text_file: str | Path | None) -> Callable[[Path], str | None] | None:
+    """The text each image carries: ``--text`` for every image, or ``--text-file``.
+
+    A ``.jsonl`` text file maps image names to texts, one ``{"image": NAME, "text": TEXT}`` per line
+    (for folders and streams: images it doesn't name carry none); any other file is one text for every
+    image. Raises ImageError (a user mistake, one line) for unreadable files, invalid UTF-8 or JSON.
+    """
+    if text is not None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ImageError("--text is not valid UTF-8") from None
+        return lambda _path: text
+    if text_file is None:
+        return None
+    path = Path(text_file)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"--text-file {path}: {exc.strerror or exc}") from None
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ImageError(f"--text-file {path} is not valid UTF-8 (byte {exc.start})") from None
+    if path.suffix != ".jsonl":
+        return lambda _path: content
+    import json
+
+    mapping: dict[str, str] = {}
+    for n, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            mapping[str(entry["image"])] = str(entry["text"])
+        except (ValueError, KeyError, TypeError):
+            raise ImageError(f'--text-file {path}, line {n}: expected {{"image": NAME, "text": TEXT}}') from None
+    return lambda p: mapping.get(p.name, mapping.get(str(p)))
+
+
 def build_v2_frame(
     codec: ImageCodec,
     prepared: Prepared,
     seq: int,
     name: str,
     include_original: bool = True,
+    text: str | None = None,
 ) -> tuple[v2.ImageFrame, dict]:
     """Encode one prepared image into a v2 frame (the original rides along as PNG, never float32)."""
     enc = codec.encode(pil_to_tensor(prepared.image))
     ref = encode_png(prepared.image) if include_original else None
     frame = v2.ImageFrame(
-        seq, codec.model_id, enc.encoding, enc.compression, enc.shape, prepared.size, enc.payload, name, enc.params, ref
+        seq,
+        codec.model_id,
+        enc.encoding,
+        enc.compression,
+        enc.shape,
+        prepared.size,
+        enc.payload,
+        name,
+        enc.params,
+        ref,
+        text,
     )
     return frame, enc.facts
 
@@ -219,6 +270,7 @@ def send_images_v2(
     client: V2Client,
     size: int = 256,
     include_original: bool = True,
+    texts: Callable[[Path], str | None] | None = None,
 ) -> Iterator[dict]:
     """Send each image over one v2 connection; yield one report dict per image, acknowledged or not.
 
@@ -231,7 +283,8 @@ def send_images_v2(
         except ImageError as exc:
             yield {"image": str(path), "seq": seq, "acknowledged": False, "error": str(exc)}
             continue
-        frame, facts = build_v2_frame(codec, prepared, seq, path.name, include_original)
+        text = texts(path) if texts is not None else None
+        frame, facts = build_v2_frame(codec, prepared, seq, path.name, include_original, text)
         t0 = time.perf_counter()
         ack = client.send(frame)
         report = make_report(
@@ -251,6 +304,8 @@ def send_images_v2(
             reconnects=client.reconnects,
             payload_sha256=hashlib.sha256(frame.payload).hexdigest(),
         )
+        if text is not None:
+            report.extra["text"] = text
         for key in ("quality", "target_bytes", "fits_target", "rate_probes"):
             if key in facts:
                 report.extra[key] = facts[key]

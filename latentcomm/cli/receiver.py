@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest image (v2 frames) accepted, in pixels")
     p.add_argument("--max-connections", type=int, default=64, help="connections handled at once; more are refused")
     p.add_argument(
+        "--max-text",
+        type=int,
+        default=64 * 1024,
+        metavar="BYTES",
+        help="largest text (UTF-8) accepted beside an image; a frame with more is refused and the sender told why",
+    )
+    p.add_argument(
         "--extra-model",
         action="append",
         default=[],
@@ -105,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         or args.read_timeout <= 0
         or args.frame_timeout <= 0
         or args.max_connections <= 0
+        or args.max_text < 0
     ):
         build_parser().error("limits must be positive")
     if args.out is not None:
@@ -134,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         args.read_timeout,
         frame_timeout=args.frame_timeout,
         max_connections=args.max_connections,
-        v2_limits=v2.Limits(args.max_payload, args.max_latent, args.max_pixels),
+        v2_limits=v2.Limits(args.max_payload, args.max_latent, args.max_pixels, max_text_bytes=args.max_text),
         keyring=keyring,
     )
     codecs = [load_codec(args.codec, args.model, args.device, args.precision)]

@@ -85,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="send the latent only, not the original image (the receiver then shows the reconstruction alone)",
     )
+    text = p.add_mutually_exclusive_group()
+    text.add_argument(
+        "--text",
+        metavar="TEXT",
+        help="v2: a UTF-8 text sent with every image (a caption, a sensor reading as JSON); the receiver saves, "
+        "shows and prints it (its limit: --max-text, 64 KiB by default)",
+    )
+    text.add_argument(
+        "--text-file",
+        metavar="PATH",
+        help="v2: the text from a file; a .jsonl file maps image names to texts, one "
+        '{"image": NAME, "text": TEXT} per line',
+    )
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a connection, a send or an ack")
     p.add_argument("--retries", type=int, default=3, help="v2: reconnect and resend this many times per image")
     p.add_argument(
@@ -110,19 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     check_rate_args(parser, args)
     if args.codec == "learned" and args.protocol == "legacy":
         parser.error("the learned codec travels in v2 frames only (the legacy format carries a VAE latent)")
+    if (args.text is not None or args.text_file) and args.protocol == "legacy":
+        parser.error("legacy frames can't carry a text; use v2")
     if args.key and args.protocol == "legacy":
         parser.error("legacy frames can't be sealed (the format has no room for an authentication tag); use v2")
     setup_logging()
     from latentcomm.secure import load_key
 
     key = load_key(args.key) if args.key else None
+    from latentcomm.sender import text_source
+
+    texts = text_source(args.text, args.text_file)
     from latentcomm.images import load_image
     from latentcomm.sender import expand_images
 
     images = expand_images(args.image or ["temp/apple.jpeg"])
     protocol = args.protocol
     if protocol == "auto":
-        protocol = "v2" if len(images) > 1 or args.codec == "learned" or key else "legacy"
+        protocol = "v2" if len(images) > 1 or args.codec == "learned" or key or texts else "legacy"
     if protocol == "legacy":
         if len(images) > 1:
             parser.error(
@@ -145,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if protocol == "legacy":
         return _send_legacy(codec.engine, args, images[0])
-    return _send_v2(codec, args, images, key)
+    return _send_v2(codec, args, images, key, texts)
 
 
 def _send_legacy(engine, args, image) -> int:
@@ -170,13 +188,13 @@ def _send_legacy(engine, args, image) -> int:
     return 0
 
 
-def _send_v2(codec, args, images, key=None) -> int:
+def _send_v2(codec, args, images, key=None, texts=None) -> int:
     from latentcomm.sender import send_images_v2
     from latentcomm.transport import V2Client
 
     ok = failed = 0
     with V2Client(args.host, args.port, args.timeout, args.retries, args.wait_for_receiver, key=key) as client:
-        for r in send_images_v2(codec, images, client, args.size, not args.no_original):
+        for r in send_images_v2(codec, images, client, args.size, not args.no_original, texts):
             ok += bool(r["acknowledged"])
             failed += not r["acknowledged"]
             if args.json:
