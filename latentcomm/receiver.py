@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import torch
 from PIL import Image
@@ -25,6 +25,9 @@ from latentcomm.errors import ImageError, LatentcommError, RemoteProtocolError
 from latentcomm.images import crop_to, decode_image_bytes, tensor_to_pil, unit_float_to_image
 from latentcomm.protocol import LATENT_CHANNELS, LegacyFrame
 from latentcomm.transport import SHUTDOWN_GRACE_S, FrameServer, ReceivedFrame
+
+if TYPE_CHECKING:
+    from latentcomm.dashboard import DashboardState
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,14 @@ class Receiver:
     (a receiver started with ``--codec learned`` only).
     """
 
-    def __init__(self, codecs: list[ImageCodec], options: ReceiverOptions, stdout: TextIO = sys.stdout) -> None:
+    def __init__(
+        self,
+        codecs: list[ImageCodec],
+        options: ReceiverOptions,
+        stdout: TextIO = sys.stdout,
+        dashboard: DashboardState | None = None,
+    ) -> None:
+        self.dashboard = dashboard
         vae = [c for c in codecs if isinstance(c, VaeCodec)]
         self.default: Engine | None = vae[0].engine if vae else None
         if self.default is not None and self.default.latent_channels != LATENT_CHANNELS:
@@ -142,6 +152,8 @@ class Receiver:
             status = exc.status if isinstance(exc, Rejected) else v2.Status.DECODE_FAILED
             self.summary.rejected += 1
             log.warning("rejected frame from %s: %s", item.peer, exc)
+            if self.dashboard is not None:
+                self.dashboard.on_rejected(item.peer, str(exc))
             if item.reply is not None:
                 item.reply.set_result(v2.Ack(f.seq, status, str(exc)))
             return None
@@ -176,6 +188,8 @@ class Receiver:
                 if item.reply is not None:
                     item.reply.set_result(v2.Ack(f.seq, v2.Status.DECODE_FAILED, reason))
                 self._print_error(item, reason)
+                if self.dashboard is not None:
+                    self.dashboard.on_rejected(item.peer, reason)
                 return None
             report.update(recon_path=str(recon_path), compare_path=str(compare_path))
         if self.viewer is not None:
@@ -189,6 +203,8 @@ class Receiver:
                     fh.write(json.dumps(report) + "\n")
             except OSError as exc:
                 log.error("could not append to %s: %s", self.opts.out_dir / "images.jsonl", exc.strerror or exc)
+        if self.dashboard is not None:  # before the ack: what a sender was told arrived is on the page
+            self.dashboard.on_image(report, recon, original)
         if item.reply is not None:
             item.reply.set_result(v2.Ack(f.seq, v2.Status.OK, ""))
         self._print(report)
@@ -232,6 +248,8 @@ class Receiver:
         SHUTTING_DOWN, and return the summary.
         """
         stop = stop or threading.Event()
+        if self.dashboard is not None:
+            server.on_reject.append(self.dashboard.on_rejected)
         try:
             while not stop.is_set():
                 try:

@@ -158,6 +158,8 @@ class FrameServer:
         keyring: Keyring | None = None,
     ) -> None:
         self.keyring = keyring
+        #: Called (peer, reason) from connection threads for every frame refused here (the dashboard).
+        self.on_reject: list = []
         self.limits = limits or Limits()
         self.v2_limits = v2_limits or v2.Limits(self.limits.max_payload_bytes, self.limits.max_latent_elements)
         self.read_timeout = read_timeout
@@ -229,6 +231,8 @@ class FrameServer:
         with self._lock:
             self.stats.rejected += 1
         log.warning("rejected frame from %s: %s", peer, reason)
+        for callback in self.on_reject:
+            callback(peer, reason)
 
     def _recv(self, conn: socket.socket, started: float | None, between_frames: bool = False) -> bytes | None:
         """One read. TimeoutError after ``read_timeout`` of silence, TransportError for a frame that

@@ -15,6 +15,7 @@ from latentcomm.cli.common import (
     add_model_args,
     add_network_args,
     is_loopback,
+    port_type,
     run,
     setup_logging,
     stop_on_signals,
@@ -85,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest text (UTF-8) accepted beside an image; a frame with more is refused and the sender told why",
     )
     p.add_argument(
+        "--dashboard",
+        metavar="[HOST:]PORT",
+        help="serve a live web dashboard (latest images per sender, figures, bytes per second, rejected frames) on "
+        "this port, 127.0.0.1 unless HOST is given; beyond loopback it needs --dashboard-token",
+    )
+    p.add_argument(
+        "--dashboard-token",
+        metavar="TOKEN",
+        help="require this token on every dashboard request (open http://HOST:PORT/?token=TOKEN)",
+    )
+    p.add_argument(
         "--extra-model",
         action="append",
         default=[],
@@ -126,6 +138,20 @@ def main(argv: list[str] | None = None) -> int:
             raise LatentcommError(f"--out {args.out} is not writable")
     from latentcomm.secure import Keyring, load_key
 
+    dash_host, dash_port = None, None
+    if args.dashboard is not None:
+        dash_host, _, port_text = args.dashboard.rpartition(":")
+        dash_host = dash_host.strip("[]") or "127.0.0.1"
+        try:
+            dash_port = port_type(port_text)
+        except argparse.ArgumentTypeError as exc:
+            build_parser().error(f"--dashboard: {exc}")
+        if not is_loopback(dash_host) and not args.dashboard_token:
+            raise LatentcommError(
+                f"refusing to serve the dashboard on {dash_host} without --dashboard-token: anyone who reaches it "
+                "would see the pictures"
+            )
+
     keyring = Keyring([load_key(k) for k in args.key]) if args.key else None
     if not is_loopback(args.host) and keyring is None:
         if not args.insecure:
@@ -147,7 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     codecs = [load_codec(args.codec, args.model, args.device, args.precision)]
     codecs += [load_codec("vae", m, args.device, args.precision) for m in args.extra_model]
-    receiver = Receiver(codecs, ReceiverOptions(args.out, not args.no_show, args.once, args.json))
+    dashboard = None
+    state = None
+    if dash_port is not None:
+        from latentcomm.dashboard import Dashboard, DashboardState
+
+        state = DashboardState()
+        dashboard = Dashboard(state, dash_host, dash_port, args.dashboard_token)
+        shown = f"[{dashboard.address[0]}]" if ":" in dashboard.address[0] else dashboard.address[0]
+        print(f"Dashboard on http://{shown}:{dashboard.address[1]}/", file=sys.stderr, flush=True)
+    receiver = Receiver(codecs, ReceiverOptions(args.out, not args.no_show, args.once, args.json), dashboard=state)
     server.start()
     host, port = server.address
     models = ", ".join(c.model_id for c in codecs)
@@ -155,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Receiver listening on {host}:{port} (model {models}; {sealing}); Ctrl-C to stop", file=sys.stderr, flush=True
     )
-    summary = receiver.serve(server, stop_on_signals())
+    try:
+        summary = receiver.serve(server, stop_on_signals())
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
     final = {
         "summary": True,
         "images_ok": summary.images_ok,

@@ -1,0 +1,266 @@
+"""The receiver's live dashboard: a Starlette app served by uvicorn on a background thread.
+
+The receiver's main thread reports every decoded image (``on_image``) and every refused frame
+(``on_rejected``) to a ``DashboardState``; the web app reads it. The page (`/`) is one HTML file with
+inline script and no build step: it loads the current state from `/api/state`, then listens to
+`/events` (server-sent events) and redraws the per-sender cards, the bytes-per-second chart and the
+rejected frames as they change, without reloading. Images come from `/image/{sender}/{kind}.png`.
+
+With a token (required beyond loopback), every request, the event stream included, must carry it
+as ``?token=...`` or ``Authorization: Bearer ...``; the page passes on the token it was opened with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import io
+import json
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+PAGE = Path(__file__).with_name("dashboard.html")
+#: Seconds of bytes-per-second history kept for the chart.
+HISTORY_S = 300
+#: Rejected frames kept for the page.
+MAX_REJECTIONS = 50
+#: Window of the per-sender frame rate.
+FPS_WINDOW_S = 10.0
+
+
+@dataclass
+class SenderStats:
+    """What the page shows for one sender (a key id when frames are sealed, else the peer's address)."""
+
+    sender: str
+    frames: int = 0
+    bytes: int = 0  # on the wire (the frame, original included when one came)
+    payload_bytes: int = 0  # the latent alone
+    pixels: int = 0
+    decode_s_total: float = 0.0
+    last: dict = field(default_factory=dict)
+    recon_png: bytes = b""
+    original_png: bytes = b""
+    version: int = 0
+    times: deque = field(default_factory=lambda: deque(maxlen=256))
+    psnr_db: float | None = None
+    ssim: float | None = None
+
+    def as_dict(self, now: float) -> dict:
+        recent = [t for t in self.times if now - t <= FPS_WINDOW_S]
+        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
+        return {
+            "sender": self.sender,
+            "frames": self.frames,
+            "bytes": self.bytes,
+            "bpp": 8 * self.payload_bytes / self.pixels if self.pixels else None,
+            "fps": round(fps, 3),
+            "decode_ms": round(1000 * self.decode_s_total / self.frames, 1) if self.frames else None,
+            "psnr_db": self.psnr_db,
+            "ssim": self.ssim,
+            "has_original": bool(self.original_png),
+            "last": self.last,
+            "version": self.version,
+        }
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class DashboardState:
+    """Thread-safe store of what the dashboard shows, fed by the receiver, read by the web app."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.senders: dict[str, SenderStats] = {}
+        self.rejections: deque = deque(maxlen=MAX_REJECTIONS)
+        self.rejected_total = 0
+        self.per_second: dict[int, int] = {}
+        self.version = 0
+        self.started = time.time()
+        self._changed: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    def _bump(self) -> None:
+        self.version += 1
+        for loop, event in list(self._changed):
+            loop.call_soon_threadsafe(event.set)
+
+    def subscribe(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+        with self._lock:
+            self._changed.append((loop, event))
+
+    def unsubscribe(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+        with self._lock:
+            if (loop, event) in self._changed:
+                self._changed.remove((loop, event))
+
+    def on_image(self, report: dict, recon: Image.Image, original: Image.Image | None) -> None:
+        """One decoded image (the receiver's report dict and the pictures)."""
+        from latentcomm.metrics import psnr, ssim
+
+        sender = report.get("key_id") or str(report.get("peer", "?")).rsplit(":", 1)[0]
+        quality = {}
+        if original is not None and original.size == recon.size:
+            quality = {"psnr_db": round(psnr(original, recon), 2), "ssim": round(ssim(original, recon), 4)}
+        recon_png, original_png = _png(recon), _png(original) if original is not None else b""
+        now = time.time()
+        with self._lock:
+            s = self.senders.setdefault(sender, SenderStats(sender))
+            s.frames += 1
+            s.bytes += int(report.get("frame_bytes", 0))
+            s.payload_bytes += int(report.get("payload_bytes", 0))
+            h, w = report.get("image_size", (recon.height, recon.width))
+            s.pixels += h * w
+            s.decode_s_total += float(report.get("decode_s", 0.0))
+            s.times.append(now)
+            s.recon_png, s.original_png = recon_png, original_png
+            s.psnr_db, s.ssim = quality.get("psnr_db"), quality.get("ssim")
+            s.last = {
+                k: report[k]
+                for k in ("index", "name", "seq", "peer", "codec", "quality", "payload_bytes", "frame_bytes", "text")
+                if k in report
+            } | {"image_size": [h, w], "time": now}
+            s.version += 1
+            sec = int(now)
+            self.per_second[sec] = self.per_second.get(sec, 0) + int(report.get("frame_bytes", 0))
+            for old in [t for t in self.per_second if t < sec - HISTORY_S]:
+                del self.per_second[old]
+            self._bump()
+
+    def on_rejected(self, peer: str, reason: str) -> None:
+        with self._lock:
+            self.rejected_total += 1
+            self.rejections.appendleft({"time": time.time(), "peer": peer, "reason": reason})
+            self._bump()
+
+    def snapshot(self) -> dict:
+        now = time.time()
+        with self._lock:
+            sec = int(now)
+            history = [[t, self.per_second.get(t, 0)] for t in range(sec - 119, sec + 1)]
+            return {
+                "version": self.version,
+                "now": now,
+                "senders": [s.as_dict(now) for s in self.senders.values()],
+                "rejected_total": self.rejected_total,
+                "rejections": list(self.rejections),
+                "bytes_per_second": history,
+            }
+
+    def image(self, sender: str, kind: str) -> bytes | None:
+        with self._lock:
+            s = self.senders.get(sender)
+            if s is None:
+                return None
+            data = s.recon_png if kind == "recon" else s.original_png if kind == "original" else b""
+            return data or None
+
+
+def build_app(state: DashboardState, token: str | None = None):
+    """The Starlette app: page, state, images, live events; every route behind the token if set."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware
+    from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    class TokenCheck(BaseHTTPMiddleware):
+        async def dispatch(self, request, call_next):
+            if token is not None:
+                given = request.query_params.get("token", "")
+                auth = request.headers.get("authorization", "")
+                if auth.lower().startswith("bearer "):
+                    given = auth[7:]
+                if not hmac.compare_digest(given.encode(), token.encode()):
+                    return PlainTextResponse("dashboard token missing or wrong\n", status_code=401)
+            return await call_next(request)
+
+    async def page(request):
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-store"})
+
+    async def api_state(request):
+        return JSONResponse(state.snapshot(), headers={"Cache-Control": "no-store"})
+
+    async def image(request):
+        data = state.image(request.path_params["sender"], request.path_params["kind"])
+        if data is None:
+            return PlainTextResponse("no such image\n", status_code=404)
+        return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    async def events(request):
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+        state.subscribe(loop, changed)
+
+        async def stream():
+            try:
+                last = -1
+                while not await request.is_disconnected():
+                    if state.version != last:
+                        snap = state.snapshot()
+                        last = snap["version"]
+                        yield f"data: {json.dumps(snap, allow_nan=False, default=_finite)}\n\n"
+                    try:
+                        await asyncio.wait_for(changed.wait(), timeout=5.0)
+                    except TimeoutError:
+                        yield ": keep-alive\n\n"  # also notices a closed page within 5 s
+                    changed.clear()
+            finally:
+                state.unsubscribe(loop, changed)
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
+
+    routes = [
+        Route("/", page),
+        Route("/api/state", api_state),
+        Route("/events", events),
+        Route("/image/{sender}/{kind}.png", image),
+    ]
+    return Starlette(routes=routes, middleware=[Middleware(TokenCheck)])
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON serializable: {value!r}")
+
+
+class Dashboard:
+    """The web server on a daemon thread; ``stop()`` ends it."""
+
+    def __init__(self, state: DashboardState, host: str, port: int, token: str | None = None) -> None:
+        import uvicorn
+
+        from latentcomm.errors import TransportError
+
+        self.state = state
+        config = uvicorn.Config(build_app(state, token), host=host, port=port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # the receiver owns SIGINT/SIGTERM
+        self._thread = threading.Thread(target=self.server.run, name="dashboard", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise TransportError(f"dashboard could not listen on {host}:{port} (port in use?)")
+            time.sleep(0.02)
+        sock = self.server.servers[0].sockets[0]
+        self.address = sock.getsockname()[:2]
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=5)

@@ -1,0 +1,161 @@
+"""The receiver's live dashboard, in a real browser: the distribution's headless Chromium, driven by
+selenium through chromedriver, watching real images sent by the real sender arrive without a reload.
+
+Set LATENTCOMM_SCREENSHOT=docs/dashboard.png to keep the run's screenshot (the README shows it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO, run_script
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+needs_browser = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER), reason="headless Chromium not installed (apt install chromium chromium-driver)"
+)
+
+
+def dashboard_url(rx) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for line in rx.stderr.splitlines():
+            if line.startswith("Dashboard on "):
+                return line.split()[-1]
+        time.sleep(0.1)
+    raise AssertionError(rx.stderr)
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,1100",
+    ):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@needs_browser
+def test_images_and_figures_appear_live_in_a_real_browser(tmp_path, start_receiver, browser):
+    from selenium.webdriver.common.by import By
+
+    rx = start_receiver("--codec", "learned", "--no-show", "--json", "--dashboard", "127.0.0.1:0")
+    url = dashboard_url(rx)
+    browser.get(url)
+    wait_for(lambda: browser.find_element(By.ID, "status").text == "live", what="the event stream")
+    assert browser.find_element(By.ID, "empty").is_displayed()
+    browser.execute_script("window.__sameDocument = true;")  # gone if the page reloads
+
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    for i, name in enumerate(("a.png", "b.png")):
+        src = Image.open(REPO / "temp" / "apple.jpeg").convert("RGB").resize((256, 256))
+        src.rotate(90 * i).save(folder / name)
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text(json.dumps({"image": "b.png", "text": '{"temperature_c": 21.5}'}) + "\n")
+    tx = run_script(
+        "sender_sdvae.py", "--codec", "learned", "--port", str(rx.port), "--image", str(folder),
+        "--text-file", str(texts), "--json", timeout=300,
+    )  # fmt: skip
+    assert tx.returncode == 0, tx.stderr
+
+    card = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".sender"), what="a sender card")[0]
+    wait_for(lambda: card.find_element(By.CSS_SELECTOR, ".frames").text == "2", what="2 frames")
+    assert browser.execute_script("return window.__sameDocument === true;")
+    assert not browser.find_element(By.ID, "empty").is_displayed()
+    assert card.get_attribute("data-sender") == "127.0.0.1"
+    assert card.find_element(By.CSS_SELECTOR, ".text").text == '{"temperature_c": 21.5}'
+    assert "b.png" in card.find_element(By.CSS_SELECTOR, "h3").text
+    sent = [json.loads(line) for line in tx.stdout.splitlines() if '"name"' in line]
+    wire = sum(r["frame_bytes"] for r in sent)
+    assert card.find_element(By.CSS_SELECTOR, ".bytes").text == f"{wire:,}"
+    bpp = float(card.find_element(By.CSS_SELECTOR, ".bpp").text)
+    assert bpp == pytest.approx(8 * sum(r["payload_bytes"] for r in sent) / (2 * 256 * 256), abs=1e-3)
+    psnr = float(card.find_element(By.CSS_SELECTOR, ".psnr").text.split()[0])
+    assert 15 < psnr < 60
+    for cls in ("recon", "original"):
+        img = card.find_element(By.CSS_SELECTOR, f"img.{cls}")
+        wait_for(lambda img=img: browser.execute_script("return arguments[0].naturalWidth;", img) == 256,
+                 what=f"the {cls} image")  # fmt: skip
+    history = browser.execute_script("return fetch('/api/state').then(r => r.json()).then(s => s.bytes_per_second);")
+    assert sum(b for _, b in history) == wire
+
+    # A frame the receiver refuses shows up with its reason, still without a reload.
+    with socket.create_connection(("127.0.0.1", rx.port)) as s:
+        s.sendall(b"LCV2\x07" + bytes(7))
+        s.recv(1024)
+    wait_for(lambda: browser.find_element(By.ID, "rejected-total").text == "1", what="the rejection")
+    reason = browser.find_element(By.CSS_SELECTOR, "#rejections li").text
+    assert "unsupported protocol version 7" in reason
+    assert browser.execute_script("return window.__sameDocument === true;")
+    shot = Path(os.environ.get("LATENTCOMM_SCREENSHOT", tmp_path / "dashboard.png"))
+    if not shot.is_absolute():
+        shot = REPO / shot
+    browser.save_screenshot(str(shot))
+    assert Image.open(shot).size[0] > 0
+
+
+def get(url: str, token: str | None = None, header: bool = False) -> int:
+    if token and not header:
+        url += ("&" if "?" in url else "?") + f"token={token}"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token and header else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            if "/events" in url:
+                resp.readline()
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_token_guards_every_route(start_receiver):
+    rx = start_receiver("--codec", "learned", "--no-show", "--dashboard", "127.0.0.1:0", "--dashboard-token", "s3cret")
+    url = dashboard_url(rx)
+    for path in ("", "api/state", "events", "image/x/recon.png"):
+        assert get(url + path) == 401
+        assert get(url + path, "wrong") == 401
+    assert get(url, "s3cret") == 200
+    assert get(url + "api/state", "s3cret", header=True) == 200
+    assert get(url + "events", "s3cret") == 200
+    assert get(url + "image/x/recon.png", "s3cret") == 404
+
+
+def test_a_dashboard_beyond_loopback_needs_a_token():
+    res = run_script("receiver_sdvae.py", "--codec", "learned", "--no-show", "--dashboard", "0.0.0.0:0")
+    assert res.returncode == 1
+    assert "refusing to serve the dashboard on 0.0.0.0 without --dashboard-token" in res.stderr
+    bad = run_script("receiver_sdvae.py", "--codec", "learned", "--no-show", "--dashboard", "localhost:http")
+    assert bad.returncode == 2 and "--dashboard: not a port number" in bad.stderr
