@@ -36,7 +36,7 @@ from latentcomm.codec import (
     v2_quantize,
     v2_raw_size,
 )
-from latentcomm.data import REPO_ROOT
+from latentcomm.data import MODELS_ROOT
 from latentcomm.device import configure_threads, resolve_device
 from latentcomm.errors import LocalProtocolError, ModelLoadError, RemoteProtocolError
 from latentcomm.learned import Y_RANGE, Z_RANGE
@@ -44,7 +44,7 @@ from latentcomm.learned import Y_RANGE, Z_RANGE
 log = logging.getLogger(__name__)
 
 #: The learned codec shipped with the repository.
-LEARNED_MODEL_DIR = REPO_ROOT / "models" / "latentcomm-lic"
+LEARNED_MODEL_DIR = MODELS_ROOT / "latentcomm-lic"
 CODECS = ("vae", "learned")
 
 

@@ -12,6 +12,21 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+
+def models_root() -> Path:
+    """Where the shipped models are: $LATENTCOMM_MODELS, else the checkout's models/, else the copy
+    that `pip install` puts inside the package (latentcomm/models_data)."""
+    env = os.environ.get("LATENTCOMM_MODELS")
+    if env:
+        return Path(env)
+    checkout = REPO_ROOT / "models"
+    if checkout.is_dir():
+        return checkout
+    return Path(__file__).resolve().parent / "models_data"
+
+
+MODELS_ROOT = models_root()
+
 #: ``../shared/data`` beside the checkout; LATENTCOMM_DATA overrides it.
 DATA_ROOT = Path(os.environ.get("LATENTCOMM_DATA", REPO_ROOT.parent / "shared" / "data"))
 PHOTOS_DIR = DATA_ROOT / "photos"

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from latentcomm.data import REPO_ROOT
+from latentcomm.data import MODELS_ROOT
 from latentcomm.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 #: The original scripts' model.
 SD_VAE_ID = "stabilityai/sd-vae-ft-ema"
 #: The project's own trained model, shipped in the repository (works offline).
-EMBEDDED_MODEL_DIR = REPO_ROOT / "models" / "latentcomm-kl-f8"
+EMBEDDED_MODEL_DIR = MODELS_ROOT / "latentcomm-kl-f8"
 #: The value of ``--model`` that means "SD VAE if it can be had, else the embedded model".
 AUTO = "auto"
 #: How long the default-model choice may spend finding out that the Hub is unreachable.

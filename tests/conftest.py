@@ -73,9 +73,9 @@ def run_script(name: str, *args: str, timeout: float = 120, env: dict | None = N
 class ReceiverProcess:
     """receiver_sdvae.py running in the background on a free port, its output collected by threads."""
 
-    def __init__(self, *args: str, env: dict | None = None, cwd: Path = REPO) -> None:
+    def __init__(self, *args: str, env: dict | None = None, cwd: Path = REPO, argv0: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [PYTHON, str(REPO / "receiver_sdvae.py"), "--port", "0", *args],
+            [*(argv0 or [PYTHON, str(REPO / "receiver_sdvae.py")]), "--port", "0", *args],
             cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

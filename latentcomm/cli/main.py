@@ -1,4 +1,8 @@
-"""`python -m latentcomm`: subcommands beside the three scripts (today: keygen)."""
+"""The `latentcomm` command (`pip install .`; also `python -m latentcomm`): every job in one place.
+
+`send`, `receive` and `metrics` are exactly the three top-level scripts (same flags, same output);
+`keygen` writes a key for sealed frames.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,28 @@ import sys
 from latentcomm.cli.common import HelpFormatter, run
 
 DESCRIPTION = """\
-latentcomm tools.
+latentcomm: pictures across thin links.
 
-  keygen PATH   write a new random 256-bit key (file mode 0600) for sealed frames and print its key id;
-                give the same file to sender and receiver with --key PATH (docs/security.md)
+commands:
+  send      encode images and send them to a receiver        (= sender_sdvae.py; see: latentcomm send --help)
+  receive   receive, decode, show and save images            (= receiver_sdvae.py)
+  metrics   measure quality locally, then send the latent    (= sender_sdvae_metrics.py)
+  keygen    write a new key file for sealed frames (--key)
+
+examples:
+  latentcomm receive --codec learned --dashboard 8080
+  latentcomm send --codec learned --image photos/ --target-bytes 4000
+  latentcomm keygen robot7.key
 """
+
+SCRIPTS = {"send": "sender", "receive": "receiver", "metrics": "metrics_sender"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m latentcomm", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog="latentcomm", description=DESCRIPTION, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SCRIPTS:
+        sub.add_parser(name, help=f"see: latentcomm {name} --help", add_help=False)
     kg = sub.add_parser(
         "keygen",
         help="write a new key file for sealed frames",
@@ -33,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SCRIPTS:
+        import importlib
+
+        module = importlib.import_module(f"latentcomm.cli.{SCRIPTS[argv[0]]}")
+        return module.main(argv[1:], prog=f"latentcomm {argv[0]}")
     args = build_parser().parse_args(argv)
     if args.command == "keygen":
         import json

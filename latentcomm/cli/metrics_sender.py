@@ -35,8 +35,8 @@ examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sender_sdvae_metrics.py", description=DESCRIPTION, formatter_class=HelpFormatter)
+def build_parser(prog: str = "sender_sdvae_metrics.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("--image", required=True, help="image file to measure and send")
     add_network_args(p, listening=False)
     add_model_args(p)
@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "sender_sdvae_metrics.py") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.size <= 0 or args.size % 8 or args.size > 4096:
         parser.error(f"--size must be a positive multiple of 8 up to 4096 (the receiver's limit), got {args.size}")

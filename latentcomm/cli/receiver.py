@@ -36,8 +36,8 @@ examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="receiver_sdvae.py", description=DESCRIPTION, formatter_class=HelpFormatter)
+def build_parser(prog: str = "receiver_sdvae.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, formatter_class=HelpFormatter)
     add_network_args(p, listening=True)
     add_model_args(p)
     add_key_args(p, receiver=True)
@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
     setup_logging()
     from latentcomm import protocol_v2 as v2
     from latentcomm.codecs import load_codec
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         or args.max_connections <= 0
         or args.max_text < 0
     ):
-        build_parser().error("limits must be positive")
+        parser.error("limits must be positive")
     if args.out is not None:
         try:
             args.out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             dash_port = port_type(port_text)
         except argparse.ArgumentTypeError as exc:
-            build_parser().error(f"--dashboard: {exc}")
+            parser.error(f"--dashboard: {exc}")
         if not is_loopback(dash_host) and not args.dashboard_token:
             raise LatentcommError(
                 f"refusing to serve the dashboard on {dash_host} without --dashboard-token: anyone who reaches it "

@@ -39,8 +39,8 @@ examples:
 MAX_SIZE = 4096
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sender_sdvae.py", description=DESCRIPTION, formatter_class=HelpFormatter)
+def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument(
         "--image",
         action="append",
@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.size < 0 or args.size % 8:
         parser.error(f"--size must be 0 or a positive multiple of 8, got {args.size}")
