@@ -14,7 +14,7 @@ from PIL import Image
 
 from latentcomm import protocol_v2 as v2
 from latentcomm.codec import DTYPE_FLAGS, FLAG_INT8, encode_latent
-from latentcomm.codecs import ImageCodec, VaeCodec
+from latentcomm.codecs import ImageCodec, LearnedCodec, VaeCodec
 from latentcomm.engine import Engine
 from latentcomm.errors import ImageError
 from latentcomm.images import center_crop_square, encode_png, load_image, pad_to_multiple, pil_to_tensor, resize_square
@@ -60,14 +60,14 @@ class Prepared:
     seconds: float
 
 
-def prepare(path: str | Path, size: int, fit: str = "resize") -> Prepared:
-    """Load an image and shape it for the model.
+def prepare(path: str | Path | Image.Image, size: int, fit: str = "resize") -> Prepared:
+    """Load an image (or take a decoded one, e.g. a video frame) and shape it for the model.
 
     ``size`` > 0: square size x size, by plain resize (the original sender) or centre crop
     (``fit="crop"``, the metrics script). ``size`` 0: native size, padded to a multiple of 8.
     """
     t0 = time.perf_counter()
-    img = load_image(path)
+    img = path if isinstance(path, Image.Image) else load_image(path)
     if size > 0:
         img = resize_square(img, size) if fit == "resize" else center_crop_square(img, size)
     tensor, hw = pad_to_multiple(pil_to_tensor(img))
@@ -310,3 +310,116 @@ def send_images_v2(
             if key in facts:
                 report.extra[key] = facts[key]
         yield report.as_dict()
+
+
+def send_stream(
+    codec: ImageCodec,
+    live,
+    client: V2Client,
+    size: int = 0,
+    bandwidth_bps: float | None = None,
+    include_original: bool = False,
+) -> Iterator[dict]:
+    """Send a live source (``stream.LiveSource``) frame by frame; yield a report per frame sent or
+    dropped for the budget, then a summary with fps and latency percentiles.
+
+    With ``bandwidth_bps`` the learned codec's rate control sizes each frame to what the token
+    bucket holds (frame header included); a frame whose smallest encoding doesn't fit is dropped,
+    the sender waits for the bucket and takes the newest frame. Latency = capture to acknowledgement.
+    """
+    from latentcomm.stream import TokenBucket, percentile
+
+    bucket = TokenBucket(bandwidth_bps) if bandwidth_bps else None
+    latencies: list[float] = []
+    sent = sent_bytes = failed = dropped_rate = 0
+    min_frame = 0  # wire bytes of the smallest frame seen (the wait before the next try)
+    t_first = None
+    seq = 0
+    while True:
+        if bucket is not None and min_frame:
+            bucket.wait_for(min_frame)
+        item = live.latest()
+        if item is None:
+            break
+        f, captured = item
+        seq += 1
+        prepared = prepare(f.image, size)
+        overhead = len(
+            v2.encode_image(
+                v2.ImageFrame(
+                    seq,
+                    codec.model_id,
+                    4,
+                    0,
+                    (1, 1, 1),
+                    prepared.size,
+                    b"",
+                    f.name,
+                    reference_png=encode_png(prepared.image) if include_original else None,
+                )  # fmt: skip
+            )
+        )
+        target = None
+        if bucket is not None:
+            target = max(1, int(bucket.refill()) - overhead)
+        if target is not None and isinstance(codec, LearnedCodec):
+            enc = codec.encode(pil_to_tensor(prepared.image), target_bytes=target)
+        else:
+            enc = codec.encode(pil_to_tensor(prepared.image))
+        frame_bytes_est = overhead + len(enc.payload)
+        if bucket is not None and frame_bytes_est > bucket.refill():
+            dropped_rate += 1
+            min_frame = frame_bytes_est
+            yield {"frame": f.name, "seq": seq, "dropped": "bandwidth", "bytes_needed": frame_bytes_est,
+                   "tokens": int(bucket.tokens)}  # fmt: skip
+            continue
+        ref = encode_png(prepared.image) if include_original else None
+        frame = v2.ImageFrame(
+            seq, codec.model_id, enc.encoding, enc.compression, enc.shape, prepared.size, enc.payload, f.name,
+            enc.params, ref,
+        )  # fmt: skip
+        ack = client.send(frame)
+        now = time.monotonic()
+        if bucket is not None:
+            bucket.spend(client.last_frame_bytes)
+            min_frame = min(min_frame or client.last_frame_bytes, client.last_frame_bytes)
+        t_first = t_first or now
+        latency = now - captured
+        if ack.ok:
+            sent += 1
+            sent_bytes += client.last_frame_bytes
+            latencies.append(latency)
+        else:
+            failed += 1
+        yield {
+            "frame": f.name,
+            "seq": seq,
+            "source_index": f.index,
+            "pts": round(f.pts, 4),
+            "bytes": client.last_frame_bytes,
+            "payload_bytes": len(enc.payload),
+            "bpp": round(8 * len(enc.payload) / (prepared.size[0] * prepared.size[1]), 4),
+            "quality": enc.facts.get("quality"),
+            "acknowledged": ack.ok,
+            "ack_status": ack.status.name,
+            "latency_s": round(latency, 4),
+            "dropped_so_far": live.dropped + dropped_rate,
+            "time": now,
+        }
+    span = (time.monotonic() - live.t0) or 1e-9
+    yield {
+        "summary": True,
+        "frames_from_source": live.produced,
+        "frames_sent": sent,
+        "frames_failed": failed,
+        "frames_dropped": live.dropped + dropped_rate,
+        "dropped_for_bandwidth": dropped_rate,
+        "dropped_stale": live.dropped,
+        "bytes": sent_bytes,
+        "seconds": round(span, 3),
+        "achieved_fps": round(sent / span, 3),
+        "bits_per_second": round(8 * sent_bytes / span, 1),
+        "bandwidth_bps": bandwidth_bps,
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+    }

@@ -48,6 +48,25 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
         help="image file or folder of images to send; repeat for several (default: temp/apple.jpeg). Any format "
         "Pillow reads; grayscale, RGBA and 16-bit images are converted to 8-bit RGB",
     )
+    stream = p.add_argument_group("streams (v2)")
+    src = stream.add_mutually_exclusive_group()
+    src.add_argument("--video", metavar="PATH", help="send a video file's frames as a live stream (PyAV)")
+    src.add_argument(
+        "--camera", type=int, metavar="N", help="send a V4L2 camera's frames (/dev/videoN) as a live stream"
+    )
+    stream.add_argument(
+        "--fps",
+        type=float,
+        metavar="N",
+        help="frames per second taken from the source (default: the video's own rate; required to stream a folder)",
+    )
+    stream.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames from the source")
+    stream.add_argument(
+        "--bandwidth",
+        metavar="RATE",
+        help="fit the stream into RATE bits/s (e.g. 64k, 256k, 1M): each frame gets the best quality the budget "
+        "allows, frames are dropped rather than queued when the link can't keep up (needs --codec learned)",
+    )
     add_network_args(p, listening=False)
     add_model_args(p)
     add_rate_args(p)
@@ -121,6 +140,24 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
     if args.retries < 0 or args.timeout <= 0:
         parser.error("--retries must be >= 0 and --timeout positive")
     check_rate_args(parser, args)
+    streaming = args.video is not None or args.camera is not None or args.fps is not None
+    bandwidth = None
+    if args.bandwidth is not None:
+        from latentcomm.stream import parse_rate
+
+        try:
+            bandwidth = parse_rate(args.bandwidth)
+        except ValueError as exc:
+            parser.error(f"--bandwidth: {exc}")
+        if args.codec != "learned":
+            parser.error("--bandwidth picks each frame's quality with the learned codec: add --codec learned")
+        if args.quality is not None or args.target_bytes is not None:
+            parser.error("--bandwidth sets each frame's size; drop --quality / --target-bytes")
+        streaming = True
+    if (args.fps is not None and args.fps <= 0) or (args.max_frames is not None and args.max_frames <= 0):
+        parser.error("--fps and --max-frames must be positive")
+    if streaming and args.protocol == "legacy":
+        parser.error("streams travel in v2 frames")
     if args.codec == "learned" and args.protocol == "legacy":
         parser.error("the learned codec travels in v2 frames only (the legacy format carries a VAE latent)")
     if (args.text is not None or args.text_file) and args.protocol == "legacy":
@@ -137,6 +174,8 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
     from latentcomm.images import load_image
     from latentcomm.sender import expand_images
 
+    if streaming:
+        return _send_stream(parser, args, key, bandwidth)
     images = expand_images(args.image or ["temp/apple.jpeg"])
     protocol = args.protocol
     if protocol == "auto":
@@ -164,6 +203,58 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
     if protocol == "legacy":
         return _send_legacy(codec.engine, args, images[0])
     return _send_v2(codec, args, images, key, texts)
+
+
+def _send_stream(parser, args, key, bandwidth) -> int:
+    """--video / --camera / a folder with --fps: a live stream, optionally within --bandwidth."""
+    from latentcomm.codecs import load_codec
+    from latentcomm.sender import expand_images, send_stream
+    from latentcomm.stream import LiveSource, camera_frames, image_frames, video_frames
+    from latentcomm.transport import V2Client
+
+    if args.video is not None:
+        frames = video_frames(args.video, args.fps, args.max_frames)
+    elif args.camera is not None:
+        frames = camera_frames(args.camera, args.fps, args.max_frames)
+    else:
+        frames = image_frames(expand_images(args.image or ["temp/apple.jpeg"]), args.fps, args.max_frames)
+    codec = load_codec(
+        args.codec, args.model, args.device, args.precision, dtype=args.dtype, compression=args.compression,
+        quality=args.quality if args.quality is not None else 4.0, target_bytes=args.target_bytes,
+    )  # fmt: skip
+    first = next(frames)  # fail on a bad source before connecting
+    import itertools
+
+    live = LiveSource(itertools.chain([first], frames))
+    failed = 0
+    with V2Client(args.host, args.port, args.timeout, args.retries, args.wait_for_receiver, key=key) as client:
+        for r in send_stream(codec, live, client, args.size, bandwidth, include_original=not args.no_original
+                             and bandwidth is None):  # fmt: skip
+            failed += r.get("acknowledged") is False
+            if args.json:
+                print(json.dumps(r), flush=True)
+            elif r.get("summary"):
+                lat = r["latency_p50_s"], r["latency_p95_s"]
+                print(
+                    f"stream: {r['frames_sent']} of {r['frames_from_source']} frames sent, {r['frames_dropped']} "
+                    f"dropped ({r['dropped_for_bandwidth']} for the bandwidth, {r['dropped_stale']} superseded), "
+                    f"{r['achieved_fps']:.2f} fps, {r['bits_per_second'] / 1000:.1f} kbit/s"
+                    + (f" of {bandwidth / 1000:.0f}" if bandwidth else "")
+                    + (f", latency p50 {lat[0]:.3f} s, p95 {lat[1]:.3f} s" if lat[0] is not None else ""),
+                    flush=True,
+                )
+            elif "dropped" in r:
+                print(f"[{r['seq']}] {r['frame']}: dropped ({r['bytes_needed']:,} bytes needed, "
+                      f"{r['tokens']:,} in the budget)", flush=True)  # fmt: skip
+            else:
+                q = f", quality {r['quality']:g}" if r.get("quality") else ""
+                verdict = "ok" if r["acknowledged"] else f"REFUSED ({r['ack_status']})"
+                print(f"[{r['seq']}] {r['frame']}: {r['bytes']:,} bytes{q}, latency {r['latency_s']:.3f} s, "
+                      f"{r['dropped_so_far']} dropped so far: {verdict}", flush=True)  # fmt: skip
+    if failed:
+        print(f"error: {failed} frame(s) were not acknowledged (see above)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _send_legacy(engine, args, image) -> int:

@@ -1,0 +1,206 @@
+"""Streams: frame-rate sources (video files, cameras, image folders) sent live within a bandwidth.
+
+A stream is live: frame ``i`` exists at ``t0 + pts_i`` (a camera delivers it then; a video file is
+played at its timestamps), and the sender always takes the *newest* frame that exists when it is
+ready for one. Older frames are dropped, never queued, so latency stays bounded when encoding or
+the link is slower than the source.
+
+``--bandwidth`` is a token bucket of the link's rate: tokens (bytes) accrue at rate/8 per second up
+to half a second's worth; a frame may use what the bucket holds (its quality is the best the learned
+codec's rate control fits into that many bytes), and when even the smallest quality doesn't fit, the
+sender waits for tokens and then takes the newest frame, dropping the ones it skipped. Over any
+window the bytes sent stay within the rate plus one bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from latentcomm.errors import ImageError, LatentcommError
+
+log = logging.getLogger(__name__)
+
+#: Bucket depth of --bandwidth, in seconds of the rate: the largest burst above the rate.
+BUCKET_S = 0.5
+
+
+@dataclass
+class SourceFrame:
+    index: int  # position in the source (before any --fps subsampling)
+    pts: float  # seconds from the start of the source
+    image: Image.Image
+    name: str
+
+
+def parse_rate(text: str) -> float:
+    """'64k', '1M', '256000', '1.5m' -> bits per second (k = 1000)."""
+    t = text.strip().lower().removesuffix("bit/s").removesuffix("bps").removesuffix("b")
+    mult = {"k": 1e3, "m": 1e6, "g": 1e9}.get(t[-1:], 1.0)
+    try:
+        value = float(t[:-1] if t[-1:] in "kmg" else t) * mult
+    except ValueError:
+        raise ValueError(f"not a rate: {text!r} (examples: 64k, 256k, 1M)") from None
+    if not value > 0:
+        raise ValueError(f"rate must be positive, got {text!r}")
+    return value
+
+
+def video_frames(path: str | Path, fps: float | None = None, max_frames: int | None = None) -> Iterator[SourceFrame]:
+    """Decoded frames of a video file (PyAV), subsampled to ``fps`` by their timestamps."""
+    import av
+
+    path = Path(path)
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise ImageError(f"cannot open video {path}: {exc}") from None
+    yield from _frames(container, path.stem, fps, max_frames)
+
+
+def camera_frames(index: int, fps: float | None = None, max_frames: int | None = None) -> Iterator[SourceFrame]:
+    """Frames of a V4L2 camera (/dev/videoN) through PyAV."""
+    import av
+
+    dev = f"/dev/video{index}"
+    if not Path(dev).exists():
+        raise ImageError(f"camera {index}: {dev} does not exist (no V4L2 camera with that number)")
+    try:
+        container = av.open(dev, format="v4l2", options={"framerate": str(int(fps))} if fps else {})
+    except (av.error.FFmpegError, OSError) as exc:
+        raise ImageError(f"cannot open camera {dev}: {exc}") from None
+    yield from _frames(container, f"camera{index}", fps, max_frames)
+
+
+def _frames(container, stem: str, fps: float | None, max_frames: int | None) -> Iterator[SourceFrame]:
+    import av
+
+    try:
+        stream = container.streams.video[0]
+    except IndexError:
+        container.close()
+        raise ImageError(f"{stem}: no video stream") from None
+    rate = float(stream.average_rate or stream.guessed_rate or 25)
+    step = 1.0 / fps if fps else 0.0
+    next_t, sent = 0.0, 0
+    try:
+        for i, frame in enumerate(container.decode(stream)):
+            pts = float(frame.time) if frame.time is not None else i / rate
+            if step and pts + 1e-6 < next_t:
+                continue
+            next_t = (next_t if step else pts) + step
+            yield SourceFrame(i, pts, frame.to_image().convert("RGB"), f"{stem}-{i:06d}")
+            sent += 1
+            if max_frames and sent >= max_frames:
+                return
+    except av.error.FFmpegError as exc:
+        raise ImageError(f"{stem}: video decoding failed: {exc}") from None
+    finally:
+        container.close()
+
+
+def image_frames(paths: list[Path], fps: float, max_frames: int | None = None) -> Iterator[SourceFrame]:
+    """A folder of stills as a stream at ``fps``."""
+    from latentcomm.images import load_image
+
+    for i, p in enumerate(paths[:max_frames] if max_frames else paths):
+        yield SourceFrame(i, i / fps, load_image(p), p.name)
+
+
+class LiveSource:
+    """Plays a source in real time on a thread and hands out only the newest frame.
+
+    ``latest()`` blocks until a frame newer than the last one taken exists, returns it with its
+    capture time (monotonic), and counts the frames that were superseded in between as dropped.
+    """
+
+    def __init__(self, frames: Iterator[SourceFrame], realtime: bool = True) -> None:
+        self._frames = frames
+        self._realtime = realtime
+        self._cond = threading.Condition()
+        self._slot: tuple[SourceFrame, float] | None = None
+        self._done = False
+        self._error: BaseException | None = None
+        self.produced = 0
+        self.dropped = 0
+        self.t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="source", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for f in self._frames:
+                if self._realtime:
+                    delay = self.t0 + f.pts - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                with self._cond:
+                    if self._slot is not None:
+                        self.dropped += 1  # superseded before the sender took it
+                    self._slot = (f, time.monotonic())
+                    self.produced += 1
+                    self._cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+            self._error = exc
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def latest(self) -> tuple[SourceFrame, float] | None:
+        """The newest frame not yet taken (None when the source is exhausted)."""
+        with self._cond:
+            while self._slot is None and not self._done:
+                self._cond.wait(0.5)
+            if self._error is not None:
+                raise self._error
+            item, self._slot = self._slot, None
+            return item
+
+    def discard(self) -> None:
+        """Drop whatever frame is waiting (the sender skipped it)."""
+        with self._cond:
+            if self._slot is not None:
+                self._slot = None
+                self.dropped += 1
+
+
+class TokenBucket:
+    """Bytes the link allows now: rate/8 per second, at most ``depth`` seconds' worth."""
+
+    def __init__(self, rate_bps: float, depth_s: float = BUCKET_S) -> None:
+        self.rate = rate_bps / 8
+        self.capacity = self.rate * depth_s
+        self.tokens = self.capacity
+        self._t = time.monotonic()
+
+    def refill(self) -> float:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self._t) * self.rate)
+        self._t = now
+        return self.tokens
+
+    def wait_for(self, nbytes: float) -> None:
+        """Sleep until the bucket holds ``nbytes`` (capped at its capacity)."""
+        need = min(nbytes, self.capacity)
+        while self.refill() < need:
+            time.sleep(min(0.05, (need - self.tokens) / self.rate + 0.001))
+
+    def spend(self, nbytes: int) -> None:
+        self.refill()
+        self.tokens -= nbytes
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+class StreamError(LatentcommError):
+    """A stream can't go on (the receiver is gone and retries are spent)."""

@@ -1,0 +1,81 @@
+"""Streams: a video or camera as a live source, sent within a bandwidth over a link that really is slow."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from latentcomm.stream import parse_rate
+from latentcomm.throttle import Throttle
+from tests.conftest import run_script
+from tests.videos import make_video
+
+
+def stream_reports(stdout: str) -> tuple[list[dict], dict]:
+    rows = [json.loads(line) for line in stdout.splitlines()]
+    return [r for r in rows if not r.get("summary")], next(r for r in rows if r.get("summary"))
+
+
+def test_a_stream_at_64k_fits_the_link_drops_instead_of_queueing(tmp_path, start_receiver):
+    video = make_video(tmp_path / "pan.mp4", frames=130, fps=10)
+    rx = start_receiver("--codec", "learned", "--no-show", "--json")
+    link = Throttle(("127.0.0.1", rx.port), 64_000)
+    tx = run_script(
+        "sender_sdvae.py", "--codec", "learned", "--port", str(link.port), "--video", str(video),
+        "--bandwidth", "64k", "--json", timeout=300,
+    )  # fmt: skip
+    assert tx.returncode == 0, tx.stderr
+    frames, summary = stream_reports(tx.stdout)
+    sent = [f for f in frames if "bytes" in f]
+    assert summary["frames_from_source"] == 130 and summary["frames_sent"] == len(sent) >= 5
+    assert all(f["acknowledged"] for f in sent)
+    # Fits the link: over every 5-second window of the stream, at most 10% above the budget.
+    windows = link.bytes_per_second(5.0)
+    assert windows and max(windows) <= 1.10 * 64_000 / 8, max(windows)
+    assert summary["bits_per_second"] <= 1.10 * 64_000
+    # Dropped, not queued: most frames never went out and latency stayed bounded.
+    assert summary["frames_dropped"] == 130 - len(sent) > 0
+    assert summary["latency_p95_s"] < 4.0
+    assert all(f["bytes"] <= 64_000 / 8 * 0.5 for f in sent)  # one frame never takes more than half a second
+    got = [rx.next_json() for _ in sent]
+    assert [g["name"] for g in got] == [f["frame"] for f in sent]
+    link.close()
+
+
+def test_fps_and_max_frames_pick_from_the_source(tmp_path, start_receiver):
+    video = make_video(tmp_path / "static.mp4", frames=40, fps=10, motion="static")
+    rx = start_receiver("--codec", "learned", "--no-show", "--json")
+    tx = run_script(
+        "sender_sdvae.py", "--codec", "learned", "--port", str(rx.port), "--video", str(video), "--fps", "2",
+        "--max-frames", "4", "--json", "--quality", "2", timeout=300,
+    )  # fmt: skip
+    assert tx.returncode == 0, tx.stderr
+    frames, summary = stream_reports(tx.stdout)
+    assert summary["frames_from_source"] == 4
+    assert all(f["source_index"] % 5 == 0 for f in frames)  # 10 fps taken at 2 fps: every fifth frame
+    assert summary["frames_sent"] + summary["dropped_stale"] == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (["--video", "nope.mp4"], "cannot open video nope.mp4", 1),
+        (["--camera", "7"], "/dev/video7 does not exist", 1),
+        (["--video", "x.mp4", "--bandwidth", "fast"], "--bandwidth: not a rate", 2),
+        (["--video", "x.mp4", "--bandwidth", "64k", "--codec", "vae"], "add --codec learned", 2),
+        (["--video", "x.mp4", "--protocol", "legacy"], "streams travel in v2 frames", 2),
+    ],
+)
+def test_stream_mistakes_are_one_line_errors(args, message, code):
+    full = ["--codec", "learned", *args] if "--codec" not in args else args
+    res = run_script("sender_sdvae.py", "--port", "1", *full)
+    assert res.returncode == code and message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_rates_parse_like_link_speeds():
+    assert parse_rate("64k") == 64_000 and parse_rate("1M") == 1_000_000 and parse_rate("256000") == 256_000
+    assert parse_rate("1.5m") == 1_500_000 and parse_rate("64kbps") == 64_000
+    for bad in ("", "k", "-1k", "0", "fast"):
+        with pytest.raises(ValueError):
+            parse_rate(bad)
