@@ -50,6 +50,35 @@ def add_key_args(p: argparse.ArgumentParser, receiver: bool) -> None:
         )
 
 
+def add_broker_args(p: argparse.ArgumentParser, receiver: bool) -> None:
+    """--broker / --topic (and the receiver's --group / --client-id): frames through MQTT."""
+    g = p.add_argument_group("through an MQTT broker (instead of a TCP connection)")
+    g.add_argument("--broker", metavar="mqtt://HOST:PORT", help="publish/subscribe frames through this MQTT broker")
+    g.add_argument("--topic", default="default", metavar="NAME", help="stream name; senders and receivers must match")
+    if not receiver:
+        g.add_argument(
+            "--ack-timeout",
+            type=float,
+            default=10.0,
+            metavar="S",
+            help="publish a frame again when no receiver acknowledged it within S seconds (a receiver died "
+            "holding it, the broker restarted); --retries times at most",
+        )
+    if receiver:
+        g.add_argument(
+            "--group",
+            default="receivers",
+            help="shared-subscription group: receivers in one group share the frames (more receivers, more "
+            "decode throughput)",
+        )
+        g.add_argument(
+            "--client-id",
+            metavar="ID",
+            help="MQTT client id; give the same one after a restart to take back the frames the broker kept "
+            "for this receiver (default: a new random id)",
+        )
+
+
 def is_loopback(host: str) -> bool:
     """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
     import ipaddress

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from latentcomm.cli.common import (
     HelpFormatter,
+    add_broker_args,
     add_key_args,
     add_model_args,
     add_network_args,
@@ -41,6 +42,7 @@ def build_parser(prog: str = "receiver_sdvae.py") -> argparse.ArgumentParser:
     add_network_args(p, listening=True)
     add_model_args(p)
     add_key_args(p, receiver=True)
+    add_broker_args(p, receiver=True)
     p.add_argument(
         "--out",
         type=Path,
@@ -154,7 +156,9 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
             )
 
     keyring = Keyring([load_key(k) for k in args.key]) if args.key else None
-    if not is_loopback(args.host) and keyring is None:
+    if args.broker and keyring is not None:
+        parser.error("--key with --broker: sealing is per TCP connection today (see docs/security.md); not both")
+    if not args.broker and not is_loopback(args.host) and keyring is None:
         if not args.insecure:
             raise LatentcommError(
                 f"refusing to listen on {args.host} without --key: anyone who reaches the port could read and send "
@@ -162,16 +166,22 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
             )
         log.warning("--insecure: listening on %s with frames in clear and unauthenticated", args.host)
     # Bind first: a port conflict should fail in a second, not after loading the model.
-    server = FrameServer(
-        args.host,
-        args.port,
-        Limits(args.max_payload, args.max_latent),
-        args.read_timeout,
-        frame_timeout=args.frame_timeout,
-        max_connections=args.max_connections,
-        v2_limits=v2.Limits(args.max_payload, args.max_latent, args.max_pixels, max_text_bytes=args.max_text),
-        keyring=keyring,
-    )
+    v2_limits = v2.Limits(args.max_payload, args.max_latent, args.max_pixels, max_text_bytes=args.max_text)
+    if args.broker:
+        from latentcomm.mqtt import MqttServer
+
+        server = MqttServer(args.broker, args.topic, args.group, args.client_id, v2_limits)
+    else:
+        server = FrameServer(
+            args.host,
+            args.port,
+            Limits(args.max_payload, args.max_latent),
+            args.read_timeout,
+            frame_timeout=args.frame_timeout,
+            max_connections=args.max_connections,
+            v2_limits=v2_limits,
+            keyring=keyring,
+        )
     codecs = [load_codec(args.codec, args.model, args.device, args.precision)]
     codecs += [load_codec("vae", m, args.device, args.precision) for m in args.extra_model]
     dashboard = None
@@ -196,6 +206,8 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
     finally:
         if dashboard is not None:
             dashboard.stop()
+        if args.broker:
+            server.close()
     final = {
         "summary": True,
         "images_ok": summary.images_ok,

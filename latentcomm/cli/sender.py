@@ -8,6 +8,7 @@ import sys
 
 from latentcomm.cli.common import (
     HelpFormatter,
+    add_broker_args,
     add_key_args,
     add_model_args,
     add_network_args,
@@ -71,6 +72,7 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
     add_model_args(p)
     add_rate_args(p)
     add_key_args(p, receiver=False)
+    add_broker_args(p, receiver=False)
     p.add_argument(
         "--size",
         type=int,
@@ -158,6 +160,10 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
         parser.error("--fps and --max-frames must be positive")
     if streaming and args.protocol == "legacy":
         parser.error("streams travel in v2 frames")
+    if args.broker and args.protocol == "legacy":
+        parser.error("a broker carries v2 frames only")
+    if args.broker and args.key:
+        parser.error("--key with --broker: sealing is per TCP connection today (see docs/security.md); not both")
     if args.codec == "learned" and args.protocol == "legacy":
         parser.error("the learned codec travels in v2 frames only (the legacy format carries a VAE latent)")
     if (args.text is not None or args.text_file) and args.protocol == "legacy":
@@ -179,7 +185,7 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
     images = expand_images(args.image or ["temp/apple.jpeg"])
     protocol = args.protocol
     if protocol == "auto":
-        protocol = "v2" if len(images) > 1 or args.codec == "learned" or key or texts else "legacy"
+        protocol = "v2" if len(images) > 1 or args.codec == "learned" or key or texts or args.broker else "legacy"
     if protocol == "legacy":
         if len(images) > 1:
             parser.error(
@@ -205,12 +211,24 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
     return _send_v2(codec, args, images, key, texts)
 
 
+def _client(args, key):
+    """The transport: a TCP connection to the receiver, or the MQTT broker."""
+    if args.broker:
+        from latentcomm.mqtt import MqttSender
+
+        return MqttSender(
+            args.broker, args.topic, args.timeout, args.retries, args.wait_for_receiver, ack_timeout=args.ack_timeout
+        )
+    from latentcomm.transport import V2Client
+
+    return V2Client(args.host, args.port, args.timeout, args.retries, args.wait_for_receiver, key=key)
+
+
 def _send_stream(parser, args, key, bandwidth) -> int:
     """--video / --camera / a folder with --fps: a live stream, optionally within --bandwidth."""
     from latentcomm.codecs import load_codec
     from latentcomm.sender import expand_images, send_stream
     from latentcomm.stream import LiveSource, camera_frames, image_frames, video_frames
-    from latentcomm.transport import V2Client
 
     if args.video is not None:
         frames = video_frames(args.video, args.fps, args.max_frames)
@@ -227,7 +245,7 @@ def _send_stream(parser, args, key, bandwidth) -> int:
 
     live = LiveSource(itertools.chain([first], frames))
     failed = 0
-    with V2Client(args.host, args.port, args.timeout, args.retries, args.wait_for_receiver, key=key) as client:
+    with _client(args, key) as client:
         for r in send_stream(codec, live, client, args.size, bandwidth, include_original=not args.no_original
                              and bandwidth is None):  # fmt: skip
             failed += r.get("acknowledged") is False
@@ -281,10 +299,9 @@ def _send_legacy(engine, args, image) -> int:
 
 def _send_v2(codec, args, images, key=None, texts=None) -> int:
     from latentcomm.sender import send_images_v2
-    from latentcomm.transport import V2Client
 
     ok = failed = 0
-    with V2Client(args.host, args.port, args.timeout, args.retries, args.wait_for_receiver, key=key) as client:
+    with _client(args, key) as client:
         for r in send_images_v2(codec, images, client, args.size, not args.no_original, texts):
             ok += bool(r["acknowledged"])
             failed += not r["acknowledged"]

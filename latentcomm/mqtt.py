@@ -1,0 +1,299 @@
+"""Frames through an MQTT broker (paho-mqtt >= 2, e.g. Mosquitto): senders publish, receivers share.
+
+The bytes are the same v2 frames as over TCP (sans-I/O, ``protocol_v2``); only the carrier changes:
+
+    latentcomm/<topic>/frames/<sender id>   IMAGE frames, QoS 1, one v2 message per MQTT message
+    latentcomm/<topic>/acks/<sender id>     the receivers' ACK messages for that sender, QoS 1
+
+Receivers subscribe through a shared subscription (``$share/<group>/latentcomm/<topic>/frames/+``),
+so the broker hands each frame to one receiver of the group and adding a receiver adds decode
+throughput. Delivery is at least once, end to end:
+
+- every client keeps a persistent session (clean_session false), so a client that drops and comes
+  back with the same client id gets what was queued for it;
+- a receiver acknowledges an MQTT message to the broker only after the frame was decoded (manual
+  acks), so a receiver killed mid-frame leaves it with the broker;
+- a sender waits for the receivers' ACK per frame and publishes it again when none comes in
+  ``ack_timeout`` (a receiver died holding it, the broker restarted): another receiver of the group
+  takes it, and the sender knows per image what was decoded;
+- receivers drop duplicates by (sender id, seq), answering them OK again without decoding twice.
+
+Which receiver decodes which frame is the broker's choice, so two receivers can each decode one
+copy of a frame the sender published twice; the receivers' reports, merged by (sender, seq), count
+every frame once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import Future
+from urllib.parse import urlparse
+
+from latentcomm import protocol_v2 as v2
+from latentcomm.errors import LatentcommError, ProtocolError, TransportError
+from latentcomm.transport import ReceivedFrame, ServerStats
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP = "receivers"
+DEDUP_WINDOW = 100_000
+
+
+def parse_broker(url: str) -> tuple[str, int]:
+    """mqtt://HOST[:PORT] -> (host, port); 1883 by default."""
+    u = urlparse(url)
+    if u.scheme != "mqtt" or not u.hostname:
+        raise LatentcommError(f"--broker must look like mqtt://HOST:PORT, got {url!r}")
+    try:
+        return u.hostname, u.port or 1883
+    except ValueError:
+        raise LatentcommError(f"--broker {url!r}: bad port") from None
+
+
+def check_topic(topic: str) -> str:
+    if not topic or any(c in topic for c in "#+$\0") or topic.startswith("/") or topic.endswith("/"):
+        raise LatentcommError(f"--topic {topic!r}: use letters, digits, '-', '_' and inner '/' only")
+    return topic
+
+
+def _client(client_id: str, manual_ack: bool = False):
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=False,
+        protocol=mqtt.MQTTv311,
+        manual_ack=manual_ack,
+    )
+    c.reconnect_delay_set(0.2, 2.0)
+    c.max_inflight_messages_set(20)
+    c.max_queued_messages_set(0)
+    return c
+
+
+def _connect(client, host: str, port: int, wait_for: float) -> None:
+    deadline = time.monotonic() + wait_for
+    while True:
+        try:
+            client.connect(host, port, keepalive=10)
+            return
+        except OSError as exc:
+            if time.monotonic() < deadline:
+                time.sleep(0.25)
+                continue
+            raise TransportError(f"cannot reach the MQTT broker at {host}:{port}: {exc.strerror or exc}") from None
+
+
+class MqttSender:
+    """Publishes v2 frames and waits for each frame's ACK; the V2Client interface over a broker."""
+
+    def __init__(
+        self,
+        broker: str,
+        topic: str,
+        timeout: float = 30.0,
+        retries: int = 3,
+        wait_for: float = 0.0,
+        ack_timeout: float = 10.0,
+        sender_id: str | None = None,
+    ) -> None:
+        self.host, self.port = parse_broker(broker)
+        self.topic = check_topic(topic)
+        self.sender_id = sender_id or uuid.uuid4().hex[:16]
+        self.frames_topic = f"latentcomm/{topic}/frames/{self.sender_id}"
+        self.acks_topic = f"latentcomm/{topic}/acks/{self.sender_id}"
+        self.timeout = timeout
+        self.retries = retries
+        self.ack_timeout = ack_timeout
+        self.reconnects = 0
+        self.last_frame_bytes = 0
+        self._acks: queue.Queue[v2.Ack] = queue.Queue()
+        self._connected = threading.Event()
+        self._closing = False
+        self.client = _client(f"latentcomm-send-{self.sender_id}")
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        _connect(self.client, self.host, self.port, wait_for)
+        self.client.loop_start()
+        if not self._connected.wait(timeout):
+            self.close()
+            raise TransportError(f"the MQTT broker at {self.host}:{self.port} did not accept the connection")
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("broker refused the connection: %s", reason_code)
+            return
+        client.subscribe(self.acks_topic, qos=1)
+        if self._connected.is_set() or flags.session_present:
+            self.reconnects += 1
+        self._connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not self._closing:
+            log.info("disconnected from the broker (%s); reconnecting", reason_code)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        conn = v2.Connection(v2.Role.SENDER)
+        try:
+            conn.receive_data(msg.payload)
+            event = conn.next_event()
+        except ProtocolError as exc:
+            log.warning("unreadable acknowledgement on %s: %s", msg.topic, exc)
+            return
+        if isinstance(event, v2.Ack):
+            self._acks.put(event)
+
+    def __enter__(self) -> MqttSender:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closing = True
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def send(self, frame: v2.ImageFrame) -> v2.Ack:
+        """Publish one frame and return the receivers' ACK for it, publishing again on silence."""
+        data = v2.encode_image(frame)
+        self.last_frame_bytes = len(data)
+        deadline = time.monotonic() + self.timeout + self.retries * self.ack_timeout
+        for attempt in range(self.retries + 1):
+            self.client.publish(self.frames_topic, data, qos=1)
+            wait_until = min(deadline, time.monotonic() + self.ack_timeout)
+            while (left := wait_until - time.monotonic()) > 0:
+                try:
+                    ack = self._acks.get(timeout=left)
+                except queue.Empty:
+                    break
+                if ack.seq == frame.seq:
+                    return ack
+            if attempt < self.retries:
+                log.info("no acknowledgement for frame %d in %.0f s; publishing it again", frame.seq, self.ack_timeout)
+        raise TransportError(
+            f"no acknowledgement for frame {frame.seq} through the broker {self.host}:{self.port} after "
+            f"{self.retries + 1} publications"
+        )
+
+
+class MqttServer:
+    """A receiver's side of the broker, with FrameServer's interface (``frames``, ``stats``,
+    ``stop_accepting``, ``on_reject``), so ``Receiver.serve`` runs unchanged."""
+
+    def __init__(
+        self,
+        broker: str,
+        topic: str,
+        group: str = DEFAULT_GROUP,
+        client_id: str | None = None,
+        v2_limits: v2.Limits | None = None,
+        queue_size: int = 64,
+        wait_for: float = 10.0,
+    ) -> None:
+        self.host, self.port = parse_broker(broker)
+        self.topic = check_topic(topic)
+        if not group or any(c in group for c in "/#+"):
+            raise LatentcommError(f"--group {group!r}: no '/', '#' or '+'")
+        self.subscription = f"$share/{group}/latentcomm/{topic}/frames/+"
+        self.limits = v2_limits or v2.Limits()
+        self.frames: queue.Queue[ReceivedFrame] = queue.Queue(maxsize=queue_size)
+        self.stats = ServerStats()
+        self.on_reject: list = []
+        self.active_connections = 0
+        self.address = (f"mqtt://{self.host}", self.port)
+        self.client_id = client_id or f"latentcomm-recv-{uuid.uuid4().hex[:12]}"
+        self._done: OrderedDict[tuple[str, int], v2.Ack] = OrderedDict()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.client = _client(self.client_id, manual_ack=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self._connected = threading.Event()
+        _connect(self.client, self.host, self.port, wait_for)
+
+    def start(self) -> MqttServer:
+        self.client.loop_start()
+        if not self._connected.wait(30):
+            raise TransportError(f"the MQTT broker at {self.host}:{self.port} did not accept the connection")
+        return self
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("broker refused the connection: %s", reason_code)
+            return
+        client.subscribe(self.subscription, qos=1)
+        log.info("subscribed to %s as %s", self.subscription, self.client_id)
+        self._connected.set()
+
+    def _reject(self, peer: str, reason: str) -> None:
+        with self._lock:
+            self.stats.rejected += 1
+        log.warning("rejected frame from %s: %s", peer, reason)
+        for callback in self.on_reject:
+            callback(peer, reason)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        sender = msg.topic.rsplit("/", 1)[-1]
+        peer = f"mqtt:{sender}"
+        with self._lock:
+            self.stats.bytes_received += len(msg.payload)
+        conn = v2.Connection(v2.Role.RECEIVER, self.limits)
+        try:
+            conn.receive_data(msg.payload)
+            conn.receive_eof()
+            frame = conn.next_event()
+            if not isinstance(frame, v2.ImageFrame) or conn.next_event() is not v2.CLOSED:
+                raise ProtocolError("an MQTT message must hold exactly one v2 IMAGE")
+        except v2.FrameRejected as exc:
+            self._reject(peer, f"seq {exc.seq}: {exc}")
+            self._answer(sender, v2.Ack(exc.seq, exc.status, str(exc)), msg)
+            return
+        except ProtocolError as exc:
+            self._reject(peer, str(exc))
+            client.ack(msg.mid, msg.qos)
+            return
+        key = (sender, frame.seq)
+        with self._lock:
+            done = self._done.get(key)
+        if done is not None:  # a copy the sender published again: answer, don't decode twice
+            log.info("duplicate of %s seq %d: answered again, not decoded", peer, frame.seq)
+            self._answer(sender, done, msg)
+            return
+        reply: Future = Future()
+        reply.add_done_callback(lambda f: self._finished(sender, frame.seq, f.result(), msg))
+        try:
+            self.frames.put_nowait(ReceivedFrame(frame, peer, len(msg.payload), 0.0, reply))
+            with self._lock:
+                self.stats.frames += 1
+        except queue.Full:  # never PUBACKed: the broker keeps it, the sender's timeout sends it again
+            log.warning("decode queue full: frame %s seq %d left with the broker", peer, frame.seq)
+
+    def _finished(self, sender: str, seq: int, ack: v2.Ack, msg) -> None:
+        if ack.status != v2.Status.SHUTTING_DOWN:
+            with self._lock:
+                self._done[(sender, seq)] = ack
+                while len(self._done) > DEDUP_WINDOW:
+                    self._done.popitem(last=False)
+            self._answer(sender, ack, msg)
+        # SHUTTING_DOWN: no PUBACK, so the broker keeps the frame for this session or the sender resends.
+
+    def _answer(self, sender: str, ack: v2.Ack, msg) -> None:
+        topic = msg.topic.replace("/frames/", "/acks/", 1)
+        self.client.publish(topic, v2.encode_ack(ack), qos=1)
+        self.client.ack(msg.mid, msg.qos)
+
+    def stop_accepting(self) -> None:
+        self._stopping.set()
+        self.client.unsubscribe(self.subscription)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

@@ -1,0 +1,155 @@
+"""Frames through a real Mosquitto broker: senders publish, a group of receivers shares the work.
+
+Every test starts its own broker on a free loopback port (persistence on, as a deployment would
+run it) and real sender and receiver processes. Nothing the senders were told arrived may be
+missing from the receivers' reports, whatever happens to a receiver or to the broker.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import PYTHON, REPO, script_env
+
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt install mosquitto)")
+
+
+class Broker:
+    def __init__(self, folder: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.conf = folder / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {folder}/\nautosave_interval 1\n"
+        )
+        self.url = f"mqtt://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("mosquitto did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path)
+    yield b
+    if b.proc.poll() is None:
+        b.stop()
+
+
+def frames_folder(folder: Path, n: int, shade: int, size: int = 64) -> Path:
+    """n small pictures named after their sender (s<shade>_NN.png), so reports can be matched."""
+    folder.mkdir()
+    for i in range(n):
+        color = ((shade * 50 + i * 9) % 256, 120, (i * 13) % 256)
+        Image.new("RGB", (size, size), color).save(folder / f"s{shade}_{i:02d}.png")
+    return folder
+
+
+def start_sender(broker: Broker, folder: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [PYTHON, str(REPO / "sender_sdvae.py"), "--codec", "learned", "--broker", broker.url, "--topic", "cams",
+         "--image", str(folder), "--size", "0", "--json", "--ack-timeout", "3", "--retries", "20", *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env(),
+    )  # fmt: skip
+
+
+def receiver_args(broker: Broker, client_id: str) -> list[str]:
+    return ["--codec", "learned", "--no-show", "--json", "--broker", broker.url, "--topic", "cams",
+            "--group", "decoders", "--client-id", client_id]  # fmt: skip
+
+
+def decoded(rx) -> list[tuple[str, int, str]]:
+    """(sender id, seq, image name) of every image a receiver printed, once it has stopped."""
+    out = []
+    while not rx.stdout_lines.empty():
+        r = json.loads(rx.stdout_lines.get())
+        if "seq" in r and "error" not in r:
+            out.append((r["peer"], r["seq"], r["name"]))
+    return out
+
+
+def finish(senders: list[subprocess.Popen]) -> list[list[dict]]:
+    results = []
+    for p in senders:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        results.append([json.loads(line) for line in out.splitlines() if '"summary"' not in line])
+    return results
+
+
+def wait_decoded(rx, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while rx.stdout_lines.qsize() < n:
+        assert time.monotonic() < deadline, rx.stderr
+        time.sleep(0.1)
+
+
+def test_four_senders_two_receivers_every_frame_once(broker, tmp_path, start_receiver):
+    rxs = [start_receiver(*receiver_args(broker, f"rx{i}")) for i in range(2)]
+    senders = [start_sender(broker, frames_folder(tmp_path / f"s{k}", 20, k)) for k in range(4)]
+    results = finish(senders)
+    assert all(len(r) == 20 and all(x["acknowledged"] for x in r) for r in results)
+    time.sleep(0.5)
+    for rx in rxs:
+        rx.stop()
+    per_rx = [decoded(rx) for rx in rxs]
+    merged = {key for keys in per_rx for key in keys}
+    assert len(merged) == 80 and {seq for _, seq, _ in merged} == set(range(1, 21))
+    assert len({peer for peer, _, _ in merged}) == 4
+    assert {name for _, _, name in merged} == {f"s{k}_{i:02d}.png" for k in range(4) for i in range(20)}
+    assert all(len(keys) > 0 for keys in per_rx), "the group shares the work"
+    assert sum(len(keys) for keys in per_rx) == 80  # nothing decoded twice when nothing went wrong
+
+
+def test_a_receiver_killed_mid_stream_loses_nothing(broker, tmp_path, start_receiver):
+    rxs = [start_receiver(*receiver_args(broker, f"rx{i}")) for i in range(2)]
+    senders = [start_sender(broker, frames_folder(tmp_path / f"s{k}", 20, k, size=256)) for k in range(2)]
+    wait_decoded(rxs[0], 3)
+    rxs[0].proc.send_signal(signal.SIGKILL)
+    rxs[0].proc.wait()
+    results = finish(senders)
+    assert all(len(r) == 20 and all(x["acknowledged"] for x in r) for r in results)
+    rxs[1].stop()
+    names = {name for _, _, name in decoded(rxs[0]) + decoded(rxs[1])}
+    assert names == {f"s{k}_{i:02d}.png" for k in range(2) for i in range(20)}
+
+
+def test_a_broker_restart_mid_stream_loses_nothing(broker, tmp_path, start_receiver):
+    rx = start_receiver(*receiver_args(broker, "rx0"))
+    senders = [start_sender(broker, frames_folder(tmp_path / f"s{k}", 20, k, size=256)) for k in range(2)]
+    wait_decoded(rx, 4)
+    broker.stop()
+    time.sleep(1.0)
+    broker.start()
+    results = finish(senders)
+    assert all(len(r) == 20 and all(x["acknowledged"] for x in r) for r in results)
+    rx.stop()
+    names = {name for _, _, name in decoded(rx)}
+    assert names == {f"s{k}_{i:02d}.png" for k in range(2) for i in range(20)}
