@@ -14,7 +14,7 @@ from PIL import Image
 
 from latentcomm import protocol_v2 as v2
 from latentcomm.codec import DTYPE_FLAGS, FLAG_INT8, encode_latent
-from latentcomm.codecs import ImageCodec, LearnedCodec, VaeCodec
+from latentcomm.codecs import SCENE_CHANGE, ImageCodec, LearnedCodec, VaeCodec
 from latentcomm.engine import Engine
 from latentcomm.errors import ImageError
 from latentcomm.images import center_crop_square, encode_png, load_image, pad_to_multiple, pil_to_tensor, resize_square
@@ -319,6 +319,7 @@ def send_stream(
     size: int = 0,
     bandwidth_bps: float | None = None,
     include_original: bool = False,
+    key_interval: int = 30,
 ) -> Iterator[dict]:
     """Send a live source (``stream.LiveSource``) frame by frame; yield a report per frame sent or
     dropped for the budget, then a summary with fps and latency percentiles.
@@ -326,6 +327,12 @@ def send_stream(
     With ``bandwidth_bps`` the learned codec's rate control sizes each frame to what the token
     bucket holds (frame header included); a frame whose smallest encoding doesn't fit is dropped,
     the sender waits for the bucket and takes the newest frame. Latency = capture to acknowledgement.
+
+    Temporal redundancy (learned codec): between key frames, every ``key_interval`` frames, each
+    frame is an inter frame that codes only the blocks that changed since the last *acknowledged*
+    frame and copies the rest. A refused or lost frame makes the next one a key frame, so a loss
+    never spoils more than the frames up to the next key frame; so does a scene change (most blocks
+    changed). ``key_interval`` 1 sends key frames only.
     """
     from latentcomm.stream import TokenBucket, percentile
 
@@ -335,6 +342,9 @@ def send_stream(
     min_frame = 0  # wire bytes of the smallest frame seen (the wait before the next try)
     t_first = None
     seq = 0
+    reference = None
+    since_key = 0
+    learned = isinstance(codec, LearnedCodec)
     while True:
         if bucket is not None and min_frame:
             bucket.wait_for(min_frame)
@@ -362,10 +372,14 @@ def send_stream(
         target = None
         if bucket is not None:
             target = max(1, int(bucket.refill()) - overhead)
-        if target is not None and isinstance(codec, LearnedCodec):
-            enc = codec.encode(pil_to_tensor(prepared.image), target_bytes=target)
+        x = pil_to_tensor(prepared.image)
+        if learned:
+            ref = reference if since_key + 1 < key_interval else None
+            enc = codec.encode(x, target_bytes=target, reference=ref)
+            if ref is not None and enc.facts.get("coded_blocks", 0) > SCENE_CHANGE:
+                enc = codec.encode(x, target_bytes=target)  # a scene change: start over with a key frame
         else:
-            enc = codec.encode(pil_to_tensor(prepared.image))
+            enc = codec.encode(x)
         frame_bytes_est = overhead + len(enc.payload)
         if bucket is not None and frame_bytes_est > bucket.refill():
             dropped_rate += 1
@@ -380,6 +394,10 @@ def send_stream(
         )  # fmt: skip
         ack = client.send(frame)
         now = time.monotonic()
+        if learned:
+            is_key = enc.facts.get("frame_type") == "key"
+            reference = enc.facts["reference"] if ack.ok else None  # refused: the next frame is a key frame
+            since_key = 0 if is_key else since_key + 1
         if bucket is not None:
             bucket.spend(client.last_frame_bytes)
             min_frame = min(min_frame or client.last_frame_bytes, client.last_frame_bytes)
@@ -400,6 +418,8 @@ def send_stream(
             "payload_bytes": len(enc.payload),
             "bpp": round(8 * len(enc.payload) / (prepared.size[0] * prepared.size[1]), 4),
             "quality": enc.facts.get("quality"),
+            "frame_type": enc.facts.get("frame_type", "key"),
+            "coded_blocks": enc.facts.get("coded_blocks"),
             "acknowledged": ack.ok,
             "ack_status": ack.status.name,
             "latency_s": round(latency, 4),

@@ -79,3 +79,53 @@ def test_rates_parse_like_link_speeds():
     for bad in ("", "k", "-1k", "0", "fast"):
         with pytest.raises(ValueError):
             parse_rate(bad)
+
+
+def test_a_static_camera_costs_far_less_than_a_panning_one(tmp_path, start_receiver):
+    """Inter frames code only the blocks that changed; the receiver's pictures equal a local decode."""
+    out = tmp_path / "out"
+    rx = start_receiver("--codec", "learned", "--no-show", "--json", "--out", str(out))
+    cost = {}
+    for motion in ("static", "pan"):
+        video = make_video(tmp_path / f"{motion}.mp4", frames=12, fps=2, motion=motion)
+        tx = run_script(
+            "sender_sdvae.py", "--codec", "learned", "--port", str(rx.port), "--video", str(video), "--quality", "3",
+            "--key-interval", "6", "--json", "--no-original", timeout=300,
+        )  # fmt: skip
+        assert tx.returncode == 0, tx.stderr
+        frames, summary = stream_reports(tx.stdout)
+        sent = [f for f in frames if "bytes" in f]
+        assert all(f["acknowledged"] for f in sent) and summary["frames_sent"] == len(sent)
+        types = [f["frame_type"] for f in sent]
+        assert types[0] == "key" and "inter" in types
+        assert all(types[i] == "key" for i in range(len(types)) if sent[i]["seq"] == 1)
+        got = [rx.next_json() for _ in sent]
+        assert [g["frame_type"] for g in got] == types
+        cost[motion] = {
+            "key": sum(f["payload_bytes"] for f in sent if f["frame_type"] == "key") / types.count("key"),
+            "inter": sum(f["payload_bytes"] for f in sent if f["frame_type"] == "inter") / types.count("inter"),
+        }
+    assert cost["static"]["inter"] < 0.5 * cost["static"]["key"]
+    assert cost["static"]["inter"] < 0.6 * cost["pan"]["inter"]
+
+
+def test_an_inter_frame_without_its_reference_is_refused_not_misdecoded(tmp_path):
+    """A receiver that missed the reference says so (the sender then sends a key frame)."""
+    from latentcomm.codecs import LEARNED_MODEL_DIR, LearnedCodec
+    from latentcomm.errors import RemoteProtocolError
+    from latentcomm.images import pil_to_tensor
+    from latentcomm.stream import video_frames
+
+    video = make_video(tmp_path / "static.mp4", frames=3, fps=2, motion="static")
+    frames = [pil_to_tensor(f.image) for f in video_frames(video)]
+    tx, rx, other = (LearnedCodec(LEARNED_MODEL_DIR, "cpu", "fp32") for _ in range(3))
+    key = tx.encode(frames[0], quality=3)
+    inter = tx.encode(frames[1], quality=3, reference=key.facts["reference"])
+    assert inter.facts["frame_type"] == "inter"
+    rx.decode(key.encoding, 0, key.shape, key.payload, (), (256, 256))
+    a = rx.decode(inter.encoding, 0, inter.shape, inter.payload, (), (256, 256))
+    with pytest.raises(RemoteProtocolError, match="does not hold"):
+        other.decode(inter.encoding, 0, inter.shape, inter.payload, (), (256, 256))
+    other.decode(key.encoding, 0, key.shape, key.payload, (), (256, 256))
+    b = other.decode(inter.encoding, 0, inter.shape, inter.payload, (), (256, 256))
+    assert (a == b).all()

@@ -63,6 +63,13 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
     )
     stream.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames from the source")
     stream.add_argument(
+        "--key-interval",
+        type=int,
+        metavar="N",
+        help="learned codec: a key frame every N frames, inter frames (only the changed blocks) between them; "
+        "1 = key frames only (default: 30; 1 with --broker, whose receivers don't share references)",
+    )
+    stream.add_argument(
         "--bandwidth",
         metavar="RATE",
         help="fit the stream into RATE bits/s (e.g. 64k, 256k, 1M): each frame gets the best quality the budget "
@@ -158,6 +165,8 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
         streaming = True
     if (args.fps is not None and args.fps <= 0) or (args.max_frames is not None and args.max_frames <= 0):
         parser.error("--fps and --max-frames must be positive")
+    if args.key_interval is not None and args.key_interval <= 0:
+        parser.error("--key-interval must be positive")
     if streaming and args.protocol == "legacy":
         parser.error("streams travel in v2 frames")
     if args.broker and args.protocol == "legacy":
@@ -246,8 +255,9 @@ def _send_stream(parser, args, key, bandwidth) -> int:
     live = LiveSource(itertools.chain([first], frames))
     failed = 0
     with _client(args, key) as client:
+        interval = args.key_interval or (1 if args.broker else 30)
         for r in send_stream(codec, live, client, args.size, bandwidth, include_original=not args.no_original
-                             and bandwidth is None):  # fmt: skip
+                             and bandwidth is None, key_interval=interval):  # fmt: skip
             failed += r.get("acknowledged") is False
             if args.json:
                 print(json.dumps(r), flush=True)
@@ -266,6 +276,8 @@ def _send_stream(parser, args, key, bandwidth) -> int:
                       f"{r['tokens']:,} in the budget)", flush=True)  # fmt: skip
             else:
                 q = f", quality {r['quality']:g}" if r.get("quality") else ""
+                if r.get("frame_type") == "inter":
+                    q += f", inter ({100 * r['coded_blocks']:.0f}% of blocks)"
                 verdict = "ok" if r["acknowledged"] else f"REFUSED ({r['ack_status']})"
                 print(f"[{r['seq']}] {r['frame']}: {r['bytes']:,} bytes{q}, latency {r['latency_s']:.3f} s, "
                       f"{r['dropped_so_far']} dropped so far: {verdict}", flush=True)  # fmt: skip
