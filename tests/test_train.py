@@ -55,7 +55,7 @@ def train(photos, run_dir, export, *extra: str) -> subprocess.CompletedProcess:
         env=script_env(),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # torch.compile of the step takes a minute alone, several when the CPU is shared
     )
 
 
