@@ -452,6 +452,31 @@ def kl_quality(r: Results) -> str:
     return "\n".join(out) + "\n"
 
 
+def stream(r: Results) -> str:
+    d = r["stream"]
+    out = [
+        f"Run of {run_line(d)} ({d['video']}; learned codec; `python benchmarks/stream.py`).\n",
+        "| link | fps sent | kbit/s used | max over 5 s | mean PSNR | latency p50 / p95 | frames dropped |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for b in d["bandwidth"]:
+        mx = "-" if b["max_5s_window_bps"] is None else f"{b['max_5s_window_bps'] / 1000:.1f}"
+        out.append(
+            f"| {b['rate']} | {b['achieved_fps']:.2f} | {b['bits_per_second'] / 1000:.1f} | {mx} | "
+            f"{b['mean_psnr_db']:.2f} dB | {b['latency_p50_s']:.2f} / {b['latency_p95_s']:.2f} s | "
+            f"{b['frames_dropped']} of {b['frames_from_source']} |"
+        )
+    out += ["", "| scene | coding | bytes per frame | mean PSNR |", "|---|---|---|---|"]
+    for t in d["temporal"]:
+        out.append(f"| {t['scene']} | {t['mode']} | {t['bytes_per_frame']:,.0f} | {t['mean_psnr_db']:.2f} dB |")
+    if d.get("broker"):
+        out += ["", "| receivers in the group | frames decoded per second | split |", "|---|---|---|"]
+        for b in d["broker"]:
+            split = " + ".join(str(n) for n in b["decoded_per_receiver"])
+            out.append(f"| {b['receivers']} | {b['frames_per_s']:.2f} | {split} of {b['frames']} |")
+    return "\n".join(out) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Results], str]] = {
     "which-codec": which_codec,
     "codec-speed-line": codec_speed_line,
@@ -460,6 +485,7 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     "quality": quality,
     "codec-speed": codec_speed,
     "server": server,
+    "stream": stream,
     "lic-status": lic_status,
     "lic-measured": lic_measured,
     "kl-quality": kl_quality,

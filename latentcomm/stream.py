@@ -6,7 +6,7 @@ ready for one. Older frames are dropped, never queued, so latency stays bounded 
 the link is slower than the source.
 
 ``--bandwidth`` is a token bucket of the link's rate: tokens (bytes) accrue at rate/8 per second up
-to half a second's worth; a frame may use what the bucket holds (its quality is the best the learned
+to 0.4 s worth; a frame may use what the bucket holds (its quality is the best the learned
 codec's rate control fits into that many bytes), and when even the smallest quality doesn't fit, the
 sender waits for tokens and then takes the newest frame, dropping the ones it skipped. Over any
 window the bytes sent stay within the rate plus one bucket.
@@ -28,8 +28,9 @@ from latentcomm.errors import ImageError, LatentcommError
 
 log = logging.getLogger(__name__)
 
-#: Bucket depth of --bandwidth, in seconds of the rate: the largest burst above the rate.
-BUCKET_S = 0.5
+#: Bucket depth of --bandwidth, in seconds of the rate: the largest burst above the rate. Any
+#: 5-second window then carries at most 5.4 s of the rate (8% over), and one frame at most 0.4 s.
+BUCKET_S = 0.4
 
 
 @dataclass

@@ -92,3 +92,11 @@ def test_codec_speed_and_pictures_quick(tmp_path):
     png = tmp_path / "cmp.png"
     run_bench("benchmarks/pictures.py", "--size", "64", "--qualities", "2", "--out", str(png))
     assert Image.open(png).size == (3 * 64, 64 + 20)
+
+
+def test_stream_benchmark_quick(tmp_path):
+    out = tmp_path / "stream.json"
+    run_bench("benchmarks/stream.py", "--quick", "--json", str(out))
+    r = json.loads(out.read_text())
+    assert r["bandwidth"][0]["frames_sent"] > 0 and r["bandwidth"][0]["mean_psnr_db"] > 15
+    assert {t["scene"] for t in r["temporal"]} == {"static", "pan"}

@@ -20,7 +20,8 @@ def stream_reports(stdout: str) -> tuple[list[dict], dict]:
 def test_a_stream_at_64k_fits_the_link_drops_instead_of_queueing(tmp_path, start_receiver):
     video = make_video(tmp_path / "pan.mp4", frames=130, fps=10)
     rx = start_receiver("--codec", "learned", "--no-show", "--json")
-    link = Throttle(("127.0.0.1", rx.port), 64_000)
+    # The link is faster than the budget, so what keeps the stream within it is the sender's own pacing.
+    link = Throttle(("127.0.0.1", rx.port), 96_000)
     tx = run_script(
         "sender_sdvae.py", "--codec", "learned", "--port", str(link.port), "--video", str(video),
         "--bandwidth", "64k", "--json", timeout=300,
@@ -37,7 +38,7 @@ def test_a_stream_at_64k_fits_the_link_drops_instead_of_queueing(tmp_path, start
     # Dropped, not queued: most frames never went out and latency stayed bounded.
     assert summary["frames_dropped"] == 130 - len(sent) > 0
     assert summary["latency_p95_s"] < 4.0
-    assert all(f["bytes"] <= 64_000 / 8 * 0.5 for f in sent)  # one frame never takes more than half a second
+    assert all(f["bytes"] <= 64_000 / 8 * 0.4 for f in sent)  # one frame never takes more than 0.4 s of the budget
     got = [rx.next_json() for _ in sent]
     assert [g["name"] for g in got] == [f["frame"] for f in sent]
     link.close()
