@@ -21,6 +21,10 @@ throughput. Delivery is at least once, end to end:
 Which receiver decodes which frame is the broker's choice, so two receivers can each decode one
 copy of a frame the sender published twice; the receivers' reports, merged by (sender, seq), count
 every frame once.
+
+With a key (``--key``) every message is sealed end to end (``secure.BrokerSealer``/``BrokerOpener``,
+docs/security.md): the broker routes and stores frames it can neither read nor forge, receivers
+refuse replayed counters, and a sender accepts only authenticated acknowledgements.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from concurrent.futures import Future
 from urllib.parse import urlparse
 
 from latentcomm import protocol_v2 as v2
+from latentcomm import secure
 from latentcomm.errors import LatentcommError, ProtocolError, TransportError
 from latentcomm.transport import ReceivedFrame, ServerStats
 
@@ -102,7 +107,10 @@ class MqttSender:
         wait_for: float = 0.0,
         ack_timeout: float = 10.0,
         sender_id: str | None = None,
+        key: secure.Key | None = None,
     ) -> None:
+        self.sealer = secure.BrokerSealer(key) if key is not None else None
+        self.forged_acks = 0
         self.host, self.port = parse_broker(broker)
         self.topic = check_topic(topic)
         self.sender_id = sender_id or uuid.uuid4().hex[:16]
@@ -140,15 +148,29 @@ class MqttSender:
             log.info("disconnected from the broker (%s); reconnecting", reason_code)
 
     def _on_message(self, client, userdata, msg) -> None:
+        payload = msg.payload
+        sealed = len(payload) > 5 and payload[5] == secure.TYPE_STREAM_SEALED
+        if self.sealer is not None and sealed:
+            try:
+                payload = self.sealer.open_ack(payload)
+            except secure.SealError as exc:
+                self.forged_acks += 1
+                log.warning("acknowledgement refused: %s", exc)
+                return
         conn = v2.Connection(v2.Role.SENDER)
         try:
-            conn.receive_data(msg.payload)
+            conn.receive_data(payload)
             event = conn.next_event()
         except ProtocolError as exc:
             log.warning("unreadable acknowledgement on %s: %s", msg.topic, exc)
             return
-        if isinstance(event, v2.Ack):
-            self._acks.put(event)
+        if not isinstance(event, v2.Ack):
+            return
+        if self.sealer is not None and not sealed and event.ok:
+            self.forged_acks += 1  # only a refusal may come in clear (a receiver without our key)
+            log.warning("an unauthenticated acknowledgement claimed success: ignored")
+            return
+        self._acks.put(event)
 
     def __enter__(self) -> MqttSender:
         return self
@@ -163,10 +185,11 @@ class MqttSender:
 
     def send(self, frame: v2.ImageFrame) -> v2.Ack:
         """Publish one frame and return the receivers' ACK for it, publishing again on silence."""
-        data = v2.encode_image(frame)
-        self.last_frame_bytes = len(data)
+        plain = v2.encode_image(frame)
         deadline = time.monotonic() + self.timeout + self.retries * self.ack_timeout
         for attempt in range(self.retries + 1):
+            data = self.sealer.seal(plain) if self.sealer is not None else plain  # sealed afresh each time
+            self.last_frame_bytes = len(data)
             self.client.publish(self.frames_topic, data, qos=1)
             wait_until = min(deadline, time.monotonic() + self.ack_timeout)
             while (left := wait_until - time.monotonic()) > 0:
@@ -174,7 +197,7 @@ class MqttSender:
                     ack = self._acks.get(timeout=left)
                 except queue.Empty:
                     break
-                if ack.seq == frame.seq:
+                if ack.seq == frame.seq or (ack.seq == 0 and not ack.ok):
                     return ack
             if attempt < self.retries:
                 log.info("no acknowledgement for frame %d in %.0f s; publishing it again", frame.seq, self.ack_timeout)
@@ -197,7 +220,9 @@ class MqttServer:
         v2_limits: v2.Limits | None = None,
         queue_size: int = 64,
         wait_for: float = 10.0,
+        keyring: secure.Keyring | None = None,
     ) -> None:
+        self.opener = secure.BrokerOpener(keyring, v2_limits) if keyring else None
         self.host, self.port = parse_broker(broker)
         self.topic = check_topic(topic)
         if not group or any(c in group for c in "/#+"):
@@ -245,16 +270,27 @@ class MqttServer:
         peer = f"mqtt:{sender}"
         with self._lock:
             self.stats.bytes_received += len(msg.payload)
+        payload, key_id, stream = msg.payload, None, None
+        if self.opener is not None:
+            try:
+                payload, key_id, stream = self.opener.open(msg.payload)
+            except secure.SealError as exc:
+                self._reject(peer, str(exc))
+                if exc.status in (v2.Status.UNKNOWN_KEY, v2.Status.SEALING_REQUIRED):
+                    self._answer(sender, v2.Ack(0, exc.status, str(exc)), msg)  # in clear: no session to seal with
+                else:
+                    client.ack(msg.mid, msg.qos)
+                return
         conn = v2.Connection(v2.Role.RECEIVER, self.limits)
         try:
-            conn.receive_data(msg.payload)
+            conn.receive_data(payload)
             conn.receive_eof()
             frame = conn.next_event()
             if not isinstance(frame, v2.ImageFrame) or conn.next_event() is not v2.CLOSED:
                 raise ProtocolError("an MQTT message must hold exactly one v2 IMAGE")
         except v2.FrameRejected as exc:
             self._reject(peer, f"seq {exc.seq}: {exc}")
-            self._answer(sender, v2.Ack(exc.seq, exc.status, str(exc)), msg)
+            self._answer(sender, v2.Ack(exc.seq, exc.status, str(exc)), msg, key_id, stream)
             return
         except ProtocolError as exc:
             self._reject(peer, str(exc))
@@ -265,29 +301,32 @@ class MqttServer:
             done = self._done.get(key)
         if done is not None:  # a copy the sender published again: answer, don't decode twice
             log.info("duplicate of %s seq %d: answered again, not decoded", peer, frame.seq)
-            self._answer(sender, done, msg)
+            self._answer(sender, done, msg, key_id, stream)
             return
         reply: Future = Future()
-        reply.add_done_callback(lambda f: self._finished(sender, frame.seq, f.result(), msg))
+        reply.add_done_callback(lambda f: self._finished(sender, frame.seq, f.result(), msg, key_id, stream))
         try:
-            self.frames.put_nowait(ReceivedFrame(frame, peer, len(msg.payload), 0.0, reply))
+            self.frames.put_nowait(ReceivedFrame(frame, peer, len(msg.payload), 0.0, reply, key_id))
             with self._lock:
                 self.stats.frames += 1
         except queue.Full:  # never PUBACKed: the broker keeps it, the sender's timeout sends it again
             log.warning("decode queue full: frame %s seq %d left with the broker", peer, frame.seq)
 
-    def _finished(self, sender: str, seq: int, ack: v2.Ack, msg) -> None:
+    def _finished(self, sender: str, seq: int, ack: v2.Ack, msg, key_id=None, stream=None) -> None:
         if ack.status != v2.Status.SHUTTING_DOWN:
             with self._lock:
                 self._done[(sender, seq)] = ack
                 while len(self._done) > DEDUP_WINDOW:
                     self._done.popitem(last=False)
-            self._answer(sender, ack, msg)
+            self._answer(sender, ack, msg, key_id, stream)
         # SHUTTING_DOWN: no PUBACK, so the broker keeps the frame for this session or the sender resends.
 
-    def _answer(self, sender: str, ack: v2.Ack, msg) -> None:
+    def _answer(self, sender: str, ack: v2.Ack, msg, key_id: str | None = None, stream: bytes | None = None) -> None:
         topic = msg.topic.replace("/frames/", "/acks/", 1)
-        self.client.publish(topic, v2.encode_ack(ack), qos=1)
+        data = v2.encode_ack(ack)
+        if key_id is not None and stream is not None and self.opener is not None:
+            data = self.opener.seal_ack(key_id, stream, data)
+        self.client.publish(topic, data, qos=1)
         self.client.ack(msg.mid, msg.qos)
 
     def stop_accepting(self) -> None:

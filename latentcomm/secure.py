@@ -432,3 +432,123 @@ class SecureConnection:
         if parser.next_event() is not v2.CLOSED:
             raise SealError("a sealed frame holds more than one message", v2.Status.MALFORMED)
         return event
+
+
+# -- sealed frames through a broker ----------------------------------------------------------------
+
+TYPE_STREAM_SEALED = 5
+STREAM_ID_BYTES = 16
+STREAM_HEADER = struct.Struct("!8s16s12s")  # key id, stream id, nonce
+STREAM_OVERHEAD = STREAM_HEADER.size + TAG_BYTES
+#: Counters a receiver remembers per stream for replay detection (older ones are refused outright).
+REPLAY_WINDOW = 4096
+
+
+def _stream_keys(key: Key, stream_id: bytes) -> tuple[bytes, bytes]:
+    okm = HKDF(
+        algorithm=hashes.SHA256(),
+        length=2 * KEY_BYTES,
+        salt=stream_id,
+        info=b"latentcomm v2 broker stream " + key.key_id,
+    ).derive(key.secret)
+    return okm[:32], okm[32:]
+
+
+def _stream_seal(aead: ChaCha20Poly1305, key_id: bytes, stream_id: bytes, nonce: bytes, inner: bytes) -> bytes:
+    prefix = v2.PREFIX.pack(v2.MAGIC, v2.VERSION, TYPE_STREAM_SEALED, 0, STREAM_OVERHEAD + len(inner))
+    header = STREAM_HEADER.pack(key_id, stream_id, nonce)
+    return prefix + header + aead.encrypt(nonce, inner, prefix + header)
+
+
+def _stream_parse(data: bytes, limit: int) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    """(prefix+header as associated data, key id, stream id, nonce, sealed part) of one message."""
+    if len(data) < v2.PREFIX.size + STREAM_OVERHEAD:
+        raise SealError("sealed message shorter than its header and tag", v2.Status.MALFORMED)
+    magic, version, mtype, _flags, body_len = v2.PREFIX.unpack_from(data)
+    if magic != v2.MAGIC or version != v2.VERSION:
+        raise SealError("not a v2 message", v2.Status.MALFORMED)
+    if mtype != TYPE_STREAM_SEALED:
+        raise SealError(f"a type-{mtype} message refused: this stream is sealed", v2.Status.SEALING_REQUIRED)
+    if body_len != len(data) - v2.PREFIX.size or body_len > limit:
+        raise SealError("sealed message length mismatch or over the limit", v2.Status.MALFORMED)
+    ad_end = v2.PREFIX.size + STREAM_HEADER.size
+    key_id, stream_id, nonce = STREAM_HEADER.unpack_from(data, v2.PREFIX.size)
+    return data[:ad_end], key_id, stream_id, nonce, data[ad_end:]
+
+
+class BrokerSealer:
+    """Sender side of sealed frames through a broker: one stream per sender process.
+
+    A broker has no connection to run a handshake on, so each sender picks a random 128-bit stream id
+    that every message carries (authenticated); keys come from HKDF over the long-term key and the
+    stream id, one per direction. Frames use a counter nonce (never repeated: a new stream id per
+    process); receivers' acknowledgements, sealed by whichever receiver of the group answers, use
+    random nonces. Each publication is sealed afresh (a new counter), so receivers can refuse any
+    counter they have seen.
+    """
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.stream_id = secrets.token_bytes(STREAM_ID_BYTES)
+        s2r, r2s = _stream_keys(key, self.stream_id)
+        self._out, self._in = ChaCha20Poly1305(s2r), ChaCha20Poly1305(r2s)
+        self._counter = 0
+
+    def seal(self, inner: bytes) -> bytes:
+        nonce = b"\0\0\0\0" + self._counter.to_bytes(8, "big")
+        self._counter += 1
+        return _stream_seal(self._out, self.key.key_id, self.stream_id, nonce, inner)
+
+    def open_ack(self, data: bytes) -> bytes:
+        """The inner ACK message of a sealed answer; SealError if it isn't this stream's or fails."""
+        ad, key_id, stream_id, nonce, sealed = _stream_parse(data, STREAM_OVERHEAD + v2.PREFIX.size + 2048)
+        if key_id != self.key.key_id or stream_id != self.stream_id:
+            raise SealError("an acknowledgement for another stream")
+        try:
+            return self._in.decrypt(nonce, sealed, ad)
+        except InvalidTag:
+            raise SealError("a sealed acknowledgement failed authentication (forged or tampered)") from None
+
+
+class BrokerOpener:
+    """Receiver side: opens sealed frames of any stream whose key it holds, refuses replayed counters,
+    seals the acknowledgements."""
+
+    def __init__(self, keyring: Keyring, limits: v2.Limits | None = None) -> None:
+        self.keyring = keyring
+        self.limits = limits or v2.Limits()
+        self._streams: dict[tuple[bytes, bytes], tuple[ChaCha20Poly1305, ChaCha20Poly1305, set, list]] = {}
+
+    def open(self, data: bytes) -> tuple[bytes, str, bytes]:
+        """(inner v2 message, key id hex, stream id) of a sealed frame, or SealError."""
+        ad, key_id, stream_id, nonce, sealed = _stream_parse(
+            data, STREAM_OVERHEAD + v2.PREFIX.size + self.limits.max_body
+        )
+        key = self.keyring.get(key_id)
+        if key is None:
+            raise SealError(f"unknown key id {key_id.hex()}", v2.Status.UNKNOWN_KEY)
+        state = self._streams.get((key_id, stream_id))
+        if state is None:
+            s2r, r2s = _stream_keys(key, stream_id)
+            state = (ChaCha20Poly1305(s2r), ChaCha20Poly1305(r2s), set(), [0])
+        aead, _, seen, high = state
+        if nonce[:4] != b"\0\0\0\0":
+            raise SealError("sealed frame with a malformed nonce")
+        counter = int.from_bytes(nonce[4:], "big")
+        try:
+            inner = aead.decrypt(nonce, sealed, ad)
+        except InvalidTag:
+            raise SealError(f"sealed frame {counter} failed authentication (tampered, or another key)") from None
+        if counter in seen or counter + REPLAY_WINDOW <= high[0]:
+            raise SealError(f"sealed frame {counter} of this stream was seen before (replayed)")
+        seen.add(counter)
+        high[0] = max(high[0], counter)
+        if len(seen) > 2 * REPLAY_WINDOW:
+            seen.difference_update([c for c in seen if c + REPLAY_WINDOW <= high[0]])
+        self._streams[(key_id, stream_id)] = state
+        return inner, key.key_id_hex, stream_id
+
+    def seal_ack(self, key_id_hex: str, stream_id: bytes, inner: bytes) -> bytes:
+        key_id = bytes.fromhex(key_id_hex)
+        _, aead, _, _ = self._streams[(key_id, stream_id)]
+        return _stream_seal(aead, key_id, stream_id, secrets.token_bytes(12), inner)

@@ -153,3 +153,58 @@ def test_a_broker_restart_mid_stream_loses_nothing(broker, tmp_path, start_recei
     rx.stop()
     names = {name for _, _, name in decoded(rx)}
     assert names == {f"s{k}_{i:02d}.png" for k in range(2) for i in range(20)}
+
+
+def test_sealed_frames_through_the_broker(broker, tmp_path, start_receiver):
+    """With --key the broker carries only sealed bytes; wrong keys and plaintext are refused by name,
+    and a forged acknowledgement never counts as a delivery."""
+    import paho.mqtt.client as mqtt
+
+    from latentcomm import protocol_v2 as v2
+    from latentcomm import secure
+    from latentcomm.errors import TransportError
+    from latentcomm.mqtt import MqttSender
+
+    key, other = secure.generate_key(tmp_path / "k.key"), secure.generate_key(tmp_path / "o.key")
+    seen: list[bytes] = []
+    spy = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    spy.on_message = lambda c, u, m: seen.append(m.payload)
+    spy.connect("127.0.0.1", broker.port)
+    spy.subscribe("latentcomm/cams/frames/#", qos=1)
+    spy.loop_start()
+    rx = start_receiver(*receiver_args(broker, "rx-sealed"), "--key", str(tmp_path / "k.key"))
+    folder = frames_folder(tmp_path / "s9", 3, 9)
+    ok = start_sender(broker, folder, "--key", str(tmp_path / "k.key"))
+    results = finish([ok])
+    assert all(r["acknowledged"] for r in results[0]) and len(results[0]) == 3
+    wait_decoded(rx, 3)
+    time.sleep(0.5)
+    spy.loop_stop()
+    assert len(seen) >= 3 and all(p[5] == secure.TYPE_STREAM_SEALED and b"s9_0" not in p for p in seen)
+
+    wrong = start_sender(broker, folder, "--key", str(tmp_path / "o.key"), "--retries", "0")
+    _, err = wrong.communicate(timeout=120)
+    assert wrong.returncode == 1 and f"unknown key id {other.key_id_hex}" in _ + err
+    plain = start_sender(broker, folder, "--retries", "0")
+    out, _ = plain.communicate(timeout=120)
+    assert plain.returncode == 1 and "SEALING_REQUIRED" in out
+    rx.stop()
+    got = decoded(rx)
+    assert sorted(name for _, _, name in got) == ["s9_00.png", "s9_01.png", "s9_02.png"]
+
+    # A forged plaintext "OK" on the sender's reply topic is not a delivery.
+    sender = MqttSender(broker.url, "lonely", timeout=5, retries=0, ack_timeout=3, key=key)
+    forger = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    forger.connect("127.0.0.1", broker.port)
+    forger.loop_start()
+    frame = v2.ImageFrame(1, "m@0", 0, 0, (4, 2, 2), (16, 16), b"\x01" * 32, "x")
+    import threading
+
+    threading.Timer(
+        0.5, lambda: forger.publish(sender.acks_topic, v2.encode_ack(v2.Ack(1, v2.Status.OK)), qos=1)
+    ).start()
+    with pytest.raises(TransportError, match="no acknowledgement for frame 1"):
+        sender.send(frame)
+    assert sender.forged_acks == 1
+    sender.close()
+    forger.loop_stop()

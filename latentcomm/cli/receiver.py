@@ -156,8 +156,6 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
             )
 
     keyring = Keyring([load_key(k) for k in args.key]) if args.key else None
-    if args.broker and keyring is not None:
-        parser.error("--key with --broker: sealing is per TCP connection today (see docs/security.md); not both")
     if not args.broker and not is_loopback(args.host) and keyring is None:
         if not args.insecure:
             raise LatentcommError(
@@ -170,7 +168,7 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
     if args.broker:
         from latentcomm.mqtt import MqttServer
 
-        server = MqttServer(args.broker, args.topic, args.group, args.client_id, v2_limits)
+        server = MqttServer(args.broker, args.topic, args.group, args.client_id, v2_limits, keyring=keyring)
     else:
         server = FrameServer(
             args.host,

@@ -171,8 +171,6 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
         parser.error("streams travel in v2 frames")
     if args.broker and args.protocol == "legacy":
         parser.error("a broker carries v2 frames only")
-    if args.broker and args.key:
-        parser.error("--key with --broker: sealing is per TCP connection today (see docs/security.md); not both")
     if args.codec == "learned" and args.protocol == "legacy":
         parser.error("the learned codec travels in v2 frames only (the legacy format carries a VAE latent)")
     if (args.text is not None or args.text_file) and args.protocol == "legacy":
@@ -226,8 +224,9 @@ def _client(args, key):
         from latentcomm.mqtt import MqttSender
 
         return MqttSender(
-            args.broker, args.topic, args.timeout, args.retries, args.wait_for_receiver, ack_timeout=args.ack_timeout
-        )
+            args.broker, args.topic, args.timeout, args.retries, args.wait_for_receiver, ack_timeout=args.ack_timeout,
+            key=key,
+        )  # fmt: skip
     from latentcomm.transport import V2Client
 
     return V2Client(args.host, args.port, args.timeout, args.retries, args.wait_for_receiver, key=key)
