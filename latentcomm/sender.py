@@ -321,111 +321,143 @@ def send_stream(
     include_original: bool = False,
     key_interval: int = 30,
 ) -> Iterator[dict]:
-    """Send a live source (``stream.LiveSource``) frame by frame; yield a report per frame sent or
-    dropped for the budget, then a summary with fps and latency percentiles.
+    """Send a live source (``stream.LiveSource``); yield a report per frame sent or dropped for the
+    budget, then a summary with fps and latency percentiles (capture to acknowledgement).
 
-    With ``bandwidth_bps`` the learned codec's rate control sizes each frame to what the token
-    bucket holds (frame header included); a frame whose smallest encoding doesn't fit is dropped,
-    the sender waits for the bucket and takes the newest frame. Latency = capture to acknowledgement.
+    Encoding and sending overlap: while one frame is on the wire (a sender thread waits for its
+    acknowledgement), the next is encoded, then waits for the wire; frames the source produced in
+    between are dropped, never queued. With ``bandwidth_bps`` the bytes go out paced at that rate
+    (the client writes no faster), and each frame is sized by the learned codec's rate control to
+    what the link carries in one frame interval (the time the encoder takes, between 0.25 and 2 s),
+    frame header included: the link stays busy and never over its budget. A frame whose smallest
+    encoding needs more than 2 s of the link is dropped.
 
     Temporal redundancy (learned codec): between key frames, every ``key_interval`` frames, each
-    frame is an inter frame that codes only the blocks that changed since the last *acknowledged*
-    frame and copies the rest. A refused or lost frame makes the next one a key frame, so a loss
-    never spoils more than the frames up to the next key frame; so does a scene change (most blocks
-    changed). ``key_interval`` 1 sends key frames only.
+    frame is an inter frame that codes only the blocks that changed since the previous frame and
+    copies the rest. A refused frame makes the next one encoded a key frame, so a loss never spoils
+    more than the frames up to the next key frame; so does a scene change (most blocks changed).
+    ``key_interval`` 1 sends key frames only.
     """
-    from latentcomm.stream import TokenBucket, percentile
+    import queue as queue_mod
+    import threading
 
-    bucket = TokenBucket(bandwidth_bps) if bandwidth_bps else None
+    from latentcomm.stream import percentile
+
+    rate = bandwidth_bps / 8 if bandwidth_bps else None
+    learned = isinstance(codec, LearnedCodec)
+    outbox: queue_mod.Queue = queue_mod.Queue()
+    results: queue_mod.Queue = queue_mod.Queue()
+    refused = threading.Event()
+    wire_free = threading.Semaphore(1)  # one frame on the wire, the next one being encoded
+
+    def wire() -> None:
+        while (job := outbox.get()) is not None:
+            frame, meta = job
+            try:
+                ack = client.send(frame)
+            except Exception as exc:  # noqa: BLE001 - handed to the generator's thread
+                results.put(exc)
+                wire_free.release()
+                return
+            if not ack.ok:
+                refused.set()
+            results.put((frame, meta, ack, time.monotonic(), client.last_frame_bytes))
+            wire_free.release()
+
+    thread = threading.Thread(target=wire, name="stream-send", daemon=True)
+    thread.start()
     latencies: list[float] = []
     sent = sent_bytes = failed = dropped_rate = 0
-    min_frame = 0  # wire bytes of the smallest frame seen (the wait before the next try)
-    t_first = None
     seq = 0
     reference = None
     since_key = 0
-    learned = isinstance(codec, LearnedCodec)
-    while True:
-        if bucket is not None and min_frame:
-            bucket.wait_for(min_frame)
-        item = live.latest()
-        if item is None:
-            break
-        f, captured = item
-        seq += 1
-        prepared = prepare(f.image, size)
-        overhead = len(
-            v2.encode_image(
-                v2.ImageFrame(
-                    seq,
-                    codec.model_id,
-                    4,
-                    0,
-                    (1, 1, 1),
-                    prepared.size,
-                    b"",
-                    f.name,
-                    reference_png=encode_png(prepared.image) if include_original else None,
-                )  # fmt: skip
-            )
-        )
-        target = None
-        if bucket is not None:
-            target = max(1, int(bucket.refill()) - overhead)
-        x = pil_to_tensor(prepared.image)
-        if learned:
-            ref = reference if since_key + 1 < key_interval else None
-            enc = codec.encode(x, target_bytes=target, reference=ref)
-            if ref is not None and enc.facts.get("coded_blocks", 0) > SCENE_CHANGE:
-                enc = codec.encode(x, target_bytes=target)  # a scene change: start over with a key frame
-        else:
-            enc = codec.encode(x)
-        frame_bytes_est = overhead + len(enc.payload)
-        if bucket is not None and frame_bytes_est > bucket.refill():
-            dropped_rate += 1
-            min_frame = frame_bytes_est
-            yield {"frame": f.name, "seq": seq, "dropped": "bandwidth", "bytes_needed": frame_bytes_est,
-                   "tokens": int(bucket.tokens)}  # fmt: skip
-            continue
-        ref = encode_png(prepared.image) if include_original else None
-        frame = v2.ImageFrame(
-            seq, codec.model_id, enc.encoding, enc.compression, enc.shape, prepared.size, enc.payload, f.name,
-            enc.params, ref,
-        )  # fmt: skip
-        ack = client.send(frame)
-        now = time.monotonic()
-        if learned:
-            is_key = enc.facts.get("frame_type") == "key"
-            reference = enc.facts["reference"] if ack.ok else None  # refused: the next frame is a key frame
-            since_key = 0 if is_key else since_key + 1
-        if bucket is not None:
-            bucket.spend(client.last_frame_bytes)
-            min_frame = min(min_frame or client.last_frame_bytes, client.last_frame_bytes)
-        t_first = t_first or now
-        latency = now - captured
+    t_enc = 0.5  # running estimate of the seconds one frame takes to encode
+
+    def report(res) -> dict:
+        nonlocal sent, sent_bytes, failed
+        if isinstance(res, Exception):
+            raise res
+        frame, meta, ack, done, nbytes = res
+        latency = done - meta["captured"]
         if ack.ok:
             sent += 1
-            sent_bytes += client.last_frame_bytes
+            sent_bytes += nbytes
             latencies.append(latency)
         else:
             failed += 1
-        yield {
-            "frame": f.name,
-            "seq": seq,
-            "source_index": f.index,
-            "pts": round(f.pts, 4),
-            "bytes": client.last_frame_bytes,
-            "payload_bytes": len(enc.payload),
-            "bpp": round(8 * len(enc.payload) / (prepared.size[0] * prepared.size[1]), 4),
-            "quality": enc.facts.get("quality"),
-            "frame_type": enc.facts.get("frame_type", "key"),
-            "coded_blocks": enc.facts.get("coded_blocks"),
+        return {
+            **{k: v for k, v in meta.items() if k != "captured"},
+            "bytes": nbytes,
             "acknowledged": ack.ok,
             "ack_status": ack.status.name,
             "latency_s": round(latency, 4),
             "dropped_so_far": live.dropped + dropped_rate,
-            "time": now,
+            "time": done,
         }
+
+    try:
+        while True:
+            while not results.empty():
+                yield report(results.get())
+            item = live.latest()
+            if item is None:
+                break
+            f, captured = item
+            seq += 1
+            t0 = time.monotonic()
+            prepared = prepare(f.image, size)
+            ref_png = encode_png(prepared.image) if include_original else None
+            probe = v2.ImageFrame(seq, codec.model_id, 4, 0, (1, 1, 1), prepared.size, b"", f.name, (), ref_png)
+            overhead = len(v2.encode_image(probe))
+            target = None
+            if rate is not None:
+                target = max(1, int(rate * min(2.0, max(0.25, t_enc))) - overhead)
+            x = pil_to_tensor(prepared.image)
+            if refused.is_set():
+                refused.clear()
+                reference = None
+            if learned:
+                ref = reference if since_key + 1 < key_interval else None
+                enc = codec.encode(x, target_bytes=target, reference=ref)
+                if ref is not None and enc.facts.get("coded_blocks", 0) > SCENE_CHANGE:
+                    enc = codec.encode(x, target_bytes=target)  # a scene change: start over with a key frame
+                reference = enc.facts["reference"]
+                since_key = 0 if enc.facts.get("frame_type") == "key" else since_key + 1
+            else:
+                enc = codec.encode(x)
+            t_enc = 0.7 * t_enc + 0.3 * (time.monotonic() - t0)
+            if target is not None and len(enc.payload) > target:
+                dropped_rate += 1
+                reference, since_key = None, 0
+                yield {"frame": f.name, "seq": seq, "dropped": "bandwidth",
+                       "bytes_needed": overhead + len(enc.payload), "tokens": target + overhead}  # fmt: skip
+                continue
+            frame = v2.ImageFrame(
+                seq, codec.model_id, enc.encoding, enc.compression, enc.shape, prepared.size, enc.payload, f.name,
+                enc.params, ref_png,
+            )  # fmt: skip
+            meta = {
+                "frame": f.name,
+                "seq": seq,
+                "source_index": f.index,
+                "pts": round(f.pts, 4),
+                "payload_bytes": len(enc.payload),
+                "bpp": round(8 * len(enc.payload) / (prepared.size[0] * prepared.size[1]), 4),
+                "quality": enc.facts.get("quality"),
+                "frame_type": enc.facts.get("frame_type", "key"),
+                "coded_blocks": enc.facts.get("coded_blocks"),
+                "encode_s": round(time.monotonic() - t0, 4),
+                "captured": captured,
+            }
+            wire_free.acquire()  # waits while the previous frame is still on the wire
+            if not thread.is_alive():
+                break
+            outbox.put((frame, meta))
+    finally:
+        outbox.put(None)
+        thread.join()
+    while not results.empty():
+        yield report(results.get())
     span = (time.monotonic() - live.t0) or 1e-9
     yield {
         "summary": True,

@@ -5,11 +5,9 @@ played at its timestamps), and the sender always takes the *newest* frame that e
 ready for one. Older frames are dropped, never queued, so latency stays bounded when encoding or
 the link is slower than the source.
 
-``--bandwidth`` is a token bucket of the link's rate: tokens (bytes) accrue at rate/8 per second up
-to 0.4 s worth; a frame may use what the bucket holds (its quality is the best the learned
-codec's rate control fits into that many bytes), and when even the smallest quality doesn't fit, the
-sender waits for tokens and then takes the newest frame, dropping the ones it skipped. Over any
-window the bytes sent stay within the rate plus one bucket.
+``--bandwidth`` (``sender.send_stream``): the client writes no faster than the rate, each frame is
+sized to what the link carries in one frame interval, and encoding overlaps sending;
+``latentcomm.throttle`` is a slow link to try it on.
 """
 
 from __future__ import annotations
@@ -27,10 +25,6 @@ from PIL import Image
 from latentcomm.errors import ImageError, LatentcommError
 
 log = logging.getLogger(__name__)
-
-#: Bucket depth of --bandwidth, in seconds of the rate: the largest burst above the rate. Any
-#: 5-second window then carries at most 5.4 s of the rate (8% over), and one frame at most 0.4 s.
-BUCKET_S = 0.4
 
 
 @dataclass
@@ -171,32 +165,6 @@ class LiveSource:
             if self._slot is not None:
                 self._slot = None
                 self.dropped += 1
-
-
-class TokenBucket:
-    """Bytes the link allows now: rate/8 per second, at most ``depth`` seconds' worth."""
-
-    def __init__(self, rate_bps: float, depth_s: float = BUCKET_S) -> None:
-        self.rate = rate_bps / 8
-        self.capacity = self.rate * depth_s
-        self.tokens = self.capacity
-        self._t = time.monotonic()
-
-    def refill(self) -> float:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self._t) * self.rate)
-        self._t = now
-        return self.tokens
-
-    def wait_for(self, nbytes: float) -> None:
-        """Sleep until the bucket holds ``nbytes`` (capped at its capacity)."""
-        need = min(nbytes, self.capacity)
-        while self.refill() < need:
-            time.sleep(min(0.05, (need - self.tokens) / self.rate + 0.001))
-
-    def spend(self, nbytes: int) -> None:
-        self.refill()
-        self.tokens -= nbytes
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -414,8 +414,13 @@ class V2Client:
         retries: int = 3,
         wait_for: float = 0.0,
         key: Key | None = None,
+        pace_bps: float | None = None,
     ) -> None:
         self.key = key
+        #: Write no faster than this many bits/s (streams under --bandwidth): a burst of 50 ms at most.
+        self.pace = pace_bps / 8 if pace_bps else None
+        self._pace_tokens = 0.0
+        self._pace_t = time.monotonic()
         self.host, self.port = host, port
         self.timeout = timeout
         self.retries = retries
@@ -461,11 +466,30 @@ class V2Client:
             else:
                 self._proto.receive_eof()
 
+    def _paced_send(self, data: bytes) -> None:
+        assert self._sock is not None and self.pace is not None
+        burst = max(1500.0, self.pace * 0.05)
+        view = memoryview(data)
+        while view:
+            now = time.monotonic()
+            self._pace_tokens = min(burst, self._pace_tokens + (now - self._pace_t) * self.pace)
+            self._pace_t = now
+            if self._pace_tokens < min(1500, len(view)):
+                time.sleep((min(1500, len(view)) - self._pace_tokens) / self.pace)
+                continue
+            n = int(min(self._pace_tokens, len(view)))
+            self._sock.sendall(view[:n])
+            self._pace_tokens -= n
+            view = view[n:]
+
     def _exchange(self, frame: v2.ImageFrame) -> v2.Ack:
         assert self._sock is not None and self._proto is not None
         data = self._proto.send(frame)
         self.last_frame_bytes = len(data)
-        self._sock.sendall(data)
+        if self.pace is None:
+            self._sock.sendall(data)
+        else:
+            self._paced_send(data)
         seq = frame.seq
         while True:
             event = self._next()

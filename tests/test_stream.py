@@ -31,14 +31,16 @@ def test_a_stream_at_64k_fits_the_link_drops_instead_of_queueing(tmp_path, start
     sent = [f for f in frames if "bytes" in f]
     assert summary["frames_from_source"] == 130 and summary["frames_sent"] == len(sent) >= 5
     assert all(f["acknowledged"] for f in sent)
-    # Fits the link: over every 5-second window of the stream, at most 10% above the budget.
+    # Fits the link: over every 5-second window of the stream, at most 10% above the budget ...
     windows = link.bytes_per_second(5.0)
     assert windows and max(windows) <= 1.10 * 64_000 / 8, max(windows)
     assert summary["bits_per_second"] <= 1.10 * 64_000
     # Dropped, not queued: most frames never went out and latency stayed bounded.
     assert summary["frames_dropped"] == 130 - len(sent) > 0
     assert summary["latency_p95_s"] < 4.0
-    assert all(f["bytes"] <= 64_000 / 8 * 0.4 for f in sent)  # one frame never takes more than 0.4 s of the budget
+    assert all(f["bytes"] <= 64_000 / 8 * 2.0 for f in sent)  # one frame never takes more than 2 s of the link
+    # ... and uses it: the busiest 5 s carry at least three quarters of the budget (encoding overlaps sending).
+    assert max(windows) >= 0.75 * 64_000 / 8, max(windows)
     got = [rx.next_json() for _ in sent]
     assert [g["name"] for g in got] == [f["frame"] for f in sent]
     link.close()

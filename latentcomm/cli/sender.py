@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
     return _send_v2(codec, args, images, key, texts)
 
 
-def _client(args, key):
+def _client(args, key, pace_bps=None):
     """The transport: a TCP connection to the receiver, or the MQTT broker."""
     if args.broker:
         from latentcomm.mqtt import MqttSender
@@ -229,7 +229,9 @@ def _client(args, key):
         )  # fmt: skip
     from latentcomm.transport import V2Client
 
-    return V2Client(args.host, args.port, args.timeout, args.retries, args.wait_for_receiver, key=key)
+    return V2Client(
+        args.host, args.port, args.timeout, args.retries, args.wait_for_receiver, key=key, pace_bps=pace_bps
+    )
 
 
 def _send_stream(parser, args, key, bandwidth) -> int:
@@ -253,7 +255,7 @@ def _send_stream(parser, args, key, bandwidth) -> int:
 
     live = LiveSource(itertools.chain([first], frames))
     failed = 0
-    with _client(args, key) as client:
+    with _client(args, key, bandwidth) as client:
         interval = args.key_interval or (1 if args.broker else 30)
         for r in send_stream(codec, live, client, args.size, bandwidth, include_original=not args.no_original
                              and bandwidth is None, key_interval=interval):  # fmt: skip
