@@ -320,6 +320,7 @@ def send_stream(
     bandwidth_bps: float | None = None,
     include_original: bool = False,
     key_interval: int = 30,
+    texts: Callable[[Path], str | None] | None = None,
 ) -> Iterator[dict]:
     """Send a live source (``stream.LiveSource``); yield a report per frame sent or dropped for the
     budget, then a summary with fps and latency percentiles (capture to acknowledgement).
@@ -432,9 +433,10 @@ def send_stream(
                 yield {"frame": f.name, "seq": seq, "dropped": "bandwidth",
                        "bytes_needed": overhead + len(enc.payload), "tokens": target + overhead}  # fmt: skip
                 continue
+            text = texts(Path(f.name)) if texts is not None else None
             frame = v2.ImageFrame(
                 seq, codec.model_id, enc.encoding, enc.compression, enc.shape, prepared.size, enc.payload, f.name,
-                enc.params, ref_png,
+                enc.params, ref_png, text,
             )  # fmt: skip
             meta = {
                 "frame": f.name,

@@ -129,3 +129,19 @@ def test_text_is_sealed_with_the_frame():
     assert CAPTION.encode() not in sealed and b"kitchen" not in sealed
     rx.receive_data(sealed)
     assert rx.next_event().text == CAPTION
+
+
+def test_a_stream_carries_texts_by_frame_name(tmp_path, start_receiver):
+    from tests.videos import make_video
+
+    video = make_video(tmp_path / "cam.mp4", frames=2, fps=1, motion="static")
+    mapping = tmp_path / "t.jsonl"
+    mapping.write_text(json.dumps({"image": "cam-000001", "text": "second frame"}) + "\n")
+    rx = start_receiver("--codec", "learned", "--no-show", "--json")
+    tx = run_script(
+        "sender_sdvae.py", "--codec", "learned", "--port", str(rx.port), "--video", str(video), "--text-file",
+        str(mapping), "--json", timeout=300,
+    )  # fmt: skip
+    assert tx.returncode == 0, tx.stderr
+    got = [rx.next_json(), rx.next_json()]
+    assert [(g["name"], g.get("text")) for g in got] == [("cam-000000", None), ("cam-000001", "second frame")]

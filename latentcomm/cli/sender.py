@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
     from latentcomm.sender import expand_images
 
     if streaming:
-        return _send_stream(parser, args, key, bandwidth)
+        return _send_stream(parser, args, key, bandwidth, texts)
     images = expand_images(args.image or ["temp/apple.jpeg"])
     protocol = args.protocol
     if protocol == "auto":
@@ -234,7 +234,7 @@ def _client(args, key, pace_bps=None):
     )
 
 
-def _send_stream(parser, args, key, bandwidth) -> int:
+def _send_stream(parser, args, key, bandwidth, texts=None) -> int:
     """--video / --camera / a folder with --fps: a live stream, optionally within --bandwidth."""
     from latentcomm.codecs import load_codec
     from latentcomm.sender import expand_images, send_stream
@@ -258,7 +258,7 @@ def _send_stream(parser, args, key, bandwidth) -> int:
     with _client(args, key, bandwidth) as client:
         interval = args.key_interval or (1 if args.broker else 30)
         for r in send_stream(codec, live, client, args.size, bandwidth, include_original=not args.no_original
-                             and bandwidth is None, key_interval=interval):  # fmt: skip
+                             and bandwidth is None, key_interval=interval, texts=texts):  # fmt: skip
             failed += r.get("acknowledged") is False
             if args.json:
                 print(json.dumps(r), flush=True)
