@@ -367,15 +367,20 @@ class LearnedCodec(ImageCodec):
 
     # -- decoding ----------------------------------------------------------------------------------
 
+    def _check_shape(self, shape, image_size) -> tuple[int, int, int]:
+        """The latent shape a frame claims must be exactly what this model makes of its image size."""
+        c, h, w = shape
+        oh, ow = image_size
+        if c != self.model.config.M:
+            raise RemoteProtocolError(f"learned latent has {c} channels, this model {self.model.config.M}")
+        if h != 4 * math.ceil(oh / LEARNED_PAD) or w != 4 * math.ceil(ow / LEARNED_PAD):
+            raise RemoteProtocolError(f"image size {ow}x{oh} does not match a {w}x{h} learned latent")
+        return c, h, w
+
     def decode_symbols(self, shape, payload: bytes, image_size) -> tuple[float, np.ndarray, np.ndarray, torch.Tensor]:
         """Parse and entropy-decode: (quality, z symbols, y symbols, y means). Checks the checksum."""
         m = self.model
-        c, h, w = shape
-        oh, ow = image_size
-        if c != m.config.M:
-            raise RemoteProtocolError(f"learned latent has {c} channels, this model {m.config.M}")
-        if h != 4 * math.ceil(oh / LEARNED_PAD) or w != 4 * math.ceil(ow / LEARNED_PAD):
-            raise RemoteProtocolError(f"image size {ow}x{oh} does not match a {w}x{h} learned latent")
+        c, h, w = self._check_shape(shape, image_size)
         if len(payload) < LEARNED_HEADER.size:
             raise RemoteProtocolError("learned payload shorter than its header")
         version, q_milli, crc = LEARNED_HEADER.unpack_from(payload)
@@ -435,12 +440,7 @@ class LearnedCodec(ImageCodec):
 
     def _decode_inter(self, shape, payload: bytes, image_size) -> tuple[float, torch.Tensor]:
         m = self.model
-        c, h, w = shape
-        oh, ow = image_size
-        if c != m.config.M:
-            raise RemoteProtocolError(f"learned latent has {c} channels, this model {m.config.M}")
-        if h != 4 * math.ceil(oh / LEARNED_PAD) or w != 4 * math.ceil(ow / LEARNED_PAD):
-            raise RemoteProtocolError(f"image size {ow}x{oh} does not match a {w}x{h} learned latent")
+        c, h, w = self._check_shape(shape, image_size)
         if len(payload) < INTER_HEADER.size:
             raise RemoteProtocolError("inter frame shorter than its header")
         _version, q_milli, crc, tag = INTER_HEADER.unpack_from(payload)

@@ -190,22 +190,14 @@ def encode_ack(ack: Ack) -> bytes:
     return PREFIX.pack(MAGIC, VERSION, TYPE_ACK, 0, len(body)) + body
 
 
-class Connection:
-    """The protocol state of one v2 connection, for one role. No I/O inside.
+class ReceiveBuffer:
+    """Bytes received and not yet parsed: consumed from the front with an offset, compacted only when
+    at least half is spent, so parsing stays O(n) in the bytes received. EOF is remembered."""
 
-    The receive buffer is consumed from the front with an offset and compacted only when at least
-    half of it is spent, so processing stays O(n) in the bytes received.
-    """
-
-    def __init__(self, role: Role, limits: Limits | None = None) -> None:
-        self.role = role
-        self.limits = limits or Limits()
+    def __init__(self) -> None:
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
-        self._closed = False
-        #: Bytes on the wire of the last message returned by ``next_event`` (prefix included).
-        self.last_message_size = 0
 
     @property
     def buffered(self) -> int:
@@ -223,6 +215,22 @@ class Connection:
 
     def receive_eof(self) -> None:
         self._eof = True
+
+
+class Connection(ReceiveBuffer):
+    """The protocol state of one v2 connection, for one role. No I/O inside.
+
+    The receive buffer is consumed from the front with an offset and compacted only when at least
+    half of it is spent, so processing stays O(n) in the bytes received.
+    """
+
+    def __init__(self, role: Role, limits: Limits | None = None) -> None:
+        super().__init__()
+        self.role = role
+        self.limits = limits or Limits()
+        self._closed = False
+        #: Bytes on the wire of the last message returned by ``next_event`` (prefix included).
+        self.last_message_size = 0
 
     def send(self, event: ImageFrame | Ack) -> bytes:
         if isinstance(event, ImageFrame):

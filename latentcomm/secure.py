@@ -205,7 +205,7 @@ class _Direction:
         self.counter = 0
 
 
-class SecureConnection:
+class SecureConnection(v2.ReceiveBuffer):
     """A sealed v2 connection for one role. Same shape as ``protocol_v2.Connection``; no I/O inside.
 
     ``role`` SENDER needs ``key``; RECEIVER needs ``keyring``.
@@ -222,13 +222,11 @@ class SecureConnection:
             raise LocalProtocolError("a sealed sender needs a key")
         if role is v2.Role.RECEIVER and not keyring:
             raise LocalProtocolError("a sealed receiver needs at least one key")
+        super().__init__()
         self.role = role
         self.limits = limits or v2.Limits()
         self.key = key
         self.keyring = keyring
-        self._buf = bytearray()
-        self._pos = 0
-        self._eof = False
         self._closed = False
         self._hello: bytes | None = None  # the sender's HELLO body (bound into the confirmation)
         self._out: _Direction | None = None
@@ -243,23 +241,6 @@ class SecureConnection:
     @property
     def key_id(self) -> str | None:
         return self.key.key_id_hex if self.key is not None else None
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
-
-    def receive_data(self, data: bytes) -> None:
-        if self._eof:
-            if data:
-                raise RemoteProtocolError("data after EOF")
-            return
-        if self._pos and self._pos * 2 >= len(self._buf):
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
-
-    def receive_eof(self) -> None:
-        self._eof = True
 
     # -- sending --
 
