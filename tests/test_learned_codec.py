@@ -30,9 +30,9 @@ from latentcomm.metrics import psnr
 from tests.conftest import PYTHON, REPO, run_script, script_env
 
 #: Measured with the shipped weights (see models/latentcomm-lic/README.md): held-out photo 007 (the
-#: hardest of the six, fine texture everywhere) at native size, quality 4: 17.04 dB at 0.62 bpp. The
+#: hardest of the six, fine texture everywhere) at native size, quality 4: 18.05 dB at 1.00 bpp (11,356 steps). The
 #: floor sits 0.5 dB under it, so retrained weights must not be worse on it.
-PSNR_FLOOR_Q4_007 = 16.5
+PSNR_FLOOR_Q4_007 = 17.5
 
 needs_photos = pytest.mark.skipif(not heldout_photos(), reason="../shared/data/photos is not there")
 
@@ -196,12 +196,12 @@ def test_round_trip_through_the_scripts_with_a_byte_budget(codec, start_receiver
     rx = start_receiver("--codec", "learned", "--no-show", "--json", "--out", str(tmp_path / "out"))
     tx = run_script(
         "sender_sdvae.py", "--codec", "learned", "--port", str(rx.port), "--image", str(photo), "--size", "0",
-        "--target-bytes", "30000", "--json", timeout=300,
+        "--target-bytes", "45000", "--json", timeout=300,
     )  # fmt: skip
     assert tx.returncode == 0, tx.stderr
     sent = json.loads(tx.stdout.splitlines()[0])
     assert sent["acknowledged"] and sent["codec"] == "learned"
-    assert sent["payload_bytes"] <= 30000 and sent["fits_target"] and sent["quality"] > 1
+    assert sent["payload_bytes"] <= 45000 and sent["fits_target"] and sent["quality"] > 1
     got = rx.next_json(timeout=300)
     assert got["payload_sha256"] == sent["payload_sha256"] and got["quality"] == sent["quality"]
     img = load_image(photo)
