@@ -401,13 +401,6 @@ class LearnedCodec(ImageCodec):
             )
         return quality, z, y, mean
 
-    def synthesise(self, y: np.ndarray, mean: torch.Tensor, quality: float, image_size) -> torch.Tensor:
-        oh, ow = image_size
-        y_hat = (torch.from_numpy(y)[None].double() + mean).float()
-        with torch.inference_mode(), self._autocast():
-            x = self.model.synthesis(y_hat.to(self.device).contiguous(memory_format=torch.channels_last), quality)
-        return (x[:, :, :oh, :ow].float().cpu() * 2 - 1).clamp(-1, 1)
-
     def payload_facts(self, payload: bytes) -> dict:
         version, q_milli = LEARNED_HEADER.unpack_from(payload)[:2]
         return {"quality": q_milli / 1000, "frame_type": "inter" if version == INTER_VERSION else "key"}

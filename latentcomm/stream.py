@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from latentcomm.errors import ImageError, LatentcommError
+from latentcomm.errors import ImageError
 
 log = logging.getLogger(__name__)
 
@@ -159,17 +159,6 @@ class LiveSource:
             item, self._slot = self._slot, None
             return item
 
-    def discard(self) -> None:
-        """Drop whatever frame is waiting (the sender skipped it)."""
-        with self._cond:
-            if self._slot is not None:
-                self._slot = None
-                self.dropped += 1
-
 
 def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
-
-
-class StreamError(LatentcommError):
-    """A stream can't go on (the receiver is gone and retries are spent)."""
