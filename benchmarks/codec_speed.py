@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = {}
     learned = LearnedCodec(args.learned_model, "cpu", "auto")
-    for q in (1.0, 4.0, 8.0):
+    for q in (1.0, 7.0, 11.0):
         rows[f"learned q{q:g} ({learned.dtype})"] = time_codec(learned, img, args.repeats, quality=q)
     rows["learned --target-bytes 0.1 bpp"] = time_codec(learned, img, args.repeats, target_bytes=w * h // 80)
     engine = Engine(args.vae_model, "cpu", "auto")

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", default=str(REPO_ROOT / "temp" / "apple.jpeg"), help="input image")
     p.add_argument("--size", type=int, default=256, help="square size, as the sender's default --size")
-    p.add_argument("--qualities", default="1,4,8", help="learned codec qualities to show")
+    p.add_argument("--qualities", default="1,4,7,11", help="learned codec qualities to show")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "quickstart_compare.png", help="output PNG")
     args = p.parse_args(argv)
     img = resize_square(load_image(args.image), args.size)

@@ -7,7 +7,7 @@
 For every evaluation image (the 6 held-out photos and the 12 aerial images, never trained on), at
 native size, one harness runs every codec and measures what a receiver would show:
 
-- ``learned``: the learned codec at every trained quality (1-8), the real entropy-coded payload;
+- ``learned``: the learned codec at every trained quality (1-11 for the shipped model), the real entropy-coded payload;
 - ``vae-u8-zstd`` / ``vae-f16``: the embedded AutoencoderKL's latent as v2 frames carry it;
 - ``jpeg`` / ``webp`` / ``avif`` / ``jxl`` (Pillow, pillow-jxl-plugin): a quality sweep, each with
   its best ordinary settings (optimized Huffman tables for JPEG, method 6 for WebP, the encoders'
@@ -447,7 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", default="photos,aerial", help="comma list: photos (held-out), aerial")
     p.add_argument("--size", default="native", help="'native' or a square centre-crop size")
     p.add_argument("--limit", type=int, default=0, help="first N images of each set (0 = all)")
-    p.add_argument("--quick", action="store_true", help="smoke test: 1 image per set, 128x128, qualities 1 and 8")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke test: 1 image per set, 128x128, the lowest and highest quality"
+    )
     p.add_argument(
         "--merge",
         type=Path,
@@ -477,15 +479,16 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"note: not available here, skipped: {', '.join(missing)}", file=sys.stderr)
     codecs = [c for c in codecs if c not in missing]
-    limit, size, qualities = args.limit, args.size, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
-    if args.quick:
-        limit, size, qualities = 1, "128", [1.0, 8.0]
+    limit, size = (1, "128") if args.quick else (args.limit, args.size)
     sets = {"photos": data.heldout_photos(), "aerial": data.aerial_images()}
     images = [(ds, path) for ds in args.sets.split(",") for path in (sets[ds][:limit] if limit else sets[ds])]
     if not images:
         print(f"error: no evaluation images under {data.DATA_ROOT}", file=sys.stderr)
         return 1
     learned = LearnedCodec(args.learned_model, "cpu", "fp32") if "learned" in codecs or args.grid else None
+    levels = learned.levels if learned is not None else 0
+    # Every trained level of the learned codec (quick: the two ends).
+    qualities = [1.0, float(levels)] if args.quick else [float(q) for q in range(1, levels + 1)]
     vae: dict[str, VaeCodec] = {}
     if "vae" in codecs:
         from latentcomm.engine import Engine

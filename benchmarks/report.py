@@ -157,13 +157,17 @@ def codec_speed_line(r: Results) -> str:
     d = r["codec_speed"]
     c = d["codecs"]
     learned = {k: v for k, v in c.items() if k.startswith("learned")}
-    q4 = next(v for k, v in learned.items() if k.startswith("learned q4"))
+    # The middle row is the default quality (quality 4 of the 8-level model, 7 of the 11-level one).
+    swept = [k for k in learned if k.split()[1].startswith("q")]
+    mid_key = swept[len(swept) // 2]
+    q4 = learned[mid_key]
+    mid_q = mid_key.split()[1].removeprefix("q")
     vae = next(v for k, v in c.items() if k.startswith("vae"))
     enc = [v["encode_s"] for v in learned.values()]
     dec = [v["decode_s"] for v in learned.values()]
     return (
         f"Speed ({d['image']}, model loaded, `benchmarks/codec_speed.py`, {run_line(d)}): the learned codec encodes "
-        f"in {q4['encode_s']:.2f} s and decodes in {q4['decode_s']:.2f} s at quality 4 "
+        f"in {q4['encode_s']:.2f} s and decodes in {q4['decode_s']:.2f} s at quality {mid_q} "
         f"({min(enc):.2f}-{max(enc):.2f} s "
         f"and {min(dec):.2f}-{max(dec):.2f} s over qualities and the byte-budget search); the embedded VAE path "
         f"(u8+zstd, at the precision `--precision auto` picks on that CPU) takes {vae['encode_s']:.2f} s and "
@@ -397,15 +401,26 @@ def lic_measured(r: Results) -> str:
             f"at {vae['bpp']:.3f} bpp; the learned codec's lowest quality already gives {ph[0]['psnr-rgb']:.2f} dB at "
             f"{ph[0]['bpp']:.3f} bpp ({100 * (1 - ph[0]['bpp'] / vae['bpp']):.0f}% fewer bytes for a better picture)."
         )
+    low_b = min(q["budgets_bpp"])
+    over = [c for c in cols if (e := equal(s, "photos", c, low_b)) is not None and e["over_budget"]]
     out.append(
-        f"- Its lowest quality averages {ph[0]['bpp']:.3f} bpp on the photos ({ae[0]['bpp']:.3f} on the aerial set); "
-        "smaller budgets are out of reach (the sender says so and sends quality 1)."
+        f"- Its lowest quality averages {ph[0]['bpp']:.3f} bpp on the photos ({ph[0]['psnr-rgb']:.2f} dB, SSIMULACRA2 "
+        f"{ph[0]['ssimulacra2']:.1f}) and {ae[0]['bpp']:.3f} on the aerial set ({ae[0]['psnr-rgb']:.2f} dB); smaller "
+        "budgets are out of reach (the sender says so and sends quality 1). At the smallest budget, "
+        f"{low_b} bpp, " + (", ".join(over) if over else "no codec") + " can't fit on the photos (their smallest "
+        "setting is over it)."
     )
     evals = r.training("latentcomm-lic").get("heldout_evals", [])
     if evals:
         out.append(
-            "- Held-out progress during training (six 512x512 centre crops, estimated rate, quality 3): "
-            + ", ".join(f"{e['q3_psnr']:.2f} dB at {e['q3_bpp']:.2f} bpp after {e['step']:,} steps" for e in evals)
+            "- Held-out progress during training (six 512x512 centre crops, estimated rate, lambda 0.0018: quality 3 "
+            "before the three lowest levels were added, quality 6 after): "
+            + ", ".join(
+                # Exports before the low levels were added name lambda 0.0018 by its old quality, 3.
+                f"{e.get('lambda0.0018_psnr', e.get('q3_psnr')):.2f} dB at "
+                f"{e.get('lambda0.0018_bpp', e.get('q3_bpp')):.2f} bpp after {e['step']:,} steps"
+                for e in evals
+            )
             + "."
         )
     return "\n".join(out) + "\n"

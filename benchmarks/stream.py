@@ -9,8 +9,8 @@
    mean PSNR of what arrived (the receiver's PNGs against the source frames), latency p50/p95,
    frames dropped.
 2. Temporal redundancy: a static scene with a small moving patch and a panning scene, 256x256,
-   quality 3, key frames only vs inter frames (key every 10): bytes per frame and PSNR.
-3. Broker: 4 sender threads x N pre-encoded 256x256 frames (quality 4) through Mosquitto to 1 and
+   quality 6, key frames only vs inter frames (key every 10): bytes per frame and PSNR.
+3. Broker: 4 sender threads x N pre-encoded 256x256 frames (quality 7) through Mosquitto to 1 and
    to 2 receiver processes in one group: frames decoded and acknowledged per second.
 """
 
@@ -102,7 +102,7 @@ def temporal(tmp: Path, frames: int) -> list[dict]:
         for mode, interval in (("key frames only", 1), ("inter frames, key every 10", 10)):
             sizes, quality, ref = [], [], None
             for i, f in enumerate(source):
-                enc = tx.encode(pil_to_tensor(f.image), quality=3.0, reference=ref if i % interval else None)
+                enc = tx.encode(pil_to_tensor(f.image), quality=6.0, reference=ref if i % interval else None)
                 ref = enc.facts["reference"]
                 recon = tensor_to_uint8(rx.decode(enc.encoding, 0, enc.shape, enc.payload, (), (256, 256)))
                 sizes.append(len(enc.payload))
@@ -148,7 +148,7 @@ def broker_run(tmp: Path, receivers: int, per_sender: int) -> dict | None:
 
         codec = LearnedCodec(LEARNED_MODEL_DIR, "cpu", "fp32")
         src = Image.open(REPO / "temp" / "apple.jpeg").convert("RGB").resize((256, 256))
-        encoded = [codec.encode(pil_to_tensor(src.rotate(90 * k)), quality=4.0) for k in range(4)]
+        encoded = [codec.encode(pil_to_tensor(src.rotate(90 * k)), quality=7.0) for k in range(4)]
 
         def send(k: int) -> int:
             e = encoded[k]

@@ -154,9 +154,10 @@ INTER_VERSION = 2
 #: Side of a block of latent positions that an inter frame codes or copies (32x32 pixels).
 INTER_BLOCK = 2
 #: An inter frame codes a block when copying it would add more than this fraction of the
-#: quantization noise's power. Measured on generated 256x256 streams at quality 3: 0.1 keeps PSNR
-#: within 0.05 dB of key frames (static scene: 602 bytes a frame instead of 1,661; panning: 1,293
-#: instead of 1,387); 0.25 saves more (421 / 1,174) but costs the panning scene 1.1 dB.
+#: quantization noise's power. Measured on generated 256x256 streams at lambda 0.0018 (quality 3
+#: of the 8-level model, 6 now): 0.1 keeps PSNR within 0.05 dB of key frames (static scene: 602
+#: bytes a frame instead of 1,661; panning: 1,293 instead of 1,387); 0.25 saves more (421 / 1,174)
+#: but costs the panning scene 1.1 dB.
 INTER_THRESHOLD = 0.1
 #: Above this fraction of coded blocks an inter frame is sent as a key frame (a scene change).
 SCENE_CHANGE = 0.6
@@ -196,7 +197,8 @@ class LearnedCodec(ImageCodec):
     """The learned codec: ``encode(image, quality=...)`` or ``encode(image, target_bytes=...)``.
 
     Quality is continuous in [1, levels] (1 = smallest); it travels in thousandths, and the sender
-    rounds to that grid before encoding so both sides use exactly the same gains.
+    rounds to that grid before encoding so both sides use exactly the same gains. ``quality=None``
+    takes the model's ``default_quality``.
     """
 
     kind = "learned"
@@ -206,7 +208,7 @@ class LearnedCodec(ImageCodec):
         model: str | Path = LEARNED_MODEL_DIR,
         device: str = "auto",
         precision: str = "auto",
-        quality: float = 4.0,
+        quality: float | None = None,
         target_bytes: int | None = None,
     ) -> None:
         from latentcomm.entropy import EntropyCoder
@@ -229,7 +231,7 @@ class LearnedCodec(ImageCodec):
         self.model_id = f"{path.resolve().name}@{self.model.fingerprint()}"
         self.source = str(path.resolve())
         self.levels = self.model.config.levels
-        self.quality = self.check_quality(quality)
+        self.quality = self.check_quality(self.model.config.default_quality if quality is None else quality)
         self.target_bytes = target_bytes
         #: Decoded frames that inter frames may name (tag -> un-gained latent), oldest first.
         self._references: OrderedDict[bytes, torch.Tensor] = OrderedDict()
@@ -499,7 +501,7 @@ def load_codec(
     precision: str = "auto",
     dtype: str = "f16",
     compression: str = "zstd",
-    quality: float = 4.0,
+    quality: float | None = None,
     target_bytes: int | None = None,
 ) -> ImageCodec:
     """The one way scripts get a codec: ``--codec`` plus ``--model`` (auto = the codec's default model)."""

@@ -11,6 +11,9 @@ Design choices (why):
 - EMA weights are what gets exported: good whenever training stops.
 - Checkpoints are atomic and carry optimizer, EMA and RNG states: a run is resumable bit for bit and
   trains in time-boxed chunks (``--minutes``), on CPU (bf16 autocast where native) or CUDA.
+- Levels can be added to a running model: a checkpoint trained with fewer lambdas resumes with the
+  new ones (the config's list must contain the old one); each new gain pair starts where the
+  trained ones extrapolate to (log-gain linear in log-lambda), and training refines it.
 - ``--pack`` writes the training photos into one compact ``.npz`` (downscaled, uint8), so a GPU
   machine that gets only the checkout can train from it (``--data-pack``).
 """
@@ -46,6 +49,59 @@ log = logging.getLogger("latentcomm.train_codec")
 #: 1600-pixel long side, for the large Unsplash photos.
 PHOTO_SCALES = (1.0, 0.6)
 UNSPLASH_LONG_SIDES = (1600, 900)
+
+
+#: The lambdas of quality levels 1..8 before three lower levels were added: older metrics records
+#: name their evaluations by those quality numbers ("q3_psnr" is lambda 0.0018).
+LEGACY_LEVEL_LAMBDAS = (0.0004, 0.0009, 0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.05)
+GAIN_PARAMS = ("log_gain", "log_inv_gain")
+
+
+def grow_gain_rows(rows: torch.Tensor, old: list[float], new: list[float]) -> torch.Tensor:
+    """Gain rows for the ``new`` lambdas from trained rows for ``old`` (a subset of ``new``).
+
+    Kept levels keep their trained rows; a new level's row is linear in log(lambda) through the two
+    nearest trained levels (extrapolated beyond the ends), which is where the trained gains already
+    lie closely: the MSE-optimal step size scales like lambda^-1/2.
+    """
+    if not set(old) <= set(new) or sorted(new) != list(new) or len(old) < 2:
+        raise ValueError(f"can't grow levels {old} into {new}: the new lambdas must be sorted and contain the old")
+    logs = torch.tensor(old, dtype=torch.float64).log()
+    out = []
+    for lam in new:
+        if lam in old:
+            out.append(rows[old.index(lam)])
+            continue
+        x = math.log(lam)
+        i = int(torch.searchsorted(logs, torch.tensor(x, dtype=torch.float64)).clamp(1, len(old) - 1))
+        t = (x - logs[i - 1].item()) / (logs[i] - logs[i - 1]).item()
+        out.append(rows[i - 1] + (rows[i] - rows[i - 1]) * t)
+    return torch.stack(out)
+
+
+def grow_levels(state: dict, model: LearnedCodecModel, old: list[float]) -> None:
+    """Adapt a checkpoint trained with lambdas ``old`` to ``model``'s lambdas, in place.
+
+    Model and EMA gain rows are grown by :func:`grow_gain_rows`; Adam's moments for new rows start
+    at zero (like a fresh parameter).
+    """
+    new = list(model.config.lambdas)
+    grow_gain_rows(torch.zeros(len(old), 1), list(old), new)  # the same checks, before touching ``state``
+    for key in ("model", "ema"):
+        for name in GAIN_PARAMS:
+            state[key][name] = grow_gain_rows(state[key][name], list(old), new)
+    names = [n for n, _ in model.named_parameters()]
+    for name in GAIN_PARAMS:
+        st = state["opt"]["state"].get(names.index(name))
+        if not st:
+            continue
+        for moment in ("exp_avg", "exp_avg_sq"):
+            rows = st[moment]
+            grown = torch.zeros(len(new), rows.shape[1], dtype=rows.dtype)
+            for i, lam in enumerate(old):
+                grown[new.index(lam)] = rows[i]
+            st[moment] = grown
+    state["config"] = {**state.get("config", {}), "lambdas": new}
 
 
 def load_training_images(photos: Path, unsplash: Path | None) -> list[np.ndarray]:
@@ -129,18 +185,27 @@ def rd_loss(model: LearnedCodecModel, x: torch.Tensor, levels: torch.Tensor, for
     return loss, {"loss": loss.item(), "bpp": bpp.mean().item(), "psnr": psnr}
 
 
+#: The trained levels the held-out evaluation watches, named by lambda (quality numbers shifted
+#: when lower levels were added; lambdas name the same trade-off across the whole run).
+EVAL_LAMBDAS = (0.0001, 0.0004, 0.0018, 0.0067, 0.05)
+
+
 @torch.inference_mode()
 def evaluate(
-    model: LearnedCodecModel, images: list[torch.Tensor], qualities: tuple[float, ...], dtype: torch.dtype
+    model: LearnedCodecModel, images: list[torch.Tensor], lambdas: tuple[float, ...], dtype: torch.dtype
 ) -> dict[str, float]:
-    """Held-out rate (ideal code length with rounding, in bpp) and PSNR at a few qualities.
+    """Held-out rate (ideal code length with rounding, in bpp) and PSNR at the levels of ``lambdas``
+    (those the model has), keyed ``lambda<value>_bpp`` / ``lambda<value>_psnr``.
 
     The real entropy-coded bytes are measured by ``benchmarks/quality.py``; this estimate is within
     a few bytes of them and is what training watches.
     """
     dev = next(model.parameters()).device
     res: dict[str, float] = {}
-    for q in qualities:
+    for lam in lambdas:
+        if lam not in model.config.lambdas:
+            continue
+        q = float(model.config.lambdas.index(lam) + 1)
         bpps, psnrs = [], []
         for x in images:
             x = x.to(dev)
@@ -158,8 +223,8 @@ def evaluate(
             bpps.append(bits.item() / (h * w))
             a, b = (x * 255).round(), (x_hat * 255).round()
             psnrs.append(10 * math.log10(255.0**2 / max((a - b).pow(2).mean().item(), 1e-10)))
-        res[f"q{q:g}_bpp"] = float(np.mean(bpps))
-        res[f"q{q:g}_psnr"] = float(np.mean(psnrs))
+        res[f"lambda{lam:g}_bpp"] = float(np.mean(bpps))
+        res[f"lambda{lam:g}_psnr"] = float(np.mean(psnrs))
     return res
 
 
@@ -170,8 +235,12 @@ def heldout_history(metrics_path: Path) -> list[dict]:
     out = []
     for line in metrics_path.read_text().splitlines():
         rec = json.loads(line)
-        if "q3_psnr" in rec:
-            out.append({"step": rec["step"], **{k: round(v, 4) for k, v in rec.items() if k.startswith("q")}})
+        for q, lam in enumerate(LEGACY_LEVEL_LAMBDAS, 1):
+            for what in ("bpp", "psnr"):
+                if f"q{q}_{what}" in rec:
+                    rec[f"lambda{lam:g}_{what}"] = rec.pop(f"q{q}_{what}")
+        if "lambda0.0018_psnr" in rec:
+            out.append({"step": rec["step"], **{k: round(v, 4) for k, v in rec.items() if k.startswith("lambda")}})
     return out
 
 
@@ -273,6 +342,14 @@ def main(argv: list[str] | None = None) -> int:
     step, elapsed = 0, 0.0
     if args.resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        old_lambdas = state.get("config", {}).get("lambdas", config.lambdas)
+        if list(old_lambdas) != list(config.lambdas):
+            try:
+                grow_levels(state, model, old_lambdas)
+            except ValueError as exc:
+                print(f"error: {ckpt_path}: {exc}", file=sys.stderr)
+                return 2
+            log.info("grew levels from %d to %d lambdas %s", len(old_lambdas), config.levels, config.lambdas)
         try:
             model.load_state_dict(state["model"])
         except RuntimeError:
@@ -354,8 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         bar.set_postfix(bpp=f"{stats['bpp']:.3f}", psnr=f"{stats['psnr']:.2f}")
         record = {"step": step, "lr": lr, "time_s": round(elapsed + time.time() - t_start, 1), **stats}
         if heldout and step % args.eval_every == 0:
-            record.update(evaluate(ema, heldout, (1.0, 3.0, 5.0, 8.0), dtype))
-            log.info("step %d held-out: %s", step, {k: round(v, 3) for k, v in record.items() if k.startswith("q")})
+            record.update(evaluate(ema, heldout, EVAL_LAMBDAS, dtype))
+            held = {k: round(v, 3) for k, v in record.items() if k.startswith("lambda")}
+            log.info("step %d held-out: %s", step, held)
         metrics_log.write(json.dumps(record) + "\n")
         metrics_log.flush()
         if step % args.ckpt_every == 0:

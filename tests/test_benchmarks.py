@@ -86,7 +86,7 @@ def test_codec_speed_and_pictures_quick(tmp_path):
     out = tmp_path / "s.json"
     proc = run_bench("benchmarks/codec_speed.py", "--size", "128x64", "--repeats", "1", "--json", str(out))
     res = json.loads(out.read_text())
-    assert any(k.startswith("learned q4") for k in res["codecs"]) and any(k.startswith("vae") for k in res["codecs"])
+    assert any(k.startswith("learned q7") for k in res["codecs"]) and any(k.startswith("vae") for k in res["codecs"])
     assert all(r["encode_s"] > 0 and r["decode_s"] > 0 and r["payload_bytes"] > 0 for r in res["codecs"].values())
     assert "encode s" in proc.stdout
     png = tmp_path / "cmp.png"

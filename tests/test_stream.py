@@ -51,7 +51,7 @@ def test_fps_and_max_frames_pick_from_the_source(tmp_path, start_receiver):
     rx = start_receiver("--codec", "learned", "--no-show", "--json")
     tx = run_script(
         "sender_sdvae.py", "--codec", "learned", "--port", str(rx.port), "--video", str(video), "--fps", "2",
-        "--max-frames", "4", "--json", "--quality", "2", timeout=300,
+        "--max-frames", "4", "--json", "--quality", "5", timeout=300,
     )  # fmt: skip
     assert tx.returncode == 0, tx.stderr
     frames, summary = stream_reports(tx.stdout)
@@ -92,7 +92,7 @@ def test_a_static_camera_costs_far_less_than_a_panning_one(tmp_path, start_recei
     for motion in ("static", "pan"):
         video = make_video(tmp_path / f"{motion}.mp4", frames=12, fps=2, motion=motion)
         tx = run_script(
-            "sender_sdvae.py", "--codec", "learned", "--port", str(rx.port), "--video", str(video), "--quality", "3",
+            "sender_sdvae.py", "--codec", "learned", "--port", str(rx.port), "--video", str(video), "--quality", "6",
             "--key-interval", "6", "--json", "--no-original", timeout=300,
         )  # fmt: skip
         assert tx.returncode == 0, tx.stderr
@@ -125,8 +125,8 @@ def test_an_inter_frame_without_its_reference_is_refused_not_misdecoded(tmp_path
     video = make_video(tmp_path / "static.mp4", frames=3, fps=2, motion="static")
     frames = [pil_to_tensor(f.image) for f in video_frames(video)]
     tx, rx, other = (LearnedCodec(LEARNED_MODEL_DIR, "cpu", "fp32") for _ in range(3))
-    key = tx.encode(frames[0], quality=3)
-    inter = tx.encode(frames[1], quality=3, reference=key.facts["reference"])
+    key = tx.encode(frames[0], quality=6)
+    inter = tx.encode(frames[1], quality=6, reference=key.facts["reference"])
     assert inter.facts["frame_type"] == "inter"
     rx.decode(key.encoding, 0, key.shape, key.payload, (), (256, 256))
     a = rx.decode(inter.encoding, 0, inter.shape, inter.payload, (), (256, 256))

@@ -131,7 +131,8 @@ def add_rate_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="Q",
-        help="--codec learned: quality from 1 (fewest bytes) to 8 (best picture); fractions allowed (default 4)",
+        help="--codec learned: quality from 1 (fewest bytes) to the model's top level (11 for the shipped model: best "
+        "picture); fractions allowed (default: the model's default_quality, 7 for the shipped model)",
     )
     p.add_argument(
         "--target-bytes",
@@ -143,14 +144,30 @@ def add_rate_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def shipped_learned_levels() -> int | None:
+    """Quality levels of the shipped learned codec, read from its config.json (no torch import), so a
+    flag mistake is a parser error before any model loads; None if the folder isn't readable."""
+    import json
+
+    from latentcomm.data import MODELS_ROOT
+
+    try:
+        return len(json.loads((MODELS_ROOT / "latentcomm-lic" / "config.json").read_text())["lambdas"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def check_rate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Parser errors for rate flags that can't apply (exit status 2, like any flag mistake)."""
     if args.codec != "learned" and (args.quality is not None or args.target_bytes is not None):
         parser.error("--quality and --target-bytes need --codec learned")
     if args.quality is not None and args.target_bytes is not None:
         parser.error("give --quality or --target-bytes, not both")
-    if args.quality is not None and not 1 <= args.quality <= 8:
-        parser.error(f"--quality must be between 1 and 8, got {args.quality}")
+    if args.quality is not None:
+        top = shipped_learned_levels() if getattr(args, "model", "auto") == "auto" else None
+        if not args.quality >= 1 or (top is not None and args.quality > top):
+            # Another --model folder's top level is checked when the codec loads it (exit 1).
+            parser.error(f"--quality must be between 1 and {top or 'the model top level'}, got {args.quality}")
     if args.target_bytes is not None and args.target_bytes <= 0:
         parser.error("--target-bytes must be positive")
 

@@ -112,7 +112,7 @@ def _v2(args) -> int:
         args.precision,
         dtype="f16",
         compression="zstd",
-        quality=args.quality if args.quality is not None else 4.0,
+        quality=args.quality,
         target_bytes=args.target_bytes,
     )
     prepared = prepare(args.image, args.size, fit="crop")

@@ -31,7 +31,7 @@ examples:
   python sender_sdvae.py                              # temp/apple.jpeg -> 127.0.0.1:65432
   python sender_sdvae.py --image photo.png --size 0   # native size (padded to x8, cropped back)
   python sender_sdvae.py --image shots/ --json        # a folder, v2, one JSON line per image
-  python sender_sdvae.py --codec learned --quality 3  # the learned codec (v2), far fewer bytes
+  python sender_sdvae.py --codec learned --quality 6  # the learned codec (v2), far fewer bytes
   python sender_sdvae.py --codec learned --target-bytes 2000 --size 0   # fit each image into 2,000 bytes
 """
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
         args.precision,
         dtype=args.dtype,
         compression=args.compression,
-        quality=args.quality if args.quality is not None else 4.0,
+        quality=args.quality,
         target_bytes=args.target_bytes,
     )
     if protocol == "legacy":
@@ -248,7 +248,7 @@ def _send_stream(parser, args, key, bandwidth, texts=None) -> int:
         frames = image_frames(expand_images(args.image or ["temp/apple.jpeg"]), args.fps, args.max_frames)
     codec = load_codec(
         args.codec, args.model, args.device, args.precision, dtype=args.dtype, compression=args.compression,
-        quality=args.quality if args.quality is not None else 4.0, target_bytes=args.target_bytes,
+        quality=args.quality, target_bytes=args.target_bytes,
     )  # fmt: skip
     first = next(frames)  # fail on a bad source before connecting
     import itertools
