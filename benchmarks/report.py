@@ -402,13 +402,18 @@ def lic_measured(r: Results) -> str:
             f"{ph[0]['bpp']:.3f} bpp ({100 * (1 - ph[0]['bpp'] / vae['bpp']):.0f}% fewer bytes for a better picture)."
         )
     low_b = min(q["budgets_bpp"])
-    over = [c for c in cols if (e := equal(s, "photos", c, low_b)) is not None and e["over_budget"]]
+    over = [
+        f"{c} ({e['over_budget']}/{e['images']})"
+        for c in cols
+        if (e := equal(s, "photos", c, low_b)) is not None and e["over_budget"]
+    ]
     out.append(
         f"- Its lowest quality averages {ph[0]['bpp']:.3f} bpp on the photos ({ph[0]['psnr-rgb']:.2f} dB, SSIMULACRA2 "
         f"{ph[0]['ssimulacra2']:.1f}) and {ae[0]['bpp']:.3f} on the aerial set ({ae[0]['psnr-rgb']:.2f} dB); smaller "
         "budgets are out of reach (the sender says so and sends quality 1). At the smallest budget, "
-        f"{low_b} bpp, " + (", ".join(over) if over else "no codec") + " can't fit on the photos (their smallest "
-        "setting is over it)."
+        f"{low_b} bpp, these can't fit some of the photos (their smallest setting is over it): "
+        + (", ".join(over) if over else "none")
+        + "."
     )
     evals = r.training("latentcomm-lic").get("heldout_evals", [])
     if evals:
