@@ -108,7 +108,7 @@ def test_frames_that_dont_fit_the_codec_are_refused(codec):
         dict(compression=COMP_ZSTD),
         dict(payload=f.payload[:3]),  # shorter than its header
         dict(payload=b"\x09" + f.payload[1:]),  # unknown bitstream version
-        dict(payload=f.payload[:1] + (9000).to_bytes(2, "big") + f.payload[3:]),  # quality out of range
+        dict(payload=f.payload[:1] + (12000).to_bytes(2, "big") + f.payload[3:]),  # quality out of range
         dict(payload=f.payload[:-1]),  # not whole 32-bit words
         dict(encoding=0),  # a VAE latent under the learned model's name
     ]
