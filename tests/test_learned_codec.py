@@ -147,7 +147,7 @@ def test_sizes_the_frame_does_not_vouch_for_are_refused_before_allocating(codec)
 
 
 def test_bad_quality_and_missing_or_foreign_models_are_typed_errors(codec, tmp_path):
-    with pytest.raises(LocalProtocolError, match="between 1 and 8"):
+    with pytest.raises(LocalProtocolError, match="between 1 and 11"):
         codec.encode(pil_to_tensor(small_photo()), quality=0.5)
     with pytest.raises(ModelLoadError, match="does not exist"):
         LearnedCodec(tmp_path / "nothing")
