@@ -160,14 +160,14 @@ def codec_speed_line(r: Results) -> str:
     # The middle row is the default quality (quality 4 of the 8-level model, 7 of the 11-level one).
     swept = [k for k in learned if k.split()[1].startswith("q")]
     mid_key = swept[len(swept) // 2]
-    q4 = learned[mid_key]
+    default = learned[mid_key]
     mid_q = mid_key.split()[1].removeprefix("q")
     vae = next(v for k, v in c.items() if k.startswith("vae"))
     enc = [v["encode_s"] for v in learned.values()]
     dec = [v["decode_s"] for v in learned.values()]
     return (
         f"Speed ({d['image']}, model loaded, `benchmarks/codec_speed.py`, {run_line(d)}): the learned codec encodes "
-        f"in {q4['encode_s']:.2f} s and decodes in {q4['decode_s']:.2f} s at quality {mid_q} "
+        f"in {default['encode_s']:.2f} s and decodes in {default['decode_s']:.2f} s at quality {mid_q} "
         f"({min(enc):.2f}-{max(enc):.2f} s "
         f"and {min(dec):.2f}-{max(dec):.2f} s over qualities and the byte-budget search); the embedded VAE path "
         f"(u8+zstd, at the precision `--precision auto` picks on that CPU) takes {vae['encode_s']:.2f} s and "
@@ -327,7 +327,8 @@ def lic_status(r: Results) -> str:
         f"**Status: an early model.** It was trained for {hours(t['train_seconds'])} on one or two cores of a CPU "
         f"(no GPU was lent to this project), {t['step']:,} steps; models of this kind converge over 10^5-10^6 steps. "
         "Training resumes where it stopped (`python -m latentcomm.train --objective codec`, or "
-        "`tools/train_codec_gpu.sh` on a GPU).\n"
+        "`tools/train_codec_gpu.sh` on a GPU); on a machine without that run's checkpoint, add "
+        "`--init-from models/latentcomm-lic` to start from these weights.\n"
     )
 
 

@@ -57,6 +57,12 @@ LEGACY_LEVEL_LAMBDAS = (0.0004, 0.0009, 0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.
 GAIN_PARAMS = ("log_gain", "log_inv_gain")
 
 
+def check_growth(old: list[float], new: list[float]) -> None:
+    """ValueError unless levels ``old`` can grow into ``new`` (sorted, containing every old lambda)."""
+    if not set(old) <= set(new) or sorted(new) != list(new) or len(old) < 2:
+        raise ValueError(f"can't grow levels {old} into {new}: the new lambdas must be sorted and contain the old")
+
+
 def grow_gain_rows(rows: torch.Tensor, old: list[float], new: list[float]) -> torch.Tensor:
     """Gain rows for the ``new`` lambdas from trained rows for ``old`` (a subset of ``new``).
 
@@ -64,8 +70,7 @@ def grow_gain_rows(rows: torch.Tensor, old: list[float], new: list[float]) -> to
     nearest trained levels (extrapolated beyond the ends), which is where the trained gains already
     lie closely: the MSE-optimal step size scales like lambda^-1/2.
     """
-    if not set(old) <= set(new) or sorted(new) != list(new) or len(old) < 2:
-        raise ValueError(f"can't grow levels {old} into {new}: the new lambdas must be sorted and contain the old")
+    check_growth(old, new)
     logs = torch.tensor(old, dtype=torch.float64).log()
     out = []
     for lam in new:
@@ -86,7 +91,7 @@ def grow_levels(state: dict, model: LearnedCodecModel, old: list[float]) -> None
     at zero (like a fresh parameter).
     """
     new = list(model.config.lambdas)
-    grow_gain_rows(torch.zeros(len(old), 1), list(old), new)  # the same checks, before touching ``state``
+    check_growth(list(old), new)  # before touching ``state``
     for key in ("model", "ema"):
         for name in GAIN_PARAMS:
             state[key][name] = grow_gain_rows(state[key][name], list(old), new)
@@ -290,6 +295,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-size", type=int, default=512, help="held-out photos are centre-cropped to this (0 = native)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from last.pt")
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="without a run-dir/last.pt: start from these exported weights (e.g. models/latentcomm-lic) with a "
+        "fresh optimizer, counting steps on from its training_state.json",
+    )
     return p.parse_args(argv)
 
 
@@ -363,6 +375,24 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_rng_state(state["torch_rng"])
         step, elapsed = state["step"], state.get("elapsed", 0.0)
         log.info("resumed from %s at step %d (%.1f h trained)", ckpt_path, step, elapsed / 3600)
+    elif args.init_from is not None:
+        from latentcomm.errors import ModelLoadError
+
+        try:
+            init = LearnedCodecModel.from_pretrained(args.init_from)
+            weights = {k: v.float() for k, v in init.state_dict().items()}
+            if list(init.config.lambdas) != list(config.lambdas):
+                for name in GAIN_PARAMS:
+                    weights[name] = grow_gain_rows(weights[name], list(init.config.lambdas), list(config.lambdas))
+            model.load_state_dict(weights)
+        except (ModelLoadError, ValueError, RuntimeError) as exc:
+            print(f"error: --init-from {args.init_from}: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 2
+        ema.load_state_dict(model.state_dict())
+        meta_path = args.init_from / "training_state.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        step, elapsed = int(meta.get("step", 0)), float(meta.get("train_seconds", 0.0))
+        log.info("initialised from %s at step %d (%.1f h trained)", args.init_from, step, elapsed / 3600)
     log.info(
         "codec: %.2fM parameters, device %s, autocast %s, %d training images",
         sum(p.numel() for p in model.parameters()) / 1e6,

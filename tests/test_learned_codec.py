@@ -332,6 +332,14 @@ def test_training_objective_runs_resumes_and_exports_a_loadable_codec(tmp_path):
     r = subprocess.run([*base, "--steps", "3"], cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
     assert r.returncode == 0 and "resumed from" in r.stderr and "at step 2" in r.stderr, r.stderr
     assert json.loads((export / "training_state.json").read_text())["step"] == 3
+    # A new machine without the run directory starts from the exported weights and counts on.
+    again = [*base, "--run-dir", str(tmp_path / "run2"), "--export", str(tmp_path / "export2"), "--steps", "4"]
+    r = subprocess.run([*again, "--init-from", str(export)], cwd=REPO, capture_output=True, text=True, env=script_env())
+    assert r.returncode == 0 and "initialised from" in r.stderr and "at step 3" in r.stderr, r.stderr
+    assert json.loads((tmp_path / "export2" / "training_state.json").read_text())["step"] == 4
+    bad = [*again, "--run-dir", str(tmp_path / "run3"), "--init-from", str(photos)]
+    r = subprocess.run(bad, cwd=REPO, capture_output=True, text=True, env=script_env())
+    assert r.returncode == 2 and "--init-from" in r.stderr and "Traceback" not in r.stderr, r.stderr
     c = LearnedCodec(export, "cpu", "fp32")
     f = encode_frame(c, small_photo((96, 80)), quality=2)
     assert decode_frame(c, f).shape == (80, 96, 3)
