@@ -62,6 +62,8 @@ def time_codec(codec: ImageCodec, img: Image.Image, repeats: int, **kw) -> dict:
         "decode_s": statistics.median(dec_t),
         "payload_bytes": len(enc.payload),
         "bpp": 8 * len(enc.payload) / (img.width * img.height),
+        # Passes of the hyper transforms and entropy coder the encode made (a byte budget searches).
+        "rate_probes": enc.facts.get("rate_probes", 1),
     }
 
 
@@ -84,9 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     rows["learned --target-bytes 0.1 bpp"] = time_codec(learned, img, args.repeats, target_bytes=w * h // 80)
     engine = Engine(args.vae_model, "cpu", "auto")
     rows[f"vae u8+zstd ({engine.dtype})"] = time_codec(VaeCodec(engine, "u8", "zstd"), img, args.repeats)
-    print(f"{'codec':<34} {'encode s':>9} {'decode s':>9} {'bytes':>8} {'bpp':>6}")
+    print(f"{'codec':<34} {'encode s':>9} {'decode s':>9} {'bytes':>8} {'bpp':>6} {'probes':>6}")
     for name, r in rows.items():
-        print(f"{name:<34} {r['encode_s']:>9.3f} {r['decode_s']:>9.3f} {r['payload_bytes']:>8} {r['bpp']:>6.3f}")
+        print(
+            f"{name:<34} {r['encode_s']:>9.3f} {r['decode_s']:>9.3f} {r['payload_bytes']:>8} {r['bpp']:>6.3f} "
+            f"{r['rate_probes']:>6}"
+        )
     result = {
         **run_meta(),
         "image": f"{w}x{h}",
