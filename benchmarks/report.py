@@ -296,8 +296,9 @@ def codec_speed(r: Results) -> str:
     d = r["codec_speed"]
     out = [f"| codec ({d['image']}) | encode s | decode s | bytes | rate probes |", "|---|---|---|---|---|"]
     for name, v in d["codecs"].items():
-        probes = v.get("rate_probes", "")  # runs before 2026-11-26 (late) didn't record it
-        out.append(f"| {name} | {v['encode_s']:.3f} | {v['decode_s']:.3f} | {v['payload_bytes']:,} | {probes} |")
+        out.append(
+            f"| {name} | {v['encode_s']:.3f} | {v['decode_s']:.3f} | {v['payload_bytes']:,} | {v['rate_probes']} |"
+        )
     out.append(f"\n({run_line(d)}, {d['torch_threads']} torch threads; medians of {d['repeats']} after a warm-up.)")
     return "\n".join(out) + "\n"
 
