@@ -339,6 +339,9 @@ def test_training_objective_runs_resumes_and_exports_a_loadable_codec(tmp_path):
     r = subprocess.run([*again, "--init-from", str(export)], cwd=REPO, capture_output=True, text=True, env=script_env())
     assert r.returncode == 0 and "initialised from" in r.stderr and "at step 3" in r.stderr, r.stderr
     assert json.loads((tmp_path / "export2" / "training_state.json").read_text())["step"] == 4
+    # ... with a fresh optimizer, so its first step is warmed up like a new run's (200 steps to 3e-4).
+    first = json.loads((tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 4 and first["lr"] == pytest.approx(3e-4 / 200)
     bad = [*again, "--run-dir", str(tmp_path / "run3"), "--init-from", str(photos)]
     r = subprocess.run(bad, cwd=REPO, capture_output=True, text=True, env=script_env())
     assert r.returncode == 2 and "--init-from" in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -347,6 +350,8 @@ def test_training_objective_runs_resumes_and_exports_a_loadable_codec(tmp_path):
     assert decode_frame(c, f).shape == (80, 96, 3)
     bad = subprocess.run([*base, "--crop", "100"], cwd=REPO, capture_output=True, text=True, env=script_env())
     assert bad.returncode == 2 and "multiple of 64" in bad.stderr
+    bad = subprocess.run([*base, "--decay-to", "1e-5"], cwd=REPO, capture_output=True, text=True, env=script_env())
+    assert bad.returncode == 2 and "--minutes" in bad.stderr and "Traceback" not in bad.stderr
     # The compact pack a GPU machine trains from (it gets only the checkout) holds the same pyramid.
     pack = tmp_path / "pack.npz"
     r = subprocess.run([*base, "--pack", str(pack)], cwd=REPO, capture_output=True, text=True, env=script_env())
@@ -355,6 +360,39 @@ def test_training_objective_runs_resumes_and_exports_a_loadable_codec(tmp_path):
         [*base, "--data-pack", str(pack), "--steps", "4"], cwd=REPO, capture_output=True, text=True, env=script_env()
     )
     assert r.returncode == 0 and "at step 3" in r.stderr, r.stderr
+
+
+def test_the_pack_rebuilds_the_training_pyramid(tmp_path):
+    """The pack keeps one JPEG per source image and rebuilds the smaller copies on load: the same
+    sizes as training from the folders, and pixels within the JPEG's error."""
+    from latentcomm.train_codec import expand, read_pack, training_sources, write_pack
+
+    photos, unsplash = tmp_path / "photos", tmp_path / "unsplash"
+    photos.mkdir()
+    unsplash.mkdir()
+    for i in range(2):
+        small_photo((200, 136)).rotate(180 * i).save(photos / f"{i:03d}.png")
+    small_photo((400, 300)).save(unsplash / "big.jpg", quality=95)
+    sources = training_sources(photos, unsplash)
+    want = expand(sources)
+    write_pack(sources, tmp_path / "pack.npz", quality=95)
+    got = read_pack(tmp_path / "pack.npz")
+    # Each photo at 1.0 and 0.6; the Unsplash one at a 1600 and a 900 pixel long side.
+    assert [a.shape for a in got] == [a.shape for a in want]
+    assert [a.shape[:2] for a in want] == [(136, 200), (82, 120)] * 2 + [(1200, 1600), (675, 900)]
+    assert min(psnr(a, b) for a, b in zip(want, got, strict=True)) > 35
+
+
+def test_the_learning_rate_warms_a_fresh_optimizer_and_anneals_by_time():
+    from latentcomm.train_codec import learning_rate, parse_args
+
+    a = parse_args(["--lr", "1e-4", "--warmup", "100", "--minutes", "10", "--decay-to", "1e-5", "--decay-frac", "0.5"])
+    assert learning_rate(a, 0, 0.0) == pytest.approx(1e-6)  # the optimizer's first step
+    assert learning_rate(a, 99, 0.1) == pytest.approx(1e-4)
+    assert learning_rate(a, 5000, 0.5) == pytest.approx(1e-4)  # annealing starts at half the time box
+    assert learning_rate(a, 5000, 0.75) == pytest.approx(5.5e-5)  # halfway down the cosine
+    assert learning_rate(a, 5000, 1.2) == pytest.approx(1e-5)  # and stays at --decay-to past the end
+    assert learning_rate(parse_args(["--lr", "1e-4"]), 5000, 0.99) == pytest.approx(1e-4)  # no --decay-to: constant
 
 
 def test_metrics_script_reports_perceptual_metrics_for_the_learned_codec(start_receiver, tmp_path):
