@@ -105,6 +105,13 @@ def hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} hours"
 
 
+def training_time(t: dict) -> str:
+    """Where the shipped weights' training time went: CPU hours and, when one was lent, GPU minutes."""
+    if "gpu_seconds" in t:
+        return f"{hours(t['cpu_seconds'])} of CPU and {t['gpu_seconds'] / 60:.0f} minutes of one H100 GPU"
+    return f"{hours(t['train_seconds'])} of CPU"
+
+
 # -- the blocks ---------------------------------------------------------------------------------------
 
 
@@ -147,7 +154,7 @@ def which_codec(r: Results) -> str:
         "| to talk to the original scripts | `--codec vae` (the default), one image | the legacy frame is byte for "
         "byte the original's |\n"
         "| the best picture per byte today, whatever the transport | AVIF or JPEG XL | the shipped learned model is "
-        f"an early one ({steps['step']:,} steps, {hours(steps['train_seconds'])} of CPU training): at equal bytes "
+        f"an early one ({steps['step']:,} steps, {training_time(steps)} training): at equal bytes "
         f"on the held-out photos ({mid[0]}-{mid[-1]} bpp), PSNR minus the learned codec's: {ahead}; "
         "see Benchmarks below |\n"
     )
@@ -325,9 +332,19 @@ def quality(r: Results) -> str:
 
 def lic_status(r: Results) -> str:
     t = r.training("latentcomm-lic")
+    if "gpu_seconds" in t:
+        where = (
+            f"It was trained for {training_time(t)} ({t['step']:,} steps: the first "
+            f"{t['phases'][0]['steps'][1]:,} on the CPU with batches of 8 128x128 crops, the rest on the GPU with "
+            "batches of 16 256x256 crops, 8 times the pixels per step)"
+        )
+    else:
+        where = (
+            f"It was trained for {hours(t['train_seconds'])} on one or two cores of a CPU (no GPU was lent to "
+            f"this project), {t['step']:,} steps"
+        )
     return (
-        f"**Status: an early model.** It was trained for {hours(t['train_seconds'])} on one or two cores of a CPU "
-        f"(no GPU was lent to this project), {t['step']:,} steps; models of this kind converge over 10^5-10^6 steps. "
+        f"**Status: an early model.** {where}; models of this kind converge over 10^5-10^6 steps. "
         "Training resumes where it stopped (`python -m latentcomm.train --objective codec`, or "
         "`tools/train_codec_gpu.sh` on a GPU); on a machine without that run's checkpoint, add "
         "`--init-from models/latentcomm-lic` to start from these weights.\n"
@@ -418,11 +435,15 @@ def lic_measured(r: Results) -> str:
         + (", ".join(over) if over else "none")
         + "."
     )
-    evals = r.training("latentcomm-lic").get("heldout_evals", [])
+    t = r.training("latentcomm-lic")
+    evals = t.get("heldout_evals", [])
+    # Every 3,000 steps and the last: the line is for the curve's shape, training_state.json has all.
+    evals = [e for i, e in enumerate(evals) if e["step"] % 3000 == 0 or i == len(evals) - 1]
+    gpu_from = f"; on the GPU from step {t['phases'][1]['steps'][0]:,}" if "phases" in t else ""
     if evals:
         out.append(
             "- Held-out progress during training (six 512x512 centre crops, estimated rate, lambda 0.0018: quality 3 "
-            "before the three lowest levels were added, quality 6 after): "
+            f"before the three lowest levels were added, quality 6 after{gpu_from}): "
             + ", ".join(
                 # Exports before the low levels were added name lambda 0.0018 by its old quality, 3.
                 f"{e.get('lambda0.0018_psnr', e.get('q3_psnr')):.2f} dB at "
