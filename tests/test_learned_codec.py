@@ -362,6 +362,43 @@ def test_training_objective_runs_resumes_and_exports_a_loadable_codec(tmp_path):
     assert r.returncode == 0 and "at step 3" in r.stderr, r.stderr
 
 
+def test_the_gpu_training_script_runs_here_on_a_cpu(tmp_path):
+    """tools/train_codec_gpu.sh, the one command a GPU session runs, works here first: from a pack and
+    held-out crops, starting from the shipped weights with a fresh optimizer, it leaves under $OUT a
+    loadable export that counts its steps on, the metrics with held-out evaluations, and a log."""
+    photos, heldout = tmp_path / "photos", tmp_path / "heldout"
+    photos.mkdir()
+    heldout.mkdir()
+    for i in range(2):
+        small_photo((160, 160)).rotate(90 * i).save(photos / f"{i:03d}.png")
+    small_photo((512, 512)).save(heldout / "007.png")  # named like a held-out photo
+    pack = tmp_path / "pack.npz"
+    r = subprocess.run(
+        [PYTHON, "-m", "latentcomm.train", "--objective", "codec", "--data", str(photos), "--extra-data",
+         str(tmp_path / "none"), "--pack", str(pack)],
+        cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    env = {
+        **script_env(), "PYTHON": PYTHON, "OUT": str(out), "RUN_DIR": str(tmp_path / "run"),
+        "CKPT": str(tmp_path / "no.pt"), "PACK": str(pack), "HELDOUT": str(heldout), "DEVICE": "cpu",
+        "BATCH": "1", "CROP": "64", "MINUTES": "0.05", "EVAL_EVERY": "4", "CKPT_EVERY": "4", "LOG_EVERY": "1",
+        "WARMUP": "2",
+    }  # fmt: skip
+    r = subprocess.run(["bash", str(REPO / "tools" / "train_codec_gpu.sh")], cwd=REPO, capture_output=True, text=True,
+                       env=env, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    shipped = json.loads((LEARNED_MODEL_DIR / "training_state.json").read_text())["step"]
+    state = json.loads((out / "export" / "training_state.json").read_text())
+    assert state["step"] > shipped and state["crop"] == 64 and state["device"] == "cpu"
+    assert state["heldout_evals"] and state["heldout_evals"][0]["step"] > shipped
+    assert "initialised from" in (out / "train.log").read_text()
+    assert (out / "metrics.jsonl").read_text().count("\n") >= state["step"] - shipped
+    c = LearnedCodec(out / "export", "cpu", "fp32")
+    assert decode_frame(c, encode_frame(c, small_photo((96, 80)), quality=7)).shape == (80, 96, 3)
+
+
 def test_the_pack_rebuilds_the_training_pyramid(tmp_path):
     """The pack keeps one JPEG per source image and rebuilds the smaller copies on load: the same
     sizes as training from the folders, and pixels within the JPEG's error."""

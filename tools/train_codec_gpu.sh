@@ -10,20 +10,21 @@
 # (models/latentcomm-lic) with a fresh optimizer, warmed up. It trains with larger batches of 256x256
 # crops, annealing the LR over the last third of the time box, evaluates on the held-out crops, and
 # leaves the EMA export, metrics and log under $OUT (or runs/codec-gpu). Every variable below can
-# be set from the environment; DEVICE=cpu MINUTES=0.2 BATCH=2 tests the script on a CPU.
+# be set from the environment (PACK, HELDOUT, INIT_FROM, CKPT, RUN_DIR, DEVICE, BATCH, CROP, LR, ...);
+# DEVICE=cpu MINUTES=0.2 BATCH=2 tests the script on a CPU, as tests/test_learned_codec.py does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-runs/codec-gpu}"
 RUN_DIR="${RUN_DIR:-/tmp/codec-gpu-run}"
 mkdir -p "$OUT_DIR" "$RUN_DIR"
-INIT=(--init-from models/latentcomm-lic)
+INIT=(--init-from "${INIT_FROM:-models/latentcomm-lic}")
 CKPT="${CKPT:-runs/codec/last.pt}"
 if [ -f "$CKPT" ] && [ ! -f "$RUN_DIR/last.pt" ]; then cp "$CKPT" "$RUN_DIR/last.pt"; fi
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || true
-python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
+"${PYTHON:-python3}" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
 status=0
-PYTHONUNBUFFERED=1 python3 -m latentcomm.train --objective codec \
-  --data runs/gpu-heldout --data-pack runs/pack.npz "${INIT[@]}" \
+PYTHONUNBUFFERED=1 "${PYTHON:-python3}" -m latentcomm.train --objective codec \
+  --data "${HELDOUT:-runs/gpu-heldout}" --data-pack "${PACK:-runs/pack.npz}" "${INIT[@]}" \
   --device "${DEVICE:-cuda}" --precision "${PRECISION:-fp32}" \
   --batch "${BATCH:-16}" --crop "${CROP:-256}" --lr "${LR:-1e-4}" --warmup "${WARMUP:-300}" \
   --decay-to "${DECAY_TO:-1e-5}" --decay-frac "${DECAY_FRAC:-0.35}" \
