@@ -9,8 +9,12 @@ Receivers subscribe through a shared subscription (``$share/<group>/latentcomm/<
 so the broker hands each frame to one receiver of the group and adding a receiver adds decode
 throughput. Delivery is at least once, end to end:
 
-- every client keeps a persistent session (clean_session false), so a client that drops and comes
-  back with the same client id gets what was queued for it;
+- every client keeps a persistent session, so a client that drops and comes back with the same
+  client id gets what was queued for it. A receiver's session (MQTT 5) expires ``session_expiry``
+  seconds after it went away: the broker hands shared-subscription frames to offline members too
+  (Mosquitto measured: with one of two receivers killed, every later frame first went to the dead
+  one and cost its sender an ack timeout), so a receiver that is gone for good must leave the group.
+  What its session still held is published again by the senders, whose ACK never came;
 - a receiver acknowledges an MQTT message to the broker only after the frame was decoded (manual
   acks), so a receiver killed mid-frame leaves it with the broker;
 - a sender waits for the receivers' ACK per frame and publishes it again when none comes in
@@ -66,27 +70,40 @@ def check_topic(topic: str) -> str:
     return topic
 
 
-def _client(client_id: str, manual_ack: bool = False):
+#: Seconds a receiver's session outlives its connection (``--session-expiry``): long enough to ride
+#: out a restart or a network blip with its queued frames, short enough that a dead receiver stops
+#: being handed frames before its senders' retries run out.
+DEFAULT_SESSION_EXPIRY = 10
+
+
+def _client(client_id: str, manual_ack: bool = False, v5: bool = False):
+    """A paho client with a persistent session: MQTT 3.1.1 (senders), or MQTT 5 (receivers, whose
+    session must expire, which 3.1.1 can't say)."""
     import paho.mqtt.client as mqtt
 
-    c = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=False,
-        protocol=mqtt.MQTTv311,
-        manual_ack=manual_ack,
-    )
+    session = {"protocol": mqtt.MQTTv5} if v5 else {"clean_session": False, "protocol": mqtt.MQTTv311}
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, manual_ack=manual_ack, **session)
     c.reconnect_delay_set(0.2, 2.0)
     c.max_inflight_messages_set(20)
     c.max_queued_messages_set(0)
     return c
 
 
-def _connect(client, host: str, port: int, wait_for: float) -> None:
+def _connect(client, host: str, port: int, wait_for: float, session_expiry: int | None = None) -> None:
+    """Connect, retrying for ``wait_for`` seconds; with ``session_expiry`` (MQTT 5) the session is kept
+    (clean start off) for that many seconds after a disconnect. paho reconnects with the same options."""
+    extra: dict = {}
+    if session_expiry is not None:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = session_expiry
+        extra = {"clean_start": False, "properties": props}
     deadline = time.monotonic() + wait_for
     while True:
         try:
-            client.connect(host, port, keepalive=10)
+            client.connect(host, port, keepalive=10, **extra)
             return
         except OSError as exc:
             if time.monotonic() < deadline:
@@ -221,7 +238,10 @@ class MqttServer:
         queue_size: int = 64,
         wait_for: float = 10.0,
         keyring: secure.Keyring | None = None,
+        session_expiry: int = DEFAULT_SESSION_EXPIRY,
     ) -> None:
+        if session_expiry < 0 or session_expiry > 0xFFFFFFFF:
+            raise LatentcommError(f"--session-expiry {session_expiry}: give 0 to 4294967295 seconds")
         self.opener = secure.BrokerOpener(keyring, v2_limits) if keyring else None
         self.host, self.port = parse_broker(broker)
         self.topic = check_topic(topic)
@@ -238,11 +258,11 @@ class MqttServer:
         self._done: OrderedDict[tuple[str, int], v2.Ack] = OrderedDict()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self.client = _client(self.client_id, manual_ack=True)
+        self.client = _client(self.client_id, manual_ack=True, v5=True)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self._connected = threading.Event()
-        _connect(self.client, self.host, self.port, wait_for)
+        _connect(self.client, self.host, self.port, wait_for, session_expiry)
 
     def start(self) -> MqttServer:
         self.client.loop_start()

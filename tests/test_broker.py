@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import PYTHON, REPO, script_env
+from tests.conftest import PYTHON, REPO, run_script, script_env
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt install mosquitto)")
@@ -129,16 +129,28 @@ def test_four_senders_two_receivers_every_frame_once(broker, tmp_path, start_rec
 
 
 def test_a_receiver_killed_mid_stream_loses_nothing(broker, tmp_path, start_receiver):
-    rxs = [start_receiver(*receiver_args(broker, f"rx{i}")) for i in range(2)]
+    """Frames the dead receiver held are published again and decoded by the other; once its session
+    expires (2 s here) the broker stops handing it frames, so the stream doesn't stall on it."""
+    rxs = [start_receiver(*receiver_args(broker, f"rx{i}"), "--session-expiry", "2") for i in range(2)]
     senders = [start_sender(broker, frames_folder(tmp_path / f"s{k}", 20, k, size=256)) for k in range(2)]
     wait_decoded(rxs[0], 3)
     rxs[0].proc.send_signal(signal.SIGKILL)
     rxs[0].proc.wait()
     results = finish(senders)
     assert all(len(r) == 20 and all(x["acknowledged"] for x in r) for r in results)
+    # With a session that never expires, every frame after the kill first went to the dead receiver and
+    # waited out the 3 s ack timeout; now only those in the first seconds after it do.
+    waited = [sum(x["send_s"] > 3.0 for x in r) for r in results]
+    assert all(w <= 6 for w in waited), waited
     rxs[1].stop()
     names = {name for _, _, name in decoded(rxs[0]) + decoded(rxs[1])}
     assert names == {f"s{k}_{i:02d}.png" for k in range(2) for i in range(20)}
+
+
+def test_a_bad_session_expiry_is_one_line_before_any_connection():
+    r = run_script("receiver_sdvae.py", "--codec", "learned", "--no-show", "--broker", "mqtt://127.0.0.1:1",
+                   "--session-expiry", "-1", timeout=60)  # fmt: skip
+    assert r.returncode == 2 and "--session-expiry -1" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_a_broker_restart_mid_stream_loses_nothing(broker, tmp_path, start_receiver):

@@ -77,6 +77,15 @@ def add_broker_args(p: argparse.ArgumentParser, receiver: bool) -> None:
             help="MQTT client id; give the same one after a restart to take back the frames the broker kept "
             "for this receiver (default: a new random id)",
         )
+        g.add_argument(
+            "--session-expiry",
+            type=int,
+            default=10,
+            metavar="S",
+            help="the broker keeps this receiver's session (its place in the group and the frames queued for it) "
+            "S seconds after it disconnects; after that the group's frames go to the receivers still there, and "
+            "senders publish again what it held",
+        )
 
 
 def is_loopback(host: str) -> bool:

@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
         or args.max_text < 0
     ):
         parser.error("limits must be positive")
+    if args.broker and not 0 <= args.session_expiry <= 0xFFFFFFFF:
+        parser.error(f"--session-expiry {args.session_expiry}: give 0 to 4294967295 seconds")
     if args.out is not None:
         try:
             args.out.mkdir(parents=True, exist_ok=True)
@@ -168,7 +170,10 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
     if args.broker:
         from latentcomm.mqtt import MqttServer
 
-        server = MqttServer(args.broker, args.topic, args.group, args.client_id, v2_limits, keyring=keyring)
+        server = MqttServer(
+            args.broker, args.topic, args.group, args.client_id, v2_limits, keyring=keyring,
+            session_expiry=args.session_expiry,
+        )  # fmt: skip
     else:
         server = FrameServer(
             args.host,
