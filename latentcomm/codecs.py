@@ -277,13 +277,26 @@ class LearnedCodec(ImageCodec):
             with self._autocast():
                 z = m.h_a(y).float()
             z_sym = torch.round(z).clamp(-Z_RANGE, Z_RANGE).to(torch.int32).cpu()
+        gi64 = gi.cpu().double()
+        zs = z_sym[0].numpy()
+        q_milli = round(quality * 1000)
+        key = ref is None or ref.latent.shape[2:] != y.shape[2:]
+        if key and m.context is not None:
+            # Key frames use the context model; inter frames (below) code scattered blocks, which
+            # its passes over the whole latent can't, and keep to the hyperprior.
+            with torch.inference_mode():
+                y_sym, mean, segments = self._contextual_encode(y.cpu().double(), z_sym)
+            ys = y_sym[0].numpy()
+            latent = (y_sym.double() + mean) * gi64
+            words = self.coder.encode_segments(zs, segments)
+            header = LEARNED_HEADER.pack(LEARNED_VERSION, q_milli, _symbols_crc(zs, ys))
+            return header + words, {"latent": latent, "frame_type": "key"}
+        with torch.inference_mode():
             mean, idx = m.entropy_parameters(z_sym)
             y_sym = torch.round(y.cpu().double() - mean).clamp(-Y_RANGE, Y_RANGE).to(torch.int32)
-        gi64 = gi.cpu().double()
         latent = (y_sym.double() + mean) * gi64  # what the receiver will reconstruct, un-gained
-        zs, ys, ix = z_sym[0].numpy(), y_sym[0].numpy(), idx[0].numpy()
-        q_milli = round(quality * 1000)
-        if ref is None or ref.latent.shape != latent.shape:
+        ys, ix = y_sym[0].numpy(), idx[0].numpy()
+        if key:
             words = self.coder.encode(zs, ys, ix)
             header = LEARNED_HEADER.pack(LEARNED_VERSION, q_milli, _symbols_crc(zs, ys))
             return header + words, {"latent": latent, "frame_type": "key"}
@@ -306,6 +319,33 @@ class LearnedCodec(ImageCodec):
             "frame_type": "inter",
             "coded_blocks": round(float(mask.mean()), 4),
         }
+
+    def _contextual_encode(
+        self, y64: torch.Tensor, z_sym: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[np.ndarray, np.ndarray]]]:
+        """Symbols, means and the coder's segments (one per context pass) of a gained latent."""
+        offsets = self.model.context.offsets
+        segments: list[tuple[np.ndarray, np.ndarray]] = []
+
+        def fetch(k: int, positions: torch.Tensor, mu: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            sym = torch.round(y64[:, offsets[k] : offsets[k + 1]] - mu).clamp(-Y_RANGE, Y_RANGE).to(torch.int32)
+            segments.append((sym[0][:, positions].numpy(), idx[0][:, positions].numpy()))
+            return sym
+
+        y_sym, mean = self.model.contextual_symbols(z_sym, fetch)
+        return y_sym, mean, segments
+
+    def _contextual_decode(self, coder, z: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """The decoder's side of :meth:`_contextual_encode`: each pass's symbols from the bitstream."""
+
+        def fetch(_k: int, positions: torch.Tensor, _mu: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(idx.shape, dtype=torch.int32)
+            out[0][:, positions] = torch.from_numpy(self.coder.decode_y(coder, idx[0][:, positions].numpy()))
+            return out
+
+        with torch.inference_mode():
+            y_sym, mean = self.model.contextual_symbols(torch.from_numpy(z)[None], fetch)
+        return y_sym[0].numpy(), mean
 
     def encode(
         self,
@@ -416,8 +456,11 @@ class LearnedCodec(ImageCodec):
         if not 1.0 <= quality <= self.levels:
             raise RemoteProtocolError(f"quality {quality} outside this model's 1..{self.levels}")
         z, coder = self.coder.decode_z(payload[LEARNED_HEADER.size :], (m.config.H, h // 4, w // 4))
-        mean, idx = m.entropy_parameters(torch.from_numpy(z)[None])
-        y = self.coder.decode_y(coder, idx[0].numpy())
+        if m.context is not None:
+            y, mean = self._contextual_decode(coder, z)
+        else:
+            mean, idx = m.entropy_parameters(torch.from_numpy(z)[None])
+            y = self.coder.decode_y(coder, idx[0].numpy())
         if _symbols_crc(z, y) != crc:
             raise RemoteProtocolError(
                 "learned latent checksum mismatch: the bitstream decodes to other symbols than were sent "

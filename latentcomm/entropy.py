@@ -62,16 +62,25 @@ class EntropyCoder:
 
     def encode(self, z: np.ndarray, y: np.ndarray, y_index: np.ndarray) -> bytes:
         """z: (Cz, h, w) ints in [-Z_RANGE, Z_RANGE]; y, y_index: (Cy, H, W) ints. Returns the bitstream."""
+        return self.encode_segments(z, [(y, y_index)])
+
+    def encode_segments(self, z: np.ndarray, segments: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
+        """z, then each (y symbols, y scale indexes) segment in the order the decoder will ask for them.
+
+        With a context model each pass of the decoder is one segment: it learns the next segment's
+        scale indexes only from the symbols of the segments before it.
+        """
         if z.shape[0] != len(self.z_models):
             raise ValueError(f"z has {z.shape[0]} channels, the tables {len(self.z_models)}")
         coder = constriction.stream.stack.AnsCoder()
-        ys = (np.clip(y, -Y_RANGE, Y_RANGE) + Y_RANGE).astype(np.int32).ravel()
-        order, counts = _groups(y_index)
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        sorted_syms = ys[order]
-        for i in reversed(range(SCALE_LEVELS)):
-            if counts[i]:
-                coder.encode_reverse(sorted_syms[bounds[i] : bounds[i + 1]], self.y_models[i])
+        for y, y_index in reversed(segments):
+            ys = (np.clip(y, -Y_RANGE, Y_RANGE) + Y_RANGE).astype(np.int32).ravel()
+            order, counts = _groups(y_index)
+            bounds = np.concatenate([[0], np.cumsum(counts)])
+            sorted_syms = ys[order]
+            for i in reversed(range(SCALE_LEVELS)):
+                if counts[i]:
+                    coder.encode_reverse(sorted_syms[bounds[i] : bounds[i + 1]], self.y_models[i])
         zs = (np.clip(z, -Z_RANGE, Z_RANGE) + Z_RANGE).astype(np.int32).reshape(z.shape[0], -1)
         for c in reversed(range(zs.shape[0])):
             coder.encode_reverse(zs[c], self.z_models[c])
@@ -98,7 +107,8 @@ class EntropyCoder:
         return (z - Z_RANGE).reshape(c, h, w), coder
 
     def decode_y(self, coder, y_index: np.ndarray) -> np.ndarray:
-        """Second half: the latent symbols, given the scale indexes computed from ``z``."""
+        """Second half: the latent symbols, given the scale indexes computed from ``z`` (or one
+        segment's, called once per segment)."""
         order, counts = _groups(y_index)
         out = np.empty(order.size, np.int32)
         pos = 0

@@ -4,7 +4,9 @@ Architecture: the mean-scale hyperprior of Minnen, Balle & Toderici (2018) witho
 autoregressive context, on the transforms of Balle et al. (2018): four stride-2 5x5 convolutions with
 GDN (16x down-sampling to M channels), a hyper-analysis to N channels at 1/64 resolution, a
 factorized learned density for the hyper-latent ``z`` and a conditional Gaussian for the latent
-``y`` whose mean and scale the hyper-synthesis predicts from ``z``.
+``y`` whose mean and scale the hyper-synthesis predicts from ``z``. A model may add a spatial-channel
+context model (``config.context_groups``, :mod:`latentcomm.learned_context`): it refines those means
+and scales pass by pass from the parts of ``y`` already decoded, which key frames then use.
 
 Rate control (one model for 0.03-1 bpp): gain vectors in the style of Cui et al. (2021, "asymmetric
 gained"): the latent is multiplied channel-wise by a learned encoder gain before quantization and by
@@ -18,7 +20,7 @@ fixed coding tables. If sender and receiver compute a scale differently in the l
 CPU's kernels, bf16 against fp32), an element near a table boundary picks another table and the rest
 of the bitstream decodes to garbage. In float64 such a difference is ~1e-16 relative, which makes a
 boundary crossing practically impossible; the frame's checksum of the integer latent catches the
-rest. The hyper-synthesis works at 1/16 resolution, so float64 costs little.
+rest. The hyper-synthesis (and the context model) work at 1/16 resolution, so float64 costs little.
 
 The model folder is diffusers-like: ``config.json`` plus ``model.safetensors``; load it with
 :meth:`LearnedCodecModel.from_pretrained`.
@@ -171,6 +173,13 @@ def scale_table() -> np.ndarray:
     return np.exp(np.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), SCALE_LEVELS))
 
 
+def scale_index(scale: torch.Tensor) -> torch.Tensor:
+    """Index of the smallest table scale >= each predicted scale (CompressAI's rule: never too narrow)."""
+    table = torch.from_numpy(scale_table())
+    idx = torch.searchsorted(table, scale.to(torch.float64).clamp(SCALE_MIN, SCALE_MAX).contiguous())
+    return idx.clamp(0, SCALE_LEVELS - 1).to(torch.int32)
+
+
 def _ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
@@ -191,6 +200,11 @@ class LearnedCodecConfig:
     )
     #: The quality a sender uses when given neither --quality nor --target-bytes (lambda 0.0035).
     default_quality: float = 7.0
+    #: Channel groups of the spatial-channel context model (``latentcomm.learned_context``), in
+    #: decoding order; None = the hyperprior alone predicts the latent's distribution.
+    context_groups: list[int] | None = None
+    #: Width of the context model's 1x1 merging layers.
+    context_width: int = 128
     _class_name: str = CLASS_NAME
 
     @property
@@ -220,6 +234,11 @@ class LearnedCodecModel(nn.Module):
             _conv(H * 3 // 2, 2 * M, 3, 1),
         )
         self.z_density = FactorizedDensity(H)
+        self.context = None
+        if self.config.context_groups:
+            from latentcomm.learned_context import SpatialChannelContext
+
+            self.context = SpatialChannelContext(M, self.config.context_groups, width=self.config.context_width)
         # Log-gains, initialised so that higher levels quantize finer: the MSE-optimal step size
         # shrinks like 1/sqrt(lambda).
         lam = torch.tensor(self.config.lambdas)
@@ -255,9 +274,17 @@ class LearnedCodecModel(nn.Module):
         z_hat = _ste_round(z)
         params = self.h_s(z_hat).float()
         scale, mean = params.chunk(2, dim=1)
+        if self.context is not None:
+            offsets = self.context.offsets
+
+            def fetch(k: int, _positions, mu: torch.Tensor, _scale) -> torch.Tensor:
+                return _ste_round(y[:, offsets[k] : offsets[k + 1]] - mu) + mu
+
+            y_hat, mean, scale = self.context.run(scale, mean, fetch)
+        else:
+            y_hat = _ste_round(y - mean) + mean
         y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         y_like = gaussian_likelihood(y_noisy, mean, scale)
-        y_hat = _ste_round(y - mean) + mean
         x_hat = self.g_s(y_hat * gi)
         return {"x_hat": x_hat, "y_likelihood": y_like, "z_likelihood": z_like}
 
@@ -276,23 +303,48 @@ class LearnedCodecModel(nn.Module):
         Sender and receiver both call exactly this: it decides the coding tables, so it must not
         depend on the compute precision the transforms use.
         """
-        h_s = self._h_s64()
-        with torch.autocast("cpu", enabled=False):
-            params = h_s(z_symbols.to(torch.float64).cpu())
-        scale, mean = params.chunk(2, dim=1)
-        table = torch.from_numpy(scale_table())
-        # Index of the smallest table scale >= the predicted one (CompressAI's rule): never too narrow.
-        idx = torch.searchsorted(table, scale.clamp(SCALE_MIN, SCALE_MAX).contiguous())
-        return mean, idx.clamp(0, SCALE_LEVELS - 1).to(torch.int32)
+        scale, mean = self.hyper_parameters(z_symbols)
+        return mean, scale_index(scale)
 
-    def _h_s64(self) -> nn.Module:
-        cached = getattr(self, "_h_s64_cache", None)
-        if cached is None:
+    def hyper_parameters(self, z_symbols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer hyper-latent -> the hyperprior's (scale, mean), float64 on the CPU."""
+        with torch.autocast("cpu", enabled=False):
+            params = self._float64("h_s")(z_symbols.to(torch.float64).cpu())
+        scale, mean = params.chunk(2, dim=1)
+        return scale, mean
+
+    def contextual_symbols(self, z_symbols: torch.Tensor, fetch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drive the context model's passes in float64, for the encoder and the decoder alike.
+
+        ``fetch(group, positions, mean, scale_index) -> symbols``: given one pass's (H, W) position
+        mask and the group's float64 means and int32 scale indexes (1, c, H, W), return that group's
+        integer symbols (1, c, H, W), valid at ``positions``: the encoder rounds its latent, the
+        decoder reads the bitstream. Returns all symbols (int32) and their means (float64).
+        """
+        if self.context is None:
+            raise ValueError("this model has no context model")
+        scale, mean = self.hyper_parameters(z_symbols)
+        symbols: list[torch.Tensor] = []
+
+        def step(k: int, positions: torch.Tensor, mu: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            sym = fetch(k, positions, mu, scale_index(s)).to(torch.int32)
+            if len(symbols) == k:
+                symbols.append(torch.zeros_like(sym))
+            symbols[k] = torch.where(positions, sym, symbols[k])
+            return sym.to(torch.float64) + mu
+
+        with torch.autocast("cpu", enabled=False):
+            _y_hat, mean, _scale = self._float64("context").run(scale, mean, step)
+        return torch.cat(symbols, dim=1), mean
+
+    def _float64(self, name: str) -> nn.Module:
+        """A float64 CPU copy of a probability-path module (cached; the weights never change in use)."""
+        cache = self.__dict__.setdefault("_float64_cache", {})
+        if name not in cache:
             import copy
 
-            cached = copy.deepcopy(self.h_s).cpu().double().eval().requires_grad_(False)
-            object.__setattr__(self, "_h_s64_cache", cached)
-        return cached
+            cache[name] = copy.deepcopy(getattr(self, name)).cpu().double().eval().requires_grad_(False)
+        return cache[name]
 
     def synthesis(self, y_hat: torch.Tensor, quality: float) -> torch.Tensor:
         """Dequantized latent -> image in [0, 1] (float32, clamped)."""

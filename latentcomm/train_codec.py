@@ -250,7 +250,12 @@ def evaluate(
                 y = model.g_a(xp).float() * g
                 z = torch.round(model.h_a(y).float())
                 scale, mean = model.h_s(z).float().chunk(2, dim=1)
-                y_hat = torch.round(y - mean) + mean
+                if model.context is not None:
+                    from latentcomm.train_context import rounded_fetch
+
+                    y_hat, mean, scale = model.context.run(scale, mean, rounded_fetch(model, y))
+                else:
+                    y_hat = torch.round(y - mean) + mean
                 x_hat = model.g_s(y_hat * gi).float()[:, :, :h, :w].clamp(0, 1)
             bits = -torch.log2(gaussian_likelihood(y_hat, mean, scale).clamp_min(1e-9)).sum()
             bits += -torch.log2(model.z_density.likelihood(z).clamp_min(1e-9)).sum()
@@ -308,6 +313,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--N", type=int, default=96, help="channels of the transforms")
     p.add_argument("--M", type=int, default=192, help="latent channels")
     p.add_argument("--H", type=int, default=96, help="channels of the hyper transforms")
+    p.add_argument(
+        "--context-groups",
+        default=None,
+        help="train with a spatial-channel context model of these channel groups (e.g. 16,16,32,64,64); "
+        "from --init-from weights without one, it starts as the hyperprior and trains jointly",
+    )
     p.add_argument("--batch", type=int, default=8, help="crops per step")
     p.add_argument("--crop", type=int, default=128, help="crop size (multiple of 64)")
     p.add_argument("--lr", type=float, default=3e-4, help="learning rate (Adam); may change between resumed chunks")
@@ -413,7 +424,16 @@ def main(argv: list[str] | None = None) -> int:
                 img = center_crop_square(img, args.eval_size)
             heldout.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255.0)
 
-    config = LearnedCodecConfig(N=args.N, M=args.M, H=args.H)
+    groups = None
+    if args.context_groups:
+        from latentcomm.train_context import parse_groups
+
+        try:
+            groups = parse_groups(args.context_groups, args.M)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    config = LearnedCodecConfig(N=args.N, M=args.M, H=args.H, context_groups=groups)
     model = LearnedCodecModel(config).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -453,6 +473,12 @@ def main(argv: list[str] | None = None) -> int:
             if list(init.config.lambdas) != list(config.lambdas):
                 for name in GAIN_PARAMS:
                     weights[name] = grow_gain_rows(weights[name], list(init.config.lambdas), list(config.lambdas))
+            if init.config.context_groups != config.context_groups:
+                if init.config.context_groups:
+                    groups_text = ",".join(map(str, init.config.context_groups))
+                    raise ValueError(f"it has a context model: pass --context-groups {groups_text}")
+                # A fresh context model (its last layers are zero) codes exactly like the hyperprior.
+                weights.update({k: v for k, v in model.state_dict().items() if k.startswith("context.")})
             model.load_state_dict(weights)
         except (ModelLoadError, ValueError, RuntimeError) as exc:
             print(f"error: --init-from {args.init_from}: {str(exc).splitlines()[0]}", file=sys.stderr)

@@ -11,6 +11,7 @@
 # crops, annealing the LR over the last third of the time box, evaluates on the held-out crops, and
 # leaves the EMA export, metrics and log under $OUT (or runs/codec-gpu). Every variable below can
 # be set from the environment (PACK, HELDOUT, INIT_FROM, CKPT, RUN_DIR, DEVICE, BATCH, CROP, LR, ...);
+# CONTEXT_GROUPS=16,16,32,64,64 trains with a context model, jointly (see train_context.py).
 # DEVICE=cpu MINUTES=0.2 BATCH=2 tests the script on a CPU, as tests/test_learned_codec.py does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ OUT_DIR="${OUT:-runs/codec-gpu}"
 RUN_DIR="${RUN_DIR:-/tmp/codec-gpu-run}"
 mkdir -p "$OUT_DIR" "$RUN_DIR"
 INIT=(--init-from "${INIT_FROM:-models/latentcomm-lic}")
+if [ -n "${CONTEXT_GROUPS:-}" ]; then INIT+=(--context-groups "$CONTEXT_GROUPS"); fi
 CKPT="${CKPT:-runs/codec/last.pt}"
 if [ -f "$CKPT" ] && [ ! -f "$RUN_DIR/last.pt" ]; then cp "$CKPT" "$RUN_DIR/last.pt"; fi
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || true

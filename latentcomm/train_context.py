@@ -1,0 +1,330 @@
+"""Train a context model on a trained codec's frozen transforms: ``python -m latentcomm.train --objective context``.
+
+The context model (``latentcomm.learned_context``) only changes how the latent is *coded*, not what
+is sent: its loss is the latent's code length alone, and the transforms, gains and hyperprior stay as
+they are. So it trains on latents computed once (``g_a`` of every training image, cached on disk),
+at 1/16 of the image resolution, and a CPU can afford it, where training the transforms needs a GPU.
+Its last layers start at zero, so the first step codes exactly like the hyperprior and every step
+after can only lower the rate at the same reconstruction (the rounding offset moves with the
+predicted mean, but the rounding error stays uniform).
+
+Why this is not the end of the road: the transforms were trained to make the hyperprior's job easy,
+not the context model's. Jointly trained (``--objective codec`` on a model folder that has a context
+model, on a GPU), context models give several times the saving measured here.
+
+Training watches the held-out photos (centre 512x512 crops): the ideal code length of the latent
+with and without the context model at several qualities, on the same rounded symbols.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from latentcomm import data
+from latentcomm.device import configure_threads
+from latentcomm.errors import ModelLoadError
+from latentcomm.images import center_crop_square, load_image
+from latentcomm.learned import SCALE_MIN, LearnedCodecConfig, LearnedCodecModel, gaussian_likelihood
+from latentcomm.train import save_checkpoint
+from latentcomm.train_codec import load_training_images, read_pack
+
+log = logging.getLogger("latentcomm.train_context")
+
+#: Qualities the held-out evaluation reports.
+EVAL_QUALITIES = (1, 3, 5, 7, 9, 11)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m latentcomm.train --objective context",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=data.MODELS_ROOT / "latentcomm-lic",
+        help="trained codec whose transforms stay frozen",
+    )
+    p.add_argument("--groups", default="16,16,32,64,64", help="channel groups of the context model, in decoding order")
+    p.add_argument("--width", type=int, default=128, help="width of the context model's merging layers")
+    p.add_argument("--data", type=Path, default=data.PHOTOS_DIR, help="folder of photos (held-out ones are skipped)")
+    p.add_argument("--extra-data", type=Path, default=data.UNSPLASH_DIR, help="folder of large training-only photos")
+    p.add_argument("--data-pack", type=Path, default=None, help="train from this .npz pack instead of the folders")
+    p.add_argument("--run-dir", type=Path, default=data.REPO_ROOT / "runs" / "context", help="checkpoint, cache, logs")
+    p.add_argument(
+        "--export", type=Path, default=data.REPO_ROOT / "runs" / "context" / "export", help="model folder to write"
+    )
+    p.add_argument("--batch", type=int, default=8, help="latent crops per step")
+    p.add_argument("--crop", type=int, default=24, help="latent crop size (multiple of 4; 24 = 384 pixels)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam)")
+    p.add_argument(
+        "--decay-to", type=float, default=1e-4, help="with --minutes: cosine-anneal the LR to this over the last 40%%"
+    )
+    p.add_argument(
+        "--minutes", type=float, default=0.0, help="stop (checkpointed) after this many minutes; 0 = no limit"
+    )
+    p.add_argument("--steps", type=int, default=10**7, help="stop at this total step count")
+    p.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints and exports")
+    p.add_argument(
+        "--eval-every", type=int, default=2000, help="steps between held-out evaluations (0 = only at the end)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for the model, crops and noise")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from last.pt")
+    return p.parse_args(argv)
+
+
+def parse_groups(text: str, m: int) -> list[int]:
+    try:
+        groups = [int(g) for g in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--groups must be comma-separated integers, got {text!r}") from None
+    if sum(groups) != m or min(groups) <= 0:
+        raise ValueError(f"--groups {text} must be positive and add up to the latent's {m} channels")
+    return groups
+
+
+@torch.inference_mode()
+def training_latents(model: LearnedCodecModel, images: list[np.ndarray], cache: Path) -> list[torch.Tensor]:
+    """Un-gained latents ``g_a(x)`` (float16, (M, H, W)) of the training images, cached per model."""
+    fp = model.fingerprint()
+    if cache.is_file():
+        with np.load(cache) as z:
+            if str(z["fingerprint"]) == fp and int(z["count"]) == len(images):
+                return [torch.from_numpy(z[f"y{i:04d}"].copy()) for i in range(len(images))]
+        log.info("latent cache %s is for other weights or images: recomputing", cache)
+    out = []
+    for a in tqdm(images, desc="latents", unit="img"):
+        h, w = a.shape[0] // 16 * 16, a.shape[1] // 16 * 16
+        x = torch.from_numpy(a[:h, :w]).permute(2, 0, 1)[None].float() / 255.0
+        out.append(model.g_a(x)[0].half())
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, fingerprint=fp, count=len(images), **{f"y{i:04d}": y.numpy() for i, y in enumerate(out)})
+    return out
+
+
+def _hyper(model: LearnedCodecModel, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        scale, mean = model.h_s(torch.round(model.h_a(y))).chunk(2, dim=1)
+    return scale, mean
+
+
+def rounded_fetch(model: LearnedCodecModel, y: torch.Tensor):
+    """The encoder's fetch for training and evaluation: round around the predicted mean."""
+    offsets = model.context.offsets
+
+    def fetch(k: int, _positions, mu: torch.Tensor, _scale) -> torch.Tensor:
+        return (torch.round(y[:, offsets[k] : offsets[k + 1]] - mu) + mu).detach()
+
+    return fetch
+
+
+def code_length(y: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> float:
+    """Ideal code length in bits of the symbols round(y - mean) under N(0, scale)."""
+    r = torch.round(y - mean)
+    like = gaussian_likelihood(r, torch.zeros_like(r), scale.clamp_min(SCALE_MIN))
+    return float(-torch.log2(like.clamp_min(1e-12)).sum())
+
+
+@torch.no_grad()
+def evaluate(model: LearnedCodecModel, heldout: list[torch.Tensor]) -> dict[str, float]:
+    """Held-out latent bpp with the hyperprior alone and with the context model, per quality."""
+    res: dict[str, float] = {}
+    if not heldout:
+        return res
+    for q in EVAL_QUALITIES:
+        if q > model.config.levels:
+            continue
+        g, _ = model.gains(float(q))
+        base = ctx = 0.0
+        pixels = 0
+        for y0 in heldout:
+            y = y0 * g
+            scale, mean = _hyper(model, y)
+            base += code_length(y, mean, scale)
+            _, c_mean, c_scale = model.context.run(scale, mean, rounded_fetch(model, y))
+            ctx += code_length(y, c_mean, c_scale)
+            pixels += y.shape[2] * y.shape[3] * 256
+        res[f"q{q}_hyper_bpp"] = base / pixels
+        res[f"q{q}_context_bpp"] = ctx / pixels
+        res[f"q{q}_saving_pct"] = 100 * (1 - ctx / base)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    configure_threads()
+    if args.crop % 4 or args.crop < 8:
+        print("error: --crop must be a multiple of 4, at least 8", file=sys.stderr)
+        return 2
+    try:
+        base = LearnedCodecModel.from_pretrained(args.init_from)
+        groups = parse_groups(args.groups, base.config.M)
+    except (ModelLoadError, ValueError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    config = LearnedCodecConfig(**{**asdict(base.config), "context_groups": groups, "context_width": args.width})
+    model = LearnedCodecModel(config)
+    model.load_state_dict(base.state_dict(), strict=False)
+    model.requires_grad_(False).eval()
+    model.context.requires_grad_(True).train()
+    opt = torch.optim.Adam(model.context.parameters(), lr=args.lr)
+
+    if args.data_pack is not None:
+        if not args.data_pack.is_file():
+            print(f"error: --data-pack {args.data_pack} does not exist", file=sys.stderr)
+            return 2
+        images = read_pack(args.data_pack)
+    else:
+        images = load_training_images(args.data, args.extra_data)
+    if not images:
+        print(f"error: no training photos in {args.data}", file=sys.stderr)
+        return 2
+    latents = [y for y in training_latents(base, images, args.run_dir / "latents.npz") if min(y.shape[1:]) >= args.crop]
+    if not latents:
+        print(f"error: no training image is at least {args.crop * 16} pixels on its short side", file=sys.stderr)
+        return 2
+    with torch.inference_mode():
+        heldout = [
+            base.g_a(
+                torch.from_numpy(np.asarray(center_crop_square(load_image(p), 512)).copy()).permute(2, 0, 1)[None]
+                / 255.0
+            )
+            for p in data.heldout_photos(args.data)
+        ]
+
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = args.run_dir / "last.pt"
+    step, elapsed = 0, 0.0
+    if args.resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        if state.get("groups") != groups or state.get("width") != args.width:
+            print(
+                f"error: {ckpt_path} holds another context model; pass a new --run-dir or --no-resume", file=sys.stderr
+            )
+            return 2
+        model.context.load_state_dict(state["context"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        step, elapsed = state["step"], state["elapsed"]
+        log.info("resumed from %s at step %d", ckpt_path, step)
+    log.info(
+        "context model: %.2fM parameters, %d training latents",
+        sum(p.numel() for p in model.context.parameters()) / 1e6,
+        len(latents),
+    )
+    metrics = (args.run_dir / "metrics.jsonl").open("a")
+    t0 = time.time()
+    deadline = t0 + args.minutes * 60 if args.minutes > 0 else math.inf
+
+    def checkpoint(evals: dict | None = None) -> None:
+        total = elapsed + time.time() - t0
+        save_checkpoint(
+            ckpt_path,
+            {
+                "context": model.context.state_dict(),
+                "opt": opt.state_dict(),
+                "gen": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                "elapsed": total,
+                "groups": groups,
+                "width": args.width,
+            },
+        )
+        export(model, args.init_from, args.export, {"steps": step, "cpu_seconds": round(total), "heldout": evals})
+
+    bar = tqdm(desc="training context", unit="step", initial=step)
+    c = args.crop
+    while step < args.steps and time.time() < deadline:
+        frac = (time.time() - t0) / (args.minutes * 60) if args.minutes > 0 else 0.0
+        t = max(0.0, (frac - 0.6) / 0.4)
+        lr = (
+            args.decay_to + (args.lr - args.decay_to) * 0.5 * (1 + math.cos(math.pi * t))
+            if args.minutes > 0
+            else args.lr
+        )
+        for g in opt.param_groups:
+            g["lr"] = lr
+        crops = []
+        for _ in range(args.batch):
+            y0 = latents[int(torch.randint(len(latents), (1,), generator=gen))]
+            i = int(torch.randint(y0.shape[1] - c + 1, (1,), generator=gen))
+            j = int(torch.randint(y0.shape[2] - c + 1, (1,), generator=gen))
+            crop = y0[:, i : i + c, j : j + c].float()
+            crops.append(crop.flip(-1) if bool(torch.rand(1, generator=gen) < 0.5) else crop)
+        quality = 1 + (config.levels - 1) * torch.rand(args.batch, generator=gen)
+        g, _ = model.gains(quality)
+        y = torch.stack(crops) * g
+        scale, mean = _hyper(model, y)
+        _, c_mean, c_scale = model.context.run(scale, mean, rounded_fetch(model, y))
+        noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        bits = -torch.log2(gaussian_likelihood(noisy, c_mean, c_scale).clamp_min(1e-9)).sum()
+        loss = bits / (args.batch * c * c * 256)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(bpp=f"{loss.item():.4f}")
+        record = {"step": step, "lr": lr, "bpp": round(loss.item(), 5)}
+        if args.eval_every and step % args.eval_every == 0:
+            record.update(evaluate(model, heldout))
+            log.info(
+                "step %d held-out saving: %s", step, {k: round(v, 2) for k, v in record.items() if k.endswith("pct")}
+            )
+        metrics.write(json.dumps(record) + "\n")
+        if step % args.ckpt_every == 0:
+            metrics.flush()
+            checkpoint()
+    bar.close()
+    final = evaluate(model, heldout)
+    log.info("held-out at step %d: %s", step, {k: round(v, 4) for k, v in final.items()})
+    metrics.write(json.dumps({"step": step, **final}) + "\n")
+    metrics.close()
+    checkpoint(final)
+    return 0
+
+
+def export(model: LearnedCodecModel, init_from: Path, folder: Path, context_meta: dict) -> None:
+    """Write the codec with its context model (float16, like the shipped model) and a training
+    state that keeps the base model's record and adds this phase."""
+    meta_path = init_from / "training_state.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta["context"] = {
+        "groups": model.config.context_groups,
+        "width": model.config.context_width,
+        "objective": "latent code length on the frozen transforms of the base model",
+        "base": f"{init_from.resolve().name}@{LearnedCodecModel.from_pretrained(init_from).fingerprint()}",
+        **context_meta,
+    }
+    tmp = folder.with_name(folder.name + ".tmp")
+    copy.deepcopy(model).cpu().save_pretrained(tmp, half_precision=True)
+    (tmp / "training_state.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""The learned codec with a context model: the decoder's passes must agree with the encoder's bit for bit.
+
+A context model makes the coding tables of most of the latent depend on symbols decoded earlier in
+the same frame, so a receiver that computes one mean or scale differently decodes garbage from there
+on. These tests build context models on the shipped transforms (fresh, and perturbed so they really
+change the tables), encode in one process and decode in another, at both precisions, and check that
+corruption is caught, that inter frames still work, and that both training objectives run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from latentcomm.codecs import LEARNED_MODEL_DIR, LearnedCodec
+from latentcomm.errors import RemoteProtocolError
+from latentcomm.images import pil_to_tensor
+from latentcomm.learned import LearnedCodecConfig, LearnedCodecModel
+from tests.conftest import PYTHON, REPO, script_env
+from tests.test_learned_codec import ENCODE_SCRIPT, decode_frame, encode_frame, small_photo
+
+GROUPS = [16, 16, 32, 64, 64]
+
+
+def with_context(folder, perturb: float) -> LearnedCodecModel:
+    """The shipped codec plus a context model: fresh (``perturb=0``: codes like the hyperprior), or
+    with random last layers, so its means and scales differ from the hyperprior's everywhere."""
+    base = LearnedCodecModel.from_pretrained(LEARNED_MODEL_DIR)
+    config = LearnedCodecConfig(**{**asdict(base.config), "context_groups": GROUPS, "context_width": 32})
+    torch.manual_seed(3)
+    model = LearnedCodecModel(config)
+    model.load_state_dict(base.state_dict(), strict=False)
+    if perturb:
+        with torch.no_grad():
+            for merge in model.context.merge:
+                merge[-1].weight.normal_(0, perturb)
+    model.save_pretrained(folder, half_precision=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def ctx_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ctx") / "lic-ctx"
+    with_context(folder, 0.05)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ctx_codec(ctx_dir) -> LearnedCodec:
+    return LearnedCodec(ctx_dir, "cpu", "fp32")
+
+
+def test_a_fresh_context_model_codes_exactly_like_the_hyperprior(tmp_path):
+    """Its last layers start at zero: the same symbols with the same tables, in another order (pass
+    by pass), so the same picture from as many bytes, give or take the coder's last word."""
+    with_context(tmp_path / "fresh", 0.0)
+    img = small_photo((200, 136))
+    plain_codec, fresh_codec = (
+        LearnedCodec(LEARNED_MODEL_DIR, "cpu", "fp32"),
+        LearnedCodec(tmp_path / "fresh", "cpu", "fp32"),
+    )
+    plain = encode_frame(plain_codec, img, quality=4)
+    fresh = encode_frame(fresh_codec, img, quality=4)
+    assert fresh.payload != plain.payload and abs(len(fresh.payload) - len(plain.payload)) <= 8
+    _, z1, y1, _ = plain_codec.decode_symbols(plain.shape, plain.payload, plain.image_size)
+    _, z2, y2, _ = fresh_codec.decode_symbols(fresh.shape, fresh.payload, fresh.image_size)
+    assert np.array_equal(z1, z2) and np.array_equal(y1, y2)
+    assert np.array_equal(decode_frame(plain_codec, plain), decode_frame(fresh_codec, fresh))
+
+
+@pytest.mark.parametrize("encode_precision", ["fp32", "bf16"])
+def test_context_frames_encoded_in_one_process_decode_exactly_in_another(
+    ctx_dir, ctx_codec, tmp_path, encode_precision
+):
+    img = small_photo((200, 136))
+    img.save(tmp_path / "in.png")
+    subprocess.run(
+        [PYTHON, "-c", ENCODE_SCRIPT, str(ctx_dir), encode_precision, str(tmp_path / "in.png"), "5.5",
+         str(tmp_path / "bits")],
+        cwd=REPO, check=True, env=script_env(), timeout=300,
+    )  # fmt: skip
+    payload = (tmp_path / "bits").read_bytes()
+    local = ctx_codec.encode(pil_to_tensor(img), quality=5.5)
+    decoded = []
+    for c in (ctx_codec, LearnedCodec(ctx_dir, "cpu", "bf16")):
+        decoded.append(c.decode_symbols(local.shape, payload, (136, 200))[:3])  # raises on a checksum mismatch
+    (q1, z1, y1), (q2, z2, y2) = decoded
+    assert q1 == q2 == 5.5 and np.array_equal(z1, z2) and np.array_equal(y1, y2)
+    if encode_precision == "fp32":  # the same analysis here and there: the very same bytes
+        assert payload == local.payload
+    # The context model really changed the coding: the hyperprior alone codes other bytes.
+    plain = LearnedCodec(LEARNED_MODEL_DIR, "cpu", "fp32").encode(pil_to_tensor(img), quality=5.5)
+    assert plain.payload != local.payload
+    # What the sender keeps as its reference is exactly what the receiver reconstructs.
+    f = encode_frame(ctx_codec, img, quality=5.5)
+    picture = decode_frame(LearnedCodec(ctx_dir, "cpu", "fp32"), f)
+    assert np.array_equal(picture, decode_frame(ctx_codec, f))
+
+
+def test_a_flipped_bit_in_a_context_frame_is_caught_by_the_checksum(ctx_codec):
+    f = encode_frame(ctx_codec, small_photo((200, 136)), quality=6)
+    bad = bytearray(f.payload)
+    bad[len(bad) // 2] ^= 0x10
+    with pytest.raises(RemoteProtocolError, match="checksum"):
+        ctx_codec.decode(f.encoding, f.compression, f.shape, bytes(bad), f.params, f.image_size)
+
+
+def test_inter_frames_and_byte_budgets_work_with_a_context_model(ctx_dir, ctx_codec):
+    """Key frames use the context model; inter frames code changed blocks with the hyperprior."""
+    img = small_photo((200, 136))
+    x = pil_to_tensor(img)
+    key = ctx_codec.encode(x, quality=6)
+    moved = x.clone()
+    moved[:, :, :32, :48] = -moved[:, :, :32, :48]
+    inter = ctx_codec.encode(moved, quality=6, reference=key.facts["reference"])
+    assert inter.facts["frame_type"] == "inter" and len(inter.payload) < len(key.payload)
+    rx = LearnedCodec(ctx_dir, "cpu", "fp32")
+    rx.decode(key.encoding, key.compression, key.shape, key.payload, key.params, (136, 200))
+    out = rx.decode(inter.encoding, inter.compression, inter.shape, inter.payload, inter.params, (136, 200))
+    assert out.shape == (1, 3, 136, 200)
+    fit = ctx_codec.encode(x, target_bytes=len(key.payload) // 2)
+    assert fit.facts["fits_target"] and len(fit.payload) <= len(key.payload) // 2
+
+
+def test_training_with_a_context_model_reaches_every_part():
+    """Joint training (``--objective codec --context-groups``): the rate's gradient reaches the
+    context model and the analysis transform through it."""
+    model = LearnedCodecModel(LearnedCodecConfig(N=16, M=24, H=16, context_groups=[8, 16], context_width=16))
+    out = model(torch.rand(2, 3, 64, 64), torch.tensor([1.0, 5.0]))
+    bits = -torch.log2(out["y_likelihood"]).sum() + out["x_hat"].square().mean()
+    bits.backward()
+    assert model.context.merge[1][-1].weight.grad.abs().sum() > 0
+    assert model.g_a[0].weight.grad.abs().sum() > 0
+
+
+def test_context_objective_trains_resumes_and_exports_a_codec_that_round_trips(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        small_photo((448, 448)).rotate(90 * i).save(photos / f"{i:03d}.png")
+    base = [
+        PYTHON, "-m", "latentcomm.train", "--objective", "context", "--data", str(photos), "--extra-data",
+        str(tmp_path / "none"), "--run-dir", str(tmp_path / "run"), "--export", str(tmp_path / "export"),
+        "--batch", "2", "--crop", "16", "--width", "16", "--eval-every", "0",
+    ]  # fmt: skip
+    r = subprocess.run([*base, "--steps", "2"], cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*base, "--steps", "3"], cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
+    assert r.returncode == 0 and "resumed from" in r.stderr and "at step 2" in r.stderr, r.stderr
+    state = json.loads((tmp_path / "export" / "training_state.json").read_text())
+    assert state["context"]["steps"] == 3 and state["context"]["groups"] == GROUPS
+    assert state["step"] == json.loads((LEARNED_MODEL_DIR / "training_state.json").read_text())["step"]
+    c = LearnedCodec(tmp_path / "export", "cpu", "fp32")
+    f = encode_frame(c, small_photo((96, 80)), quality=3)
+    assert decode_frame(LearnedCodec(tmp_path / "export", "cpu", "fp32"), f).shape == (80, 96, 3)
+    for flag, message in ((["--groups", "16,16"], "add up to"), (["--crop", "10"], "multiple of 4")):
+        bad = subprocess.run([*base, *flag], cwd=REPO, capture_output=True, text=True, env=script_env())
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
