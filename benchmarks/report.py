@@ -343,6 +343,13 @@ def lic_status(r: Results) -> str:
             f"It was trained for {hours(t['train_seconds'])} on one or two cores of a CPU (no GPU was lent to "
             f"this project), {t['step']:,} steps"
         )
+    ctx = t.get("context")
+    if ctx:
+        groups = ", ".join(map(str, ctx["groups"]))
+        where += (
+            f". Its context model (channel groups {groups}) was then trained on those frozen transforms for "
+            f"{ctx['cpu_seconds'] / 60:.0f} minutes of CPU ({ctx['steps']:,} steps, rate only)"
+        )
     return (
         f"**Status: an early model.** {where}; models of this kind converge over 10^5-10^6 steps. "
         "Training resumes where it stopped (`python -m latentcomm.train --objective codec`, or "

@@ -102,7 +102,9 @@ def temporal(tmp: Path, frames: int) -> list[dict]:
         for mode, interval in (("key frames only", 1), ("inter frames, key every 10", 10)):
             sizes, quality, ref = [], [], None
             for i, f in enumerate(source):
-                enc = tx.encode(pil_to_tensor(f.image), quality=6.0, reference=ref if i % interval else None)
+                enc = tx.encode(
+                    pil_to_tensor(f.image), quality=6.0, reference=ref if i % interval else None, context=False
+                )
                 ref = enc.facts["reference"]
                 recon = tensor_to_uint8(rx.decode(enc.encoding, 0, enc.shape, enc.payload, (), (256, 256)))
                 sizes.append(len(enc.payload))

@@ -151,6 +151,8 @@ LEARNED_VERSION = 1
 #: Inter frames (streams): version 2, quality, CRC of (z, block mask, coded y), reference tag.
 INTER_HEADER = struct.Struct("!BHI8s")
 INTER_VERSION = 2
+#: A key frame whose latent is coded with the model's context model (version 1: the hyperprior alone).
+CONTEXT_VERSION = 3
 #: Side of a block of latent positions that an inter frame codes or copies (32x32 pixels).
 INTER_BLOCK = 2
 #: An inter frame codes a block when copying it would add more than this fraction of the
@@ -265,7 +267,12 @@ class LearnedCodec(ImageCodec):
         return y, (h, w)
 
     def _code(
-        self, y_raw: torch.Tensor, quality: float, ref: Reference | None = None, threshold: float = INTER_THRESHOLD
+        self,
+        y_raw: torch.Tensor,
+        quality: float,
+        ref: Reference | None = None,
+        threshold: float = INTER_THRESHOLD,
+        context: bool = True,
     ) -> tuple[bytes, dict]:
         """One quality's bitstream: a key frame, or with ``ref`` an inter frame that codes only the
         blocks whose reconstruction moved more than ``threshold`` times the quantization noise from
@@ -281,7 +288,7 @@ class LearnedCodec(ImageCodec):
         zs = z_sym[0].numpy()
         q_milli = round(quality * 1000)
         key = ref is None or ref.latent.shape[2:] != y.shape[2:]
-        if key and m.context is not None:
+        if key and context and m.context is not None:
             # Key frames use the context model; inter frames (below) code scattered blocks, which
             # its passes over the whole latent can't, and keep to the hyperprior.
             with torch.inference_mode():
@@ -289,7 +296,7 @@ class LearnedCodec(ImageCodec):
             ys = y_sym[0].numpy()
             latent = (y_sym.double() + mean) * gi64
             words = self.coder.encode_segments(zs, segments)
-            header = LEARNED_HEADER.pack(LEARNED_VERSION, q_milli, _symbols_crc(zs, ys))
+            header = LEARNED_HEADER.pack(CONTEXT_VERSION, q_milli, _symbols_crc(zs, ys))
             return header + words, {"latent": latent, "frame_type": "key"}
         with torch.inference_mode():
             mean, idx = m.entropy_parameters(z_sym)
@@ -353,9 +360,14 @@ class LearnedCodec(ImageCodec):
         quality: float | None = None,
         target_bytes: int | None = None,
         reference: Reference | None = None,
+        context: bool = True,
     ) -> Encoded:
         """A key frame, or with ``reference`` (the last frame the receiver acknowledged) an inter frame.
 
+        ``context=False`` codes a key frame with the hyperprior alone even when the model has a
+        context model: streams do, because it is 3x faster per rate probe at 256x256 and because
+        their inter frames, coded with the hyperprior, then copy blocks from like-quantized
+        references (a context-coded reference differs in every block by the rounding offset).
         The returned facts hold ``reference``: this frame as the next frame's reference.
         """
         t0 = time.perf_counter()
@@ -363,10 +375,10 @@ class LearnedCodec(ImageCodec):
         t1 = time.perf_counter()
         target = target_bytes if target_bytes is not None else (self.target_bytes if quality is None else None)
         if target is not None:
-            quality, payload, probes, info = self._search(y_raw, target, reference)
+            quality, payload, probes, info = self._search(y_raw, target, reference, context)
         else:
             quality = self.check_quality(self.quality if quality is None else quality)
-            payload, info = self._code(y_raw, quality, reference)
+            payload, info = self._code(y_raw, quality, reference, context=context)
             probes = 1
         facts = {
             "encode_s": t1 - t0,
@@ -384,7 +396,9 @@ class LearnedCodec(ImageCodec):
             facts["fits_target"] = len(payload) <= target
         return Encoded(ENC_LEARNED, COMP_NONE, tuple(y_raw.shape[1:]), payload, (), facts)
 
-    def _search(self, y_raw: torch.Tensor, target: int, ref: Reference | None = None) -> tuple[float, bytes, int, dict]:
+    def _search(
+        self, y_raw: torch.Tensor, target: int, ref: Reference | None = None, context: bool = True
+    ) -> tuple[float, bytes, int, dict]:
         """The highest quality (to 1/100) whose payload fits ``target`` bytes.
 
         The analysis transform runs once; each probe costs the hyper transforms and the ANS coder.
@@ -396,7 +410,7 @@ class LearnedCodec(ImageCodec):
         bisection took 12.
         If even quality 1 doesn't fit, quality 1 is sent and the report says it doesn't fit.
         """
-        best, best_info = self._code(y_raw, 1.0, ref)
+        best, best_info = self._code(y_raw, 1.0, ref, context=context)
         probes, best_q = 1, 1.0
         if len(best) > target:
             return best_q, best, probes, best_info
@@ -406,7 +420,7 @@ class LearnedCodec(ImageCodec):
         prev, last_side = (lo, f_lo), 0  # prev: the fitting probe before lo, for extrapolation
         c = min(max(self.quality, 1.001), top)
         while probes < MAX_RATE_PROBES:
-            payload, info = self._code(y_raw, c, ref)
+            payload, info = self._code(y_raw, c, ref, context=context)
             probes += 1
             f = math.log(len(payload) / target)
             if f <= 0:
@@ -450,13 +464,17 @@ class LearnedCodec(ImageCodec):
         version, q_milli, crc = LEARNED_HEADER.unpack_from(payload)
         if version == INTER_VERSION:
             raise RemoteProtocolError("an inter frame needs its reference: decode it with decode()")
-        if version != LEARNED_VERSION:
+        if version not in (LEARNED_VERSION, CONTEXT_VERSION):
             raise RemoteProtocolError(f"unsupported learned bitstream version {version}")
+        if version == CONTEXT_VERSION and m.context is None:
+            raise RemoteProtocolError(
+                "a context-coded learned frame needs a model with a context model; this one has none"
+            )
         quality = q_milli / 1000
         if not 1.0 <= quality <= self.levels:
             raise RemoteProtocolError(f"quality {quality} outside this model's 1..{self.levels}")
         z, coder = self.coder.decode_z(payload[LEARNED_HEADER.size :], (m.config.H, h // 4, w // 4))
-        if m.context is not None:
+        if version == CONTEXT_VERSION:
             y, mean = self._contextual_decode(coder, z)
         else:
             mean, idx = m.entropy_parameters(torch.from_numpy(z)[None])

@@ -419,9 +419,11 @@ def send_stream(
                 reference = None
             if learned:
                 ref = reference if since_key + 1 < key_interval else None
-                enc = codec.encode(x, target_bytes=target, reference=ref)
+                # Streams code key frames with the hyperprior alone (see LearnedCodec.encode).
+                enc = codec.encode(x, target_bytes=target, reference=ref, context=False)
                 if ref is not None and enc.facts.get("coded_blocks", 0) > SCENE_CHANGE:
-                    enc = codec.encode(x, target_bytes=target)  # a scene change: start over with a key frame
+                    # A scene change: start over with a key frame.
+                    enc = codec.encode(x, target_bytes=target, context=False)
                 reference = enc.facts["reference"]
                 since_key = 0 if enc.facts.get("frame_type") == "key" else since_key + 1
             else:

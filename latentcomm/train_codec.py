@@ -358,6 +358,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def inherited_context(checkpoint: Path | None, init_from: Path | None) -> tuple[list[int] | None, int]:
+    """The context model (groups, width) of the checkpoint a run resumes, else of its --init-from
+    weights: training the shipped model goes on with its context model, jointly."""
+    cfg: dict = {}
+    if checkpoint is not None and checkpoint.exists():
+        cfg = torch.load(checkpoint, map_location="cpu", weights_only=False).get("config", {})
+    elif init_from is not None and (init_from / "config.json").is_file():
+        try:
+            cfg = json.loads((init_from / "config.json").read_text())
+        except ValueError:
+            cfg = {}  # from_pretrained says what is wrong with it, below
+    return cfg.get("context_groups"), cfg.get("context_width", LearnedCodecConfig.context_width)
+
+
 def learning_rate(args: argparse.Namespace, fresh_steps: int, frac_elapsed: float) -> float:
     """The LR of the next step: linear warm-up over the optimizer's first ``--warmup`` steps, then
     ``--lr``, annealed (cosine, by wall-clock time, since a time-boxed chunk doesn't know its step count)
@@ -424,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                 img = center_crop_square(img, args.eval_size)
             heldout.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255.0)
 
-    groups = None
+    groups, width = None, LearnedCodecConfig.context_width
     if args.context_groups:
         from latentcomm.train_context import parse_groups
 
@@ -433,7 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    config = LearnedCodecConfig(N=args.N, M=args.M, H=args.H, context_groups=groups)
+    else:  # keep the context model of what this run continues: its checkpoint, else --init-from
+        groups, width = inherited_context(args.run_dir / "last.pt" if args.resume else None, args.init_from)
+    config = LearnedCodecConfig(N=args.N, M=args.M, H=args.H, context_groups=groups, context_width=width)
     model = LearnedCodecModel(config).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -476,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
             if init.config.context_groups != config.context_groups:
                 if init.config.context_groups:
                     groups_text = ",".join(map(str, init.config.context_groups))
-                    raise ValueError(f"it has a context model: pass --context-groups {groups_text}")
+                    raise ValueError(f"its context model has groups {groups_text}, not {args.context_groups}")
                 # A fresh context model (its last layers are zero) codes exactly like the hyperprior.
                 weights.update({k: v for k, v in model.state_dict().items() if k.startswith("context.")})
             model.load_state_dict(weights)

@@ -182,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     config = LearnedCodecConfig(**{**asdict(base.config), "context_groups": groups, "context_width": args.width})
     model = LearnedCodecModel(config)
-    model.load_state_dict(base.state_dict(), strict=False)
+    weights = base.state_dict()
+    # Continue the base model's own context model when it has this shape; otherwise start afresh.
+    continuing = base.config.context_groups == groups and base.config.context_width == args.width
+    if not continuing:
+        weights = {k: v for k, v in weights.items() if not k.startswith("context.")}
+    model.load_state_dict(weights, strict=False)
     model.requires_grad_(False).eval()
     model.context.requires_grad_(True).train()
     opt = torch.optim.Adam(model.context.parameters(), lr=args.lr)
@@ -250,7 +255,13 @@ def main(argv: list[str] | None = None) -> int:
                 "width": args.width,
             },
         )
-        export(model, args.init_from, args.export, {"steps": step, "cpu_seconds": round(total), "heldout": evals})
+        export(
+            model,
+            args.init_from,
+            args.export,
+            {"steps": step, "cpu_seconds": round(total), "heldout": evals},
+            continuing,
+        )
 
     bar = tqdm(desc="training context", unit="step", initial=step)
     c = args.crop
@@ -304,11 +315,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def export(model: LearnedCodecModel, init_from: Path, folder: Path, context_meta: dict) -> None:
+def export(model: LearnedCodecModel, init_from: Path, folder: Path, context_meta: dict, continuing: bool) -> None:
     """Write the codec with its context model (float16, like the shipped model) and a training
-    state that keeps the base model's record and adds this phase."""
+    state that keeps the base model's record and adds this phase (counted on from the base's own
+    context training when this run continued it)."""
     meta_path = init_from / "training_state.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    prior = meta.get("context") if continuing else None
+    if prior:
+        context_meta = {
+            **context_meta,
+            "steps": prior.get("steps", 0) + context_meta["steps"],
+            "cpu_seconds": prior.get("cpu_seconds", 0) + context_meta["cpu_seconds"],
+            "base": prior.get("base"),
+        }
     meta["context"] = {
         "groups": model.config.context_groups,
         "width": model.config.context_width,

@@ -27,14 +27,32 @@ from tests.test_learned_codec import ENCODE_SCRIPT, decode_frame, encode_frame, 
 GROUPS = [16, 16, 32, 64, 64]
 
 
-def with_context(folder, perturb: float) -> LearnedCodecModel:
-    """The shipped codec plus a context model: fresh (``perturb=0``: codes like the hyperprior), or
-    with random last layers, so its means and scales differ from the hyperprior's everywhere."""
+def hyperprior_state() -> tuple[dict, dict]:
+    """The shipped transforms and hyperprior, without the shipped context model: (config, weights)."""
     base = LearnedCodecModel.from_pretrained(LEARNED_MODEL_DIR)
-    config = LearnedCodecConfig(**{**asdict(base.config), "context_groups": GROUPS, "context_width": 32})
+    config = {**asdict(base.config), "context_groups": None}
+    return config, {k: v for k, v in base.state_dict().items() if not k.startswith("context.")}
+
+
+@pytest.fixture(scope="module")
+def plain_dir(tmp_path_factory):
+    """The shipped codec with the hyperprior alone."""
+    folder = tmp_path_factory.mktemp("plain") / "lic-plain"
+    config, weights = hyperprior_state()
+    model = LearnedCodecModel(LearnedCodecConfig(**config))
+    model.load_state_dict(weights)
+    model.save_pretrained(folder, half_precision=True)
+    return folder
+
+
+def with_context(folder, perturb: float) -> LearnedCodecModel:
+    """The shipped transforms plus a new context model: fresh (``perturb=0``: codes like the
+    hyperprior), or with random last layers, so its means and scales differ from the hyperprior's
+    everywhere."""
+    config, weights = hyperprior_state()
     torch.manual_seed(3)
-    model = LearnedCodecModel(config)
-    model.load_state_dict(base.state_dict(), strict=False)
+    model = LearnedCodecModel(LearnedCodecConfig(**{**config, "context_groups": GROUPS, "context_width": 32}))
+    model.load_state_dict(weights, strict=False)
     if perturb:
         with torch.no_grad():
             for merge in model.context.merge:
@@ -55,15 +73,12 @@ def ctx_codec(ctx_dir) -> LearnedCodec:
     return LearnedCodec(ctx_dir, "cpu", "fp32")
 
 
-def test_a_fresh_context_model_codes_exactly_like_the_hyperprior(tmp_path):
+def test_a_fresh_context_model_codes_exactly_like_the_hyperprior(plain_dir, tmp_path):
     """Its last layers start at zero: the same symbols with the same tables, in another order (pass
     by pass), so the same picture from as many bytes, give or take the coder's last word."""
     with_context(tmp_path / "fresh", 0.0)
     img = small_photo((200, 136))
-    plain_codec, fresh_codec = (
-        LearnedCodec(LEARNED_MODEL_DIR, "cpu", "fp32"),
-        LearnedCodec(tmp_path / "fresh", "cpu", "fp32"),
-    )
+    plain_codec, fresh_codec = LearnedCodec(plain_dir, "cpu", "fp32"), LearnedCodec(tmp_path / "fresh", "cpu", "fp32")
     plain = encode_frame(plain_codec, img, quality=4)
     fresh = encode_frame(fresh_codec, img, quality=4)
     assert fresh.payload != plain.payload and abs(len(fresh.payload) - len(plain.payload)) <= 8
@@ -75,7 +90,7 @@ def test_a_fresh_context_model_codes_exactly_like_the_hyperprior(tmp_path):
 
 @pytest.mark.parametrize("encode_precision", ["fp32", "bf16"])
 def test_context_frames_encoded_in_one_process_decode_exactly_in_another(
-    ctx_dir, ctx_codec, tmp_path, encode_precision
+    ctx_dir, ctx_codec, plain_dir, tmp_path, encode_precision
 ):
     img = small_photo((200, 136))
     img.save(tmp_path / "in.png")
@@ -94,7 +109,7 @@ def test_context_frames_encoded_in_one_process_decode_exactly_in_another(
     if encode_precision == "fp32":  # the same analysis here and there: the very same bytes
         assert payload == local.payload
     # The context model really changed the coding: the hyperprior alone codes other bytes.
-    plain = LearnedCodec(LEARNED_MODEL_DIR, "cpu", "fp32").encode(pil_to_tensor(img), quality=5.5)
+    plain = LearnedCodec(plain_dir, "cpu", "fp32").encode(pil_to_tensor(img), quality=5.5)
     assert plain.payload != local.payload
     # What the sender keeps as its reference is exactly what the receiver reconstructs.
     f = encode_frame(ctx_codec, img, quality=5.5)
@@ -161,3 +176,16 @@ def test_context_objective_trains_resumes_and_exports_a_codec_that_round_trips(t
     for flag, message in ((["--groups", "16,16"], "add up to"), (["--crop", "10"], "multiple of 4")):
         bad = subprocess.run([*base, *flag], cwd=REPO, capture_output=True, text=True, env=script_env())
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_streams_key_frames_skip_the_context_model_and_a_model_without_one_refuses_it(ctx_codec, plain_dir):
+    """``context=False`` (what the stream sender asks for) codes a version-1 key frame that any model
+    with the same transforms decodes; a context-coded one (version 3) needs the context model."""
+    img = small_photo((200, 136))
+    fast = encode_frame(ctx_codec, img, quality=6, context=False)
+    full = encode_frame(ctx_codec, img, quality=6)
+    assert fast.payload[0] == 1 and full.payload[0] == 3
+    plain = LearnedCodec(plain_dir, "cpu", "fp32")
+    assert np.array_equal(decode_frame(plain, fast), decode_frame(ctx_codec, fast))
+    with pytest.raises(RemoteProtocolError, match="needs a model with a context model"):
+        plain.decode_symbols(full.shape, full.payload, full.image_size)
