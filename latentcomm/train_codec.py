@@ -180,6 +180,19 @@ def read_pack(path: Path) -> list[np.ndarray]:
     return expand(sources)
 
 
+def training_set(args: argparse.Namespace) -> list[np.ndarray]:
+    """The training pyramid from ``--data-pack`` or the photo folders; ValueError says what is missing."""
+    if args.data_pack is not None:
+        if not args.data_pack.is_file():
+            raise ValueError(f"--data-pack {args.data_pack} does not exist")
+        images = read_pack(args.data_pack)
+    else:
+        images = load_training_images(args.data, args.extra_data)
+    if not images:
+        raise ValueError(f"no training photos in {args.data}")
+    return images
+
+
 class Crops:
     """Random crops with horizontal flips, drawn from a seeded generator (reproducible on resume)."""
 
@@ -417,15 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
-    if args.data_pack is not None:
-        if not args.data_pack.is_file():
-            print(f"error: --data-pack {args.data_pack} does not exist", file=sys.stderr)
-            return 2
-        images = read_pack(args.data_pack)
-    else:
-        images = load_training_images(args.data, args.extra_data)
-    if not images:
-        print(f"error: no training photos in {args.data}", file=sys.stderr)
+    try:
+        images = training_set(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     crops = Crops(images, args.crop, gen)
     heldout = []

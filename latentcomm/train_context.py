@@ -39,7 +39,7 @@ from latentcomm.errors import ModelLoadError
 from latentcomm.images import center_crop_square, load_image
 from latentcomm.learned import SCALE_MIN, LearnedCodecConfig, LearnedCodecModel, gaussian_likelihood
 from latentcomm.train import save_checkpoint
-from latentcomm.train_codec import load_training_images, read_pack
+from latentcomm.train_codec import training_set
 
 log = logging.getLogger("latentcomm.train_context")
 
@@ -192,15 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     model.context.requires_grad_(True).train()
     opt = torch.optim.Adam(model.context.parameters(), lr=args.lr)
 
-    if args.data_pack is not None:
-        if not args.data_pack.is_file():
-            print(f"error: --data-pack {args.data_pack} does not exist", file=sys.stderr)
-            return 2
-        images = read_pack(args.data_pack)
-    else:
-        images = load_training_images(args.data, args.extra_data)
-    if not images:
-        print(f"error: no training photos in {args.data}", file=sys.stderr)
+    try:
+        images = training_set(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     latents = [y for y in training_latents(base, images, args.run_dir / "latents.npz") if min(y.shape[1:]) >= args.crop]
     if not latents:
