@@ -84,7 +84,14 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 def configure_threads() -> int:
-    """Use every core this process may run on (cgroup/affinity aware) for intra-op parallelism."""
+    """Use every core this process may run on (cgroup/affinity aware) for intra-op parallelism.
+
+    An explicit ``OMP_NUM_THREADS`` wins: whoever runs several of these processes side by side
+    (a test runner's workers, a fleet of receivers on one host) sets it to keep their thread pools
+    from oversubscribing the cores, which costs far more than the threads gain.
+    """
+    if os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        return torch.get_num_threads()
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux

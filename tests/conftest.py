@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import queue
@@ -9,14 +11,70 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+CORES = len(os.sched_getaffinity(0))
+
+
+# -- running alone under pytest-xdist ---------------------------------------------------------------
+#
+# The suite runs on two xdist workers (pyproject's addopts), which nearly halves CI on two cores.
+# A few tests assert on time itself: a stream's latency and link use, an ack timeout, a read timeout.
+# Sharing the CPU with another worker's model loads would make them measure the neighbour, not the
+# product, so they are marked `exclusive` and take a readers-writer lock that every other test takes
+# shared. The turnstile keeps an exclusive test from waiting forever behind a stream of shared ones.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "exclusive: asserts on timing; under pytest-xdist it runs while no other test does"
+    )
+
+
+@contextlib.contextmanager
+def cpu_share(item: pytest.Item) -> Iterator[None]:
+    """Hold the run's lock shared, or alone for an `exclusive` test; no-op without xdist."""
+    workerinput = getattr(item.config, "workerinput", None)
+    if workerinput is None:
+        yield
+        return
+    base = Path(tempfile.gettempdir()) / f"latentcomm-pytest-{workerinput['testrunuid']}"
+    alone = item.get_closest_marker("exclusive") is not None
+    with open(f"{base}.turn", "a") as turn, open(f"{base}.lock", "a") as lock:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        fcntl.flock(turn, fcntl.LOCK_UN)
+        # Sharing the cores, each test's torch (here and in the scripts it starts, which inherit
+        # the environment) gets one thread: two workers' thread pools on two cores slowed each
+        # other's convolutions 2-3x. A test that runs alone gets them all, as a user would.
+        threads = torch.get_num_threads()
+        if alone:
+            os.environ.pop("OMP_NUM_THREADS", None)
+            torch.set_num_threads(CORES)
+        else:
+            os.environ["OMP_NUM_THREADS"] = "1"
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Setup, call and teardown of each test under its share of the CPU."""
+    with cpu_share(item):
+        return (yield)
 
 
 def script_env(**extra: str) -> dict[str, str]:

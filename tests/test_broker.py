@@ -21,7 +21,11 @@ from PIL import Image
 from tests.conftest import PYTHON, REPO, run_script, script_env
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
-pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt install mosquitto)")
+# Every test here but one runs senders against ack timeouts of a few seconds: they run alone.
+pytestmark = [
+    pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt install mosquitto)"),
+    pytest.mark.exclusive,
+]
 
 
 class Broker:

@@ -261,6 +261,7 @@ def test_dropped_connections_are_retried_and_nothing_is_lost(engine, tiny_model,
     assert rx.stop() == 0
 
 
+@pytest.mark.exclusive
 def test_trickling_client_is_dropped_while_others_are_served(engine, tiny_model, start_receiver):
     rx = start_receiver(
         "--no-show", "--json", "--model", str(tiny_model), "--frame-timeout", "3", "--read-timeout", "5"
@@ -295,6 +296,7 @@ def test_trickling_client_is_dropped_while_others_are_served(engine, tiny_model,
     assert "frame not complete after 3 s" in rx.stderr
 
 
+@pytest.mark.exclusive
 def test_sigterm_finishes_frames_in_flight(engine, tiny_model, start_receiver, tmp_path):
     rx = start_receiver("--no-show", "--json", "--model", str(tiny_model), "--out", str(tmp_path))
     acked: list[str] = []

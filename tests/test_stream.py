@@ -17,6 +17,7 @@ def stream_reports(stdout: str) -> tuple[list[dict], dict]:
     return [r for r in rows if not r.get("summary")], next(r for r in rows if r.get("summary"))
 
 
+@pytest.mark.exclusive
 def test_a_stream_at_64k_fits_the_link_drops_instead_of_queueing(tmp_path, start_receiver):
     video = make_video(tmp_path / "pan.mp4", frames=130, fps=10)
     rx = start_receiver("--codec", "learned", "--no-show", "--json")
@@ -49,6 +50,7 @@ def test_a_stream_at_64k_fits_the_link_drops_instead_of_queueing(tmp_path, start
     link.close()
 
 
+@pytest.mark.exclusive
 def test_fps_and_max_frames_pick_from_the_source(tmp_path, start_receiver):
     video = make_video(tmp_path / "static.mp4", frames=40, fps=10, motion="static")
     rx = start_receiver("--codec", "learned", "--no-show", "--json")
@@ -87,6 +89,7 @@ def test_rates_parse_like_link_speeds():
             parse_rate(bad)
 
 
+@pytest.mark.exclusive
 def test_a_static_camera_costs_far_less_than_a_panning_one(tmp_path, start_receiver):
     """Inter frames code only the blocks that changed; the receiver's pictures equal a local decode."""
     out = tmp_path / "out"
