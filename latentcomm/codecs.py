@@ -215,6 +215,7 @@ class LearnedCodec(ImageCodec):
         precision: str = "auto",
         quality: float | None = None,
         target_bytes: int | None = None,
+        context: bool = True,
     ) -> None:
         from latentcomm.entropy import EntropyCoder
         from latentcomm.learned import LearnedCodecModel
@@ -238,6 +239,8 @@ class LearnedCodec(ImageCodec):
         self.levels = self.model.config.levels
         self.quality = self.check_quality(self.model.config.default_quality if quality is None else quality)
         self.target_bytes = target_bytes
+        #: Key frames use the context model when the model has one, unless ``encode`` is told otherwise.
+        self.context = context
         #: Decoded frames that inter frames may name (tag -> un-gained latent), oldest first.
         self._references: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self.load_seconds = time.perf_counter() - t0
@@ -360,7 +363,7 @@ class LearnedCodec(ImageCodec):
         quality: float | None = None,
         target_bytes: int | None = None,
         reference: Reference | None = None,
-        context: bool = True,
+        context: bool | None = None,
     ) -> Encoded:
         """A key frame, or with ``reference`` (the last frame the receiver acknowledged) an inter frame.
 
@@ -368,8 +371,10 @@ class LearnedCodec(ImageCodec):
         context model: streams do, because it is 3x faster per rate probe at 256x256 and because
         their inter frames, coded with the hyperprior, then copy blocks from like-quantized
         references (a context-coded reference differs in every block by the rounding offset).
+        ``context=None`` follows the codec's own setting (``--context/--no-context``).
         The returned facts hold ``reference``: this frame as the next frame's reference.
         """
+        context = self.context if context is None else context
         t0 = time.perf_counter()
         y_raw, _ = self.analyse(image)
         t1 = time.perf_counter()
@@ -387,6 +392,8 @@ class LearnedCodec(ImageCodec):
             "rate_probes": probes,
             "latent_shape": [1, *y_raw.shape[1:]],
             "frame_type": info["frame_type"],
+            # What predicts the latent's distribution: the context model (version 3) or the hyperprior.
+            "entropy_model": "context" if payload[0] == CONTEXT_VERSION else "hyperprior",
             "reference": Reference(reference_tag(payload), info["latent"]),
         }
         if "coded_blocks" in info:
@@ -586,12 +593,14 @@ def load_codec(
     compression: str = "zstd",
     quality: float | None = None,
     target_bytes: int | None = None,
+    context: bool = True,
 ) -> ImageCodec:
     """The one way scripts get a codec: ``--codec`` plus ``--model`` (auto = the codec's default model)."""
     if codec not in CODECS:
         raise LocalProtocolError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
     if codec == "learned" or (model != "auto" and is_learned_model(model)):
-        return LearnedCodec(LEARNED_MODEL_DIR if model == "auto" else model, device, precision, quality, target_bytes)
+        path = LEARNED_MODEL_DIR if model == "auto" else model
+        return LearnedCodec(path, device, precision, quality, target_bytes, context)
     from latentcomm.engine import Engine
 
     return VaeCodec(Engine(model, device, precision), dtype, compression)

@@ -306,7 +306,7 @@ def send_images_v2(
         )
         if text is not None:
             report.extra["text"] = text
-        for key in ("quality", "target_bytes", "fits_target", "rate_probes"):
+        for key in ("quality", "entropy_model", "target_bytes", "fits_target", "rate_probes"):
             if key in facts:
                 report.extra[key] = facts[key]
         yield report.as_dict()

@@ -205,11 +205,25 @@ def test_round_trip_through_the_scripts_with_a_byte_budget(codec, start_receiver
     sent = json.loads(tx.stdout.splitlines()[0])
     assert sent["acknowledged"] and sent["codec"] == "learned"
     assert sent["payload_bytes"] <= 45000 and sent["fits_target"] and sent["quality"] > 1
+    assert sent["entropy_model"] == "context"
     got = rx.next_json(timeout=300)
     assert got["payload_sha256"] == sent["payload_sha256"] and got["quality"] == sent["quality"]
     img = load_image(photo)
     local = encode_frame(codec, img, quality=sent["quality"])
     assert len(local.payload) == sent["payload_bytes"]
+    recon = np.asarray(Image.open(got["recon_path"]).convert("RGB"))
+    assert np.array_equal(recon, decode_frame(codec, local))
+    # --no-context: hyperprior-only frames (faster to decode), still within the budget, so at a lower
+    # quality than the context model reached.
+    tx = run_script(
+        "sender_sdvae.py", "--codec", "learned", "--port", str(rx.port), "--image", str(photo), "--size", "0",
+        "--target-bytes", "45000", "--no-context", "--json", timeout=300,
+    )  # fmt: skip
+    plain = json.loads(tx.stdout.splitlines()[0])
+    assert plain["acknowledged"] and plain["entropy_model"] == "hyperprior"
+    assert plain["payload_bytes"] <= 45000 and plain["quality"] < sent["quality"]
+    got = rx.next_json(timeout=300)
+    local = encode_frame(codec, img, quality=plain["quality"], context=False)
     recon = np.asarray(Image.open(got["recon_path"]).convert("RGB"))
     assert np.array_equal(recon, decode_frame(codec, local))
 

@@ -114,6 +114,7 @@ def _v2(args) -> int:
         compression="zstd",
         quality=args.quality,
         target_bytes=args.target_bytes,
+        context=args.context,
     )
     prepared = prepare(args.image, args.size, fit="crop")
     frame, facts = build_v2_frame(codec, prepared, 1, Path(args.image).name, include_original=False)

@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
         compression=args.compression,
         quality=args.quality,
         target_bytes=args.target_bytes,
+        context=args.context,
     )
     if protocol == "legacy":
         return _send_legacy(codec.engine, args, images[0])
@@ -347,6 +348,8 @@ def _send_v2(codec, args, images, key=None, texts=None) -> int:
 def _single_report(r: dict) -> str:
     """One v2 image: the same report the legacy path prints, plus the codec's and the receiver's answer."""
     how = f"{r['dtype']}/{r['compression']}" if r["codec"] == "vae" else "learned, entropy-coded"
+    if "entropy_model" in r:
+        how += f" with the {r['entropy_model']}"
     lines = [
         f"Image:                 {r['image']} -> {r['image_size'][1]}x{r['image_size'][0]}",
         f"Model:                 {r['model']}",
