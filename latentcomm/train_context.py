@@ -187,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     continuing = base.config.context_groups == groups and base.config.context_width == args.width
     if not continuing:
         weights = {k: v for k, v in weights.items() if not k.startswith("context.")}
+    # The context training this run builds on: the base model's own (when continued), counted once.
+    # A resumed run takes it from its checkpoint, whatever the base folder holds now (it may be this
+    # run's own export, shipped).
+    base_meta = read_training_state(args.init_from).get("context", {}) if continuing else {}
+    carried = {"steps": base_meta.get("steps", 0), "cpu_seconds": base_meta.get("cpu_seconds", 0)}
+    origin = base_meta.get("base") or f"{args.init_from.resolve().name}@{base.fingerprint()}"
     model.load_state_dict(weights, strict=False)
     model.requires_grad_(False).eval()
     model.context.requires_grad_(True).train()
@@ -225,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
         step, elapsed = state["step"], state["elapsed"]
+        # Checkpoints before this field existed all started from a fresh context model.
+        carried = state.get("carried", {"steps": 0, "cpu_seconds": 0})
+        origin = state.get("origin", origin)
         log.info("resumed from %s at step %d", ckpt_path, step)
     log.info(
         "context model: %.2fM parameters, %d training latents",
@@ -248,14 +257,20 @@ def main(argv: list[str] | None = None) -> int:
                 "elapsed": total,
                 "groups": groups,
                 "width": args.width,
+                "carried": carried,
+                "origin": origin,
             },
         )
         export(
             model,
             args.init_from,
             args.export,
-            {"steps": step, "cpu_seconds": round(total), "heldout": evals},
-            continuing,
+            {
+                "base": origin,
+                "steps": carried["steps"] + step,
+                "cpu_seconds": round(carried["cpu_seconds"] + total),
+                "heldout": evals,
+            },
         )
 
     bar = tqdm(desc="training context", unit="step", initial=step)
@@ -310,25 +325,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def export(model: LearnedCodecModel, init_from: Path, folder: Path, context_meta: dict, continuing: bool) -> None:
+def read_training_state(folder: Path) -> dict:
+    """A model folder's training record ({} when it has none)."""
+    path = folder / "training_state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def export(model: LearnedCodecModel, init_from: Path, folder: Path, context_meta: dict) -> None:
     """Write the codec with its context model (float16, like the shipped model) and a training
-    state that keeps the base model's record and adds this phase (counted on from the base's own
-    context training when this run continued it)."""
-    meta_path = init_from / "training_state.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    prior = meta.get("context") if continuing else None
-    if prior:
-        context_meta = {
-            **context_meta,
-            "steps": prior.get("steps", 0) + context_meta["steps"],
-            "cpu_seconds": prior.get("cpu_seconds", 0) + context_meta["cpu_seconds"],
-            "base": prior.get("base"),
-        }
+    state that keeps the base model's record with this context model's (``context_meta``: its
+    steps and seconds in all, including the base's own context training it continued, and
+    ``base``, the transforms it was trained on)."""
+    meta = read_training_state(init_from)
     meta["context"] = {
         "groups": model.config.context_groups,
         "width": model.config.context_width,
         "objective": "latent code length on the frozen transforms of the base model",
-        "base": f"{init_from.resolve().name}@{LearnedCodecModel.from_pretrained(init_from).fingerprint()}",
         **context_meta,
     }
     tmp = folder.with_name(folder.name + ".tmp")

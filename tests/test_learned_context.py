@@ -173,6 +173,16 @@ def test_context_objective_trains_resumes_and_exports_a_codec_that_round_trips(t
     c = LearnedCodec(tmp_path / "export", "cpu", "fp32")
     f = encode_frame(c, small_photo((96, 80)), quality=3)
     assert decode_frame(LearnedCodec(tmp_path / "export", "cpu", "fp32"), f).shape == (80, 96, 3)
+    # Its export shipped and trained on (the run resumed with it as --init-from), then continued in a
+    # new run: each step counted once, and the transforms it was trained on named throughout.
+    origin = state["context"]["base"]
+    for run, init, out, steps, total in (("run", "export", "ex2", 4, 4), ("run2", "ex2", "ex3", 1, 5)):
+        more = [*base, "--run-dir", str(tmp_path / run), "--init-from", str(tmp_path / init)]
+        more += ["--export", str(tmp_path / out), "--steps", str(steps)]
+        r = subprocess.run(more, cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
+        assert r.returncode == 0, r.stderr
+        ctx = json.loads((tmp_path / out / "training_state.json").read_text())["context"]
+        assert ctx["steps"] == total and ctx["base"] == origin
     for flag, message in ((["--groups", "16,16"], "add up to"), (["--crop", "10"], "multiple of 4")):
         bad = subprocess.run([*base, *flag], cwd=REPO, capture_output=True, text=True, env=script_env())
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
