@@ -349,7 +349,7 @@ def _single_report(r: dict) -> str:
     """One v2 image: the same report the legacy path prints, plus the codec's and the receiver's answer."""
     how = f"{r['dtype']}/{r['compression']}" if r["codec"] == "vae" else "learned, entropy-coded"
     if "entropy_model" in r:
-        how += f" with the {r['entropy_model']}"
+        how += " with the " + {"context": "context model"}.get(r["entropy_model"], r["entropy_model"])
     lines = [
         f"Image:                 {r['image']} -> {r['image_size'][1]}x{r['image_size'][0]}",
         f"Model:                 {r['model']}",
