@@ -193,6 +193,12 @@ def training_set(args: argparse.Namespace) -> list[np.ndarray]:
     return images
 
 
+def read_training_state(folder: Path) -> dict:
+    """A model folder's training record ({} when it has none)."""
+    path = folder / "training_state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 class Crops:
     """Random crops with horizontal flips, drawn from a seeded generator (reproducible on resume)."""
 
@@ -508,8 +514,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --init-from {args.init_from}: {str(exc).splitlines()[0]}", file=sys.stderr)
             return 2
         ema.load_state_dict(model.state_dict())
-        meta_path = args.init_from / "training_state.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        meta = read_training_state(args.init_from)
         step, elapsed = int(meta.get("step", 0)), float(meta.get("train_seconds", 0.0))
         opt_start = step
         log.info("initialised from %s at step %d (%.1f h trained)", args.init_from, step, elapsed / 3600)

@@ -39,7 +39,7 @@ from latentcomm.errors import ModelLoadError
 from latentcomm.images import center_crop_square, load_image
 from latentcomm.learned import SCALE_MIN, LearnedCodecConfig, LearnedCodecModel, gaussian_likelihood
 from latentcomm.train import save_checkpoint
-from latentcomm.train_codec import training_set
+from latentcomm.train_codec import read_training_state, training_set
 
 log = logging.getLogger("latentcomm.train_context")
 
@@ -323,12 +323,6 @@ def main(argv: list[str] | None = None) -> int:
     metrics.close()
     checkpoint(final)
     return 0
-
-
-def read_training_state(folder: Path) -> dict:
-    """A model folder's training record ({} when it has none)."""
-    path = folder / "training_state.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def export(model: LearnedCodecModel, init_from: Path, folder: Path, context_meta: dict) -> None:
