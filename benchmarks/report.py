@@ -350,6 +350,12 @@ def lic_status(r: Results) -> str:
             f". Its context model (channel groups {groups}) was then trained on those frozen transforms for "
             f"{ctx['cpu_seconds'] / 60:.0f} minutes of CPU ({ctx['steps']:,} steps, rate only)"
         )
+    dec = t.get("decoder")
+    if dec:
+        where += (
+            f". Last, its decoder was fine-tuned on the frozen bitstream (every image codes to the same bytes) "
+            f"for {dec['cpu_seconds'] / 60:.0f} minutes of CPU ({dec['steps']:,} steps, {dec['objective']})"
+        )
     return (
         f"**Status: an early model.** {where}; models of this kind converge over 10^5-10^6 steps. "
         "Training resumes where it stopped (`python -m latentcomm.train --objective codec`, or "

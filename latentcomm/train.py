@@ -204,15 +204,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m latentcomm.train",
         description=__doc__.split("\n")[0]
-        + " (--objective codec or context trains the learned codec instead: see --objective codec --help)",
+        + " (--objective codec, context or decoder trains the learned codec instead: see --objective codec --help)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--objective",
-        choices=["reconstruction", "codec", "context"],
+        choices=["reconstruction", "codec", "context", "decoder"],
         default="reconstruction",
         help="reconstruction: the embedded AutoencoderKL; codec: the learned codec (rate + lambda * distortion); "
-        "context: a context model on a trained codec's frozen transforms (rate only)",
+        "context: a context model on a trained codec's frozen transforms (rate only); "
+        "decoder: a trained codec's decoder on its frozen bitstream (quality at identical bytes)",
     )
     p.add_argument(
         "--data", type=Path, default=data.PHOTOS_DIR, help="folder of training photos (held-out ones are skipped)"
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     # --objective picks the model being trained: the embedded AutoencoderKL (reconstruction, here)
     # or the learned codec (rate + lambda * distortion, latentcomm.train_codec, its own flags).
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--objective", choices=["reconstruction", "codec", "context"], default="reconstruction")
+    pre.add_argument("--objective", choices=["reconstruction", "codec", "context", "decoder"], default="reconstruction")
     known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
     if known.objective == "codec":
         from latentcomm import train_codec
@@ -296,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         from latentcomm import train_context
 
         return train_context.main(rest)
+    if known.objective == "decoder":
+        from latentcomm import train_decoder
+
+        return train_decoder.main(rest)
     args = parse_args(rest)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from diffusers import AutoencoderKL

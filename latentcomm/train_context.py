@@ -19,7 +19,6 @@ with and without the context model at several qualities, on the same rounded sym
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ from latentcomm.errors import ModelLoadError
 from latentcomm.images import center_crop_square, load_image
 from latentcomm.learned import SCALE_MIN, LearnedCodecConfig, LearnedCodecModel, gaussian_likelihood
 from latentcomm.train import save_checkpoint
+from latentcomm.train_codec import export as write_model_folder
 from latentcomm.train_codec import read_training_state, training_set
 
 log = logging.getLogger("latentcomm.train_context")
@@ -326,10 +326,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export(model: LearnedCodecModel, init_from: Path, folder: Path, context_meta: dict) -> None:
-    """Write the codec with its context model (float16, like the shipped model) and a training
-    state that keeps the base model's record with this context model's (``context_meta``: its
-    steps and seconds in all, including the base's own context training it continued, and
-    ``base``, the transforms it was trained on)."""
+    """Write the codec with its context model, keeping the base model's training record and adding
+    this context model's (``context_meta``: its steps and seconds in all, including the base's own
+    context training it continued, and ``base``, the transforms it was trained on)."""
     meta = read_training_state(init_from)
     meta["context"] = {
         "groups": model.config.context_groups,
@@ -337,14 +336,7 @@ def export(model: LearnedCodecModel, init_from: Path, folder: Path, context_meta
         "objective": "latent code length on the frozen transforms of the base model",
         **context_meta,
     }
-    tmp = folder.with_name(folder.name + ".tmp")
-    copy.deepcopy(model).cpu().save_pretrained(tmp, half_precision=True)
-    (tmp / "training_state.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    write_model_folder(model, folder, meta)
 
 
 if __name__ == "__main__":

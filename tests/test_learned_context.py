@@ -199,3 +199,44 @@ def test_streams_key_frames_skip_the_context_model_and_a_model_without_one_refus
     assert np.array_equal(decode_frame(plain, fast), decode_frame(ctx_codec, fast))
     with pytest.raises(RemoteProtocolError, match="needs a model with a context model"):
         plain.decode_symbols(full.shape, full.payload, full.image_size)
+
+
+def test_decoder_objective_keeps_every_byte_and_changes_only_the_picture(tmp_path):
+    """``--objective decoder`` fine-tunes the synthesis on the frozen bitstream: a photo codes to the
+    same payload with the exported model as with the shipped one, and decodes to another picture;
+    runs resume, and a run continued from its own export counts each step once."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        small_photo((448, 448)).rotate(90 * i).save(photos / f"{i:03d}.png")
+    base = [
+        PYTHON, "-m", "latentcomm.train", "--objective", "decoder", "--data", str(photos), "--extra-data",
+        str(tmp_path / "none"), "--run-dir", str(tmp_path / "run"), "--export", str(tmp_path / "export"),
+        "--batch", "2", "--crop", "192", "--warmup", "1", "--lr", "1e-3", "--eval-every", "0",
+    ]  # fmt: skip
+    r = subprocess.run([*base, "--steps", "2"], cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*base, "--steps", "3"], cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
+    assert r.returncode == 0 and "resumed from" in r.stderr and "at step 2" in r.stderr, r.stderr
+    state = json.loads((tmp_path / "export" / "training_state.json").read_text())
+    shipped_state = json.loads((LEARNED_MODEL_DIR / "training_state.json").read_text())
+    assert state["decoder"]["steps"] == 3 and state["context"] == shipped_state["context"]
+    shipped, tuned = LearnedCodec(LEARNED_MODEL_DIR, "cpu", "fp32"), LearnedCodec(tmp_path / "export", "cpu", "fp32")
+    assert state["decoder"]["base"] == shipped.model_id != tuned.model_id
+    img = small_photo((200, 136))
+    for context in (True, False):
+        a = encode_frame(shipped, img, quality=4, context=context)
+        b = encode_frame(tuned, img, quality=4, context=context)
+        assert a.payload == b.payload
+        assert not np.array_equal(decode_frame(shipped, a), decode_frame(tuned, b))
+    # Shipped and trained on (resumed with its own export as --init-from), then continued anew.
+    for run, init, out, steps, total in (("run", "export", "ex2", 4, 4), ("run2", "ex2", "ex3", 1, 5)):
+        more = [*base, "--run-dir", str(tmp_path / run), "--init-from", str(tmp_path / init)]
+        more += ["--export", str(tmp_path / out), "--steps", str(steps)]
+        r = subprocess.run(more, cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
+        assert r.returncode == 0, r.stderr
+        dec = json.loads((tmp_path / out / "training_state.json").read_text())["decoder"]
+        assert dec["steps"] == total and dec["base"] == state["decoder"]["base"]
+    for flag, message in ((["--crop", "128"], "MS-SSIM needs"), (["--context-share", "2"], "between 0 and 1")):
+        bad = subprocess.run([*base, *flag], cwd=REPO, capture_output=True, text=True, env=script_env())
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
