@@ -180,6 +180,27 @@ def read_pack(path: Path) -> list[np.ndarray]:
     return expand(sources)
 
 
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """The flags :func:`training_set` reads, shared by every learned-codec objective."""
+    p.add_argument("--data", type=Path, default=data.PHOTOS_DIR, help="folder of photos (held-out ones are skipped)")
+    p.add_argument("--extra-data", type=Path, default=data.UNSPLASH_DIR, help="folder of large training-only photos")
+    p.add_argument("--data-pack", type=Path, default=None, help="train from this .npz pack instead of the folders")
+
+
+def add_frozen_run_args(p: argparse.ArgumentParser, name: str) -> None:
+    """Run folder, export and time box of the objectives that train one part of a trained codec
+    (context, decoder): ``runs/<name>``, resumable, LR annealed over the last 40% of ``--minutes``."""
+    p.add_argument("--run-dir", type=Path, default=data.REPO_ROOT / "runs" / name, help="checkpoint, logs, caches")
+    p.add_argument(
+        "--export", type=Path, default=data.REPO_ROOT / "runs" / name / "export", help="model folder to write"
+    )
+    p.add_argument(
+        "--minutes", type=float, default=0.0, help="stop (checkpointed) after this many minutes; 0 = no limit"
+    )
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from last.pt")
+    p.set_defaults(decay_frac=0.4)
+
+
 def training_set(args: argparse.Namespace) -> list[np.ndarray]:
     """The training pyramid from ``--data-pack`` or the photo folders; ValueError says what is missing."""
     if args.data_pack is not None:
@@ -320,9 +341,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", type=Path, default=data.PHOTOS_DIR, help="folder of photos (held-out ones are skipped)")
-    p.add_argument("--extra-data", type=Path, default=data.UNSPLASH_DIR, help="folder of large training-only photos")
-    p.add_argument("--data-pack", type=Path, default=None, help="train from this .npz pack instead of the folders")
+    add_data_args(p)
     p.add_argument("--pack", type=Path, default=None, help="write the training images to this .npz pack and exit")
     p.add_argument("--pack-quality", type=int, default=90, help="JPEG quality of the images in --pack")
     p.add_argument("--run-dir", type=Path, default=data.REPO_ROOT / "runs" / "codec", help="checkpoints and logs")

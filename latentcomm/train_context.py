@@ -38,8 +38,8 @@ from latentcomm.errors import ModelLoadError
 from latentcomm.images import center_crop_square, load_image
 from latentcomm.learned import SCALE_MIN, LearnedCodecConfig, LearnedCodecModel, gaussian_likelihood
 from latentcomm.train import save_checkpoint
+from latentcomm.train_codec import add_data_args, add_frozen_run_args, learning_rate, read_training_state, training_set
 from latentcomm.train_codec import export as write_model_folder
-from latentcomm.train_codec import read_training_state, training_set
 
 log = logging.getLogger("latentcomm.train_context")
 
@@ -61,21 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--groups", default="16,16,32,64,64", help="channel groups of the context model, in decoding order")
     p.add_argument("--width", type=int, default=128, help="width of the context model's merging layers")
-    p.add_argument("--data", type=Path, default=data.PHOTOS_DIR, help="folder of photos (held-out ones are skipped)")
-    p.add_argument("--extra-data", type=Path, default=data.UNSPLASH_DIR, help="folder of large training-only photos")
-    p.add_argument("--data-pack", type=Path, default=None, help="train from this .npz pack instead of the folders")
-    p.add_argument("--run-dir", type=Path, default=data.REPO_ROOT / "runs" / "context", help="checkpoint, cache, logs")
-    p.add_argument(
-        "--export", type=Path, default=data.REPO_ROOT / "runs" / "context" / "export", help="model folder to write"
-    )
+    add_data_args(p)
+    add_frozen_run_args(p, "context")
     p.add_argument("--batch", type=int, default=8, help="latent crops per step")
     p.add_argument("--crop", type=int, default=24, help="latent crop size (multiple of 4; 24 = 384 pixels)")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam)")
     p.add_argument(
         "--decay-to", type=float, default=1e-4, help="with --minutes: cosine-anneal the LR to this over the last 40%%"
-    )
-    p.add_argument(
-        "--minutes", type=float, default=0.0, help="stop (checkpointed) after this many minutes; 0 = no limit"
     )
     p.add_argument("--steps", type=int, default=10**7, help="stop at this total step count")
     p.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints and exports")
@@ -83,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--eval-every", type=int, default=2000, help="steps between held-out evaluations (0 = only at the end)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed for the model, crops and noise")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from last.pt")
+    # No warm-up: the context model either starts at zero (coding like the hyperprior) or resumes.
+    p.set_defaults(warmup=1)
     return p.parse_args(argv)
 
 
@@ -116,7 +109,7 @@ def training_latents(model: LearnedCodecModel, images: list[np.ndarray], cache: 
     return out
 
 
-def _hyper(model: LearnedCodecModel, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def hyperprior(model: LearnedCodecModel, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         scale, mean = model.h_s(torch.round(model.h_a(y))).chunk(2, dim=1)
     return scale, mean
@@ -153,7 +146,7 @@ def evaluate(model: LearnedCodecModel, heldout: list[torch.Tensor]) -> dict[str,
         pixels = 0
         for y0 in heldout:
             y = y0 * g
-            scale, mean = _hyper(model, y)
+            scale, mean = hyperprior(model, y)
             base += code_length(y, mean, scale)
             _, c_mean, c_scale = model.context.run(scale, mean, rounded_fetch(model, y))
             ctx += code_length(y, c_mean, c_scale)
@@ -276,13 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(desc="training context", unit="step", initial=step)
     c = args.crop
     while step < args.steps and time.time() < deadline:
-        frac = (time.time() - t0) / (args.minutes * 60) if args.minutes > 0 else 0.0
-        t = max(0.0, (frac - 0.6) / 0.4)
-        lr = (
-            args.decay_to + (args.lr - args.decay_to) * 0.5 * (1 + math.cos(math.pi * t))
-            if args.minutes > 0
-            else args.lr
-        )
+        lr = learning_rate(args, step, (time.time() - t0) / (args.minutes * 60) if args.minutes > 0 else 0.0)
         for g in opt.param_groups:
             g["lr"] = lr
         crops = []
@@ -295,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         quality = 1 + (config.levels - 1) * torch.rand(args.batch, generator=gen)
         g, _ = model.gains(quality)
         y = torch.stack(crops) * g
-        scale, mean = _hyper(model, y)
+        scale, mean = hyperprior(model, y)
         _, c_mean, c_scale = model.context.run(scale, mean, rounded_fetch(model, y))
         noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         bits = -torch.log2(gaussian_likelihood(noisy, c_mean, c_scale).clamp_min(1e-9)).sum()

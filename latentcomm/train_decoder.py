@@ -38,7 +38,16 @@ from latentcomm.errors import ModelLoadError
 from latentcomm.images import center_crop_square, load_image
 from latentcomm.learned import LearnedCodecModel
 from latentcomm.train import save_checkpoint
-from latentcomm.train_codec import Crops, export, read_training_state, training_set
+from latentcomm.train_codec import (
+    Crops,
+    add_data_args,
+    add_frozen_run_args,
+    export,
+    learning_rate,
+    read_training_state,
+    training_set,
+)
+from latentcomm.train_context import hyperprior, rounded_fetch
 
 log = logging.getLogger("latentcomm.train_decoder")
 
@@ -60,13 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=data.MODELS_ROOT / "latentcomm-lic",
         help="trained codec (with a context model) whose decoder is fine-tuned",
     )
-    p.add_argument("--data", type=Path, default=data.PHOTOS_DIR, help="folder of photos (held-out ones are skipped)")
-    p.add_argument("--extra-data", type=Path, default=data.UNSPLASH_DIR, help="folder of large training-only photos")
-    p.add_argument("--data-pack", type=Path, default=None, help="train from this .npz pack instead of the folders")
-    p.add_argument("--run-dir", type=Path, default=data.REPO_ROOT / "runs" / "decoder", help="checkpoint and logs")
-    p.add_argument(
-        "--export", type=Path, default=data.REPO_ROOT / "runs" / "decoder" / "export", help="model folder to write"
-    )
+    add_data_args(p)
+    add_frozen_run_args(p, "decoder")
     p.add_argument("--batch", type=int, default=8, help="crops per step")
     p.add_argument("--crop", type=int, default=192, help="crop size in pixels (multiple of 64)")
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (Adam)")
@@ -78,16 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--context-share", type=float, default=0.5, help="share of steps whose crops are rounded by the context model"
     )
-    p.add_argument(
-        "--minutes", type=float, default=0.0, help="stop (checkpointed) after this many minutes; 0 = no limit"
-    )
     p.add_argument("--steps", type=int, default=10**7, help="stop at this step count (this run's own)")
     p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints and exports")
     p.add_argument(
         "--eval-every", type=int, default=1000, help="steps between held-out evaluations (0 = only at the ends)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed for the crops and quality levels")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from last.pt")
     return p.parse_args(argv)
 
 
@@ -97,15 +97,10 @@ def rounded_latent(model: LearnedCodecModel, x: torch.Tensor, quality: torch.Ten
     the latent rounded around the context model's means (``context``) or the hyperprior's."""
     g, _ = model.gains(quality)
     y = model.g_a(x) * g
-    scale, mean = model.h_s(torch.round(model.h_a(y))).chunk(2, dim=1)
+    scale, mean = hyperprior(model, y)
     if not context:
         return torch.round(y - mean) + mean
-    offsets = model.context.offsets
-
-    def fetch(k: int, _positions, mu: torch.Tensor, _scale) -> torch.Tensor:
-        return torch.round(y[:, offsets[k] : offsets[k + 1]] - mu) + mu
-
-    y_hat, _, _ = model.context.run(scale, mean, fetch)
+    y_hat, _, _ = model.context.run(scale, mean, rounded_fetch(model, y))
     return y_hat
 
 
@@ -238,12 +233,9 @@ def main(argv: list[str] | None = None) -> int:
 
     bar = tqdm(desc="training decoder", unit="step", initial=step)
     while step < args.steps and time.time() < deadline:
-        frac = (time.time() - t0) / (args.minutes * 60) if args.minutes > 0 else 0.0
-        t = max(0.0, (frac - 0.6) / 0.4)
-        lr = args.decay_to + (args.lr - args.decay_to) * 0.5 * (1 + math.cos(math.pi * t)) if args.minutes else args.lr
-        # Warm-up: Adam's first steps move every weight by about the LR whatever its gradient, and
-        # a full-LR start was measured to cost 1.2 dB at quality 11 in 3 steps (GDN's small weights).
-        lr *= min(1.0, (step + 1) / args.warmup)
+        # Warm-up (--warmup): Adam's first steps move every weight by about the LR whatever its
+        # gradient; a full-LR start was measured to cost 1.2 dB at quality 11 in 3 steps.
+        lr = learning_rate(args, step, (time.time() - t0) / (args.minutes * 60) if args.minutes > 0 else 0.0)
         for g in opt.param_groups:
             g["lr"] = lr
         x = crops.batch(args.batch)

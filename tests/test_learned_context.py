@@ -153,19 +153,29 @@ def test_training_with_a_context_model_reaches_every_part():
     assert model.g_a[0].weight.grad.abs().sum() > 0
 
 
-def test_context_objective_trains_resumes_and_exports_a_codec_that_round_trips(tmp_path):
+def objective_command(tmp_path, objective: str, *flags: str) -> list[str]:
+    """``python -m latentcomm.train --objective <objective>`` on two small photos, in ``tmp_path``:
+    run folder ``run``, export ``export``, batches of 2, no held-out evaluation."""
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(2):
         small_photo((448, 448)).rotate(90 * i).save(photos / f"{i:03d}.png")
-    base = [
-        PYTHON, "-m", "latentcomm.train", "--objective", "context", "--data", str(photos), "--extra-data",
+    return [
+        PYTHON, "-m", "latentcomm.train", "--objective", objective, "--data", str(photos), "--extra-data",
         str(tmp_path / "none"), "--run-dir", str(tmp_path / "run"), "--export", str(tmp_path / "export"),
-        "--batch", "2", "--crop", "16", "--width", "16", "--eval-every", "0",
+        "--batch", "2", "--eval-every", "0", *flags,
     ]  # fmt: skip
-    r = subprocess.run([*base, "--steps", "2"], cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
+
+
+def train(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
+
+
+def test_context_objective_trains_resumes_and_exports_a_codec_that_round_trips(tmp_path):
+    base = objective_command(tmp_path, "context", "--crop", "16", "--width", "16")
+    r = train([*base, "--steps", "2"])
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([*base, "--steps", "3"], cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
+    r = train([*base, "--steps", "3"])
     assert r.returncode == 0 and "resumed from" in r.stderr and "at step 2" in r.stderr, r.stderr
     state = json.loads((tmp_path / "export" / "training_state.json").read_text())
     assert state["context"]["steps"] == 3 and state["context"]["groups"] == GROUPS
@@ -179,12 +189,12 @@ def test_context_objective_trains_resumes_and_exports_a_codec_that_round_trips(t
     for run, init, out, steps, total in (("run", "export", "ex2", 4, 4), ("run2", "ex2", "ex3", 1, 5)):
         more = [*base, "--run-dir", str(tmp_path / run), "--init-from", str(tmp_path / init)]
         more += ["--export", str(tmp_path / out), "--steps", str(steps)]
-        r = subprocess.run(more, cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
+        r = train(more)
         assert r.returncode == 0, r.stderr
         ctx = json.loads((tmp_path / out / "training_state.json").read_text())["context"]
         assert ctx["steps"] == total and ctx["base"] == origin
     for flag, message in ((["--groups", "16,16"], "add up to"), (["--crop", "10"], "multiple of 4")):
-        bad = subprocess.run([*base, *flag], cwd=REPO, capture_output=True, text=True, env=script_env())
+        bad = train([*base, *flag])
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
@@ -205,18 +215,10 @@ def test_decoder_objective_keeps_every_byte_and_changes_only_the_picture(tmp_pat
     """``--objective decoder`` fine-tunes the synthesis on the frozen bitstream: a photo codes to the
     same payload with the exported model as with the shipped one, and decodes to another picture;
     runs resume, and a run continued from its own export counts each step once."""
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i in range(2):
-        small_photo((448, 448)).rotate(90 * i).save(photos / f"{i:03d}.png")
-    base = [
-        PYTHON, "-m", "latentcomm.train", "--objective", "decoder", "--data", str(photos), "--extra-data",
-        str(tmp_path / "none"), "--run-dir", str(tmp_path / "run"), "--export", str(tmp_path / "export"),
-        "--batch", "2", "--crop", "192", "--warmup", "1", "--lr", "1e-3", "--eval-every", "0",
-    ]  # fmt: skip
-    r = subprocess.run([*base, "--steps", "2"], cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
+    base = objective_command(tmp_path, "decoder", "--crop", "192", "--warmup", "1", "--lr", "1e-3")
+    r = train([*base, "--steps", "2"])
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([*base, "--steps", "3"], cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
+    r = train([*base, "--steps", "3"])
     assert r.returncode == 0 and "resumed from" in r.stderr and "at step 2" in r.stderr, r.stderr
     state = json.loads((tmp_path / "export" / "training_state.json").read_text())
     shipped_state = json.loads((LEARNED_MODEL_DIR / "training_state.json").read_text())
@@ -233,10 +235,10 @@ def test_decoder_objective_keeps_every_byte_and_changes_only_the_picture(tmp_pat
     for run, init, out, steps, total in (("run", "export", "ex2", 4, 4), ("run2", "ex2", "ex3", 1, 5)):
         more = [*base, "--run-dir", str(tmp_path / run), "--init-from", str(tmp_path / init)]
         more += ["--export", str(tmp_path / out), "--steps", str(steps)]
-        r = subprocess.run(more, cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
+        r = train(more)
         assert r.returncode == 0, r.stderr
         dec = json.loads((tmp_path / out / "training_state.json").read_text())["decoder"]
         assert dec["steps"] == total and dec["base"] == state["decoder"]["base"]
     for flag, message in ((["--crop", "128"], "MS-SSIM needs"), (["--context-share", "2"], "between 0 and 1")):
-        bad = subprocess.run([*base, *flag], cwd=REPO, capture_output=True, text=True, env=script_env())
+        bad = train([*base, *flag])
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
