@@ -352,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     step = 0
     elapsed = 0.0
     if resuming:
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # On the CPU: the RNG states must stay CPU byte tensors (mapped to CUDA, set_state refuses
+        # them), and load_state_dict moves weights and Adam's moments to the model's device anyway.
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         try:
             model.load_state_dict(state["model"])
         except RuntimeError:

@@ -490,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_path = args.run_dir / "last.pt"
     step, elapsed, opt_start = 0, 0.0, 0
     if args.resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # On the CPU: the RNG states must stay CPU byte tensors (mapped to CUDA, set_state refuses
+        # them), and load_state_dict moves weights and Adam's moments to the model's device anyway.
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         old_lambdas = state.get("config", {}).get("lambdas", config.lambdas)
         if list(old_lambdas) != list(config.lambdas):
             try:
