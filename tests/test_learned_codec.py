@@ -417,6 +417,43 @@ def test_the_gpu_training_script_runs_here_on_a_cpu(tmp_path):
     assert c.model.config.context_groups == shipped_groups
 
 
+def test_the_codec_objective_blends_in_ms_ssim_when_asked(tmp_path):
+    """--msssim-weight trains on (1 - w) * MSE + w * K * (1 - MS-SSIM): the same seed and crops give
+    another loss, the log and the held-out evaluation report MS-SSIM, and the export says what it
+    was trained for. Weights outside 0..1 and crops too small for five scales exit 2 with one line."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        small_photo((200, 200)).rotate(90 * i).save(photos / f"{i:03d}.png")
+    small_photo((192, 192)).save(photos / "007.png")  # named like a held-out photo: evaluated, not trained on
+
+    def run(name: str, *extra: str) -> subprocess.CompletedProcess:
+        cmd = [
+            PYTHON, "-m", "latentcomm.train", "--objective", "codec", "--data", str(photos), "--extra-data",
+            str(tmp_path / "none"), "--run-dir", str(tmp_path / name), "--export", str(tmp_path / name / "export"),
+            "--N", "16", "--M", "24", "--H", "16", "--batch", "2", "--crop", "192", "--steps", "1", "--eval-every", "1",
+            "--eval-size", "0", "--precision", "fp32", *extra,
+        ]  # fmt: skip
+        return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
+
+    def first_record(name: str) -> dict:
+        return json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
+
+    assert run("mse").returncode == 0
+    r = run("blend", "--msssim-weight", "0.5")
+    assert r.returncode == 0, r.stderr
+    mse, blend = first_record("mse"), first_record("blend")
+    assert "ms_ssim" in blend and "ms_ssim" not in mse
+    assert blend["psnr"] == pytest.approx(mse["psnr"]) and blend["loss"] != pytest.approx(mse["loss"])
+    assert 0 < blend["lambda0.0018_msssim"] < 1
+    objective = json.loads((tmp_path / "blend" / "export" / "training_state.json").read_text())["objective"]
+    assert "0.5 * MSE + 0.5 * 0.028 * (1 - MS-SSIM)" in objective
+    too_small = ["--crop", "128", "--msssim-weight", "1"]
+    for extra, says in ((["--msssim-weight", "1.5"], "between 0 and 1"), (too_small, "--crop 192")):
+        bad = run("bad", *extra)
+        assert bad.returncode == 2 and says in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+
+
 def test_the_pack_rebuilds_the_training_pyramid(tmp_path):
     """The pack keeps one JPEG per source image and rebuilds the smaller copies on load: the same
     sizes as training from the folders, and pixels within the JPEG's error."""

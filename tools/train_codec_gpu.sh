@@ -11,7 +11,8 @@
 # crops, annealing the LR over the last third of the time box, evaluates on the held-out crops, and
 # leaves the EMA export, metrics and log under $OUT (or runs/codec-gpu). Every variable below can
 # be set from the environment (PACK, HELDOUT, INIT_FROM, CKPT, RUN_DIR, DEVICE, BATCH, CROP, LR, ...);
-# CONTEXT_GROUPS=16,16,32,64,64 trains with a context model, jointly (see train_context.py).
+# CONTEXT_GROUPS=16,16,32,64,64 trains with a context model, jointly (see train_context.py);
+# MSSSIM_WEIGHT=0.5 blends an MS-SSIM term into the distortion (see train_codec.py).
 # DEVICE=cpu MINUTES=0.2 BATCH=2 tests the script on a CPU, as tests/test_learned_codec.py does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,7 @@ PYTHONUNBUFFERED=1 "${PYTHON:-python3}" -m latentcomm.train --objective codec \
   --data "${HELDOUT:-runs/gpu-heldout}" --data-pack "${PACK:-runs/pack.npz}" "${INIT[@]}" \
   --device "${DEVICE:-cuda}" --precision "${PRECISION:-fp32}" \
   --batch "${BATCH:-16}" --crop "${CROP:-256}" --lr "${LR:-1e-4}" --warmup "${WARMUP:-300}" \
+  --msssim-weight "${MSSSIM_WEIGHT:-0}" \
   --decay-to "${DECAY_TO:-1e-5}" --decay-frac "${DECAY_FRAC:-0.35}" \
   --minutes "${MINUTES:-8}" --eval-every "${EVAL_EVERY:-1000}" --ckpt-every "${CKPT_EVERY:-1000}" \
   --log-every "${LOG_EVERY:-25}" --run-dir "$RUN_DIR" --export "$OUT_DIR/export" \
