@@ -108,8 +108,20 @@ def hours(seconds: float) -> str:
 def training_time(t: dict) -> str:
     """Where the shipped weights' training time went: CPU hours and, when one was lent, GPU minutes."""
     if "gpu_seconds" in t:
-        return f"{hours(t['cpu_seconds'])} of CPU and {t['gpu_seconds'] / 60:.0f} minutes of one H100 GPU"
+        return f"{hours(t['cpu_seconds'])} of CPU and {t['gpu_seconds'] / 60:.0f} minutes of {gpu_names(t)}"
     return f"{hours(t['train_seconds'])} of CPU"
+
+
+def gpu_names(t: dict) -> str:
+    """The GPUs the phases ran on, by name, in order ("one H100, then one H200 GPU")."""
+    names: list[str] = []
+    for ph in t.get("phases", []):
+        dev = ph["device"]
+        if dev.startswith("cuda"):
+            name = dev.split("NVIDIA ")[-1].split()[0].rstrip(")")
+            if name not in names:
+                names.append(name)
+    return "one " + ", then one ".join(names) + " GPU" if names else "a GPU"
 
 
 # -- the blocks ---------------------------------------------------------------------------------------
@@ -347,7 +359,12 @@ def lic_status(r: Results) -> str:
     if ctx:
         groups = ", ".join(map(str, ctx["groups"]))
         where += (
-            f". Its context model (channel groups {groups}) was then trained on those frozen transforms for "
+            f". Its context model (channel groups {groups}) was trained on the frozen transforms of step "
+            f"{ctx['joint_steps'][0]:,} for {ctx['cpu_seconds'] / 60:.0f} minutes of CPU ({ctx['steps']:,} steps, rate "
+            f"only), then jointly with the transforms on the GPU (steps {ctx['joint_steps'][0]:,}-"
+            f"{ctx['joint_steps'][1]:,})"
+            if "joint_steps" in ctx
+            else f". Its context model (channel groups {groups}) was then trained on those frozen transforms for "
             f"{ctx['cpu_seconds'] / 60:.0f} minutes of CPU ({ctx['steps']:,} steps, rate only)"
         )
     dec = t.get("decoder")
@@ -453,6 +470,8 @@ def lic_measured(r: Results) -> str:
     # Every 3,000 steps and the last: the line is for the curve's shape, training_state.json has all.
     evals = [e for i, e in enumerate(evals) if e["step"] % 3000 == 0 or i == len(evals) - 1]
     gpu_from = f"; on the GPU from step {t['phases'][1]['steps'][0]:,}" if "phases" in t else ""
+    if "joint_steps" in t.get("context", {}):
+        gpu_from += f"; the rate with the context model from step {t['context']['joint_steps'][0]:,}"
     if evals:
         out.append(
             "- Held-out progress during training (six 512x512 centre crops, estimated rate, lambda 0.0018: quality 3 "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -135,10 +136,13 @@ def broker_run(tmp: Path, receivers: int, per_sender: int) -> dict | None:
     time.sleep(0.5)
     url = f"mqtt://127.0.0.1:{port}"
     rxs = []
+    # Receivers side by side on one host split its cores, as configure_threads() asks of a fleet:
+    # two processes with a thread per core each oversubscribe them and decode 2-5x slower (measured).
+    threads = str(max(1, len(os.sched_getaffinity(0)) // receivers))
     try:
         for i in range(receivers):
             rx = ReceiverProcess("--codec", "learned", "--no-show", "--json", "--broker", url, "--topic", "bench",
-                                 "--client-id", f"bench-rx{i}")  # fmt: skip
+                                 "--client-id", f"bench-rx{i}", env=script_env(OMP_NUM_THREADS=threads))  # fmt: skip
             rx.wait_listening()
             rxs.append(rx)
         from concurrent.futures import ThreadPoolExecutor
