@@ -345,10 +345,11 @@ def quality(r: Results) -> str:
 def lic_status(r: Results) -> str:
     t = r.training("latentcomm-lic")
     if "gpu_seconds" in t:
+        gpu_steps = sum(ph["steps"][1] - ph["steps"][0] for ph in t["phases"] if ph["device"].startswith("cuda"))
         where = (
             f"It was trained for {training_time(t)} ({t['step']:,} steps: the first "
-            f"{t['phases'][0]['steps'][1]:,} on the CPU with batches of 8 128x128 crops, the rest on the GPU with "
-            "batches of 16 256x256 crops, 8 times the pixels per step)"
+            f"{t['phases'][0]['steps'][1]:,} on the CPU with batches of 8 128x128 crops, {gpu_steps:,} on the GPU "
+            "with batches of 16 256x256 crops, 8 times the pixels per step)"
         )
     else:
         where = (
@@ -361,12 +362,18 @@ def lic_status(r: Results) -> str:
         where += (
             f". Its context model (channel groups {groups}) was trained on the frozen transforms of step "
             f"{ctx['joint_steps'][0]:,} for {ctx['cpu_seconds'] / 60:.0f} minutes of CPU ({ctx['steps']:,} steps, rate "
-            f"only), then jointly with the transforms on the GPU (steps {ctx['joint_steps'][0]:,}-"
-            f"{ctx['joint_steps'][1]:,})"
+            f"only), then jointly with the transforms (steps {ctx['joint_steps'][0]:,}-{ctx['joint_steps'][1]:,})"
             if "joint_steps" in ctx
             else f". Its context model (channel groups {groups}) was then trained on those frozen transforms for "
             f"{ctx['cpu_seconds'] / 60:.0f} minutes of CPU ({ctx['steps']:,} steps, rate only)"
         )
+    for ph in t.get("phases", []):
+        if ph.get("msssim_weight"):
+            where += (
+                f". Steps {ph['steps'][0]:,}-{ph['steps'][1]:,} ({ph['seconds'] / 60:.0f} minutes of CPU, batches of "
+                f"{ph['batch']} {ph['crop']}x{ph['crop']} crops) blended MS-SSIM into the distortion "
+                f"(`--msssim-weight {ph['msssim_weight']:g}`)"
+            )
     dec = t.get("decoder")
     if dec:
         where += (
