@@ -250,7 +250,18 @@ class Crops:
 MSSSIM_TO_MSE = 0.028
 
 #: pytorch_msssim's five scales with its 11-pixel window need more than 160 pixels a side.
+MSSSIM_MIN_SIDE = 161
+#: The smallest training crop (a multiple of 64) that MS-SSIM can score.
 MIN_MSSSIM_CROP = 192
+
+
+def crop_error(crop: int, msssim_weight: float) -> str | None:
+    """What is wrong with a training ``--crop`` (the codec and decoder objectives), or None."""
+    if crop < 64 or crop % 64:
+        return "--crop must be a multiple of 64"
+    if msssim_weight and crop < MIN_MSSSIM_CROP:
+        return f"MS-SSIM needs --crop {MIN_MSSSIM_CROP} or more (or --msssim-weight 0)"
+    return None
 
 
 def rd_loss(
@@ -323,7 +334,7 @@ def evaluate(
             bpps.append(bits.item() / (h * w))
             a, b = (x * 255).round(), (x_hat * 255).round()
             psnrs.append(10 * math.log10(255.0**2 / max((a - b).pow(2).mean().item(), 1e-10)))
-            if min(h, w) > 160:
+            if min(h, w) >= MSSSIM_MIN_SIDE:
                 msssims.append(float(ms_ssim(b / 255.0, a / 255.0, data_range=1.0)))
         res[f"lambda{lam:g}_bpp"] = float(np.mean(bpps))
         res[f"lambda{lam:g}_psnr"] = float(np.mean(psnrs))
@@ -463,14 +474,11 @@ def learning_rate(args: argparse.Namespace, fresh_steps: int, frac_elapsed: floa
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.crop % 64:
-        print("error: --crop must be a multiple of 64", file=sys.stderr)
-        return 2
     if not 0 <= args.msssim_weight <= 1:
         print("error: --msssim-weight must be between 0 and 1", file=sys.stderr)
         return 2
-    if args.msssim_weight and args.crop < MIN_MSSSIM_CROP:
-        print(f"error: MS-SSIM needs --crop {MIN_MSSSIM_CROP} or more (or --msssim-weight 0)", file=sys.stderr)
+    if problem := crop_error(args.crop, args.msssim_weight):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     if args.pack is not None:
         write_pack(training_sources(args.data, args.extra_data), args.pack, args.pack_quality)

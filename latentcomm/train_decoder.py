@@ -42,19 +42,15 @@ from latentcomm.train_codec import (
     Crops,
     add_data_args,
     add_frozen_run_args,
+    crop_error,
     export,
     learning_rate,
     read_training_state,
     training_set,
 )
-from latentcomm.train_context import hyperprior, rounded_fetch
+from latentcomm.train_context import EVAL_QUALITIES, hyperprior, rounded_fetch
 
 log = logging.getLogger("latentcomm.train_decoder")
-
-#: Qualities the held-out evaluation reports.
-EVAL_QUALITIES = (1, 3, 5, 7, 9, 11)
-#: MS-SSIM's five scales with an 11-pixel window need images larger than 160 pixels.
-MIN_MSSSIM_CROP = 176
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -143,11 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     configure_threads()
-    if args.crop % 64 or args.crop < 64:
-        print("error: --crop must be a multiple of 64", file=sys.stderr)
-        return 2
-    if args.msssim_weight and args.crop < MIN_MSSSIM_CROP:
-        print(f"error: MS-SSIM needs --crop of at least {MIN_MSSSIM_CROP} (or --msssim-weight 0)", file=sys.stderr)
+    if problem := crop_error(args.crop, args.msssim_weight):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     if not 0.0 <= args.context_share <= 1.0:
         print("error: --context-share must be between 0 and 1", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,6 +172,18 @@ def train(command: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
 
 
+def continued_records(tmp_path: Path, base: list[str], record: str):
+    """Continue a 3-step run from its export, twice: first resuming the run with that export as
+    --init-from (4 steps in all), then as a new run from the result (1 step more). Yields each
+    export's ``record`` (context/decoder) with the step count it must hold: each step counted once."""
+    for run, init, out, steps, total in (("run", "export", "ex2", 4, 4), ("run2", "ex2", "ex3", 1, 5)):
+        more = [*base, "--run-dir", str(tmp_path / run), "--init-from", str(tmp_path / init)]
+        more += ["--export", str(tmp_path / out), "--steps", str(steps)]
+        r = train(more)
+        assert r.returncode == 0, r.stderr
+        yield json.loads((tmp_path / out / "training_state.json").read_text())[record], total
+
+
 def test_context_objective_trains_resumes_and_exports_a_codec_that_round_trips(tmp_path):
     base = objective_command(tmp_path, "context", "--crop", "16", "--width", "16")
     r = train([*base, "--steps", "2"])
@@ -186,12 +199,7 @@ def test_context_objective_trains_resumes_and_exports_a_codec_that_round_trips(t
     # Its export shipped and trained on (the run resumed with it as --init-from), then continued in a
     # new run: each step counted once, and the transforms it was trained on named throughout.
     origin = state["context"]["base"]
-    for run, init, out, steps, total in (("run", "export", "ex2", 4, 4), ("run2", "ex2", "ex3", 1, 5)):
-        more = [*base, "--run-dir", str(tmp_path / run), "--init-from", str(tmp_path / init)]
-        more += ["--export", str(tmp_path / out), "--steps", str(steps)]
-        r = train(more)
-        assert r.returncode == 0, r.stderr
-        ctx = json.loads((tmp_path / out / "training_state.json").read_text())["context"]
+    for ctx, total in continued_records(tmp_path, base, "context"):
         assert ctx["steps"] == total and ctx["base"] == origin
     for flag, message in ((["--groups", "16,16"], "add up to"), (["--crop", "10"], "multiple of 4")):
         bad = train([*base, *flag])
@@ -232,12 +240,7 @@ def test_decoder_objective_keeps_every_byte_and_changes_only_the_picture(tmp_pat
         assert a.payload == b.payload
         assert not np.array_equal(decode_frame(shipped, a), decode_frame(tuned, b))
     # Shipped and trained on (resumed with its own export as --init-from), then continued anew.
-    for run, init, out, steps, total in (("run", "export", "ex2", 4, 4), ("run2", "ex2", "ex3", 1, 5)):
-        more = [*base, "--run-dir", str(tmp_path / run), "--init-from", str(tmp_path / init)]
-        more += ["--export", str(tmp_path / out), "--steps", str(steps)]
-        r = train(more)
-        assert r.returncode == 0, r.stderr
-        dec = json.loads((tmp_path / out / "training_state.json").read_text())["decoder"]
+    for dec, total in continued_records(tmp_path, base, "decoder"):
         assert dec["steps"] == total and dec["base"] == state["decoder"]["base"]
     for flag, message in ((["--crop", "128"], "MS-SSIM needs"), (["--context-share", "2"], "between 0 and 1")):
         bad = train([*base, *flag])
