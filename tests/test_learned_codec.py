@@ -9,6 +9,7 @@ bitstream decoder survives anything with the protocol's own error.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -418,10 +419,11 @@ def test_the_gpu_training_script_runs_here_on_a_cpu(tmp_path):
     assert c.model.config.context_groups == shipped_groups
 
 
-def test_the_codec_objective_blends_in_ms_ssim_when_asked(tmp_path):
-    """--msssim-weight trains on (1 - w) * MSE + w * K * (1 - MS-SSIM): the same seed and crops give
-    another loss, the log and the held-out evaluation report MS-SSIM, and the export says what it
-    was trained for. Weights outside 0..1 and crops too small for five scales exit 2 with one line."""
+def test_the_codec_objective_blends_in_ms_ssim_and_ssimulacra2_when_asked(tmp_path):
+    """--msssim-weight w and --s2-weight v train on (1 - w - v) * MSE + w * K * (1 - MS-SSIM) +
+    v * K2 * (1 - SSIMULACRA2 / 100): the same seed and crops give another loss, the log and the
+    held-out evaluation report both metrics, and the export says what it was trained for. Weights
+    outside 0..1 and crops too small for the metrics' scales exit 2 with one line."""
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(2):
@@ -441,16 +443,22 @@ def test_the_codec_objective_blends_in_ms_ssim_when_asked(tmp_path):
         return json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])
 
     assert run("mse").returncode == 0
-    r = run("blend", "--msssim-weight", "0.5")
+    r = run("blend", "--msssim-weight", "0.3", "--s2-weight", "0.3")
     assert r.returncode == 0, r.stderr
     mse, blend = first_record("mse"), first_record("blend")
     assert "ms_ssim" in blend and "ms_ssim" not in mse
+    assert "ssimulacra2" in blend and "ssimulacra2" not in mse
     assert blend["psnr"] == pytest.approx(mse["psnr"]) and blend["loss"] != pytest.approx(mse["loss"])
     assert 0 < blend["lambda0.0018_msssim"] < 1
+    assert all(math.isfinite(r["lambda0.0018_s2"]) and r["lambda0.0018_s2"] < 100 for r in (mse, blend))
     objective = json.loads((tmp_path / "blend" / "export" / "training_state.json").read_text())["objective"]
-    assert "0.5 * MSE + 0.5 * 0.028 * (1 - MS-SSIM)" in objective
-    too_small = ["--crop", "128", "--msssim-weight", "1"]
-    for extra, says in ((["--msssim-weight", "1.5"], "between 0 and 1"), (too_small, "--crop 192")):
+    assert "(0.4 * MSE + 0.3 * 0.028 * (1 - MS-SSIM) + 0.3 * 0.004 * (1 - SSIMULACRA2 / 100))" in objective
+    for extra, says in (
+        (["--msssim-weight", "1.5"], "between 0 and 1"),
+        (["--msssim-weight", "0.5", "--s2-weight", "0.6"], "between 0 and 1 - --msssim-weight"),
+        (["--crop", "128", "--msssim-weight", "1"], "--crop 192"),
+        (["--crop", "64", "--s2-weight", "0.2"], "SSIMULACRA2 needs --crop 128"),
+    ):
         bad = run("bad", *extra)
         assert bad.returncode == 2 and says in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
 

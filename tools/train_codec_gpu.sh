@@ -12,7 +12,8 @@
 # leaves the EMA export, metrics and log under $OUT (or runs/codec-gpu). Every variable below can
 # be set from the environment (PACK, HELDOUT, INIT_FROM, CKPT, RUN_DIR, DEVICE, BATCH, CROP, LR, ...);
 # CONTEXT_GROUPS=16,16,32,64,64 trains with a context model, jointly (see train_context.py);
-# MSSSIM_WEIGHT=0.5 blends an MS-SSIM term into the distortion (see train_codec.py).
+# MSSSIM_WEIGHT=0.5 blends an MS-SSIM term into the distortion, S2_WEIGHT=0.3 a SSIMULACRA2 term
+# (see train_codec.py).
 # DEVICE=cpu MINUTES=0.2 BATCH=2 tests the script on a CPU, as tests/test_learned_codec.py does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,7 @@ PYTHONUNBUFFERED=1 "${PYTHON:-python3}" -m latentcomm.train --objective codec \
   --data "${HELDOUT:-runs/gpu-heldout}" --data-pack "${PACK:-runs/pack.npz}" "${INIT[@]}" \
   --device "${DEVICE:-cuda}" --precision "${PRECISION:-fp32}" \
   --batch "${BATCH:-16}" --crop "${CROP:-256}" --lr "${LR:-1e-4}" --warmup "${WARMUP:-300}" \
-  --msssim-weight "${MSSSIM_WEIGHT:-0}" \
+  --msssim-weight "${MSSSIM_WEIGHT:-0}" --s2-weight "${S2_WEIGHT:-0}" \
   --decay-to "${DECAY_TO:-1e-5}" --decay-frac "${DECAY_FRAC:-0.35}" \
   --minutes "${MINUTES:-8}" --eval-every "${EVAL_EVERY:-1000}" --ckpt-every "${CKPT_EVERY:-1000}" \
   --log-every "${LOG_EVERY:-25}" --run-dir "$RUN_DIR" --export "$OUT_DIR/export" \
