@@ -367,12 +367,24 @@ def lic_status(r: Results) -> str:
             else f". Its context model (channel groups {groups}) was then trained on those frozen transforms for "
             f"{ctx['cpu_seconds'] / 60:.0f} minutes of CPU ({ctx['steps']:,} steps, rate only)"
         )
-    for ph in t.get("phases", []):
-        if ph.get("msssim_weight"):
+    phases: list[dict] = []
+    for ph in t.get("phases", []):  # consecutive time boxes of one blend read as one phase
+        key = (ph.get("msssim_weight"), ph.get("s2_weight"), ph.get("batch"), ph.get("crop"))
+        last = phases[-1] if phases else None
+        if last and key == last["key"] and last["steps"][1] == ph["steps"][0] and (key[0] or key[1]):
+            last["steps"] = [last["steps"][0], ph["steps"][1]]
+            last["seconds"] += ph["seconds"]
+        else:
+            phases.append({**ph, "key": key})
+    for ph in phases:
+        blend = [f"`--msssim-weight {ph['msssim_weight']:g}`"] if ph.get("msssim_weight") else []
+        blend += [f"`--s2-weight {ph['s2_weight']:g}`"] if ph.get("s2_weight") else []
+        if blend:
+            what = "MS-SSIM and SSIMULACRA2" if len(blend) == 2 else "SSIMULACRA2" if ph.get("s2_weight") else "MS-SSIM"
             where += (
                 f". Steps {ph['steps'][0]:,}-{ph['steps'][1]:,} ({ph['seconds'] / 60:.0f} minutes of CPU, batches of "
-                f"{ph['batch']} {ph['crop']}x{ph['crop']} crops) blended MS-SSIM into the distortion "
-                f"(`--msssim-weight {ph['msssim_weight']:g}`)"
+                f"{ph['batch']} {ph['crop']}x{ph['crop']} crops) blended {what} into the distortion "
+                f"({', '.join(blend)})"
             )
     dec = t.get("decoder")
     if dec:
