@@ -82,6 +82,16 @@ def ssimulacra2_score(reference: torch.Tensor, distorted: torch.Tensor) -> torch
         )
     if min(reference.shape[2:]) < _MIN_SIDE:
         raise ValueError(f"SSIMULACRA2 needs images of at least {_MIN_SIDE} pixels a side")
+    # Variances are differences of blurred squares: in bf16 (a training step's autocast) they cancel
+    # to noise and the score is meaningless (45 becomes -79 on a held-out crop), so always float32+.
+    with torch.autocast(reference.device.type, enabled=False):
+        return _score(
+            reference.float() if reference.dtype != torch.float64 else reference,
+            distorted.float() if distorted.dtype != torch.float64 else distorted,
+        )
+
+
+def _score(reference: torch.Tensor, distorted: torch.Tensor) -> torch.Tensor:
     lin1 = _srgb_to_linear(reference.clamp(0, 1))
     lin2 = _srgb_to_linear(distorted.clamp(0, 1))
     # terms[scale] = (ssim L1, ssim L4, artifact L1, artifact L4, detail-lost L1, detail-lost L4), each (B, 3)

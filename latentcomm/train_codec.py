@@ -279,14 +279,15 @@ def crop_error(crop: int, msssim_weight: float, s2_weight: float = 0.0) -> str |
     return None
 
 
-def distortion_name(msssim_weight: float, s2_weight: float) -> str:
-    """The distortion term as the export's ``objective`` records it."""
+def objective_name(msssim_weight: float, s2_weight: float) -> str:
+    """The loss as the export's ``objective`` records it."""
     terms = [f"{1 - msssim_weight - s2_weight:g} * MSE"]
     if msssim_weight:
         terms.append(f"{msssim_weight:g} * {MSSSIM_TO_MSE} * (1 - MS-SSIM)")
     if s2_weight:
         terms.append(f"{s2_weight:g} * {S2_TO_MSE} * (1 - SSIMULACRA2 / 100)")
-    return " + ".join(terms) if len(terms) > 1 else "MSE"
+    dist = f"({' + '.join(terms)})" if len(terms) > 1 else "MSE"
+    return f"bpp + lambda * 255^2 * {dist}, one lambda per crop"
 
 
 def rd_loss(
@@ -312,7 +313,9 @@ def rd_loss(
     lam = torch.tensor(model.config.lambdas, device=x.device)[levels]
     dist, extra = (1 - msssim_weight - s2_weight) * mse, {}
     if msssim_weight:
-        ms = ms_ssim(out["x_hat"].float().clamp(0, 1), x, data_range=1.0, size_average=False)
+        # Out of the step's autocast: in bf16 MS-SSIM's variances cancel (a held-out crop scores 1.016).
+        with torch.autocast(x.device.type, enabled=False):
+            ms = ms_ssim(out["x_hat"].float().clamp(0, 1), x.float(), data_range=1.0, size_average=False)
         dist = dist + msssim_weight * MSSSIM_TO_MSE * (1 - ms)
         extra["ms_ssim"] = ms.detach().mean()
     if s2_weight:
@@ -648,10 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     levels_n = config.levels
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
 
-    dist_name = distortion_name(args.msssim_weight, args.s2_weight)
-    if dist_name != "MSE":
-        dist_name = f"({dist_name})"
-    objective = f"bpp + lambda * 255^2 * {dist_name}, one lambda per crop"
+    objective = objective_name(args.msssim_weight, args.s2_weight)
 
     def checkpoint() -> None:
         total = elapsed + time.time() - t_start
