@@ -59,3 +59,28 @@ def test_it_refuses_shapes_it_cannot_score():
         ssimulacra2_score(x, torch.rand(1, 3, 16, 17))
     with pytest.raises(ValueError, match="8 pixels"):
         ssimulacra2_score(torch.rand(1, 3, 7, 16), torch.rand(1, 3, 7, 16))
+
+
+def test_the_training_loss_scores_its_perceptual_terms_in_float32_under_bf16_autocast():
+    """A training step runs ``rd_loss`` inside bf16 autocast on CPUs with native bf16 (and on CUDA).
+    MS-SSIM's and SSIMULACRA2's variances are differences of blurred squares, which cancel in bf16
+    (a held-out crop scored MS-SSIM 1.016 and SSIMULACRA2 -79 instead of 0.985 and 45), so both terms
+    must come out as in float32. The decoder's output here is a real JPEG of a held-out photo."""
+    from latentcomm.learned import LearnedCodecConfig, LearnedCodecModel
+    from latentcomm.train_codec import rd_loss
+
+    im = Image.open(data.heldout_photos()[3]).convert("RGB").crop((0, 0, 192, 192))
+    x, x_hat = as_tensor(np.asarray(im)).float(), as_tensor(jpeg(im, 20)).float()
+    ones = torch.ones(1, 8, 4, 4)
+
+    def decoded(_x, _quality):
+        return {"x_hat": x_hat, "y_likelihood": ones, "z_likelihood": ones}
+
+    lambdas_only = LearnedCodecModel(LearnedCodecConfig(N=8, M=8, H=8))
+    levels = torch.tensor([3])
+    _, want = rd_loss(lambdas_only, x, levels, decoded, msssim_weight=0.3, s2_weight=0.3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, got = rd_loss(lambdas_only, x, levels, decoded, msssim_weight=0.3, s2_weight=0.3)
+    assert 0.5 < float(want["ms_ssim"]) < 1 and 0 < float(want["ssimulacra2"]) < 100
+    assert float(got["ms_ssim"]) == pytest.approx(float(want["ms_ssim"]), abs=1e-5)
+    assert float(got["ssimulacra2"]) == pytest.approx(float(want["ssimulacra2"]), abs=1e-3)
