@@ -21,6 +21,10 @@ Design choices (why):
 - Levels can be added to a running model: a checkpoint trained with fewer lambdas resumes with the
   new ones (the config's list must contain the old one); each new gain pair starts where the
   trained ones extrapolate to (log-gain linear in log-lambda), and training refines it.
+- ``--qualities LO-HI`` draws each crop's level from that range only. Every level shares the
+  transforms, so training all of them spreads each step's gradient over 0.03-1 bpp; a time box aimed
+  at some budgets (the issue's floor is at 0.1-0.15 bpp, qualities 2-5 on the held-out photos) gives
+  those levels several times the steps, at a cost to the others that the benchmarks must show.
 - ``--pack`` writes the training photos into one compact ``.npz`` (downscaled, uint8), so a GPU
   machine that gets only the checkout can train from it (``--data-pack``).
 """
@@ -279,6 +283,19 @@ def crop_error(crop: int, msssim_weight: float, s2_weight: float = 0.0) -> str |
     return None
 
 
+def parse_qualities(text: str | None, levels: int) -> tuple[int, int]:
+    """``"LO-HI"`` (1-based, inclusive) -> zero-based level bounds; None = every level. ValueError if bad."""
+    if text is None:
+        return 0, levels - 1
+    try:
+        lo, hi = (int(v) for v in text.split("-"))
+    except ValueError:
+        raise ValueError(f"--qualities takes LO-HI, two whole numbers such as 2-5, not {text!r}") from None
+    if not 1 <= lo <= hi <= levels:
+        raise ValueError(f"--qualities {text}: the model has qualities 1-{levels}")
+    return lo - 1, hi - 1
+
+
 def objective_name(msssim_weight: float, s2_weight: float) -> str:
     """The loss as the export's ``objective`` records it."""
     terms = [f"{1 - msssim_weight - s2_weight:g} * MSE"]
@@ -449,6 +466,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="v in 0..1 (with --msssim-weight, w + v <= 1): v * K2 * (1 - SSIMULACRA2 / 100) takes v of the "
         f"MSE's share, K2 = {S2_TO_MSE}; needs --crop {MIN_S2_CROP} or more",
     )
+    p.add_argument(
+        "--qualities",
+        default=None,
+        metavar="LO-HI",
+        help="train only the levels LO..HI (1-based, inclusive; e.g. 2-5 for 0.1-0.15 bpp on photos); default: all",
+    )
     p.add_argument("--lr", type=float, default=3e-4, help="learning rate (Adam); may change between resumed chunks")
     p.add_argument(
         "--warmup", type=int, default=200, help="linear warm-up steps of a new optimizer (a new run or --init-from)"
@@ -529,6 +552,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if problem := crop_error(args.crop, args.msssim_weight, args.s2_weight):
         print(f"error: {problem}", file=sys.stderr)
+        return 2
+    try:  # every model this trains has the config's levels (a resumed one grows into them)
+        level_lo, level_hi = parse_qualities(args.qualities, LearnedCodecConfig().levels)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.pack is not None:
         write_pack(training_sources(args.data, args.extra_data), args.pack, args.pack_quality)
@@ -648,7 +676,6 @@ def main(argv: list[str] | None = None) -> int:
     deadline = t_start + args.minutes * 60 if args.minutes > 0 else math.inf
     bar = tqdm(desc="training codec", unit="step", initial=step)
     model.train()
-    levels_n = config.levels
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
 
     objective = objective_name(args.msssim_weight, args.s2_weight)
@@ -682,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
                 "device": str(device),
                 "autocast": str(dtype),
                 "objective": objective,
+                "qualities": f"{level_lo + 1}-{level_hi + 1}",
                 "heldout_evals": heldout_history(args.run_dir / "metrics.jsonl"),
             },
         )
@@ -691,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr
         x = crops.batch(args.batch).to(device)
-        levels = torch.randint(levels_n, (args.batch,), generator=gen).to(device)
+        levels = torch.randint(level_lo, level_hi + 1, (args.batch,), generator=gen).to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss, stats = rd_loss(model, x, levels, fwd, args.msssim_weight, args.s2_weight)
         opt.zero_grad(set_to_none=True)

@@ -422,8 +422,11 @@ def test_the_gpu_training_script_runs_here_on_a_cpu(tmp_path):
 def test_the_codec_objective_blends_in_ms_ssim_and_ssimulacra2_when_asked(tmp_path, capsys):
     """--msssim-weight w and --s2-weight v train on (1 - w - v) * MSE + w * K * (1 - MS-SSIM) +
     v * K2 * (1 - SSIMULACRA2 / 100): the same seed and crops give another loss, the log and the
-    held-out evaluation report both metrics, and the export says what it was trained for. Weights
-    outside 0..1 and crops too small for the metrics' scales exit 2 with one line."""
+    held-out evaluation report both metrics, and the export says what it was trained for.
+    --qualities LO-HI trains only those levels: the other levels' gains stay exactly as they were.
+    Weights outside 0..1, crops too small for the metrics' scales and qualities the model hasn't
+    exit 2 with one line."""
+    from latentcomm.learned import LearnedCodecConfig
     from latentcomm.train import main as train_main
 
     photos = tmp_path / "photos"
@@ -455,11 +458,25 @@ def test_the_codec_objective_blends_in_ms_ssim_and_ssimulacra2_when_asked(tmp_pa
     assert all(math.isfinite(r["lambda0.0018_s2"]) and r["lambda0.0018_s2"] < 100 for r in (mse, blend))
     objective = json.loads((tmp_path / "blend" / "export" / "training_state.json").read_text())["objective"]
     assert "(0.4 * MSE + 0.3 * 0.028 * (1 - MS-SSIM) + 0.3 * 0.004 * (1 - SSIMULACRA2 / 100))" in objective
+    assert run("focused", "--qualities", "2-3", "--eval-every", "0", "--steps", "3").returncode == 0
+    levels = {
+        name: json.loads((tmp_path / name / "export" / "training_state.json").read_text())["qualities"]
+        for name in ("mse", "focused")
+    }
+    assert levels == {"mse": "1-11", "focused": "2-3"}
+    lambdas = torch.tensor(LearnedCodecConfig().lambdas)
+    fresh = 0.5 * torch.log(lambdas / lambdas[len(lambdas) // 2])  # LearnedCodecModel's initial log-gains
+    for name, trained in (("mse", set(range(11))), ("focused", {1, 2})):
+        gains = torch.load(tmp_path / name / "last.pt", weights_only=False)["model"]["log_gain"]
+        moved = {i for i in range(11) if not torch.equal(gains[i], fresh[i].expand_as(gains[i]))}
+        assert moved and moved <= trained, (name, moved)
     for extra, says in (
         (["--msssim-weight", "1.5"], "between 0 and 1"),
         (["--msssim-weight", "0.5", "--s2-weight", "0.6"], "between 0 and 1 - --msssim-weight"),
         (["--crop", "128", "--msssim-weight", "1"], "--crop 192"),
         (["--crop", "64", "--s2-weight", "0.2"], "SSIMULACRA2 needs --crop 128"),
+        (["--qualities", "0-3"], "the model has qualities 1-11"),
+        (["--qualities", "5"], "two whole numbers"),
     ):
         # In-process (train.main is what ``python -m latentcomm.train`` runs): these exit before training.
         assert train_main(["--objective", "codec", "--run-dir", str(tmp_path / "bad"), *extra]) == 2
