@@ -369,7 +369,7 @@ def lic_status(r: Results) -> str:
         )
     phases: list[dict] = []
     for ph in t.get("phases", []):  # consecutive time boxes of one blend read as one phase
-        key = (ph.get("msssim_weight"), ph.get("s2_weight"), ph.get("batch"), ph.get("crop"))
+        key = (ph.get("msssim_weight"), ph.get("s2_weight"), ph.get("batch"), ph.get("crop"), ph.get("qualities"))
         last = phases[-1] if phases else None
         if last and key == last["key"] and last["steps"][1] == ph["steps"][0] and (key[0] or key[1]):
             last["steps"] = [last["steps"][0], ph["steps"][1]]
@@ -386,6 +386,8 @@ def lic_status(r: Results) -> str:
                 f"{ph['batch']} {ph['crop']}x{ph['crop']} crops) blended {what} into the distortion "
                 f"({', '.join(blend)})"
             )
+            if ph.get("qualities"):  # recorded only for a phase that trained some of the levels
+                where += f", training only qualities {ph['qualities']} (`--qualities {ph['qualities']}`)"
     dec = t.get("decoder")
     if dec:
         where += (
