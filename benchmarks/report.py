@@ -369,7 +369,14 @@ def lic_status(r: Results) -> str:
         )
     phases: list[dict] = []
     for ph in t.get("phases", []):  # consecutive time boxes of one blend read as one phase
-        key = (ph.get("msssim_weight"), ph.get("s2_weight"), ph.get("batch"), ph.get("crop"), ph.get("qualities"))
+        key = (
+            ph.get("msssim_weight"),
+            ph.get("s2_weight"),
+            ph.get("batch"),
+            ph.get("crop"),
+            ph.get("qualities"),
+            ph.get("qualities_share"),
+        )
         last = phases[-1] if phases else None
         if last and key == last["key"] and last["steps"][1] == ph["steps"][0] and (key[0] or key[1]):
             last["steps"] = [last["steps"][0], ph["steps"][1]]
@@ -386,7 +393,13 @@ def lic_status(r: Results) -> str:
                 f"{ph['batch']} {ph['crop']}x{ph['crop']} crops) blended {what} into the distortion "
                 f"({', '.join(blend)})"
             )
-            if ph.get("qualities"):  # recorded only for a phase that trained some of the levels
+            share = ph.get("qualities_share", 1)
+            if ph.get("qualities") and share < 1:  # a mixture: some crops at those levels, the rest at any
+                where += (
+                    f", {share:.0%} of the crops at qualities {ph['qualities']} and the rest at any level "
+                    f"(`--qualities {ph['qualities']} --qualities-share {share:g}`)"
+                )
+            elif ph.get("qualities"):  # recorded only for a phase that trained some of the levels
                 where += f", training only qualities {ph['qualities']} (`--qualities {ph['qualities']}`)"
     dec = t.get("decoder")
     if dec:

@@ -25,6 +25,8 @@ Design choices (why):
   transforms, so training all of them spreads each step's gradient over 0.03-1 bpp; a time box aimed
   at some budgets (the issue's floor is at 0.1-0.15 bpp, qualities 2-5 on the held-out photos) gives
   those levels several times the steps, at a cost to the others that the benchmarks must show.
+  ``--qualities-share P`` mixes: each crop takes a level from LO..HI with probability P, otherwise
+  from every level, so the other levels keep some of the steps and the transforms stay theirs too.
 - ``--pack`` writes the training photos into one compact ``.npz`` (downscaled, uint8), so a GPU
   machine that gets only the checkout can train from it (``--data-pack``).
 """
@@ -296,6 +298,19 @@ def parse_qualities(text: str | None, levels: int) -> tuple[int, int]:
     return lo - 1, hi - 1
 
 
+def draw_levels(gen: torch.Generator, batch: int, focus: tuple[int, int], share: float, levels: int) -> torch.Tensor:
+    """Each crop's zero-based level: from ``focus`` (inclusive) with probability ``share``, else any.
+
+    Share 1 draws exactly as before the mixture existed, so older runs resume bit for bit.
+    """
+    lo, hi = focus
+    picked = torch.randint(lo, hi + 1, (batch,), generator=gen)
+    if share >= 1:
+        return picked
+    anywhere = torch.randint(0, levels, (batch,), generator=gen)
+    return torch.where(torch.rand(batch, generator=gen) < share, picked, anywhere)
+
+
 def objective_name(msssim_weight: float, s2_weight: float) -> str:
     """The loss as the export's ``objective`` records it."""
     terms = [f"{1 - msssim_weight - s2_weight:g} * MSE"]
@@ -472,6 +487,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="LO-HI",
         help="train only the levels LO..HI (1-based, inclusive; e.g. 2-5 for 0.1-0.15 bpp on photos); default: all",
     )
+    p.add_argument(
+        "--qualities-share",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="with --qualities: the share of crops drawn from LO..HI (0 < P <= 1); the rest take any level "
+        "(default 1: only LO..HI)",
+    )
     p.add_argument("--lr", type=float, default=3e-4, help="learning rate (Adam); may change between resumed chunks")
     p.add_argument(
         "--warmup", type=int, default=200, help="linear warm-up steps of a new optimizer (a new run or --init-from)"
@@ -557,6 +580,12 @@ def main(argv: list[str] | None = None) -> int:
         level_lo, level_hi = parse_qualities(args.qualities, LearnedCodecConfig().levels)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not 0 < args.qualities_share <= 1:
+        print("error: --qualities-share must be above 0 and at most 1", file=sys.stderr)
+        return 2
+    if args.qualities_share < 1 and args.qualities is None:
+        print("error: --qualities-share needs --qualities LO-HI (the levels it favours)", file=sys.stderr)
         return 2
     if args.pack is not None:
         write_pack(training_sources(args.data, args.extra_data), args.pack, args.pack_quality)
@@ -710,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
                 "autocast": str(dtype),
                 "objective": objective,
                 "qualities": f"{level_lo + 1}-{level_hi + 1}",
+                "qualities_share": args.qualities_share,
                 "heldout_evals": heldout_history(args.run_dir / "metrics.jsonl"),
             },
         )
@@ -719,7 +749,8 @@ def main(argv: list[str] | None = None) -> int:
         for g in opt.param_groups:
             g["lr"] = lr
         x = crops.batch(args.batch).to(device)
-        levels = torch.randint(level_lo, level_hi + 1, (args.batch,), generator=gen).to(device)
+        levels = draw_levels(gen, args.batch, (level_lo, level_hi), args.qualities_share, model.config.levels)
+        levels = levels.to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss, stats = rd_loss(model, x, levels, fwd, args.msssim_weight, args.s2_weight)
         opt.zero_grad(set_to_none=True)

@@ -423,7 +423,8 @@ def test_the_codec_objective_blends_in_ms_ssim_and_ssimulacra2_when_asked(tmp_pa
     """--msssim-weight w and --s2-weight v train on (1 - w - v) * MSE + w * K * (1 - MS-SSIM) +
     v * K2 * (1 - SSIMULACRA2 / 100): the same seed and crops give another loss, the log and the
     held-out evaluation report both metrics, and the export says what it was trained for.
-    --qualities LO-HI trains only those levels: the other levels' gains stay exactly as they were.
+    --qualities LO-HI trains only those levels: the other levels' gains stay exactly as they were
+    (--qualities-share mixes in the others: the next test).
     Weights outside 0..1, crops too small for the metrics' scales and qualities the model hasn't
     exit 2 with one line."""
     from latentcomm.learned import LearnedCodecConfig, LearnedCodecModel
@@ -476,11 +477,31 @@ def test_the_codec_objective_blends_in_ms_ssim_and_ssimulacra2_when_asked(tmp_pa
         (["--crop", "64", "--s2-weight", "0.2"], "SSIMULACRA2 needs --crop 128"),
         (["--qualities", "0-3"], "the model has qualities 1-11"),
         (["--qualities", "5"], "two whole numbers"),
+        (["--qualities", "2-5", "--qualities-share", "0"], "above 0 and at most 1"),
+        (["--qualities-share", "0.5"], "needs --qualities LO-HI"),
     ):
         # In-process (train.main is what ``python -m latentcomm.train`` runs): these exit before training.
         assert train_main(["--objective", "codec", "--run-dir", str(tmp_path / "bad"), *extra]) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1, err
+
+
+def test_a_level_mixture_favours_the_named_levels_and_keeps_the_rest():
+    """--qualities-share P: about P of the crops take a level from LO..HI, the rest any level (so
+    every level keeps training); P = 1 draws exactly what --qualities alone always drew."""
+    from latentcomm.train_codec import draw_levels
+
+    def draws(share: float, n: int = 2000) -> torch.Tensor:
+        return draw_levels(torch.Generator().manual_seed(4), n, (1, 4), share, 11)
+
+    plain = torch.randint(1, 5, (2000,), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(draws(1.0), plain)
+    mixed = draws(0.5)
+    assert set(mixed.tolist()) == set(range(11))
+    outside = (mixed < 1) | (mixed > 4)
+    # Half the crops draw from anywhere, and 7 of the 11 levels lie outside 2-5: expect 0.5 * 7/11.
+    assert abs(outside.float().mean().item() - 0.5 * 7 / 11) < 0.04
+    assert torch.equal(mixed, draws(0.5))  # seeded: a resumed run draws the same levels
 
 
 def test_the_pack_rebuilds_the_training_pyramid(tmp_path):
