@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,10 +35,25 @@ CORES = len(os.sched_getaffinity(0))
 # shared. The turnstile keeps an exclusive test from waiting forever behind a stream of shared ones.
 
 
+#: Where the run's lock files live: a folder the controller makes for this run (the workers inherit
+#: it through the environment) and removes at the end, so runs leave nothing behind in /tmp.
+LOCK_DIR_ENV = "LATENTCOMM_TEST_LOCKS"
+_own_lock_dir: list[str] = []
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "exclusive: asserts on timing; under pytest-xdist it runs while no other test does"
     )
+    if not hasattr(config, "workerinput") and LOCK_DIR_ENV not in os.environ:
+        os.environ[LOCK_DIR_ENV] = tempfile.mkdtemp(prefix="latentcomm-pytest-")
+        _own_lock_dir.append(os.environ[LOCK_DIR_ENV])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for folder in _own_lock_dir:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop(LOCK_DIR_ENV, None)
 
 
 @contextlib.contextmanager
@@ -47,7 +63,7 @@ def cpu_share(item: pytest.Item) -> Iterator[None]:
     if workerinput is None:
         yield
         return
-    base = Path(tempfile.gettempdir()) / f"latentcomm-pytest-{workerinput['testrunuid']}"
+    base = Path(os.environ.get(LOCK_DIR_ENV, tempfile.gettempdir())) / f"cpu-{workerinput['testrunuid']}"
     alone = item.get_closest_marker("exclusive") is not None
     with open(f"{base}.turn", "a") as turn, open(f"{base}.lock", "a") as lock:
         fcntl.flock(turn, fcntl.LOCK_EX)
