@@ -38,7 +38,7 @@ def dashboard_url(rx) -> str:
 
 
 @pytest.fixture
-def browser():
+def browser(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -52,7 +52,9 @@ def browser():
         "--window-size=1200,1100",
     ):
         opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    # Chromium leaves its singleton-socket folder in TMPDIR: give it the test's own.
+    service = Service(CHROMEDRIVER, env={**os.environ, "TMPDIR": str(tmp_path)})
+    driver = webdriver.Chrome(service=service, options=opts)
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
