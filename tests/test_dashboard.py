@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -38,7 +39,7 @@ def dashboard_url(rx) -> str:
 
 
 @pytest.fixture
-def browser(tmp_path):
+def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -52,12 +53,15 @@ def browser(tmp_path):
         "--window-size=1200,1100",
     ):
         opts.add_argument(arg)
-    # Chromium leaves its singleton-socket folder in TMPDIR: give it the test's own.
-    service = Service(CHROMEDRIVER, env={**os.environ, "TMPDIR": str(tmp_path)})
+    # Chromium leaves its singleton-socket folder in TMPDIR: give it one removed afterwards. Short, in
+    # the system's temp dir: a socket's path must fit 108 bytes, which pytest's tmp_path may not.
+    tmp = tempfile.mkdtemp(prefix="lc-chromium-")
+    service = Service(CHROMEDRIVER, env={**os.environ, "TMPDIR": tmp})
     driver = webdriver.Chrome(service=service, options=opts)
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def wait_for(predicate, timeout: float = 60, what: str = "condition"):
