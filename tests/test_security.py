@@ -220,28 +220,31 @@ def test_receiver_beyond_loopback_needs_a_key_or_insecure(tmp_path, keys, start_
 
 
 def test_wrong_plaintext_and_legacy_senders_get_clear_errors(tmp_path, keys, start_receiver, tiny_model):
-    """Unknown key, plaintext v2 and legacy frames to a keyed receiver, a keyed sender to a plain one."""
-    model = ["--model", str(tiny_model)]
-    rx = start_receiver(*model, "--no-show", "--json", "--key", str(keys[0][0]), "--out", str(tmp_path / "o"))
+    """Unknown key, plaintext v2 and legacy frames to a keyed receiver, a keyed sender to a plain one.
+
+    The receivers and the v2 senders use the learned codec (no diffusers to import, so the test
+    costs half the CPU); the legacy sender needs the VAE path, and its frame is refused unread."""
+    learned = ["--codec", "learned"]
+    rx = start_receiver(*learned, "--no-show", "--json", "--key", str(keys[0][0]), "--out", str(tmp_path / "o"))
     port = ["--port", str(rx.port)]
-    wrong = run_script("sender_sdvae.py", *model, *port, "--key", str(keys[1][0]))
+    wrong = run_script("sender_sdvae.py", *learned, *port, "--key", str(keys[1][0]))
     assert wrong.returncode == 1 and f"UNKNOWN_KEY: unknown key id {keys[1][1]}" in wrong.stderr
     assert wrong.stderr.count("\n") <= 2 and "Traceback" not in wrong.stderr  # a log line and the error
-    plain = run_script("sender_sdvae.py", *model, *port, "--protocol", "v2")
+    plain = run_script("sender_sdvae.py", *learned, *port)
     assert plain.returncode == 1 and "SEALING_REQUIRED" in plain.stdout
-    legacy = run_script("sender_sdvae.py", *model, *port)
+    legacy = run_script("sender_sdvae.py", "--model", str(tiny_model), *port)
     assert legacy.returncode == 1 and "refused" in legacy.stderr, legacy.stderr
     assert "legacy format has no room for an authentication tag" in rx.stderr
     assert "a plaintext v2 frame refused" in rx.stderr
-    no_legacy = run_script("sender_sdvae.py", *model, *port, "--key", str(keys[0][0]), "--protocol", "legacy")
+    no_legacy = run_script("sender_sdvae.py", *port, "--key", str(keys[0][0]), "--protocol", "legacy")
     assert no_legacy.returncode == 2 and "legacy frames can't be sealed" in no_legacy.stderr
-    ok = run_script("sender_sdvae.py", *model, *port, "--key", str(keys[0][0]), "--json")
+    ok = run_script("sender_sdvae.py", *learned, *port, "--key", str(keys[0][0]), "--json")
     assert ok.returncode == 0 and json.loads(ok.stdout.splitlines()[0])["acknowledged"]
     assert rx.next_json()["key_id"] == keys[0][1]
     summary = summary_at_stop(rx)
     assert summary["images_ok"] == 1 and summary["rejected"] == 3
-    plain_rx = start_receiver(*model, "--no-show")
-    keyed = run_script("sender_sdvae.py", *model, "--port", str(plain_rx.port), "--key", str(keys[0][0]))
+    plain_rx = start_receiver(*learned, "--no-show")
+    keyed = run_script("sender_sdvae.py", *learned, "--port", str(plain_rx.port), "--key", str(keys[0][0]))
     assert keyed.returncode == 1 and "is the receiver started with --key?" in keyed.stderr
 
 
