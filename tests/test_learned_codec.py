@@ -382,7 +382,8 @@ def test_training_objective_runs_resumes_and_exports_a_loadable_codec(tmp_path):
 def test_the_gpu_training_script_runs_here_on_a_cpu(tmp_path):
     """tools/train_codec_gpu.sh, the one command a GPU session runs, works here first: from a pack and
     held-out crops, starting from the shipped weights with a fresh optimizer, it leaves under $OUT a
-    loadable export that counts its steps on, the metrics with held-out evaluations, and a log."""
+    loadable export that counts its steps on, the metrics with held-out evaluations, and a log; the
+    level mixture (QUALITIES, QUALITIES_SHARE) reaches the training."""
     photos, heldout = tmp_path / "photos", tmp_path / "heldout"
     photos.mkdir()
     heldout.mkdir()
@@ -401,7 +402,7 @@ def test_the_gpu_training_script_runs_here_on_a_cpu(tmp_path):
         **script_env(), "PYTHON": PYTHON, "OUT": str(out), "RUN_DIR": str(tmp_path / "run"),
         "CKPT": str(tmp_path / "no.pt"), "PACK": str(pack), "HELDOUT": str(heldout), "DEVICE": "cpu",
         "BATCH": "1", "CROP": "64", "MINUTES": "0.05", "EVAL_EVERY": "4", "CKPT_EVERY": "4", "LOG_EVERY": "1",
-        "WARMUP": "2",
+        "WARMUP": "2", "QUALITIES": "2-5", "QUALITIES_SHARE": "0.5",
     }  # fmt: skip
     r = subprocess.run(["bash", str(REPO / "tools" / "train_codec_gpu.sh")], cwd=REPO, capture_output=True, text=True,
                        env=env, timeout=300)  # fmt: skip
@@ -409,6 +410,7 @@ def test_the_gpu_training_script_runs_here_on_a_cpu(tmp_path):
     shipped = json.loads((LEARNED_MODEL_DIR / "training_state.json").read_text())["step"]
     state = json.loads((out / "export" / "training_state.json").read_text())
     assert state["step"] > shipped and state["crop"] == 64 and state["device"] == "cpu"
+    assert (state["qualities"], state["qualities_share"]) == ("2-5", 0.5)  # the level mixture travels
     assert state["heldout_evals"] and state["heldout_evals"][0]["step"] > shipped
     assert "initialised from" in (out / "train.log").read_text()
     assert (out / "metrics.jsonl").read_text().count("\n") >= state["step"] - shipped

@@ -13,7 +13,8 @@
 # be set from the environment (PACK, HELDOUT, INIT_FROM, CKPT, RUN_DIR, DEVICE, BATCH, CROP, LR, ...);
 # CONTEXT_GROUPS=16,16,32,64,64 trains with a context model, jointly (see train_context.py);
 # MSSSIM_WEIGHT=0.5 blends an MS-SSIM term into the distortion, S2_WEIGHT=0.3 a SSIMULACRA2 term
-# (see train_codec.py).
+# (see train_codec.py). QUALITIES=2-5 trains only those levels; with QUALITIES_SHARE=0.5, half the
+# crops take those levels and the rest any level (--qualities, --qualities-share).
 # DEVICE=cpu MINUTES=0.2 BATCH=2 tests the script on a CPU, as tests/test_learned_codec.py does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,7 @@ RUN_DIR="${RUN_DIR:-/tmp/codec-gpu-run}"
 mkdir -p "$OUT_DIR" "$RUN_DIR"
 INIT=(--init-from "${INIT_FROM:-models/latentcomm-lic}")
 if [ -n "${CONTEXT_GROUPS:-}" ]; then INIT+=(--context-groups "$CONTEXT_GROUPS"); fi
+if [ -n "${QUALITIES:-}" ]; then INIT+=(--qualities "$QUALITIES" --qualities-share "${QUALITIES_SHARE:-1}"); fi
 CKPT="${CKPT:-runs/codec/last.pt}"
 if [ -f "$CKPT" ] && [ ! -f "$RUN_DIR/last.pt" ]; then cp "$CKPT" "$RUN_DIR/last.pt"; fi
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || true
