@@ -38,7 +38,7 @@ CORES = len(os.sched_getaffinity(0))
 #: Where the run's lock files live: a folder the controller makes for this run (the workers inherit
 #: it through the environment) and removes at the end, so runs leave nothing behind in /tmp.
 LOCK_DIR_ENV = "LATENTCOMM_TEST_LOCKS"
-_own_lock_dir: list[str] = []
+OWN_LOCK_DIR = pytest.StashKey[str]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,12 +46,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "exclusive: asserts on timing; under pytest-xdist it runs while no other test does"
     )
     if not hasattr(config, "workerinput") and LOCK_DIR_ENV not in os.environ:
-        os.environ[LOCK_DIR_ENV] = tempfile.mkdtemp(prefix="latentcomm-pytest-")
-        _own_lock_dir.append(os.environ[LOCK_DIR_ENV])
+        os.environ[LOCK_DIR_ENV] = config.stash[OWN_LOCK_DIR] = tempfile.mkdtemp(prefix="latentcomm-pytest-")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for folder in _own_lock_dir:
+    if folder := config.stash.get(OWN_LOCK_DIR, None):
         shutil.rmtree(folder, ignore_errors=True)
         os.environ.pop(LOCK_DIR_ENV, None)
 

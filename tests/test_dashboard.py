@@ -55,13 +55,12 @@ def browser():
         opts.add_argument(arg)
     # Chromium leaves its singleton-socket folder in TMPDIR: give it one removed afterwards. Short, in
     # the system's temp dir: a socket's path must fit 108 bytes, which pytest's tmp_path may not.
-    tmp = tempfile.mkdtemp(prefix="lc-chromium-")
-    service = Service(CHROMEDRIVER, env={**os.environ, "TMPDIR": tmp})
-    driver = webdriver.Chrome(service=service, options=opts)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-    shutil.rmtree(tmp, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="lc-chromium-", ignore_cleanup_errors=True) as tmp:
+        service = Service(CHROMEDRIVER, env={**os.environ, "TMPDIR": tmp})
+        driver = webdriver.Chrome(service=service, options=opts)
+        driver.set_page_load_timeout(30)
+        yield driver
+        driver.quit()
 
 
 def wait_for(predicate, timeout: float = 60, what: str = "condition"):

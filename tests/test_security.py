@@ -222,8 +222,8 @@ def test_receiver_beyond_loopback_needs_a_key_or_insecure(tmp_path, keys, start_
 def test_wrong_plaintext_and_legacy_senders_get_clear_errors(tmp_path, keys, start_receiver, tiny_model):
     """Unknown key, plaintext v2 and legacy frames to a keyed receiver, a keyed sender to a plain one.
 
-    The receivers and the v2 senders use the learned codec (no diffusers to import, so the test
-    costs half the CPU); the legacy sender needs the VAE path, and its frame is refused unread."""
+    The receivers and the v2 senders use the learned codec (no diffusers to import: the test takes
+    about half the time); the legacy sender needs the VAE path, and its frame is refused unread."""
     learned = ["--codec", "learned"]
     rx = start_receiver(*learned, "--no-show", "--json", "--key", str(keys[0][0]), "--out", str(tmp_path / "o"))
     port = ["--port", str(rx.port)]
