@@ -45,7 +45,7 @@ def test_its_gradient_leads_towards_a_better_score():
     im = Image.open(data.heldout_photos()[2]).convert("RGB").crop((0, 0, 128, 128))
     a = as_tensor(np.asarray(im)).float()
     b = torch.nn.functional.avg_pool2d(a, 3, 1, 1, count_include_pad=False).requires_grad_(True)
-    start = float(ssimulacra2_score(a, b))
+    start = float(ssimulacra2_score(a, b).detach())
     for _ in range(5):
         (grad,) = torch.autograd.grad(ssimulacra2_score(a, b).sum(), b)
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0
