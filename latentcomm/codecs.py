@@ -416,6 +416,9 @@ class LearnedCodec(ImageCodec):
         Measured on held-out photos and aerial images at 0.1-2 bpp: 6-7 probes on average where
         bisection took 12.
         If even quality 1 doesn't fit, quality 1 is sent and the report says it doesn't fit.
+        "Highest" is to the bracket: the answer fits and a quality at most 0.01 above it does not. Sizes
+        are not strictly monotonic between neighbouring qualities (a payload of a few hundred bytes can
+        shrink by a word one step up), so a quality just above that bracket may fit again.
         """
         best, best_info = self._code(y_raw, 1.0, ref, context=context)
         probes, best_q = 1, 1.0
