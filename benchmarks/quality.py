@@ -8,6 +8,9 @@ For every evaluation image (the 6 held-out photos and the 12 aerial images, neve
 native size, one harness runs every codec and measures what a receiver would show:
 
 - ``learned``: the learned codec at every trained quality (1-11 for the shipped model), the real entropy-coded payload;
+- ``learned-refined``: the same codec and decoder with encode-time latent refinement (``--refine``,
+  :mod:`latentcomm.refine`; ``--refine-steps`` here, 10 by default), at the equal-bytes budgets only
+  (it costs about 30 s per photo per encode, so no quality sweep and no BD-rate);
 - ``vae-u8-zstd`` / ``vae-f16``: the embedded AutoencoderKL's latent as v2 frames carry it;
 - ``jpeg`` / ``webp`` / ``avif`` / ``jxl`` (Pillow, pillow-jxl-plugin): a quality sweep, each with
   its best ordinary settings (optimized Huffman tables for JPEG, method 6 for WebP, the encoders'
@@ -64,7 +67,7 @@ PIXEL_SWEEPS = {
 }
 #: Each pixel codec's best ordinary settings (what a careful user would pass; no exotic tuning).
 SAVE_OPTIONS = {"JPEG": {"optimize": True}, "WEBP": {"method": 6}, "AVIF": {}, "JXL": {}}
-ALL_CODECS = ("learned", "vae", *PIXEL_SWEEPS)
+ALL_CODECS = ("learned", "learned-refined", "vae", *PIXEL_SWEEPS)
 METRICS = ("psnr-rgb", "ms-ssim-rgb", "ssimulacra2")
 
 
@@ -160,7 +163,10 @@ def evaluate(
     vae: dict[str, VaeCodec],
     size: str,
     qualities: list[float],
+    refine_steps: int = 0,
 ) -> list[dict]:
+    """Rows for every image and codec. ``learned`` serves both learned rows: its sweep and budget rows
+    when ``"learned"`` is in ``codecs``, the refined budget rows when ``refine_steps`` > 0."""
     rows: list[dict] = []
     for ds, path in tqdm(images, desc="images", unit="img"):
         img = load_image(path)
@@ -169,7 +175,7 @@ def evaluate(
         base = {"dataset": ds, "image": path.name, "size": size}
         pixels = img.width * img.height
         swept: dict[str, dict[int, int]] = {}
-        if learned is not None:
+        if learned is not None and "learned" in codecs:
             for q in qualities:
                 recon, n, e, d, facts = run_codec(learned, img, quality=q)
                 rows.append({**base, "codec": "learned", "mode": "sweep", "quality": q, **measure(img, recon, n, e, d)})
@@ -188,18 +194,21 @@ def evaluate(
                 )
         for bpp in BUDGETS_BPP:
             budget = int(bpp * pixels / 8)
-            if learned is not None:
-                recon, n, e, d, facts = run_codec(learned, img, target_bytes=budget)
+            runs = [("learned", 0)] if "learned" in codecs else []
+            runs += [("learned-refined", refine_steps)] if refine_steps else []
+            for name, steps in runs if learned is not None else []:
+                recon, n, e, d, facts = run_codec(learned, img, target_bytes=budget, refine_steps=steps)
+                extra = {"refine_steps": steps} if steps else {}
                 rows.append(
                     {
                         **base,
-                        "codec": "learned",
+                        "codec": name,
                         "mode": "budget",
                         "budget_bpp": bpp,
                         "budget": budget,
                         "quality": facts["quality"],
                         "over_budget": n > budget,
-                        **measure(img, recon, n, e, d),
+                        **measure(img, recon, n, e, d, **extra),
                     }
                 )
             for name in codecs:
@@ -297,7 +306,7 @@ def summarize(rows: list[dict]) -> dict:
 
 def compact_table(summary: dict) -> str:
     """Equal bytes at a glance (the README's table): PSNR dB / SSIMULACRA2 per budget and codec."""
-    order = ["learned", "avif", "jxl", "webp", "jpeg", "thumbnail"]
+    order = ["learned", "learned-refined", "avif", "jxl", "webp", "jpeg", "thumbnail"]
     lines = []
     for ds, s in summary.items():
         codecs = [c for c in order if any(e["codec"] == c for e in s["equal_bytes"])]
@@ -464,6 +473,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=RESULTS / "quality.json", help="rows + summary (JSON)")
     p.add_argument("--plots", type=Path, default=RESULTS / "quality", help="prefix of the PNGs and the table (.md)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    p.add_argument(
+        "--refine-steps",
+        type=int,
+        default=10,
+        help="encode-time refinement steps of the learned-refined rows (latentcomm.refine; the sender's --refine)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -485,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     if not images:
         print(f"error: no evaluation images under {data.DATA_ROOT}", file=sys.stderr)
         return 1
-    learned = LearnedCodec(args.learned_model, "cpu", "fp32") if "learned" in codecs or args.grid else None
+    wants_learned = "learned" in codecs or "learned-refined" in codecs or args.grid
+    learned = LearnedCodec(args.learned_model, "cpu", "fp32") if wants_learned else None
     levels = learned.levels if learned is not None else 0
     # Every trained level of the learned codec (quick: the two ends).
     qualities = [1.0, float(levels)] if args.quick else [float(q) for q in range(1, levels + 1)]
@@ -495,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
 
         engine = Engine(args.vae_model, "cpu", "auto")
         vae = {"vae-u8-zstd": VaeCodec(engine, "u8", "zstd"), "vae-f16": VaeCodec(engine, "f16", "zstd")}
-    rows = evaluate(images, codecs, learned if "learned" in codecs else None, vae, size, qualities) if codecs else []
+    refine = args.refine_steps if "learned-refined" in codecs else 0
+    rows = evaluate(images, codecs, learned, vae, size, qualities, refine) if codecs else []
     ran = {(c, ds) for c in codecs for ds in args.sets.split(",")}
     ran |= {(c, ds) for c in ("vae-u8-zstd", "vae-f16") for ds in args.sets.split(",") if "vae" in codecs}
     kept = []

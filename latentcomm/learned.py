@@ -267,14 +267,24 @@ class LearnedCodecModel(nn.Module):
         rate; straight-through rounding of ``y - mean`` for what the decoder sees, as at test time).
         """
         g, gi = self.gains(quality)
-        y = self.g_a(x).float() * g
+        return self.rd_proxy(self.g_a(x).float() * g, gi)
+
+    def rd_proxy(
+        self, y: torch.Tensor, gi: torch.Tensor, context: bool = True, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The differentiable stand-in for coding a gained latent ``y``: training's and encode-time
+        refinement's (:mod:`latentcomm.refine`) shared path from ``y`` to reconstruction and likelihoods.
+
+        ``context=False`` models hyperprior-only frames even when the model has a context model.
+        ``generator`` seeds the quantization noise (refinement does, so an encode is repeatable).
+        """
         z = self.h_a(y).float()
-        z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
+        z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5, generator=generator)
         z_like = self.z_density.likelihood(z_noisy)
         z_hat = _ste_round(z)
         params = self.h_s(z_hat).float()
         scale, mean = params.chunk(2, dim=1)
-        if self.context is not None:
+        if self.context is not None and context:
             offsets = self.context.offsets
 
             def fetch(k: int, _positions, mu: torch.Tensor, _scale) -> torch.Tensor:
@@ -283,10 +293,19 @@ class LearnedCodecModel(nn.Module):
             y_hat, mean, scale = self.context.run(scale, mean, fetch)
         else:
             y_hat = _ste_round(y - mean) + mean
-        y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5, generator=generator)
         y_like = gaussian_likelihood(y_noisy, mean, scale)
         x_hat = self.g_s(y_hat * gi)
         return {"x_hat": x_hat, "y_likelihood": y_like, "z_likelihood": z_like}
+
+    def lambda_at(self, quality: float) -> float:
+        """The rate-distortion trade-off a (fractional) quality stands for: the trained lambdas
+        interpolated in log space, as the gains are."""
+        lams = self.config.lambdas
+        pos = min(max(quality - 1, 0.0), len(lams) - 1)
+        lo = min(int(pos), len(lams) - 2)
+        t = pos - lo
+        return math.exp(math.log(lams[lo]) * (1 - t) + math.log(lams[lo + 1]) * t)
 
     # --- inference pieces (the entropy coder lives in latentcomm.entropy) ---------------------------
 

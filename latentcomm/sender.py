@@ -60,6 +60,10 @@ class Prepared:
     seconds: float
 
 
+#: The codec's facts about an encode that the sender's report carries (where the codec has them).
+REPORTED_FACTS = ("quality", "entropy_model", "target_bytes", "fits_target", "rate_probes", "refine_steps", "refine_s")
+
+
 def prepare(path: str | Path | Image.Image, size: int, fit: str = "resize") -> Prepared:
     """Load an image (or take a decoded one, e.g. a video frame) and shape it for the model.
 
@@ -306,7 +310,7 @@ def send_images_v2(
         )
         if text is not None:
             report.extra["text"] = text
-        for key in ("quality", "entropy_model", "target_bytes", "fits_target", "rate_probes"):
+        for key in REPORTED_FACTS:
             if key in facts:
                 report.extra[key] = facts[key]
         yield report.as_dict()
@@ -420,10 +424,10 @@ def send_stream(
             if learned:
                 ref = reference if since_key + 1 < key_interval else None
                 # Streams code key frames with the hyperprior alone (see LearnedCodec.encode).
-                enc = codec.encode(x, target_bytes=target, reference=ref, context=False)
+                enc = codec.encode(x, target_bytes=target, reference=ref, context=False, refine_steps=0)
                 if ref is not None and enc.facts.get("coded_blocks", 0) > SCENE_CHANGE:
                     # A scene change: start over with a key frame.
-                    enc = codec.encode(x, target_bytes=target, context=False)
+                    enc = codec.encode(x, target_bytes=target, context=False, refine_steps=0)
                 reference = enc.facts["reference"]
                 since_key = 0 if enc.facts.get("frame_type") == "key" else since_key + 1
             else:

@@ -160,6 +160,16 @@ def add_rate_args(p: argparse.ArgumentParser) -> None:
         "receivers' decode rate is the bottleneck rather than the link; streams always code their key frames "
         "that way",
     )
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="--codec learned: before coding each image, take STEPS gradient steps on its latent towards fewer "
+        "bytes and less error (encode-time refinement; the receiver needs nothing new). 10 measured +0.1 dB at "
+        "the same bytes for about 30 s per megapixel on 2 cores: for metered links where the sender has time. "
+        "Single images only, not streams; 0 = off",
+    )
 
 
 def shipped_learned_levels() -> int | None:
@@ -181,6 +191,11 @@ def check_rate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--quality and --target-bytes need --codec learned")
     if args.codec != "learned" and not args.context:
         parser.error("--no-context needs --codec learned")
+    refine = getattr(args, "refine", 0)
+    if refine and args.codec != "learned":
+        parser.error("--refine needs --codec learned")
+    if not 0 <= refine <= 100:
+        parser.error(f"--refine must be between 0 and 100 steps, got {refine}")
     if args.quality is not None and args.target_bytes is not None:
         parser.error("give --quality or --target-bytes, not both")
     if args.quality is not None:

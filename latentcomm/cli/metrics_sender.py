@@ -100,7 +100,7 @@ def _v2(args) -> int:
     from latentcomm.images import load_image, tensor_to_pil
     from latentcomm.metrics import ms_ssim, psnr, ssim, ssimulacra2
     from latentcomm.secure import load_key
-    from latentcomm.sender import build_v2_frame, codec_label, format_report, make_report, prepare
+    from latentcomm.sender import REPORTED_FACTS, build_v2_frame, codec_label, format_report, make_report, prepare
     from latentcomm.transport import V2Client
 
     key = load_key(args.key) if args.key else None
@@ -115,6 +115,7 @@ def _v2(args) -> int:
         quality=args.quality,
         target_bytes=args.target_bytes,
         context=args.context,
+        refine_steps=args.refine,
     )
     prepared = prepare(args.image, args.size, fit="crop")
     frame, facts = build_v2_frame(codec, prepared, 1, Path(args.image).name, include_original=False)
@@ -145,7 +146,7 @@ def _v2(args) -> int:
     report.model = frame.model
     report.send_s = round(send_s, 4)
     report.extra.update(quality)
-    report.extra.update({k: facts[k] for k in ("quality", "target_bytes", "fits_target") if k in facts})
+    report.extra.update({k: facts[k] for k in REPORTED_FACTS if k in facts})
     report.extra.update(
         protocol="v2",
         codec=codec.kind,

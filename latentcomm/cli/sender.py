@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
         if args.quality is not None or args.target_bytes is not None:
             parser.error("--bandwidth sets each frame's size; drop --quality / --target-bytes")
         streaming = True
+    if streaming and args.refine:
+        parser.error("--refine is for single images: it costs seconds per frame, which a stream can't spend")
     if (args.fps is not None and args.fps <= 0) or (args.max_frames is not None and args.max_frames <= 0):
         parser.error("--fps and --max-frames must be positive")
     if args.key_interval is not None and args.key_interval <= 0:
@@ -213,6 +215,7 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
         quality=args.quality,
         target_bytes=args.target_bytes,
         context=args.context,
+        refine_steps=args.refine,
     )
     if protocol == "legacy":
         return _send_legacy(codec.engine, args, images[0])
@@ -368,7 +371,8 @@ def _single_report(r: dict) -> str:
         lines.append(f"Quality:               {r['quality']:g}{fit}")
     lines += [
         f"Compression ratio:     {r['compression_ratio']:.2f}x vs file, {r['raw_compression_ratio']:.2f}x vs raw RGB",
-        f"Encoding time:         {r['encode_s'] + r['compress_s']:.3f} s",
+        f"Encoding time:         {r['encode_s'] + r['compress_s']:.3f} s"
+        + (f" ({r['refine_s']:.1f} s of it refining the latent, {r['refine_steps']} steps)" if "refine_s" in r else ""),
         f"Transmission time:     {r['send_s']:.4f} s including the acknowledgement ({r['frame_bytes']:,} bytes "
         "on the wire)",
         "Receiver:              "
