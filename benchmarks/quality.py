@@ -196,7 +196,7 @@ def evaluate(
             budget = int(bpp * pixels / 8)
             runs = [("learned", 0)] if "learned" in codecs else []
             runs += [("learned-refined", refine_steps)] if refine_steps else []
-            for name, steps in runs if learned is not None else []:
+            for name, steps in runs:  # main() loads ``learned`` whenever either is asked for
                 recon, n, e, d, facts = run_codec(learned, img, target_bytes=budget, refine_steps=steps)
                 extra = {"refine_steps": steps} if steps else {}
                 rows.append(

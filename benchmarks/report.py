@@ -179,8 +179,7 @@ def which_codec(r: Results) -> str:
             "equal bytes on the held-out photos, "
             + ", ".join(f"{dp:+.2f} dB / {ds2:+.1f} SSIMULACRA2 at {b} bpp" for b, dp, ds2, _ in gain)
             + f"; about {statistics.median(cost):.0f} s per encode of a held-out photo (about a megapixel) on 2 cores; "
-            "the receiver needs nothing "
-            "new |\n"
+            "the receiver needs nothing new |\n"
         )
     return (
         "| you want | use | why |\n"

@@ -399,6 +399,8 @@ class LearnedCodec(ImageCodec):
         y_raw, hw = self.analyse(image)
         t1 = time.perf_counter()
         target = target_bytes if target_bytes is not None else (self.target_bytes if quality is None else None)
+        if target is None:
+            quality = self.check_quality(self.quality if quality is None else quality)
         refine_s, start, first_probes = 0.0, None, 0
         if steps and reference is None:
             from latentcomm.refine import refine_latent
@@ -406,7 +408,7 @@ class LearnedCodec(ImageCodec):
             if target is not None:
                 start, _, first_probes, _ = self._search(y_raw, target, None, context)
             else:
-                start = quality = self.check_quality(self.quality if quality is None else quality)
+                start = quality
             t_r = time.perf_counter()
             uses_context = context and self.model.context is not None
             y_raw = refine_latent(self.model, self._padded(image), y_raw, start, steps, hw, uses_context)
@@ -414,7 +416,6 @@ class LearnedCodec(ImageCodec):
         if target is not None:
             quality, payload, probes, info = self._search(y_raw, target, reference, context, start)
         else:
-            quality = self.check_quality(self.quality if quality is None else quality)
             payload, info = self._code(y_raw, quality, reference, context=context)
             probes = 1
         facts = {

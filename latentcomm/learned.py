@@ -298,6 +298,13 @@ class LearnedCodecModel(nn.Module):
         x_hat = self.g_s(y_hat * gi)
         return {"x_hat": x_hat, "y_likelihood": y_like, "z_likelihood": z_like}
 
+    @staticmethod
+    def code_length(out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Bits per image (B,) of an :meth:`rd_proxy` output: the rate term of every objective."""
+        bits_y = -torch.log2(out["y_likelihood"].clamp_min(1e-9)).sum(dim=(1, 2, 3))
+        bits_z = -torch.log2(out["z_likelihood"].clamp_min(1e-9)).sum(dim=(1, 2, 3))
+        return bits_y + bits_z
+
     def lambda_at(self, quality: float) -> float:
         """The rate-distortion trade-off a (fractional) quality stands for: the trained lambdas
         interpolated in log space, as the gains are."""

@@ -338,9 +338,7 @@ def rd_loss(
     """
     out = (forward or model)(x, levels.float() + 1)
     n_pix = x.shape[2] * x.shape[3]
-    bits_y = -torch.log2(out["y_likelihood"].clamp_min(1e-9)).sum(dim=(1, 2, 3))
-    bits_z = -torch.log2(out["z_likelihood"].clamp_min(1e-9)).sum(dim=(1, 2, 3))
-    bpp = (bits_y + bits_z) / n_pix
+    bpp = model.code_length(out) / n_pix
     mse = (out["x_hat"].float() - x).pow(2).mean(dim=(1, 2, 3))
     lam = torch.tensor(model.config.lambdas, device=x.device)[levels]
     dist, extra = (1 - msssim_weight - s2_weight) * mse, {}

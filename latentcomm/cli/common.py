@@ -194,8 +194,11 @@ def check_rate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     refine = getattr(args, "refine", 0)
     if refine and args.codec != "learned":
         parser.error("--refine needs --codec learned")
-    if not 0 <= refine <= 100:
-        parser.error(f"--refine must be between 0 and 100 steps, got {refine}")
+    if refine:
+        from latentcomm.refine import MAX_REFINE_STEPS  # torch, but only when refining anyway
+
+        if not 0 <= refine <= MAX_REFINE_STEPS:
+            parser.error(f"--refine must be between 0 and {MAX_REFINE_STEPS} steps, got {refine}")
     if args.quality is not None and args.target_bytes is not None:
         parser.error("give --quality or --target-bytes, not both")
     if args.quality is not None:
