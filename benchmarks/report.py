@@ -424,8 +424,9 @@ def lic_status(r: Results) -> str:
         blend += [f"`--s2-weight {ph['s2_weight']:g}`"] if ph.get("s2_weight") else []
         if blend:
             what = "MS-SSIM and SSIMULACRA2" if len(blend) == 2 else "SSIMULACRA2" if ph.get("s2_weight") else "MS-SSIM"
+            on = "CPU" if not ph["device"].startswith("cuda") else "one " + gpu_names({"phases": [ph]})[4:]
             where += (
-                f". Steps {ph['steps'][0]:,}-{ph['steps'][1]:,} ({ph['seconds'] / 60:.0f} minutes of CPU, batches of "
+                f". Steps {ph['steps'][0]:,}-{ph['steps'][1]:,} ({ph['seconds'] / 60:.0f} minutes of {on}, batches of "
                 f"{ph['batch']} {ph['crop']}x{ph['crop']} crops) blended {what} into the distortion "
                 f"({', '.join(blend)})"
             )
@@ -437,6 +438,13 @@ def lic_status(r: Results) -> str:
                 )
             elif ph.get("qualities"):  # recorded only for a phase that trained some of the levels
                 where += f", training only qualities {ph['qualities']} (`--qualities {ph['qualities']}`)"
+    soup = t.get("soup")
+    if soup:  # the shipped tensors are a weighted mean of the last export and an earlier one
+        where += (
+            f". Last, every weight was averaged {1 - soup['weight']:g}:{soup['weight']:g} with the step-"
+            f"{soup['with_step']:,} weights it was fine-tuned from (a model soup: it kept most of the fine-tuning's "
+            "gains at higher rates without its loss of PSNR at the lowest)"
+        )
     dec = t.get("decoder")
     if dec:
         where += (

@@ -4,7 +4,9 @@
 # Prepare here (CPU), into runs/ (ignored, so it travels only when carried):
 #   python -m latentcomm.train --objective codec --pack runs/pack.npz        # ~35 MB of training photos
 #   python tools/heldout_crops.py runs/gpu-heldout                            # the 6 held-out 512 crops
-# Then run on the GPU machine with runs/pack.npz and runs/gpu-heldout carried along:
+#   python -m pip install --no-deps --target runs/pydeps pytorch-msssim ssimulacra2  # pure Python; the
+#                         # device's torch image lacks them, and the script puts runs/pydeps on PYTHONPATH
+# Then run on the GPU machine with runs/pack.npz, runs/gpu-heldout and runs/pydeps carried along:
 #   MINUTES=8 bash tools/train_codec_gpu.sh
 # It resumes $CKPT (runs/codec/last.pt) when that travelled too, else starts from the shipped weights
 # (models/latentcomm-lic) with a fresh optimizer, warmed up. It trains with larger batches of 256x256
@@ -21,6 +23,7 @@ cd "$(dirname "$0")/.."
 OUT_DIR="${OUT:-runs/codec-gpu}"
 RUN_DIR="${RUN_DIR:-/tmp/codec-gpu-run}"
 mkdir -p "$OUT_DIR" "$RUN_DIR"
+if [ -d runs/pydeps ]; then export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}:$PWD/runs/pydeps"; fi
 INIT=(--init-from "${INIT_FROM:-models/latentcomm-lic}")
 if [ -n "${CONTEXT_GROUPS:-}" ]; then INIT+=(--context-groups "$CONTEXT_GROUPS"); fi
 if [ -n "${QUALITIES:-}" ]; then INIT+=(--qualities "$QUALITIES" --qualities-share "${QUALITIES_SHARE:-1}"); fi
