@@ -424,7 +424,7 @@ def lic_status(r: Results) -> str:
         blend += [f"`--s2-weight {ph['s2_weight']:g}`"] if ph.get("s2_weight") else []
         if blend:
             what = "MS-SSIM and SSIMULACRA2" if len(blend) == 2 else "SSIMULACRA2" if ph.get("s2_weight") else "MS-SSIM"
-            on = "CPU" if not ph["device"].startswith("cuda") else "one " + gpu_names({"phases": [ph]})[4:]
+            on = gpu_names({"phases": [ph]}) if ph["device"].startswith("cuda") else "CPU"
             where += (
                 f". Steps {ph['steps'][0]:,}-{ph['steps'][1]:,} ({ph['seconds'] / 60:.0f} minutes of {on}, batches of "
                 f"{ph['batch']} {ph['crop']}x{ph['crop']} crops) blended {what} into the distortion "

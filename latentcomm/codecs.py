@@ -258,6 +258,7 @@ class LearnedCodec(ImageCodec):
 
     @staticmethod
     def check_refine_steps(steps: int) -> int:
+        """``steps`` if it is a step count ``--refine`` allows (the codec and the CLI share this check)."""
         from latentcomm.refine import MAX_REFINE_STEPS
 
         if not 0 <= steps <= MAX_REFINE_STEPS:

@@ -251,12 +251,18 @@ class LearnedCodecModel(nn.Module):
     def gains(self, quality: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder and decoder gains (B, M, 1, 1) for qualities in [1, levels] (fractional allowed)."""
         q = torch.as_tensor(quality, dtype=torch.float32, device=self.log_gain.device).reshape(-1)
-        pos = (q - 1).clamp(0, self.config.levels - 1)
-        lo = pos.floor().long().clamp(max=self.config.levels - 2)
-        t = (pos - lo.float())[:, None]
+        lo, t = self._between_levels(q)
+        t = t[:, None]
         g = self.log_gain[lo] * (1 - t) + self.log_gain[lo + 1] * t
         gi = self.log_inv_gain[lo] * (1 - t) + self.log_inv_gain[lo + 1] * t
         return g.exp()[:, :, None, None], gi.exp()[:, :, None, None]
+
+    def _between_levels(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lower trained level index, weight of the level above) for qualities ``q``, clamped to
+        [1, levels]: how a fractional quality blends two trained levels (gains and lambdas alike)."""
+        pos = (q - 1).clamp(0, self.config.levels - 1)
+        lo = pos.floor().long().clamp(max=self.config.levels - 2)
+        return lo, pos - lo.to(pos.dtype)
 
     # --- training --------------------------------------------------------------------------------
 
@@ -309,9 +315,7 @@ class LearnedCodecModel(nn.Module):
         """The rate-distortion trade-off a (fractional) quality stands for: the trained lambdas
         interpolated in log space, as the gains are."""
         lams = self.config.lambdas
-        pos = min(max(quality - 1, 0.0), len(lams) - 1)
-        lo = min(int(pos), len(lams) - 2)
-        t = pos - lo
+        lo, t = (v.item() for v in self._between_levels(torch.tensor([float(quality)], dtype=torch.float64)))
         return math.exp(math.log(lams[lo]) * (1 - t) + math.log(lams[lo + 1]) * t)
 
     # --- inference pieces (the entropy coder lives in latentcomm.entropy) ---------------------------

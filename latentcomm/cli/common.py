@@ -195,10 +195,13 @@ def check_rate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if refine and args.codec != "learned":
         parser.error("--refine needs --codec learned")
     if refine:
-        from latentcomm.refine import MAX_REFINE_STEPS  # torch, but only when refining anyway
+        from latentcomm.codecs import LearnedCodec  # torch, but only when refining anyway
+        from latentcomm.errors import LocalProtocolError
 
-        if not 0 <= refine <= MAX_REFINE_STEPS:
-            parser.error(f"--refine must be between 0 and {MAX_REFINE_STEPS} steps, got {refine}")
+        try:
+            LearnedCodec.check_refine_steps(refine)
+        except LocalProtocolError as e:
+            parser.error(str(e))
     if args.quality is not None and args.target_bytes is not None:
         parser.error("give --quality or --target-bytes, not both")
     if args.quality is not None:
