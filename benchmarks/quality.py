@@ -442,10 +442,27 @@ def picture_grid(path: Path, learned: LearnedCodec, codecs: list[str], bpp: floa
     grid.save(out)
     return {
         "image": path.name,
+        "learned_model": learned.model_id,
         "bpp": bpp,
         "budget_bytes": budget,
         "bytes": {name: nbytes for name, _, nbytes in tiles if nbytes is not None},
     }
+
+
+def kept_grid(merged: list[dict], model_id: str | None) -> dict:
+    """``{"grid": ...}`` from the first merged run that has one, if it shows the same learned weights
+    as this run's rows (``--no-grid`` keeps the picture the README shows); {} otherwise, with a note
+    when a grid was dropped for showing other weights."""
+    for m in merged:
+        g = m.get("grid")
+        if not g:
+            continue
+        if g.get("learned_model", m.get("learned_model")) == model_id:
+            return {"grid": {**g, "learned_model": model_id}}
+        note = "note: the merged picture grid shows other learned weights: dropped (re-run with --grid)"
+        print(note, file=sys.stderr)
+        return {}
+    return {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -465,9 +482,14 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         help="keep this JSON's rows for codecs (and sets) not run now; repeatable. With --codecs none, only "
-        "merges, summarizes and plots",
+        "merges, summarizes and plots, and the date and CPU stay the first merged run's",
     )
-    p.add_argument("--grid", action=argparse.BooleanOptionalAction, default=True, help="write the picture grid")
+    p.add_argument(
+        "--grid",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the picture grid (--no-grid keeps a merged run's grid if it shows the same learned weights)",
+    )
     p.add_argument("--grid-image", default="014.png", help="held-out photo shown in the picture grid")
     p.add_argument("--grid-bpp", type=float, default=0.25, help="byte budget of the picture grid, in bpp")
     p.add_argument("--json", type=Path, default=RESULTS / "quality.json", help="rows + summary (JSON)")
@@ -515,27 +537,33 @@ def main(argv: list[str] | None = None) -> int:
     rows = evaluate(images, codecs, learned, vae, size, qualities, refine) if codecs else []
     ran = {(c, ds) for c in codecs for ds in args.sets.split(",")}
     ran |= {(c, ds) for c in ("vae-u8-zstd", "vae-f16") for ds in args.sets.split(",") if "vae" in codecs}
+    merged = [json.loads(path.read_text()) for path in args.merge]
     kept = []
-    for path in args.merge:
-        kept += [r for r in json.loads(path.read_text())["rows"] if (r["codec"], r["dataset"]) not in ran]
+    for m in merged:
+        kept += [r for r in m["rows"] if (r["codec"], r["dataset"]) not in ran]
     rows = kept + rows
     summary = summarize(rows)
     md = table(summary)
     print(md)
     from benchmarks.meta import run_meta
 
-    result = {
-        **run_meta(),
-        "learned_model": learned.model_id if learned else None,
-        "torch_threads": torch.get_num_threads(),
-        "size": size,
-        "budgets_bpp": BUDGETS_BPP,
-        "summary": summary,
-        "rows": rows,
-    }
+    if codecs or not merged:
+        meta = {**run_meta(), "torch_threads": torch.get_num_threads()}
+        model_id = learned.model_id if learned else None
+    else:
+        # Nothing measured now (``--codecs none``): every row, and so the date and CPU that the
+        # README's caption gives them, is the merged run's.
+        meta = {k: merged[0][k] for k in (*run_meta(), "torch_threads") if k in merged[0]}
+        model_id = merged[0].get("learned_model")
+        if learned is not None and model_id and model_id != learned.model_id:
+            p.error(f"the merged rows are {model_id}'s; the grid would show {learned.model_id} (--learned-model)")
+    result = {**meta, "learned_model": model_id, "size": size, "budgets_bpp": BUDGETS_BPP, "summary": summary}
+    result["rows"] = rows
     if learned is not None and args.grid and data.heldout_photos() and not args.quick:
         photo = next(p for p in data.heldout_photos() if p.name == args.grid_image)
         result["grid"] = picture_grid(photo, learned, pixel, args.grid_bpp, Path(f"{args.plots}_grid.png"))
+    else:
+        result.update(kept_grid(merged, model_id))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1) + "\n")
     args.plots.parent.mkdir(parents=True, exist_ok=True)

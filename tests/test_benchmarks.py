@@ -65,6 +65,28 @@ def test_quality_benchmark_quick(tmp_path):
     assert "BD-rate against AVIF" in proc.stdout
     assert Path(f"{prefix}_rd.png").stat().st_size > 1000 and Path(f"{prefix}_table.md").exists()
 
+    # A pure merge (--codecs none, as after re-running one codec) measures nothing: the date and CPU
+    # stay the merged run's, and --no-grid keeps its picture grid while the grid shows the same weights.
+    grid = {"image": "014.png", "learned_model": res["learned_model"], "bpp": 0.25, "budget_bytes": 1, "bytes": {}}
+    earlier = {**res, "date": "2000-01-01", "cpu": "an earlier CPU", "grid": grid}
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    merged = tmp_path / "merged.json"
+    run_bench(
+        "benchmarks/quality.py", "--codecs", "none", "--no-grid", "--merge", str(tmp_path / "earlier.json"),
+        "--json", str(merged), "--plots", str(tmp_path / "m"),
+    )  # fmt: skip
+    out = json.loads(merged.read_text())
+    assert (out["date"], out["cpu"], out["grid"]) == ("2000-01-01", "an earlier CPU", grid)
+    assert out["rows"] == res["rows"]
+    # A grid of other weights than the rows' is dropped, and the run says so.
+    stale = {**earlier, "grid": {**grid, "learned_model": "other@0"}}
+    (tmp_path / "stale.json").write_text(json.dumps(stale))
+    proc = run_bench(
+        "benchmarks/quality.py", "--codecs", "none", "--no-grid", "--merge", str(tmp_path / "stale.json"),
+        "--json", str(merged), "--plots", str(tmp_path / "m"),
+    )  # fmt: skip
+    assert "grid" not in json.loads(merged.read_text()) and "picture grid shows other learned weights" in proc.stderr
+
 
 @pytest.mark.skipif(
     not heldout_photos() or not (EMBEDDED_MODEL_DIR / "config.json").exists(),
