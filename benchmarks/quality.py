@@ -453,15 +453,13 @@ def kept_grid(merged: list[dict], model_id: str | None) -> dict:
     """``{"grid": ...}`` from the first merged run that has one, if it shows the same learned weights
     as this run's rows (``--no-grid`` keeps the picture the README shows); {} otherwise, with a note
     when a grid was dropped for showing other weights."""
-    for m in merged:
-        g = m.get("grid")
-        if not g:
-            continue
-        if g.get("learned_model", m.get("learned_model")) == model_id:
-            return {"grid": {**g, "learned_model": model_id}}
-        note = "note: the merged picture grid shows other learned weights: dropped (re-run with --grid)"
-        print(note, file=sys.stderr)
+    m = next((m for m in merged if m.get("grid")), None)
+    if m is None:
         return {}
+    # Grids written before they named their weights show the weights of their run's rows.
+    if m["grid"].get("learned_model", m.get("learned_model")) == model_id:
+        return {"grid": {**m["grid"], "learned_model": model_id}}
+    print("note: the merged picture grid shows other learned weights: dropped (re-run with --grid)", file=sys.stderr)
     return {}
 
 
@@ -557,8 +555,14 @@ def main(argv: list[str] | None = None) -> int:
         model_id = merged[0].get("learned_model")
         if learned is not None and model_id and model_id != learned.model_id:
             p.error(f"the merged rows are {model_id}'s; the grid would show {learned.model_id} (--learned-model)")
-    result = {**meta, "learned_model": model_id, "size": size, "budgets_bpp": BUDGETS_BPP, "summary": summary}
-    result["rows"] = rows
+    result = {
+        **meta,
+        "learned_model": model_id,
+        "size": size,
+        "budgets_bpp": BUDGETS_BPP,
+        "summary": summary,
+        "rows": rows,
+    }
     if learned is not None and args.grid and data.heldout_photos() and not args.quick:
         photo = next(p for p in data.heldout_photos() if p.name == args.grid_image)
         result["grid"] = picture_grid(photo, learned, pixel, args.grid_bpp, Path(f"{args.plots}_grid.png"))
