@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from latentcomm import postfilter
 from latentcomm.codec import (
     COMP_NONE,
     ENC_LEARNED,
@@ -41,7 +42,9 @@ from latentcomm.codec import (
 from latentcomm.data import MODELS_ROOT
 from latentcomm.device import configure_threads, resolve_device
 from latentcomm.errors import LocalProtocolError, ModelLoadError, RemoteProtocolError
+from latentcomm.images import tensor_to_uint8
 from latentcomm.learned import Y_RANGE, Z_RANGE
+from latentcomm.postfilter import FILTER_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +156,9 @@ INTER_HEADER = struct.Struct("!BHI8s")
 INTER_VERSION = 2
 #: A key frame whose latent is coded with the model's context model (version 1: the hyperprior alone).
 CONTEXT_VERSION = 3
+#: A context-coded key frame followed by a post-filter (:mod:`latentcomm.postfilter`): the header,
+#: the filter's coefficients, then the ANS words. Its CRC-32 covers the coefficients and the symbols.
+FILTERED_VERSION = 4
 #: Side of a block of latent positions that an inter frame codes or copies (32x32 pixels).
 INTER_BLOCK = 2
 #: An inter frame codes a block when copying it would add more than this fraction of the
@@ -217,6 +223,7 @@ class LearnedCodec(ImageCodec):
         target_bytes: int | None = None,
         context: bool = True,
         refine_steps: int = 0,
+        postfilter: bool = True,
     ) -> None:
         from latentcomm.entropy import EntropyCoder
         from latentcomm.learned import LearnedCodecModel
@@ -244,6 +251,8 @@ class LearnedCodec(ImageCodec):
         self.context = context
         #: Encode-time refinement steps for key frames without a reference (0 = off; ``--refine``).
         self.refine_steps = self.check_refine_steps(refine_steps)
+        #: Fit and send a post-filter with context-coded key frames where it pays for its bytes.
+        self.postfilter = postfilter
         #: Decoded frames that inter frames may name (tag -> un-gained latent), oldest first.
         self._references: OrderedDict[bytes, torch.Tensor] = OrderedDict()
         self.load_seconds = time.perf_counter() - t0
@@ -381,6 +390,7 @@ class LearnedCodec(ImageCodec):
         reference: Reference | None = None,
         context: bool | None = None,
         refine_steps: int | None = None,
+        postfilter: bool | None = None,
     ) -> Encoded:
         """A key frame, or with ``reference`` (the last frame the receiver acknowledged) an inter frame.
 
@@ -392,6 +402,9 @@ class LearnedCodec(ImageCodec):
         ``refine_steps`` (None = the codec's ``--refine``): gradient steps on the latent before coding
         (:mod:`latentcomm.refine`), for frames without a reference; with a byte target the search
         runs twice, once to find the quality to refine at and once on the refined latent.
+        ``postfilter`` (None = the codec's setting): for a context-coded key frame, fit the
+        :mod:`latentcomm.postfilter` and send it where it pays for its bytes; a byte target then
+        searches with the filter's bytes set aside, and again without them if the filter is dropped.
         The returned facts hold ``reference``: this frame as the next frame's reference.
         """
         context = self.context if context is None else context
@@ -414,11 +427,24 @@ class LearnedCodec(ImageCodec):
             uses_context = context and self.model.context is not None
             y_raw = refine_latent(self.model, self._padded(image), y_raw, start, steps, hw, uses_context)
             refine_s = time.perf_counter() - t_r
+        filtering = (self.postfilter if postfilter is None else postfilter) and reference is None
+        filtering = filtering and context and self.model.context is not None
         if target is not None:
-            quality, payload, probes, info = self._search(y_raw, target, reference, context, start)
+            aim = target - FILTER_BYTES if filtering else target
+            quality, payload, probes, info = self._search(y_raw, aim, reference, context, start)
         else:
             payload, info = self._code(y_raw, quality, reference, context=context)
             probes = 1
+        filter_facts: dict = {}
+        if filtering and payload[0] == CONTEXT_VERSION:
+            t_f = time.perf_counter()
+            filtered, filter_facts = self._filtered(image, payload, info["latent"], quality, hw)
+            if filtered is not None and (target is None or len(filtered) <= target):
+                payload = filtered
+            elif target is not None:  # the bytes set aside go back to the latent
+                quality, payload, more, info = self._search(y_raw, target, reference, context, quality)
+                probes += more
+            filter_facts["filter_s"] = time.perf_counter() - t_f
         facts = {
             "encode_s": t1 - t0,
             "compress_s": time.perf_counter() - t1,
@@ -427,7 +453,9 @@ class LearnedCodec(ImageCodec):
             "latent_shape": [1, *y_raw.shape[1:]],
             "frame_type": info["frame_type"],
             # What predicts the latent's distribution: the context model (version 3) or the hyperprior.
-            "entropy_model": "context" if payload[0] == CONTEXT_VERSION else "hyperprior",
+            "entropy_model": "context" if payload[0] in (CONTEXT_VERSION, FILTERED_VERSION) else "hyperprior",
+            "postfilter": payload[0] == FILTERED_VERSION,
+            **filter_facts,
             "reference": Reference(reference_tag(payload), info["latent"]),
         }
         if "coded_blocks" in info:
@@ -438,6 +466,36 @@ class LearnedCodec(ImageCodec):
             facts["target_bytes"] = target
             facts["fits_target"] = len(payload) <= target
         return Encoded(ENC_LEARNED, COMP_NONE, tuple(y_raw.shape[1:]), payload, (), facts)
+
+    def _filtered(
+        self, image: torch.Tensor, payload: bytes, latent: torch.Tensor, quality: float, hw: tuple[int, int]
+    ) -> tuple[bytes | None, dict]:
+        """A context-coded key frame with its post-filter (version 4), or None where the filter
+        doesn't pay for its bytes at ``quality``'s trade-off (lambda * MSE on 0..255 per pixel
+        against its bits per pixel). Facts: the MSE the filter saves."""
+        decoded = self._decoded_uint8(latent, hw)
+        original = tensor_to_uint8(image)
+        coefficients = postfilter.fit(original, decoded)
+        before = postfilter.mse(original, decoded)
+        after = postfilter.mse(original, postfilter.apply(decoded, coefficients))
+        gain_db = 10 * math.log10(before / after) if after > 0 and before > 0 else 0.0
+        keep = self.model.lambda_at(quality) * (before - after) > 8 * FILTER_BYTES / (hw[0] * hw[1])
+        facts = {"filter_gain_db": round(gain_db, 4)}
+        if not keep:
+            return None, facts
+        version, q_milli, crc = LEARNED_HEADER.unpack_from(payload)
+        coded = postfilter.pack(coefficients)
+        header = LEARNED_HEADER.pack(FILTERED_VERSION, q_milli, zlib.crc32(coded, crc) & 0xFFFFFFFF)
+        return header + coded + payload[LEARNED_HEADER.size :], facts
+
+    def _decoded_uint8(self, latent: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
+        """The synthesis of an un-gained latent, cropped to ``hw`` and rounded to 8 bits (HxWx3):
+        what a receiver decodes, and what its post-filter (if any) starts from."""
+        oh, ow = hw
+        with torch.inference_mode(), self._autocast():
+            x = self.model.g_s(latent.float().to(self.device).contiguous(memory_format=torch.channels_last))
+        x = x[0, :, :oh, :ow].float().clamp(0, 1).cpu()
+        return (x * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
     def _search(
         self,
@@ -515,24 +573,30 @@ class LearnedCodec(ImageCodec):
         if len(payload) < LEARNED_HEADER.size:
             raise RemoteProtocolError("learned payload shorter than its header")
         version, q_milli, crc = LEARNED_HEADER.unpack_from(payload)
+        body = payload[LEARNED_HEADER.size :]
         if version == INTER_VERSION:
             raise RemoteProtocolError("an inter frame needs its reference: decode it with decode()")
-        if version not in (LEARNED_VERSION, CONTEXT_VERSION):
+        if version not in (LEARNED_VERSION, CONTEXT_VERSION, FILTERED_VERSION):
             raise RemoteProtocolError(f"unsupported learned bitstream version {version}")
-        if version == CONTEXT_VERSION and m.context is None:
+        coded_filter = b""
+        if version == FILTERED_VERSION:
+            if len(body) < FILTER_BYTES:
+                raise RemoteProtocolError("learned payload shorter than its post-filter")
+            coded_filter, body = body[:FILTER_BYTES], body[FILTER_BYTES:]
+        if version in (CONTEXT_VERSION, FILTERED_VERSION) and m.context is None:
             raise RemoteProtocolError(
                 "a context-coded learned frame needs a model with a context model; this one has none"
             )
         quality = q_milli / 1000
         if not 1.0 <= quality <= self.levels:
             raise RemoteProtocolError(f"quality {quality} outside this model's 1..{self.levels}")
-        z, coder = self.coder.decode_z(payload[LEARNED_HEADER.size :], (m.config.H, h // 4, w // 4))
-        if version == CONTEXT_VERSION:
+        z, coder = self.coder.decode_z(body, (m.config.H, h // 4, w // 4))
+        if version != LEARNED_VERSION:
             y, mean = self._contextual_decode(coder, z)
         else:
             mean, idx = m.entropy_parameters(torch.from_numpy(z)[None])
             y = self.coder.decode_y(coder, idx[0].numpy())
-        if _symbols_crc(z, y) != crc:
+        if zlib.crc32(coded_filter, _symbols_crc(z, y)) & 0xFFFFFFFF != crc:
             raise RemoteProtocolError(
                 "learned latent checksum mismatch: the bitstream decodes to other symbols than were sent "
                 "(different weights or a corrupted payload)"
@@ -557,6 +621,10 @@ class LearnedCodec(ImageCodec):
             _, gi = self.model.gains(quality)
             latent = (torch.from_numpy(y)[None].double() + mean) * gi.cpu().double()
         self._remember(reference_tag(payload), latent)
+        if payload[0] == FILTERED_VERSION:
+            coefficients = postfilter.unpack(payload[LEARNED_HEADER.size : LEARNED_HEADER.size + FILTER_BYTES])
+            pixels = postfilter.apply(self._decoded_uint8(latent, image_size), coefficients)
+            return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
         oh, ow = image_size
         with torch.inference_mode(), self._autocast():
             x = self.model.g_s(latent.float().to(self.device).contiguous(memory_format=torch.channels_last))
@@ -641,13 +709,14 @@ def load_codec(
     target_bytes: int | None = None,
     context: bool = True,
     refine_steps: int = 0,
+    postfilter: bool = True,
 ) -> ImageCodec:
     """The one way scripts get a codec: ``--codec`` plus ``--model`` (auto = the codec's default model)."""
     if codec not in CODECS:
         raise LocalProtocolError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
     if codec == "learned" or (model != "auto" and is_learned_model(model)):
         path = LEARNED_MODEL_DIR if model == "auto" else model
-        return LearnedCodec(path, device, precision, quality, target_bytes, context, refine_steps)
+        return LearnedCodec(path, device, precision, quality, target_bytes, context, refine_steps, postfilter)
     from latentcomm.engine import Engine
 
     return VaeCodec(Engine(model, device, precision), dtype, compression)

@@ -61,7 +61,17 @@ class Prepared:
 
 
 #: The codec's facts about an encode that the sender's report carries (where the codec has them).
-REPORTED_FACTS = ("quality", "entropy_model", "target_bytes", "fits_target", "rate_probes", "refine_steps", "refine_s")
+REPORTED_FACTS = (
+    "quality",
+    "entropy_model",
+    "postfilter",
+    "filter_gain_db",
+    "target_bytes",
+    "fits_target",
+    "rate_probes",
+    "refine_steps",
+    "refine_s",
+)
 
 
 def prepare(path: str | Path | Image.Image, size: int, fit: str = "resize") -> Prepared:

@@ -31,13 +31,14 @@ from latentcomm.metrics import psnr
 from tests.conftest import PYTHON, REPO, run_script, script_env
 
 #: Measured with the shipped weights (see models/latentcomm-lic/README.md): held-out photo 007 (the
-#: hardest of the six, fine texture everywhere) at native size, quality 7 (lambda 0.0035): 20.21 dB at
-#: 0.92 bpp (95,968 steps averaged with step 91,300's weights, after 10.7 H200 minutes; 19.98 dB at
-#: 0.87 bpp at step 91,300, the level mixture still moving every quality to fewer bytes; 20.02 dB at
-#: 0.89 bpp at step 87,742, 20.22 dB at 0.94 bpp at step 84,214, 20.22 dB at 0.92 bpp at step 80,849,
-#: 20.55 dB at 1.02 bpp before the mixture; 21.04 dB at 1.12 bpp before the perceptual terms). The floor
-#: sits 0.5 dB under it, so retrained weights must not be worse on it.
-PSNR_FLOOR_Q7_007 = 19.71
+#: hardest of the six, fine texture everywhere) at native size, quality 7 (lambda 0.0035): 20.48 dB at
+#: 0.92 bpp with the post-filter the sender adds, 20.21 dB without it (95,968 steps averaged with step
+#: 91,300's weights, after 10.7 H200 minutes; 19.98 dB at 0.87 bpp at step 91,300, the level mixture
+#: still moving every quality to fewer bytes; 20.02 dB at 0.89 bpp at step 87,742, 20.22 dB at 0.94
+#: bpp at step 84,214, 20.22 dB at 0.92 bpp at step 80,849, 20.55 dB at 1.02 bpp before the mixture;
+#: 21.04 dB at 1.12 bpp before the perceptual terms; all before the post-filter). The floor sits 0.5 dB
+#: under it, so retrained weights must not be worse on it.
+PSNR_FLOOR_Q7_007 = 19.98
 
 needs_photos = pytest.mark.skipif(not heldout_photos(), reason="../shared/data/photos is not there")
 
@@ -89,8 +90,10 @@ def test_target_bytes_picks_the_best_quality_that_fits(codec, target):
         return
     assert len(enc.payload) <= target and enc.facts["fits_target"]
     # Never more than bisection needed (12). Real photos take about 6 (codec_speed.py); this tiny image
-    # can take 11, as its payloads are a few hundred bytes and size moves in 4-byte words.
-    assert enc.facts["rate_probes"] <= 12
+    # can take 11, as its payloads are a few hundred bytes and size moves in 4-byte words. A post-filter
+    # that was fitted and then dropped (it didn't pay for its bytes) costs a second search.
+    dropped = "filter_gain_db" in enc.facts and not enc.facts["postfilter"]
+    assert enc.facts["rate_probes"] <= (24 if dropped else 12)
     if q < codec.levels:  # the best to 1/100: within 0.01 above it, some quality does not fit
         # (not necessarily q + 0.01 itself: at a few hundred bytes, the size can fall back a word
         # between neighbouring qualities, so "fits" is not monotonic at this resolution)

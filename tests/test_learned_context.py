@@ -244,9 +244,9 @@ def test_decoder_objective_keeps_every_byte_and_changes_only_the_picture(tmp_pat
     shipped, tuned = LearnedCodec(LEARNED_MODEL_DIR, "cpu", "fp32"), LearnedCodec(tmp_path / "export", "cpu", "fp32")
     assert state["decoder"]["base"] == shipped.model_id != tuned.model_id
     img = small_photo((200, 136))
-    for context in (True, False):
-        a = encode_frame(shipped, img, quality=4, context=context)
-        b = encode_frame(tuned, img, quality=4, context=context)
+    for context in (True, False):  # the post-filter is fitted to the decoder's picture: left out here
+        a = encode_frame(shipped, img, quality=4, context=context, postfilter=False)
+        b = encode_frame(tuned, img, quality=4, context=context, postfilter=False)
         assert a.payload == b.payload
         assert not np.array_equal(decode_frame(shipped, a), decode_frame(tuned, b))
     # Shipped and trained on (resumed with its own export as --init-from), then continued anew.

@@ -161,6 +161,14 @@ def add_rate_args(p: argparse.ArgumentParser) -> None:
         "that way",
     )
     p.add_argument(
+        "--postfilter",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="--codec learned: fit a 3x3 linear filter from the decoded picture towards the original and send "
+        "its 96 bytes in the frame where it pays for them (measured +0.08 dB at 0.1-0.15 bpp on the held-out "
+        "photos; about one decode more to encode). --no-postfilter skips it; streams never send one",
+    )
+    p.add_argument(
         "--refine",
         type=int,
         default=0,
@@ -191,6 +199,8 @@ def check_rate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--quality and --target-bytes need --codec learned")
     if args.codec != "learned" and not args.context:
         parser.error("--no-context needs --codec learned")
+    if args.codec != "learned" and not getattr(args, "postfilter", True):
+        parser.error("--no-postfilter needs --codec learned")
     refine = getattr(args, "refine", 0)
     if refine and args.codec != "learned":
         parser.error("--refine needs --codec learned")

@@ -116,6 +116,7 @@ def _v2(args) -> int:
         target_bytes=args.target_bytes,
         context=args.context,
         refine_steps=args.refine,
+        postfilter=args.postfilter,
     )
     prepared = prepare(args.image, args.size, fit="crop")
     frame, facts = build_v2_frame(codec, prepared, 1, Path(args.image).name, include_original=False)

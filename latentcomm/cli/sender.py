@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
         target_bytes=args.target_bytes,
         context=args.context,
         refine_steps=args.refine,
+        postfilter=args.postfilter,
     )
     if protocol == "legacy":
         return _send_legacy(codec.engine, args, images[0])
@@ -353,6 +354,8 @@ def _single_report(r: dict) -> str:
     how = f"{r['dtype']}/{r['compression']}" if r["codec"] == "vae" else "learned, entropy-coded"
     if "entropy_model" in r:
         how += " with the " + {"context": "context model"}.get(r["entropy_model"], r["entropy_model"])
+    if r.get("postfilter"):
+        how += ", post-filtered"
     lines = [
         f"Image:                 {r['image']} -> {r['image_size'][1]}x{r['image_size'][0]}",
         f"Model:                 {r['model']}",
