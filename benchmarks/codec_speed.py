@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     learned = LearnedCodec(args.learned_model, "cpu", "auto")
     for q in (1.0, 7.0, 11.0):
         rows[f"learned q{q:g} ({learned.dtype})"] = time_codec(learned, img, args.repeats, quality=q)
+    # The post-filter's cost, side by side: the default quality without it.
+    rows[f"learned q7 --no-postfilter ({learned.dtype})"] = time_codec(
+        learned, img, args.repeats, quality=7.0, postfilter=False
+    )
     rows["learned --target-bytes 0.1 bpp"] = time_codec(learned, img, args.repeats, target_bytes=w * h // 80)
     # Encode-time refinement costs seconds, not tenths: fewer repeats (the median of two).
     rows[f"learned --target-bytes 0.1 bpp --refine {REFINE_STEPS}"] = time_codec(

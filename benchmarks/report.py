@@ -204,8 +204,9 @@ def which_codec(r: Results) -> str:
 def codec_speed_line(r: Results) -> str:
     d = r["codec_speed"]
     c = d["codecs"]
-    learned = {k: v for k, v in c.items() if k.startswith("learned") and "--refine" not in k}
+    learned = {k: v for k, v in c.items() if k.startswith("learned") and "--refine" not in k and "--no-" not in k}
     refined = next(((k, v) for k, v in c.items() if "--refine" in k), None)
+    plain = next((v for k, v in c.items() if "--no-postfilter" in k), None)
     # The middle row is the default quality (quality 4 of the 8-level model, 7 of the 11-level one).
     swept = [k for k in learned if k.split()[1].startswith("q")]
     mid_key = swept[len(swept) // 2]
@@ -221,6 +222,12 @@ def codec_speed_line(r: Results) -> str:
         f"and {min(dec):.2f}-{max(dec):.2f} s over qualities and the byte-budget search); the embedded VAE path "
         f"(u8+zstd, at the precision `--precision auto` picks on that CPU) takes {vae['encode_s']:.2f} s and "
         f"{vae['decode_s']:.2f} s"
+        + (
+            f"; without the post-filter (`--no-postfilter`) the learned codec takes {plain['encode_s']:.2f} s and "
+            f"{plain['decode_s']:.2f} s at quality {mid_q}"
+            if plain
+            else ""
+        )
         + (
             f"; with encode-time refinement (`{refined[0].removeprefix('learned ')}`) the learned encode takes "
             f"{refined[1]['encode_s']:.1f} s (the decode doesn't change).\n"
