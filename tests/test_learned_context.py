@@ -218,7 +218,8 @@ def test_context_objective_trains_resumes_and_exports_a_codec_that_round_trips(t
 
 def test_streams_key_frames_skip_the_context_model_and_a_model_without_one_refuses_it(ctx_codec, plain_dir):
     """``context=False`` (what the stream sender asks for) codes a version-1 key frame that any model
-    with the same transforms decodes; a context-coded one (version 3) needs the context model."""
+    with the same transforms decodes; a context-coded one (version 3, or 4 with a post-filter) needs
+    the context model."""
     img = small_photo((200, 136))
     fast = encode_frame(ctx_codec, img, quality=6, context=False)
     full = encode_frame(ctx_codec, img, quality=6)
@@ -227,6 +228,11 @@ def test_streams_key_frames_skip_the_context_model_and_a_model_without_one_refus
     assert np.array_equal(decode_frame(plain, fast), decode_frame(ctx_codec, fast))
     with pytest.raises(RemoteProtocolError, match="needs a model with a context model"):
         plain.decode_symbols(full.shape, full.payload, full.image_size)
+    # A post-filtered frame (version 4) is a context-coded one too: refused the same way.
+    filtered = encode_frame(LearnedCodec(LEARNED_MODEL_DIR, "cpu", "fp32"), small_photo((320, 256)), quality=11)
+    assert filtered.payload[0] == 4
+    with pytest.raises(RemoteProtocolError, match="needs a model with a context model"):
+        plain.decode_symbols(filtered.shape, filtered.payload, filtered.image_size)
 
 
 def test_decoder_objective_keeps_every_byte_and_changes_only_the_picture(tmp_path, capsys):
