@@ -473,29 +473,34 @@ class LearnedCodec(ImageCodec):
         """A context-coded key frame with its post-filter (version 4), or None where the filter
         doesn't pay for its bytes at ``quality``'s trade-off (lambda * MSE on 0..255 per pixel
         against its bits per pixel). Facts: the MSE the filter saves."""
+        from skimage.metrics import mean_squared_error  # what latentcomm.metrics' PSNR is built on
+
         decoded = self._decoded_uint8(latent, hw)
         original = tensor_to_uint8(image)
         coefficients = postfilter.fit(original, decoded)
-        before = postfilter.mse(original, decoded)
-        after = postfilter.mse(original, postfilter.apply(decoded, coefficients))
+        before = mean_squared_error(original, decoded)
+        after = mean_squared_error(original, postfilter.apply(decoded, coefficients))
         gain_db = 10 * math.log10(before / after) if after > 0 and before > 0 else 0.0
         keep = self.model.lambda_at(quality) * (before - after) > 8 * FILTER_BYTES / (hw[0] * hw[1])
         facts = {"filter_gain_db": round(gain_db, 4)}
         if not keep:
             return None, facts
-        version, q_milli, crc = LEARNED_HEADER.unpack_from(payload)
+        _version, q_milli, crc = LEARNED_HEADER.unpack_from(payload)
         coded = postfilter.pack(coefficients)
         header = LEARNED_HEADER.pack(FILTERED_VERSION, q_milli, zlib.crc32(coded, crc) & 0xFFFFFFFF)
         return header + coded + payload[LEARNED_HEADER.size :], facts
 
-    def _decoded_uint8(self, latent: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
-        """The synthesis of an un-gained latent, cropped to ``hw`` and rounded to 8 bits (HxWx3):
-        what a receiver decodes, and what its post-filter (if any) starts from."""
+    def _synthesis(self, latent: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """The picture of an un-gained latent, cropped to ``hw``: (1, 3, H, W) float32 on the CPU, in
+        [0, 1]. What every decode shows, and what a post-filter (either side's) starts from."""
         oh, ow = hw
         with torch.inference_mode(), self._autocast():
             x = self.model.g_s(latent.float().to(self.device).contiguous(memory_format=torch.channels_last))
-        x = x[0, :, :oh, :ow].float().clamp(0, 1).cpu()
-        return (x * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        return x[:, :, :oh, :ow].float().clamp(0, 1).cpu()
+
+    def _decoded_uint8(self, latent: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
+        """:meth:`_synthesis` rounded to 8 bits (HxWx3): the post-filter's input."""
+        return (self._synthesis(latent, hw)[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
     def _search(
         self,
@@ -625,10 +630,7 @@ class LearnedCodec(ImageCodec):
             coefficients = postfilter.unpack(payload[LEARNED_HEADER.size : LEARNED_HEADER.size + FILTER_BYTES])
             pixels = postfilter.apply(self._decoded_uint8(latent, image_size), coefficients)
             return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
-        oh, ow = image_size
-        with torch.inference_mode(), self._autocast():
-            x = self.model.g_s(latent.float().to(self.device).contiguous(memory_format=torch.channels_last))
-        return (x[:, :, :oh, :ow].float().clamp(0, 1).cpu() * 2 - 1).clamp(-1, 1)
+        return (self._synthesis(latent, image_size) * 2 - 1).clamp(-1, 1)
 
     def _remember(self, tag: bytes, latent: torch.Tensor) -> None:
         refs = self._references

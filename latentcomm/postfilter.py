@@ -24,14 +24,11 @@ where it pays for its bytes at the quality's own trade-off (``lambda * MSE`` aga
 
 from __future__ import annotations
 
-import logging
 import struct
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-log = logging.getLogger(__name__)
 
 #: Fixed-point scale of the coefficients (and of the bias, in 8-bit pixel units).
 FRACTION_BITS = 9
@@ -88,7 +85,3 @@ def pack(coefficients: np.ndarray) -> bytes:
 def unpack(data: bytes) -> np.ndarray:
     """Bytes from a frame -> (3, 16) int16 coefficients; any 96 bytes are a valid filter."""
     return np.array(FILTER_STRUCT.unpack(data), dtype=np.int16).reshape(3, COEFFICIENTS)
-
-
-def mse(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
