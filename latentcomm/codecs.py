@@ -475,7 +475,7 @@ class LearnedCodec(ImageCodec):
         against its bits per pixel). Facts: the MSE the filter saves."""
         from skimage.metrics import mean_squared_error  # what latentcomm.metrics' PSNR is built on
 
-        decoded = self._decoded_uint8(latent, hw)
+        decoded = self._decoded_uint8(latent, hw, quality)
         original = tensor_to_uint8(image)
         coefficients = postfilter.fit(original, decoded)
         before = mean_squared_error(original, decoded)
@@ -490,17 +490,19 @@ class LearnedCodec(ImageCodec):
         header = LEARNED_HEADER.pack(FILTERED_VERSION, q_milli, zlib.crc32(coded, crc) & 0xFFFFFFFF)
         return header + coded + payload[LEARNED_HEADER.size :], facts
 
-    def _synthesis(self, latent: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        """The picture of an un-gained latent, cropped to ``hw``: (1, 3, H, W) float32 on the CPU, in
-        [0, 1]. What every decode shows, and what a post-filter (either side's) starts from."""
+    def _synthesis(self, latent: torch.Tensor, hw: tuple[int, int], quality: float) -> torch.Tensor:
+        """The picture of an un-gained latent coded at ``quality``, cropped to ``hw``: (1, 3, H, W)
+        float32 on the CPU, in [0, 1]. What every decode shows, and what a post-filter (either
+        side's) starts from. The quality conditions the model's post-network, where it has one."""
         oh, ow = hw
         with torch.inference_mode(), self._autocast():
             x = self.model.g_s(latent.float().to(self.device).contiguous(memory_format=torch.channels_last))
+            x = self.model.picture(x, quality)
         return x[:, :, :oh, :ow].float().clamp(0, 1).cpu()
 
-    def _decoded_uint8(self, latent: torch.Tensor, hw: tuple[int, int]) -> np.ndarray:
+    def _decoded_uint8(self, latent: torch.Tensor, hw: tuple[int, int], quality: float) -> np.ndarray:
         """:meth:`_synthesis` rounded to 8 bits (HxWx3): the post-filter's input."""
-        return (self._synthesis(latent, hw)[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        return (self._synthesis(latent, hw, quality)[0] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
     def _search(
         self,
@@ -628,9 +630,9 @@ class LearnedCodec(ImageCodec):
         self._remember(reference_tag(payload), latent)
         if payload[0] == FILTERED_VERSION:
             coefficients = postfilter.unpack(payload[LEARNED_HEADER.size : LEARNED_HEADER.size + FILTER_BYTES])
-            pixels = postfilter.apply(self._decoded_uint8(latent, image_size), coefficients)
+            pixels = postfilter.apply(self._decoded_uint8(latent, image_size, quality), coefficients)
             return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
-        return (self._synthesis(latent, image_size) * 2 - 1).clamp(-1, 1)
+        return (self._synthesis(latent, image_size, quality) * 2 - 1).clamp(-1, 1)
 
     def _remember(self, tag: bytes, latent: torch.Tensor) -> None:
         refs = self._references

@@ -96,6 +96,44 @@ class GDN(nn.Module):
         return x * norm if self.inverse else x / norm
 
 
+class PostNetwork(nn.Module):
+    """A small residual CNN on the synthesis transform's output: ``x + f(x, quality)``.
+
+    Why: the synthesis ends in a transposed convolution from half resolution, so nothing nonlinear
+    ever looks at the full-resolution picture, and the codec's typical errors there (ringing, soft
+    edges, colour bleeding) stay. ``f`` is three 3x3 convolutions with leaky ReLUs on the picture
+    folded 2x2 into 12 channels (``pixel_unshuffle``) plus one plane holding the quality's log-lambda:
+    a receptive field of 14 pixels for about 22k multiply-adds per pixel at width 64. The quality
+    plane matters: without it, the network learnt the low qualities' smoothing and applied it
+    everywhere (held-out PSNR -1.6 dB at quality 11, +0.29 at quality 3, measured). Its last layer
+    starts at zero, so a newly added post-network leaves the codec exactly as it was, and it trains
+    on the frozen codec's own decoded pictures (``python -m latentcomm.train --objective postnet``).
+    Picture sizes must be even, which the transforms' 64-pixel padding guarantees.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(13, width, 3, 1, 1),
+            nn.LeakyReLU(0.1),
+            nn.Conv2d(width, width, 3, 1, 1),
+            nn.LeakyReLU(0.1),
+            nn.Conv2d(width, width, 3, 1, 1),
+            nn.LeakyReLU(0.1),
+            nn.Conv2d(width, 12, 3, 1, 1),
+        )
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, 3, H, W); ``level`` (B,): :meth:`LearnedCodecModel.quality_plane` of each picture."""
+        folded = F.pixel_unshuffle(x, 2)
+        b, _, h, w = folded.shape
+        plane = level.to(folded.dtype).reshape(-1, 1, 1, 1).expand(b, 1, h, w)
+        inp = torch.cat([folded, plane], dim=1).contiguous(memory_format=torch.channels_last)
+        return x + F.pixel_shuffle(self.body(inp), 2)
+
+
 def _conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
 
@@ -203,6 +241,9 @@ class LearnedCodecConfig:
     #: Channel groups of the spatial-channel context model (``latentcomm.learned_context``), in
     #: decoding order; None = the hyperprior alone predicts the latent's distribution.
     context_groups: list[int] | None = None
+    #: Width of the residual post-network that ends the synthesis transform (:class:`PostNetwork`);
+    #: 0 = none, the synthesis ends with its last transposed convolution.
+    postnet_width: int = 0
     #: Width of the context model's 1x1 merging layers.
     context_width: int = 128
     _class_name: str = CLASS_NAME
@@ -223,6 +264,9 @@ class LearnedCodecModel(nn.Module):
         self.g_s = nn.Sequential(
             _deconv(M, N), GDN(N, True), _deconv(N, N), GDN(N, True), _deconv(N, N), GDN(N, True), _deconv(N, 3)
         )
+        #: The post-network after the synthesis (None without one): every picture goes through
+        #: :meth:`picture`, which applies it.
+        self.g_p = PostNetwork(self.config.postnet_width) if self.config.postnet_width else None
         self.h_a = nn.Sequential(
             _conv(M, H, 3, 1), nn.LeakyReLU(inplace=True), _conv(H, H), nn.LeakyReLU(inplace=True), _conv(H, H)
         )
@@ -273,16 +317,22 @@ class LearnedCodecModel(nn.Module):
         rate; straight-through rounding of ``y - mean`` for what the decoder sees, as at test time).
         """
         g, gi = self.gains(quality)
-        return self.rd_proxy(self.g_a(x).float() * g, gi)
+        return self.rd_proxy(self.g_a(x).float() * g, gi, quality=quality)
 
     def rd_proxy(
-        self, y: torch.Tensor, gi: torch.Tensor, context: bool = True, generator: torch.Generator | None = None
+        self,
+        y: torch.Tensor,
+        gi: torch.Tensor,
+        context: bool = True,
+        generator: torch.Generator | None = None,
+        quality: torch.Tensor | float | None = None,
     ) -> dict[str, torch.Tensor]:
         """The differentiable stand-in for coding a gained latent ``y``: training's and encode-time
         refinement's (:mod:`latentcomm.refine`) shared path from ``y`` to reconstruction and likelihoods.
 
         ``context=False`` models hyperprior-only frames even when the model has a context model.
         ``generator`` seeds the quantization noise (refinement does, so an encode is repeatable).
+        ``quality`` (what ``gi`` was taken at) conditions the post-network, where the model has one.
         """
         z = self.h_a(y).float()
         z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5, generator=generator)
@@ -301,7 +351,7 @@ class LearnedCodecModel(nn.Module):
             y_hat = _ste_round(y - mean) + mean
         y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5, generator=generator)
         y_like = gaussian_likelihood(y_noisy, mean, scale)
-        x_hat = self.g_s(y_hat * gi)
+        x_hat = self.picture(self.g_s(y_hat * gi), quality)
         return {"x_hat": x_hat, "y_likelihood": y_like, "z_likelihood": z_like}
 
     @staticmethod
@@ -310,6 +360,22 @@ class LearnedCodecModel(nn.Module):
         bits_y = -torch.log2(out["y_likelihood"].clamp_min(1e-9)).sum(dim=(1, 2, 3))
         bits_z = -torch.log2(out["z_likelihood"].clamp_min(1e-9)).sum(dim=(1, 2, 3))
         return bits_y + bits_z
+
+    def picture(self, x: torch.Tensor, quality: torch.Tensor | float | None) -> torch.Tensor:
+        """The synthesis output ``x`` through the post-network at ``quality`` (unchanged without one)."""
+        if self.g_p is None:
+            return x
+        if quality is None:
+            raise ValueError("a model with a post-network needs the quality of the picture it refines")
+        level = self.quality_plane(torch.as_tensor(quality, dtype=torch.float32).reshape(-1)).to(x.device)
+        return self.g_p(x, level.expand(x.shape[0]) if level.numel() == 1 else level)
+
+    def quality_plane(self, quality: torch.Tensor) -> torch.Tensor:
+        """What the post-network is told of each quality: its log-lambda (interpolated as the gains
+        are), shifted and scaled to about [-1.3, 1] over the trained levels."""
+        lams = torch.log(torch.tensor(self.config.lambdas, dtype=torch.float32))
+        lo, t = self._between_levels(quality.float().cpu())
+        return (lams[lo] * (1 - t) + lams[lo + 1] * t + 6.0) / 3.0
 
     def lambda_at(self, quality: float) -> float:
         """The rate-distortion trade-off a (fractional) quality stands for: the trained lambdas
@@ -380,7 +446,8 @@ class LearnedCodecModel(nn.Module):
         """Dequantized latent -> image in [0, 1] (float32, clamped)."""
         _, gi = self.gains(quality)
         dtype = next(self.g_s.parameters()).dtype
-        return self.g_s((y_hat.float() * gi.to(y_hat.device)).to(dtype)).float().clamp(0, 1)
+        x = self.g_s((y_hat.float() * gi.to(y_hat.device)).to(dtype))
+        return self.picture(x, quality).float().clamp(0, 1)
 
     # --- files -----------------------------------------------------------------------------------
 

@@ -70,7 +70,7 @@ def refine_latent(
         y = (y_raw.detach().clone() * g).requires_grad_(True)
         opt = torch.optim.Adam([y], lr=lr)
         for _ in tqdm(range(steps), desc="refining latent", unit="step", leave=False, disable=None):
-            out = model.rd_proxy(y, gi, context=context, generator=gen)
+            out = model.rd_proxy(y, gi, context=context, generator=gen, quality=quality)
             bits = model.code_length(out).sum()
             mse = (out["x_hat"][:, :, :h, :w].float() - target).pow(2).mean()
             # The latent's gradient only: autograd.grad skips the weights' (as fast as frozen weights,

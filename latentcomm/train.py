@@ -204,16 +204,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m latentcomm.train",
         description=__doc__.split("\n")[0]
-        + " (--objective codec, context or decoder trains the learned codec instead: see --objective codec --help)",
+        + " (--objective codec, context, decoder or postnet trains the learned codec instead: see --objective codec"
+        " --help)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--objective",
-        choices=["reconstruction", "codec", "context", "decoder"],
+        choices=["reconstruction", "codec", "context", "decoder", "postnet"],
         default="reconstruction",
         help="reconstruction: the embedded AutoencoderKL; codec: the learned codec (rate + lambda * distortion); "
         "context: a context model on a trained codec's frozen transforms (rate only); "
-        "decoder: a trained codec's decoder on its frozen bitstream (quality at identical bytes)",
+        "decoder: a trained codec's decoder on its frozen bitstream (quality at identical bytes); "
+        "postnet: a residual post-network after a trained codec's frozen decoder (quality at identical bytes)",
     )
     p.add_argument(
         "--data", type=Path, default=data.PHOTOS_DIR, help="folder of training photos (held-out ones are skipped)"
@@ -287,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     # --objective picks the model being trained: the embedded AutoencoderKL (reconstruction, here)
     # or the learned codec (rate + lambda * distortion, latentcomm.train_codec, its own flags).
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--objective", choices=["reconstruction", "codec", "context", "decoder"], default="reconstruction")
+    pre.add_argument(
+        "--objective", choices=["reconstruction", "codec", "context", "decoder", "postnet"], default="reconstruction"
+    )
     known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
     if known.objective == "codec":
         from latentcomm import train_codec
@@ -301,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         from latentcomm import train_decoder
 
         return train_decoder.main(rest)
+    if known.objective == "postnet":
+        from latentcomm import train_postnet
+
+        return train_postnet.main(rest)
     args = parse_args(rest)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from diffusers import AutoencoderKL

@@ -396,7 +396,7 @@ def evaluate(
                     y_hat, mean, scale = model.context.run(scale, mean, rounded_fetch(model, y))
                 else:
                     y_hat = torch.round(y - mean) + mean
-                x_hat = model.g_s(y_hat * gi).float()[:, :, :h, :w].clamp(0, 1)
+                x_hat = model.picture(model.g_s(y_hat * gi), q).float()[:, :, :h, :w].clamp(0, 1)
             bits = -torch.log2(gaussian_likelihood(y_hat, mean, scale).clamp_min(1e-9)).sum()
             bits += -torch.log2(model.z_density.likelihood(z).clamp_min(1e-9)).sum()
             bpps.append(bits.item() / (h * w))

@@ -102,7 +102,7 @@ def rounded_latent(model: LearnedCodecModel, x: torch.Tensor, quality: torch.Ten
 
 def decode(model: LearnedCodecModel, y_hat: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     _, gi = model.gains(quality)
-    return model.g_s(y_hat * gi)
+    return model.picture(model.g_s(y_hat * gi), quality)
 
 
 def quality_loss(x_hat: torch.Tensor, x: torch.Tensor, msssim_weight: float) -> tuple[torch.Tensor, dict]:
@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     model.requires_grad_(False).eval()
+    # A post-network, where the model has one, stays as it is (``--objective postnet`` trains it);
+    # the pictures this objective scores go through it.
     trained = [*model.g_s.parameters(), model.log_inv_gain]
     for p in trained:
         p.requires_grad_(True)
