@@ -458,6 +458,13 @@ def lic_status(r: Results) -> str:
             f". Last, its decoder was fine-tuned on the frozen bitstream (every image codes to the same bytes) "
             f"for {dec['cpu_seconds'] / 60:.0f} minutes of CPU ({dec['steps']:,} steps, {dec['objective']})"
         )
+    post = t.get("postnet")
+    if post:
+        where += (
+            f". After that, a residual post-network (width {post['width']}) was added after its synthesis and "
+            f"trained on the frozen codec's decoded pictures of {post['pairs']:,} training crops (every image codes to "
+            f"the same bytes) for {post['cpu_seconds'] / 60:.0f} minutes of CPU ({post['steps']:,} steps)"
+        )
     return (
         f"**Status: an early model.** {where}; models of this kind converge over 10^5-10^6 steps. "
         "Training resumes where it stopped (`python -m latentcomm.train --objective codec`, or "
