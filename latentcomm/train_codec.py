@@ -530,17 +530,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def inherited_config(checkpoint: Path | None, init_from: Path | None) -> dict:
+    """The model config of the checkpoint a run resumes, else of its --init-from weights ({} if none)."""
+    if checkpoint is not None and checkpoint.exists():
+        return torch.load(checkpoint, map_location="cpu", weights_only=False).get("config", {})
+    if init_from is not None and (init_from / "config.json").is_file():
+        try:
+            return json.loads((init_from / "config.json").read_text())
+        except ValueError:
+            return {}  # from_pretrained says what is wrong with it, below
+    return {}
+
+
 def inherited_context(checkpoint: Path | None, init_from: Path | None) -> tuple[list[int] | None, int]:
     """The context model (groups, width) of the checkpoint a run resumes, else of its --init-from
     weights: training the shipped model goes on with its context model, jointly."""
-    cfg: dict = {}
-    if checkpoint is not None and checkpoint.exists():
-        cfg = torch.load(checkpoint, map_location="cpu", weights_only=False).get("config", {})
-    elif init_from is not None and (init_from / "config.json").is_file():
-        try:
-            cfg = json.loads((init_from / "config.json").read_text())
-        except ValueError:
-            cfg = {}  # from_pretrained says what is wrong with it, below
+    cfg = inherited_config(checkpoint, init_from)
     return cfg.get("context_groups"), cfg.get("context_width", LearnedCodecConfig.context_width)
 
 
@@ -633,7 +638,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     else:  # keep the context model of what this run continues: its checkpoint, else --init-from
         groups, width = inherited_context(args.run_dir / "last.pt" if args.resume else None, args.init_from)
-    config = LearnedCodecConfig(N=args.N, M=args.M, H=args.H, context_groups=groups, context_width=width)
+    # A post-network (``--objective postnet``) stays and trains jointly, as the context model does.
+    resumed = args.run_dir / "last.pt" if args.resume else None
+    postnet = inherited_config(resumed, args.init_from).get("postnet_width", 0)
+    config = LearnedCodecConfig(
+        N=args.N, M=args.M, H=args.H, context_groups=groups, context_width=width, postnet_width=postnet
+    )
     model = LearnedCodecModel(config).to(device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
