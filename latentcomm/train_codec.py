@@ -531,7 +531,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def inherited_config(checkpoint: Path | None, init_from: Path | None) -> dict:
-    """The model config of the checkpoint a run resumes, else of its --init-from weights ({} if none)."""
+    """The model config of the checkpoint a run resumes, else of its --init-from weights ({} if none):
+    training the shipped model goes on with its context model and post-network, jointly."""
     if checkpoint is not None and checkpoint.exists():
         return torch.load(checkpoint, map_location="cpu", weights_only=False).get("config", {})
     if init_from is not None and (init_from / "config.json").is_file():
@@ -540,13 +541,6 @@ def inherited_config(checkpoint: Path | None, init_from: Path | None) -> dict:
         except ValueError:
             return {}  # from_pretrained says what is wrong with it, below
     return {}
-
-
-def inherited_context(checkpoint: Path | None, init_from: Path | None) -> tuple[list[int] | None, int]:
-    """The context model (groups, width) of the checkpoint a run resumes, else of its --init-from
-    weights: training the shipped model goes on with its context model, jointly."""
-    cfg = inherited_config(checkpoint, init_from)
-    return cfg.get("context_groups"), cfg.get("context_width", LearnedCodecConfig.context_width)
 
 
 def learning_rate(args: argparse.Namespace, fresh_steps: int, frac_elapsed: float) -> float:
@@ -627,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
                 img = center_crop_square(img, args.eval_size)
             heldout.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255.0)
 
+    inherited = inherited_config(args.run_dir / "last.pt" if args.resume else None, args.init_from)
     groups, width = None, LearnedCodecConfig.context_width
     if args.context_groups:
         from latentcomm.train_context import parse_groups
@@ -637,10 +632,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     else:  # keep the context model of what this run continues: its checkpoint, else --init-from
-        groups, width = inherited_context(args.run_dir / "last.pt" if args.resume else None, args.init_from)
+        groups, width = inherited.get("context_groups"), inherited.get("context_width", width)
     # A post-network (``--objective postnet``) stays and trains jointly, as the context model does.
-    resumed = args.run_dir / "last.pt" if args.resume else None
-    postnet = inherited_config(resumed, args.init_from).get("postnet_width", 0)
+    postnet = inherited.get("postnet_width", 0)
     config = LearnedCodecConfig(
         N=args.N, M=args.M, H=args.H, context_groups=groups, context_width=width, postnet_width=postnet
     )
