@@ -198,6 +198,13 @@ def _block_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 #: Learned latents are 16x smaller than the image and the hyper-latent 64x: images are padded to this.
 LEARNED_PAD = 64
+#: The learned synthesis runs in tiles of this many latent rows and columns (16 pixels each) on
+#: pictures larger than one tile (1024x1024 pixels), with SYNTHESIS_MARGIN latent rows of overlap
+#: on every side: the four transposed convolutions see under two latent positions around a pixel,
+#: the post-network half of one. Peak memory then stays near one tile's, measured in
+#: benchmarks/decode_memory.py.
+SYNTHESIS_TILE = 64
+SYNTHESIS_MARGIN = 4
 
 
 def _symbols_crc(z: np.ndarray, y: np.ndarray) -> int:
@@ -495,10 +502,32 @@ class LearnedCodec(ImageCodec):
         float32 on the CPU, in [0, 1]. What every decode shows, and what a post-filter (either
         side's) starts from. The quality conditions the model's post-network, where it has one."""
         oh, ow = hw
+        _, _, h, w = latent.shape
+        if h * w <= SYNTHESIS_TILE**2:
+            return self._synthesis_tile(latent, quality)[:, :, :oh, :ow]
+        # Large pictures in tiles, so memory stays bounded whatever size a frame claims (a 4096x4096
+        # picture in one pass took 6.9 GB). Each tile's latent carries SYNTHESIS_MARGIN extra rows
+        # and columns, more than the synthesis and post-network see around a pixel, and only its
+        # centre is kept: the seams fall where both neighbours computed the same pixels.
+        out = torch.empty((1, 3, oh, ow), dtype=torch.float32)
+        m, t, up = SYNTHESIS_MARGIN, SYNTHESIS_TILE, LEARNED_PAD // 4
+        for y0 in range(0, h, t):
+            for x0 in range(0, w, t):
+                ys, xs = max(0, y0 - m), max(0, x0 - m)
+                tile = self._synthesis_tile(latent[:, :, ys : min(h, y0 + t + m), xs : min(w, x0 + t + m)], quality)
+                py, px = y0 * up, x0 * up
+                ph, pw = min(oh, (y0 + t) * up) - py, min(ow, (x0 + t) * up) - px
+                if ph > 0 and pw > 0:
+                    oy, ox = (y0 - ys) * up, (x0 - xs) * up
+                    out[:, :, py : py + ph, px : px + pw] = tile[:, :, oy : oy + ph, ox : ox + pw]
+        return out
+
+    def _synthesis_tile(self, latent: torch.Tensor, quality: float) -> torch.Tensor:
+        """Synthesis and post-network of a whole (piece of a) latent: float32 on the CPU, in [0, 1]."""
         with torch.inference_mode(), self._autocast():
             x = self.model.g_s(latent.float().to(self.device).contiguous(memory_format=torch.channels_last))
             x = self.model.picture(x, quality)
-        return x[:, :, :oh, :ow].float().clamp(0, 1).cpu()
+        return x.float().clamp(0, 1).cpu()
 
     def _decoded_uint8(self, latent: torch.Tensor, hw: tuple[int, int], quality: float) -> np.ndarray:
         """:meth:`_synthesis` rounded to 8 bits (HxWx3): the post-filter's input."""

@@ -8,6 +8,9 @@ rejected frames as they change, without reloading. Images come from `/image/{sen
 
 With a token (required beyond loopback), every request, the event stream included, must carry it
 as ``?token=...`` or ``Authorization: Bearer ...``; the page passes on the token it was opened with.
+Without one, only requests whose ``Host`` names this machine's loopback (``localhost``, 127.x,
+``[::1]``) are answered: a web page on another site that rebinds its own name to 127.0.0.1 (DNS
+rebinding) sends its own name as the Host, and is refused.
 """
 
 from __future__ import annotations
@@ -73,6 +76,14 @@ class SenderStats:
         }
 
 
+def sender_name(peer: str) -> str:
+    """The card a frame belongs on: a TCP peer's address without its (per-connection) port, a broker
+    sender's whole client id (``mqtt:<id>``: every unsealed broker sender was once one card "mqtt")."""
+    if peer.startswith("mqtt:"):
+        return peer
+    return peer.rsplit(":", 1)[0]
+
+
 def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
@@ -110,10 +121,15 @@ class DashboardState:
         """One decoded image (the receiver's report dict and the pictures)."""
         from latentcomm.metrics import psnr, ssim
 
-        sender = report.get("key_id") or str(report.get("peer", "?")).rsplit(":", 1)[0]
-        quality = {}
+        sender = report.get("key_id") or sender_name(str(report.get("peer", "?")))
+        quality: dict = {}
         if original is not None and original.size == recon.size:
-            quality = {"psnr_db": round(psnr(original, recon), 2), "ssim": round(ssim(original, recon), 4)}
+            try:
+                value = ssim(original, recon)
+                quality = {"psnr_db": round(psnr(original, recon), 2),
+                           "ssim": round(value, 4) if value is not None else None}  # fmt: skip
+            except Exception:  # a figure on the page is never worth a frame: log it and show none
+                log.exception("dashboard: no PSNR/SSIM for an image from %s", report.get("peer"))
         recon_png, original_png = _png(recon), _png(original) if original is not None else b""
         now = time.time()
         with self._lock:
@@ -178,12 +194,19 @@ def build_app(state: DashboardState, token: str | None = None):
 
     class TokenCheck(BaseHTTPMiddleware):
         async def dispatch(self, request, call_next):
-            if token is not None:
+            if token is None:
+                if not loopback_host(request.headers.get("host", "")):
+                    return PlainTextResponse(
+                        "this dashboard answers only to localhost (start it with --dashboard-token to serve other "
+                        "host names)\n",
+                        status_code=403,
+                    )
+            else:
                 given = request.query_params.get("token", "")
                 auth = request.headers.get("authorization", "")
                 if auth.lower().startswith("bearer "):
                     given = auth[7:]
-                if not hmac.compare_digest(given.encode(), token.encode()):
+                if not hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8", "replace")):
                     return PlainTextResponse("dashboard token missing or wrong\n", status_code=401)
             return await call_next(request)
 
@@ -231,6 +254,35 @@ def build_app(state: DashboardState, token: str | None = None):
         Route("/image/{sender}/{kind}.png", image),
     ]
     return Starlette(routes=routes, middleware=[Middleware(TokenCheck)])
+
+
+def loopback_host(host_header: str) -> bool:
+    """Does an HTTP Host header name this machine's loopback (``localhost``, ``127.0.0.1:8080``,
+    ``[::1]:8080``)? Anything else, a rebound domain included, is not."""
+    import ipaddress
+
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        inside, _, rest = host[1:].partition("]")
+        host = inside if rest == "" or (rest.startswith(":") and rest[1:].isdigit()) else ""
+    elif host.count(":") == 1:
+        host, port = host.split(":", 1)
+        if not port.isdigit():
+            return False
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_token(token: str) -> str:
+    """A dashboard token must be printable ASCII without spaces (it travels in a URL and a header):
+    ValueError with the reason otherwise (a non-UTF-8 command-line token made every request fail)."""
+    if not token or len(token) > 512 or not all(33 <= ord(c) < 127 for c in token):
+        raise ValueError("a dashboard token must be 1-512 printable ASCII characters without spaces")
+    return token
 
 
 def _finite(value):

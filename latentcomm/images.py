@@ -80,14 +80,20 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageError(f"cannot read image {p}: {exc}") from None
 
 
-def decode_image_bytes(data: bytes, max_pixels: int | None = None) -> Image.Image:
+def decode_image_bytes(
+    data: bytes, max_pixels: int | None = None, formats: tuple[str, ...] | None = None
+) -> Image.Image:
     """Decode encoded image bytes (PNG, JPEG...) to RGB; ImageError if they are not an image.
 
     ``max_pixels`` is checked from the file header, before any pixel is decoded, so a small file
     that claims a huge canvas (a "decompression bomb") is refused without allocating it.
+    ``formats`` (Pillow names, e.g. ``("PNG",)``): only these decoders may touch the bytes, so a
+    peer can't reach Pillow's other, less exercised parsers through a field the spec calls PNG.
     """
+    if formats == ("PNG",) and not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ImageError("invalid image bytes: not a PNG (no PNG signature)")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=list(formats) if formats else None) as img:
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise ImageError(f"image of {img.width}x{img.height} exceeds {max_pixels} pixels")
             img.load()

@@ -24,12 +24,20 @@ def psnr(reference: Image.Image | np.ndarray, test: Image.Image | np.ndarray) ->
     return float(peak_signal_noise_ratio(a, b, data_range=255))
 
 
-def ssim(reference: Image.Image | np.ndarray, test: Image.Image | np.ndarray) -> float:
-    """Mean SSIM over RGB channels (scikit-image defaults: 7x7 uniform window)."""
+def ssim(reference: Image.Image | np.ndarray, test: Image.Image | np.ndarray) -> float | None:
+    """Mean SSIM over RGB channels (scikit-image defaults: 7x7 uniform window).
+
+    A picture narrower than 7 pixels gets the largest odd window that fits (3 or 5); one narrower
+    than 3 has no SSIM (None): there is no neighbourhood to compare.
+    """
     a, b = _u8(reference), _u8(test)
     if a.shape != b.shape:
         raise ValueError(f"images differ in size: {a.shape} vs {b.shape}")
-    return float(structural_similarity(a, b, channel_axis=-1, data_range=255))
+    side = min(a.shape[:2])
+    if side < 3:
+        return None
+    win = min(7, side if side % 2 else side - 1)
+    return float(structural_similarity(a, b, channel_axis=-1, data_range=255, win_size=win))
 
 
 def ms_ssim(reference: Image.Image | np.ndarray, test: Image.Image | np.ndarray) -> float:

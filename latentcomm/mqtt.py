@@ -20,7 +20,11 @@ throughput. Delivery is at least once, end to end:
 - a sender waits for the receivers' ACK per frame and publishes it again when none comes in
   ``ack_timeout`` (a receiver died holding it, the broker restarted): another receiver of the group
   takes it, and the sender knows per image what was decoded;
-- receivers drop duplicates by (sender id, seq), answering them OK again without decoding twice.
+- receivers drop duplicates by (sender id, seq), answering them again without decoding twice, but
+  only when the copy is the same frame (its SHA-256); another frame under a used (sender id, seq) is
+  refused. A sealed sender's id is its stream id, which every sealed frame authenticates, so a frame
+  of one stream replayed on another sender's topic is refused and can't make that sender's real
+  frames look like duplicates.
 
 Which receiver decodes which frame is the broker's choice, so two receivers can each decode one
 copy of a frame the sender published twice; the receivers' reports, merged by (sender, seq), count
@@ -33,6 +37,7 @@ refuse replayed counters, and a sender accepts only authenticated acknowledgemen
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import threading
@@ -40,6 +45,7 @@ import time
 import uuid
 from collections import OrderedDict
 from concurrent.futures import Future
+from pathlib import Path
 from urllib.parse import urlparse
 
 from latentcomm import protocol_v2 as v2
@@ -51,6 +57,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "receivers"
 DEDUP_WINDOW = 100_000
+#: The only answers a sealed sender takes in clear (docs/security.md): from a receiver without its key.
+PLAINTEXT_REFUSALS = (v2.Status.UNKNOWN_KEY, v2.Status.SEALING_REQUIRED)
 
 
 def parse_broker(url: str) -> tuple[str, int]:
@@ -127,7 +135,14 @@ class MqttSender:
         key: secure.Key | None = None,
     ) -> None:
         self.sealer = secure.BrokerSealer(key) if key is not None else None
+        if self.sealer is not None:
+            # A sealed sender's topic id is its stream id: authenticated in every frame, so receivers
+            # can refuse a frame of one stream republished on another sender's topic.
+            if sender_id is not None and sender_id != self.sealer.stream_id.hex():
+                raise LatentcommError("a sealed broker sender's id is its stream id; don't give sender_id")
+            sender_id = self.sealer.stream_id.hex()
         self.forged_acks = 0
+        self._authenticated = False  # a sealed acknowledgement has come: no plaintext answer counts now
         self.host, self.port = parse_broker(broker)
         self.topic = check_topic(topic)
         self.sender_id = sender_id or uuid.uuid4().hex[:16]
@@ -183,10 +198,16 @@ class MqttSender:
             return
         if not isinstance(event, v2.Ack):
             return
-        if self.sealer is not None and not sealed and event.ok:
-            self.forged_acks += 1  # only a refusal may come in clear (a receiver without our key)
-            log.warning("an unauthenticated acknowledgement claimed success: ignored")
-            return
+        if self.sealer is not None and not sealed:
+            # In clear, only a receiver that can't open our stream may speak (UNKNOWN_KEY, or
+            # SEALING_REQUIRED), and only until a receiver has answered us authenticated: after
+            # that, anyone without the key could end this sender with a forged refusal.
+            if event.ok or event.status not in PLAINTEXT_REFUSALS or self._authenticated:
+                self.forged_acks += 1
+                log.warning("an unauthenticated acknowledgement (%s) ignored: forged, or stale", event.status.name)
+                return
+        elif self.sealer is not None:
+            self._authenticated = True
         self._acks.put(event)
 
     def __enter__(self) -> MqttSender:
@@ -239,10 +260,11 @@ class MqttServer:
         wait_for: float = 10.0,
         keyring: secure.Keyring | None = None,
         session_expiry: int = DEFAULT_SESSION_EXPIRY,
+        replay_state: Path | None = None,
     ) -> None:
         if session_expiry < 0 or session_expiry > 0xFFFFFFFF:
             raise LatentcommError(f"--session-expiry {session_expiry}: give 0 to 4294967295 seconds")
-        self.opener = secure.BrokerOpener(keyring, v2_limits) if keyring else None
+        self.opener = secure.BrokerOpener(keyring, v2_limits, replay_state) if keyring else None
         self.host, self.port = parse_broker(broker)
         self.topic = check_topic(topic)
         if not group or any(c in group for c in "/#+"):
@@ -255,7 +277,9 @@ class MqttServer:
         self.active_connections = 0
         self.address = (f"mqtt://{self.host}", self.port)
         self.client_id = client_id or f"latentcomm-recv-{uuid.uuid4().hex[:12]}"
-        self._done: OrderedDict[tuple[str, int], v2.Ack] = OrderedDict()
+        #: (sender, seq) -> (SHA-256 of the frame, the answer given): a copy is answered again only if
+        #: it is the same frame; another frame under a used (sender, seq) is refused, never answered OK.
+        self._done: OrderedDict[tuple[str, int], tuple[bytes, v2.Ack]] = OrderedDict()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self.client = _client(self.client_id, manual_ack=True, v5=True)
@@ -294,6 +318,11 @@ class MqttServer:
         if self.opener is not None:
             try:
                 payload, key_id, stream = self.opener.open(msg.payload)
+                if stream.hex() != sender:
+                    raise secure.SealError(
+                        f"a frame of sealed stream {stream.hex()[:16]}... published on sender {sender[:32]!r}'s topic "
+                        "(replayed from another stream)"
+                    )
             except secure.SealError as exc:
                 self._reject(peer, str(exc))
                 if exc.status in (v2.Status.UNKNOWN_KEY, v2.Status.SEALING_REQUIRED):
@@ -317,14 +346,21 @@ class MqttServer:
             client.ack(msg.mid, msg.qos)
             return
         key = (sender, frame.seq)
+        digest = hashlib.sha256(payload).digest()
         with self._lock:
             done = self._done.get(key)
-        if done is not None:  # a copy the sender published again: answer, don't decode twice
+        if done is not None:
+            if done[0] != digest:
+                reason = f"seq {frame.seq} was already used for another frame of this sender: refused"
+                self._reject(peer, reason)
+                self._answer(sender, v2.Ack(frame.seq, v2.Status.MALFORMED, reason), msg, key_id, stream)
+                return
+            # A copy the sender published again: answer, don't decode twice.
             log.info("duplicate of %s seq %d: answered again, not decoded", peer, frame.seq)
-            self._answer(sender, done, msg, key_id, stream)
+            self._answer(sender, done[1], msg, key_id, stream)
             return
         reply: Future = Future()
-        reply.add_done_callback(lambda f: self._finished(sender, frame.seq, f.result(), msg, key_id, stream))
+        reply.add_done_callback(lambda f: self._finished(sender, frame.seq, f.result(), msg, key_id, stream, digest))
         try:
             self.frames.put_nowait(ReceivedFrame(frame, peer, len(msg.payload), 0.0, reply, key_id))
             with self._lock:
@@ -332,10 +368,10 @@ class MqttServer:
         except queue.Full:  # never PUBACKed: the broker keeps it, the sender's timeout sends it again
             log.warning("decode queue full: frame %s seq %d left with the broker", peer, frame.seq)
 
-    def _finished(self, sender: str, seq: int, ack: v2.Ack, msg, key_id=None, stream=None) -> None:
+    def _finished(self, sender: str, seq: int, ack: v2.Ack, msg, key_id=None, stream=None, digest=b"") -> None:
         if ack.status != v2.Status.SHUTTING_DOWN:
             with self._lock:
-                self._done[(sender, seq)] = ack
+                self._done[(sender, seq)] = (digest, ack)
                 while len(self._done) > DEDUP_WINDOW:
                     self._done.popitem(last=False)
             self._answer(sender, ack, msg, key_id, stream)

@@ -19,11 +19,12 @@ from PIL import Image
 from latentcomm import protocol_v2 as v2
 from latentcomm.codec import decode_latent
 from latentcomm.codecs import ImageCodec, VaeCodec
-from latentcomm.display import Viewer, display_available, save_outputs
+from latentcomm.display import Viewer, display_available
 from latentcomm.engine import Engine
 from latentcomm.errors import ImageError, LatentcommError, RemoteProtocolError
 from latentcomm.images import crop_to, decode_image_bytes, tensor_to_pil, unit_float_to_image
 from latentcomm.protocol import LATENT_CHANNELS, LegacyFrame
+from latentcomm.store import OutputStore
 from latentcomm.transport import SHUTDOWN_GRACE_S, FrameServer, ReceivedFrame
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class ReceiverOptions:
     show: bool = True
     once: bool = False
     json_lines: bool = False
+    max_disk_bytes: int | None = None  # --max-disk: the pictures in out_dir, oldest pruned past it
 
 
 @dataclass
@@ -47,6 +49,25 @@ class Summary:
     images_ok: int = 0
     rejected: int = 0
     bytes_received: int = 0
+
+
+def printable(text: str) -> str:
+    """A peer's text for a terminal: printable characters as they are, every other one (newlines,
+    ESC and the rest of C0/C1, bidi controls, lone surrogates) as a visible backslash escape, so a
+    text can neither move the cursor, recolour the screen nor forge a report line."""
+    out = []
+    for c in text:
+        if c.isprintable() and c != "\\":
+            out.append(c)
+        elif c == "\\":
+            out.append("\\\\")
+        else:
+            code = ord(c)
+            out.append(
+                {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c)
+                or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+            )
+    return "".join(out)
 
 
 class Rejected(LatentcommError):
@@ -94,6 +115,7 @@ class Receiver:
                 log.warning(
                     "no display available; saving images to %s instead of showing them", self.opts.out_dir.resolve()
                 )
+        self.store = OutputStore(self.opts.out_dir, options.max_disk_bytes) if self.opts.out_dir is not None else None
 
     # -- decoding ---------------------------------------------------------------------------------
 
@@ -122,7 +144,7 @@ class Receiver:
         oh, ow = f.image_size
         original = None
         if f.reference_png is not None:
-            original = decode_image_bytes(f.reference_png, max_pixels=oh * ow)
+            original = decode_image_bytes(f.reference_png, max_pixels=oh * ow, formats=("PNG",))
             if original.size != (ow, oh):
                 raise Rejected(v2.Status.MALFORMED, f"reference image is {original.size}, expected {(ow, oh)}")
         image = codec.decode(f.encoding, f.compression, f.shape, f.payload, f.params, f.image_size)
@@ -160,9 +182,9 @@ class Receiver:
         size = f.image_size
         recon = tensor_to_pil(image)
         decode_s = time.perf_counter() - t0
-        # Counts every decoded image, saved or not, so a failed save never blocks the next file name.
         self._decoded += 1
-        index = self._decoded
+        # The picture's number: with --out, the next file number (continued from what the folder holds).
+        index = self.store.next_index if self.store is not None else self._decoded
         report = {
             "index": index,
             "peer": item.peer,
@@ -178,9 +200,10 @@ class Receiver:
             "receive_s": round(item.receive_seconds, 4),
             "decode_s": round(decode_s, 4),
         }
-        if self.opts.out_dir is not None:
+        if self.store is not None:
             try:
-                recon_path, compare_path = save_outputs(self.opts.out_dir, index, original, recon)
+                index, recon_path, compare_path = self.store.save(original, recon)
+                report["index"] = index
             except OSError as exc:  # a full disk, a file where the folder should be: this image fails, not the server
                 reason = f"decoded but not saved to {self.opts.out_dir}: {exc.strerror or exc}"
                 log.error("image from %s: %s", item.peer, reason)
@@ -194,7 +217,10 @@ class Receiver:
             report.update(recon_path=str(recon_path), compare_path=str(compare_path))
         if self.viewer is not None:
             title = f"#{index} from {item.peer}: {len(f.payload):,} byte latent"
-            self.viewer.show(original, recon, title, block=self.opts.once, text=report.get("text"))
+            try:
+                self.viewer.show(original, recon, title, block=self.opts.once, text=report.get("text"))
+            except Exception:  # a window that fails never takes the server down: the image is decoded and saved
+                log.exception("could not show image #%d from %s", index, item.peer)
         report["decode_display_s"] = round(time.perf_counter() - t0, 4)
         self.summary.images_ok += 1
         if self.opts.out_dir is not None:
@@ -204,7 +230,10 @@ class Receiver:
             except OSError as exc:
                 log.error("could not append to %s: %s", self.opts.out_dir / "images.jsonl", exc.strerror or exc)
         if self.dashboard is not None:  # before the ack: what a sender was told arrived is on the page
-            self.dashboard.on_image(report, recon, original)
+            try:
+                self.dashboard.on_image(report, recon, original)
+            except Exception:  # the page's figures are never worth the receiver: log and go on
+                log.exception("dashboard could not take image #%d from %s", index, item.peer)
         if item.reply is not None:
             item.reply.set_result(v2.Ack(f.seq, v2.Status.OK, ""))
         self._print(report)
@@ -216,7 +245,7 @@ class Receiver:
             seq = getattr(item.frame, "seq", None)
             print(json.dumps({"peer": item.peer, "seq": seq, "error": reason}), file=self.stdout, flush=True)
         else:
-            print(f"Image from {item.peer}: FAILED: {reason}", file=self.stdout, flush=True)
+            print(f"Image from {item.peer}: FAILED: {printable(reason)}", file=self.stdout, flush=True)
 
     def _print(self, r: dict) -> None:
         if self.opts.json_lines:
@@ -232,8 +261,8 @@ class Receiver:
         ]
         if "recon_path" in r:
             lines.append(f"  Saved:                   {r['compare_path']}, {r['recon_path']}")
-        if "text" in r:
-            lines.append(f"  Text:                    {r['text']}")
+        if "text" in r:  # a peer's text, escaped: no escape sequence or newline reaches the terminal raw
+            lines.append(f"  Text:                    {printable(r['text'])}")
         print("\n".join(lines), file=self.stdout, flush=True)
 
     # -- serving ------------------------------------------------------------------------------------

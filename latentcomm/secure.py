@@ -298,6 +298,10 @@ class SecureConnection(v2.ReceiveBuffer):
             raise RemoteProtocolError(f"unsupported protocol version {version}")
         if mtype not in (TYPE_HELLO, TYPE_SEALED):
             return self._plaintext(mtype, body_len, avail)
+        if mtype == TYPE_SEALED and self._in is None:
+            # Decided from the 12-byte prefix: a stranger who never said hello can't make this
+            # connection buffer a body (up to the frame limit) before being refused.
+            raise SealError("a sealed frame before the handshake", v2.Status.MALFORMED)
         limit = self._limit(mtype)
         if body_len > limit:
             raise SealError(f"sealed message of {body_len} bytes exceeds the limit of {limit}", v2.Status.MALFORMED)
@@ -491,14 +495,70 @@ class BrokerSealer:
             raise SealError("a sealed acknowledgement failed authentication (forged or tampered)") from None
 
 
+#: Streams whose replay memory a receiver keeps on disk (the least recently used are forgotten).
+PERSISTED_STREAMS = 4096
+
+
 class BrokerOpener:
     """Receiver side: opens sealed frames of any stream whose key it holds, refuses replayed counters,
-    seals the acknowledgements."""
+    seals the acknowledgements.
 
-    def __init__(self, keyring: Keyring, limits: v2.Limits | None = None) -> None:
+    ``state_path``: where the replay memory (per stream, the newest counter and which of the 4,096
+    before it were seen) is kept across restarts, rewritten atomically after every frame opened, so
+    a restarted receiver refuses a frame it opened before instead of decoding it again.
+    """
+
+    def __init__(self, keyring: Keyring, limits: v2.Limits | None = None, state_path: Path | None = None) -> None:
         self.keyring = keyring
         self.limits = limits or v2.Limits()
+        self.state_path = state_path
         self._streams: dict[tuple[bytes, bytes], tuple[ChaCha20Poly1305, ChaCha20Poly1305, set, list]] = {}
+        if state_path is not None:
+            self._load()
+
+    def _load(self) -> None:
+        import json
+
+        assert self.state_path is not None
+        try:
+            saved = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            raise LatentcommError(
+                f"replay memory {self.state_path} is unreadable ({exc}); move it away to start anew"
+            ) from None
+        for entry in saved.get("streams", []):
+            try:
+                key_id, stream_id = bytes.fromhex(entry["key_id"]), bytes.fromhex(entry["stream_id"])
+                high, bits = int(entry["high"]), int.from_bytes(base64.b64decode(entry["seen"]), "big")
+            except (KeyError, ValueError, TypeError):
+                continue
+            key = self.keyring.get(key_id)
+            if key is None:
+                continue  # a key no longer held: its frames are refused anyway
+            s2r, r2s = _stream_keys(key, stream_id)
+            seen = {high - i for i in range(REPLAY_WINDOW) if bits >> i & 1}
+            self._streams[(key_id, stream_id)] = (ChaCha20Poly1305(s2r), ChaCha20Poly1305(r2s), seen, [high])
+        log.info("replay memory of %d sealed stream(s) restored from %s", len(self._streams), self.state_path)
+
+    def _save(self) -> None:
+        import json
+
+        assert self.state_path is not None
+        streams = []
+        for (key_id, stream_id), (_, _, seen, high) in list(self._streams.items())[-PERSISTED_STREAMS:]:
+            bits = sum(1 << (high[0] - c) for c in seen if 0 <= high[0] - c < REPLAY_WINDOW)
+            streams.append({
+                "key_id": key_id.hex(), "stream_id": stream_id.hex(), "high": high[0],
+                "seen": base64.b64encode(bits.to_bytes(REPLAY_WINDOW // 8, "big")).decode(),
+            })  # fmt: skip
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps({"version": 1, "streams": streams}))
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            log.error("could not save the replay memory to %s: %s", self.state_path, exc.strerror or exc)
 
     def open(self, data: bytes) -> tuple[bytes, str, bytes]:
         """(inner v2 message, key id hex, stream id) of a sealed frame, or SealError."""
@@ -526,7 +586,10 @@ class BrokerOpener:
         high[0] = max(high[0], counter)
         if len(seen) > 2 * REPLAY_WINDOW:
             seen.difference_update([c for c in seen if c + REPLAY_WINDOW <= high[0]])
-        self._streams[(key_id, stream_id)] = state
+        self._streams.pop((key_id, stream_id), None)
+        self._streams[(key_id, stream_id)] = state  # most recently used last
+        if self.state_path is not None:
+            self._save()
         return inner, key.key_id_hex, stream_id
 
     def seal_ack(self, key_id_hex: str, stream_id: bytes, inner: bytes) -> bytes:

@@ -13,6 +13,7 @@ sized to what the link carries in one frame interval, and encoding overlaps send
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -43,8 +44,8 @@ def parse_rate(text: str) -> float:
         value = float(t[:-1] if t[-1:] in "kmg" else t) * mult
     except ValueError:
         raise ValueError(f"not a rate: {text!r} (examples: 64k, 256k, 1M)") from None
-    if not value > 0:
-        raise ValueError(f"rate must be positive, got {text!r}")
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"rate must be positive and finite, got {text!r}")
     return value
 
 

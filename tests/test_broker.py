@@ -229,3 +229,74 @@ def test_sealed_frames_through_the_broker(broker, tmp_path, start_receiver):
     assert sender.forged_acks == 1
     sender.close()
     forger.loop_stop()
+
+
+def test_a_sealed_stream_replayed_on_another_topic_or_after_a_restart_is_refused(broker, tmp_path, start_receiver):
+    """Hardening II, items 4 and 5. A recorded sealed stream republished on a new sender's topic can't
+    make that sender's real frames look like duplicates (to a receiver of the group that had not seen
+    it); republished after the receiver that decoded it restarted, it is refused (the replay memory is
+    kept in --out); and plaintext refusals, which anyone can publish, never end a sender that has had
+    authenticated acknowledgements."""
+    import paho.mqtt.client as mqtt
+
+    from latentcomm import protocol_v2 as v2
+    from latentcomm import secure
+    from latentcomm.codecs import LEARNED_MODEL_DIR, LearnedCodec
+    from latentcomm.images import pil_to_tensor
+    from latentcomm.mqtt import MqttSender
+
+    key = secure.generate_key(tmp_path / "k.key")
+    recorded: list[tuple[str, bytes]] = []
+    spy = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    spy.on_message = lambda c, u, m: recorded.append((m.topic, m.payload))
+    spy.connect("127.0.0.1", broker.port)
+    spy.subscribe("latentcomm/cams/frames/#", qos=1)
+    spy.loop_start()
+    sealed = ("--key", str(tmp_path / "k.key"), "--session-expiry", "0")
+    first_args = (*receiver_args(broker, "rx-first"), *sealed, "--out", str(tmp_path / "out1"))
+    rx = start_receiver(*first_args)
+    results = finish([start_sender(broker, frames_folder(tmp_path / "a", 3, 1), "--key", str(tmp_path / "k.key"))])
+    assert all(r["acknowledged"] for r in results[0])
+    wait_decoded(rx, 3)
+    time.sleep(0.5)
+    rx.stop()
+    captured = list(recorded)
+    assert len(captured) == 3
+
+    other = start_receiver(*receiver_args(broker, "rx-other"), *sealed, "--out", str(tmp_path / "out2"))
+    codec = LearnedCodec(LEARNED_MODEL_DIR, "cpu", "fp32")
+    b = MqttSender(broker.url, "cams", timeout=30, retries=2, ack_timeout=10, key=key)
+    attacker = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    attacker.connect("127.0.0.1", broker.port)
+    attacker.loop_start()
+    for _topic, payload in captured:  # A's sealed frames 1-3, on B's topic, before B sends its own
+        attacker.publish(b.frames_topic, payload, qos=1).wait_for_publish(5)
+    deadline = time.monotonic() + 30
+    while other.stderr.count("published on sender") < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for seq in (1, 2, 3):
+        picture = Image.new("RGB", (64, 64), (seq * 60, 20, 200))
+        enc = codec.encode(pil_to_tensor(picture))
+        frame = v2.ImageFrame(seq, codec.model_id, enc.encoding, enc.compression, enc.shape, (64, 64), enc.payload,
+                              f"b{seq}")  # fmt: skip
+        assert b.send(frame).ok
+        if seq == 1:  # anyone can publish in clear: refusals after an authenticated answer are ignored
+            for status in (v2.Status.UNKNOWN_KEY, v2.Status.SEALING_REQUIRED, v2.Status.DECODE_FAILED):
+                attacker.publish(b.acks_topic, v2.encode_ack(v2.Ack(0, status, "forged")), qos=1).wait_for_publish(5)
+            time.sleep(0.5)
+    assert b.forged_acks == 3
+    b.close()
+    other.stop()
+    assert sorted(name for _, _, name in decoded(other)) == ["b1", "b2", "b3"]
+    assert other.stderr.count("published on sender") == 3
+
+    rx2 = start_receiver(*first_args)
+    for topic, payload in captured:  # A's frames again, where they came from, to the restarted receiver
+        attacker.publish(topic, payload, qos=1).wait_for_publish(5)
+    deadline = time.monotonic() + 30
+    while rx2.stderr.count("seen before (replayed)") < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rx2.stop()
+    assert rx2.stderr.count("seen before (replayed)") == 3 and decoded(rx2) == []
+    attacker.loop_stop()
+    spy.loop_stop()

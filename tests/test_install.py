@@ -4,6 +4,11 @@ The package is installed into a fresh virtual environment (its heavy dependencie
 rest, come from this interpreter's site-packages, so nothing is downloaded), then a receiver and a
 sender run through the installed command from an empty directory, with the shipped learned codec
 found inside the installed package.
+
+"This interpreter" is the running environment, which may itself be a virtual environment (the way
+most users run a README): the new one sees its site-packages through a ``.pth`` file, not the base
+interpreter's (``system_site_packages`` would give the base's, whose setuptools may lack
+``bdist_wheel``), so the package builds with the setuptools the requirements installed.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import venv
+from pathlib import Path
 
 import pytest
 
@@ -30,8 +36,12 @@ def installed(tmp_path_factory) -> dict:
         ignore=shutil.ignore_patterns(".git", "runs", "received", "__pycache__", ".*cache*", "*.egg-info", "build"),
     )
     env_dir = root / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(system_site_packages=False, with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
+    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    running = [p for p in sys.path if p.rstrip("/").endswith(("site-packages", "dist-packages")) and os.path.isdir(p)]
+    (Path(own) / "running-environment.pth").write_text("\n".join(running) + "\n")
     res = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-build-isolation",
          "--no-index", "--quiet", str(src)],

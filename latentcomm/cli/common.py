@@ -58,7 +58,7 @@ def add_broker_args(p: argparse.ArgumentParser, receiver: bool) -> None:
     if not receiver:
         g.add_argument(
             "--ack-timeout",
-            type=float,
+            type=seconds,
             default=10.0,
             metavar="S",
             help="publish a frame again when no receiver acknowledged it within S seconds (a receiver died "
@@ -137,7 +137,7 @@ def add_rate_args(p: argparse.ArgumentParser) -> None:
     """--quality and --target-bytes: the learned codec's rate control."""
     p.add_argument(
         "--quality",
-        type=float,
+        type=number(1),
         default=None,
         metavar="Q",
         help="--codec learned: quality from 1 (fewest bytes) to the model's top level (11 for the shipped model: best "
@@ -221,6 +221,54 @@ def check_rate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error(f"--quality must be between 1 and {top or 'the model top level'}, got {args.quality}")
     if args.target_bytes is not None and args.target_bytes <= 0:
         parser.error("--target-bytes must be positive")
+
+
+def number(
+    lo: float | None = None, hi: float | None = None, *, above: bool = False, integer: bool = False
+) -> Callable[[str], float]:
+    """An argparse type for a finite number in range: NaN, infinities and out-of-range values are a
+    one-line parser error (exit 2), never a traceback or a silent never-ending timeout.
+
+    ``above``: ``lo`` itself is excluded (a timeout must be > 0, a wait may be 0).
+    """
+    import math
+
+    def convert(text: str) -> float:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {'whole ' if integer else ''}number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if lo is not None and (value <= lo if above else value < lo):
+            raise argparse.ArgumentTypeError(f"must be {'>' if above else '>='} {lo:g}, got {text!r}")
+        if hi is not None and value > hi:
+            raise argparse.ArgumentTypeError(f"must be <= {hi:g}, got {text!r}")
+        return value
+
+    convert.__name__ = "int" if integer else "number"
+    return convert
+
+
+#: Seconds: positive and finite (a day at most; longer is a typo, not a timeout).
+seconds = number(0, 86400, above=True)
+#: Seconds that may be 0 (a wait that is off).
+seconds_or_zero = number(0, 86400)
+
+
+def byte_size(text: str) -> int:
+    """'500M', '2G', '64k', '1000000' -> bytes (k, M, G: powers of 1024); positive and finite."""
+    import math
+
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    mult = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if t[-1:] in "kmgt" else t) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 500M, 2G)") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite size, got {text!r}")
+    return int(value)
 
 
 def port_type(value: str) -> int:

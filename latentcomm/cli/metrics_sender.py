@@ -17,6 +17,7 @@ from latentcomm.cli.common import (
     add_rate_args,
     check_rate_args,
     run,
+    seconds,
     setup_logging,
 )
 
@@ -43,7 +44,7 @@ def build_parser(prog: str = "sender_sdvae_metrics.py") -> argparse.ArgumentPars
     add_rate_args(p)
     add_key_args(p, receiver=False)
     p.add_argument("--size", type=int, default=256, help="square size the image is centre-cropped to (multiple of 8)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the connection and the send")
+    p.add_argument("--timeout", type=seconds, default=30.0, help="seconds to wait for the connection and the send")
     p.add_argument("--json", action="store_true", help="print the metrics and report as one JSON object on stdout")
     return p
 

@@ -15,14 +15,19 @@ from latentcomm.cli.common import (
     add_key_args,
     add_model_args,
     add_network_args,
+    byte_size,
     is_loopback,
     port_type,
     run,
+    seconds,
     setup_logging,
     stop_on_signals,
 )
 
 log = logging.getLogger("latentcomm.receiver")
+
+#: In --out: the sealed broker streams' replay memory (docs/security.md), kept across restarts.
+REPLAY_STATE_FILE = "sealed-streams.json"
 
 DESCRIPTION = """\
 Listen for latents from sender_sdvae.py / sender_sdvae_metrics.py (or the original scripts),
@@ -50,6 +55,14 @@ def build_parser(prog: str = "receiver_sdvae.py") -> argparse.ArgumentParser:
         help="save NNNN_compare.png (side by side) and NNNN_recon.png (exact pixels) for every image",
     )
     p.add_argument(
+        "--max-disk",
+        type=byte_size,
+        metavar="SIZE",
+        help="keep the pictures in --out under SIZE (e.g. 500M, 2G): past it the oldest pairs are deleted, "
+        "with a log line when pruning starts (default: no bound). Numbering always continues from what --out "
+        "holds, so a restarted receiver never overwrites a picture",
+    )
+    p.add_argument(
         "--no-show",
         action="store_true",
         help="don't open a window (without a display, images are saved to --out, or ./received, instead)",
@@ -69,11 +82,11 @@ def build_parser(prog: str = "receiver_sdvae.py") -> argparse.ArgumentParser:
         help="largest latent accepted, in elements (default: a 4096x4096 image)",
     )
     p.add_argument(
-        "--read-timeout", type=float, default=10.0, metavar="S", help="drop a peer that sends nothing for this long"
+        "--read-timeout", type=seconds, default=10.0, metavar="S", help="drop a peer that sends nothing for this long"
     )
     p.add_argument(
         "--frame-timeout",
-        type=float,
+        type=seconds,
         default=120.0,
         metavar="S",
         help="drop a peer whose frame is not complete after this long (a client trickling bytes)",
@@ -93,10 +106,19 @@ def build_parser(prog: str = "receiver_sdvae.py") -> argparse.ArgumentParser:
         help="serve a live web dashboard (latest images per sender, figures, bytes per second, rejected frames) on "
         "this port, 127.0.0.1 unless HOST is given; beyond loopback it needs --dashboard-token",
     )
-    p.add_argument(
+    token = p.add_mutually_exclusive_group()
+    token.add_argument(
         "--dashboard-token",
         metavar="TOKEN",
-        help="require this token on every dashboard request (open http://HOST:PORT/?token=TOKEN)",
+        help="require this token on every dashboard request (open http://HOST:PORT/?token=TOKEN). On a shared "
+        "machine prefer --dashboard-token-file or the LATENTCOMM_DASHBOARD_TOKEN environment variable: a command "
+        "line shows in ps",
+    )
+    token.add_argument(
+        "--dashboard-token-file",
+        metavar="PATH",
+        type=Path,
+        help="read the dashboard token from this file (its first line)",
     )
     p.add_argument(
         "--extra-model",
@@ -144,6 +166,7 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
     from latentcomm.secure import Keyring, load_key
 
     dash_host, dash_port = None, None
+    token = _dashboard_token(parser, args)
     if args.dashboard is not None:
         dash_host, _, port_text = args.dashboard.rpartition(":")
         dash_host = dash_host.strip("[]") or "127.0.0.1"
@@ -151,7 +174,7 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
             dash_port = port_type(port_text)
         except argparse.ArgumentTypeError as exc:
             parser.error(f"--dashboard: {exc}")
-        if not is_loopback(dash_host) and not args.dashboard_token:
+        if not is_loopback(dash_host) and not token:
             raise LatentcommError(
                 f"refusing to serve the dashboard on {dash_host} without --dashboard-token: anyone who reaches it "
                 "would see the pictures"
@@ -170,9 +193,18 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
     if args.broker:
         from latentcomm.mqtt import MqttServer
 
+        replay_state = None
+        if keyring is not None:
+            if args.out is not None:
+                replay_state = args.out / REPLAY_STATE_FILE
+            else:
+                log.warning(
+                    "sealed broker frames without --out: the replay memory is not kept across restarts (give --out "
+                    "to keep it in %s there)", REPLAY_STATE_FILE,
+                )  # fmt: skip
         server = MqttServer(
             args.broker, args.topic, args.group, args.client_id, v2_limits, keyring=keyring,
-            session_expiry=args.session_expiry,
+            session_expiry=args.session_expiry, replay_state=replay_state,
         )  # fmt: skip
     else:
         server = FrameServer(
@@ -193,10 +225,11 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
         from latentcomm.dashboard import Dashboard, DashboardState
 
         state = DashboardState()
-        dashboard = Dashboard(state, dash_host, dash_port, args.dashboard_token)
+        dashboard = Dashboard(state, dash_host, dash_port, token)
         shown = f"[{dashboard.address[0]}]" if ":" in dashboard.address[0] else dashboard.address[0]
         print(f"Dashboard on http://{shown}:{dashboard.address[1]}/", file=sys.stderr, flush=True)
-    receiver = Receiver(codecs, ReceiverOptions(args.out, not args.no_show, args.once, args.json), dashboard=state)
+    options = ReceiverOptions(args.out, not args.no_show, args.once, args.json, args.max_disk)
+    receiver = Receiver(codecs, options, dashboard=state)
     server.start()
     host, port = server.address
     models = ", ".join(c.model_id for c in codecs)
@@ -226,6 +259,28 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _dashboard_token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """The token from --dashboard-token, --dashboard-token-file or LATENTCOMM_DASHBOARD_TOKEN (in that
+    order), checked: printable ASCII, else exit 2 with the reason."""
+    from latentcomm.dashboard import check_token
+
+    token, where = args.dashboard_token, "--dashboard-token"
+    if args.dashboard_token_file is not None:
+        where = f"--dashboard-token-file {args.dashboard_token_file}"
+        try:
+            token = args.dashboard_token_file.read_text(encoding="utf-8").strip().splitlines()[0].strip()
+        except (OSError, UnicodeDecodeError, IndexError) as exc:
+            parser.error(f"{where}: can't read a token from it ({getattr(exc, 'strerror', None) or exc})")
+    elif token is None and os.environ.get("LATENTCOMM_DASHBOARD_TOKEN"):
+        token, where = os.environ["LATENTCOMM_DASHBOARD_TOKEN"], "LATENTCOMM_DASHBOARD_TOKEN"
+    if token is None:
+        return None
+    try:
+        return check_token(token)
+    except ValueError as exc:
+        parser.error(f"{where}: {exc}")
 
 
 def entry() -> None:

@@ -14,7 +14,10 @@ from latentcomm.cli.common import (
     add_network_args,
     add_rate_args,
     check_rate_args,
+    number,
     run,
+    seconds,
+    seconds_or_zero,
     setup_logging,
 )
 
@@ -57,7 +60,7 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
     )
     stream.add_argument(
         "--fps",
-        type=float,
+        type=number(0, 1000, above=True),
         metavar="N",
         help="frames per second taken from the source (default: the video's own rate; required to stream a folder)",
     )
@@ -126,11 +129,11 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
         help="v2: the text from a file; a .jsonl file maps image names to texts, one "
         '{"image": NAME, "text": TEXT} per line',
     )
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a connection, a send or an ack")
+    p.add_argument("--timeout", type=seconds, default=30.0, help="seconds to wait for a connection, a send or an ack")
     p.add_argument("--retries", type=int, default=3, help="v2: reconnect and resend this many times per image")
     p.add_argument(
         "--wait-for-receiver",
-        type=float,
+        type=seconds_or_zero,
         default=0.0,
         metavar="S",
         help="if the receiver refuses the connection, keep retrying for S seconds (start both together)",
