@@ -111,6 +111,8 @@ ENC_INT8_LEGACY = 2
 ENC_UINT8_AFFINE = 3
 #: The learned codec's entropy-coded bitstream (latentcomm.codecs.LearnedCodec); no raw size.
 ENC_LEARNED = 4
+#: One coded video access unit (latentcomm.video: H.264, AV1, VP9 through PyAV); no raw size.
+ENC_VIDEO = 5
 #: ``--dtype`` names for v2 frames -> encoding codes.
 V2_ENCODINGS = {"f16": ENC_FLOAT16, "bf16": ENC_BFLOAT16, "i8": ENC_INT8_LEGACY, "u8": ENC_UINT8_AFFINE}
 _V2_ITEMSIZE = {ENC_FLOAT16: 2, ENC_BFLOAT16: 2, ENC_INT8_LEGACY: 1, ENC_UINT8_AFFINE: 1}
@@ -123,7 +125,7 @@ COMPRESSIONS = {"none": COMP_NONE, "gzip": COMP_GZIP, "zstd": COMP_ZSTD}
 
 def check_encoding(encoding: int) -> None:
     """RemoteProtocolError unless ``encoding`` is a v2 latent encoding this version knows."""
-    if encoding not in _V2_ITEMSIZE and encoding != ENC_LEARNED:
+    if encoding not in _V2_ITEMSIZE and encoding not in (ENC_LEARNED, ENC_VIDEO):
         raise RemoteProtocolError(f"unknown latent encoding {encoding}")
 
 

@@ -38,6 +38,8 @@ HISTORY_S = 300
 MAX_REJECTIONS = 50
 #: Window of the per-sender frame rate.
 FPS_WINDOW_S = 10.0
+#: Seconds of a video stream's charts (bit rate, fps, latency, link rate).
+SERIES_S = 60
 
 
 @dataclass
@@ -57,6 +59,18 @@ class SenderStats:
     times: deque = field(default_factory=lambda: deque(maxlen=256))
     psnr_db: float | None = None
     ssim: float | None = None
+    #: Video streams: per second, [bytes, frames, sender's latency ms, sender's link bits/s].
+    seconds: dict = field(default_factory=dict)
+    video: bool = False
+
+    def series(self, now: float) -> list[list]:
+        """The last SERIES_S seconds: [t, kbit/s, fps, latency ms or None, link kbit/s or None]."""
+        sec = int(now)
+        out = []
+        for t in range(sec - SERIES_S + 1, sec + 1):
+            b, n, lat, link = self.seconds.get(t, (0, 0, None, None))
+            out.append([t, round(8 * b / 1000, 1), n, lat, round(link / 1000, 1) if link else None])
+        return out
 
     def as_dict(self, now: float) -> dict:
         recent = [t for t in self.times if now - t <= FPS_WINDOW_S]
@@ -73,6 +87,8 @@ class SenderStats:
             "has_original": bool(self.original_png),
             "last": self.last,
             "version": self.version,
+            "video": self.video,
+            "series": self.series(now) if self.video else [],
         }
 
 
@@ -145,11 +161,23 @@ class DashboardState:
             s.psnr_db, s.ssim = quality.get("psnr_db"), quality.get("ssim")
             s.last = {
                 k: report[k]
-                for k in ("index", "name", "seq", "peer", "codec", "quality", "payload_bytes", "frame_bytes", "text")
+                for k in ("index", "name", "seq", "peer", "codec", "quality", "payload_bytes", "frame_bytes", "text",
+                          "model", "frame_type", "link_bps", "sender_latency_ms")
                 if k in report
-            } | {"image_size": [h, w], "time": now}
+            } | {"image_size": [h, w], "time": now}  # fmt: skip
             s.version += 1
             sec = int(now)
+            if report.get("codec") == "video":
+                s.video = True
+                b, n, lat, link = s.seconds.get(sec, (0, 0, None, None))
+                s.seconds[sec] = (
+                    b + int(report.get("frame_bytes", 0)),
+                    n + 1,
+                    report.get("sender_latency_ms", lat),
+                    report.get("link_bps", link),
+                )
+                for old in [t for t in s.seconds if t < sec - SERIES_S]:
+                    del s.seconds[old]
             self.per_second[sec] = self.per_second.get(sec, 0) + int(report.get("frame_bytes", 0))
             for old in [t for t in self.per_second if t < sec - HISTORY_S]:
                 del self.per_second[old]

@@ -24,7 +24,15 @@ import zlib
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
-from latentcomm.codec import COMP_GZIP, COMP_NONE, COMP_ZSTD, ENC_LEARNED, ENC_UINT8_AFFINE, check_encoding
+from latentcomm.codec import (
+    COMP_GZIP,
+    COMP_NONE,
+    COMP_ZSTD,
+    ENC_LEARNED,
+    ENC_UINT8_AFFINE,
+    ENC_VIDEO,
+    check_encoding,
+)
 from latentcomm.errors import LocalProtocolError, RemoteProtocolError
 
 MAGIC = b"LCV2"
@@ -53,6 +61,7 @@ class Status(IntEnum):
     UNKNOWN_KEY = 7  # sealed connections (docs/security.md): the receiver holds no key with that id
     AUTH_FAILED = 8  # a sealed frame failed authentication, was replayed or came out of order
     SEALING_REQUIRED = 9  # a receiver with --key got a plaintext or legacy frame
+    KEY_FRAME_NEEDED = 10  # video: an inter frame whose reference the receiver lacks; send a key frame next
 
 
 class Role(Enum):
@@ -290,9 +299,9 @@ class Connection(ReceiveBuffer):
         lim = self.limits
         if payload_len > lim.max_payload_bytes:
             raise RemoteProtocolError(f"payload of {payload_len} bytes exceeds the limit of {lim.max_payload_bytes}")
-        # A learned latent is bounded by the image size instead (its codec checks that the two match),
-        # so the pixel limit below bounds what decoding it allocates.
-        if enc != ENC_LEARNED and c * h * w > lim.max_latent_elements:
+        # A learned latent (and a video access unit) is bounded by the image size instead (its codec
+        # checks that the two match), so the pixel limit below bounds what decoding it allocates.
+        if enc not in (ENC_LEARNED, ENC_VIDEO) and c * h * w > lim.max_latent_elements:
             raise RemoteProtocolError(f"latent {c}x{h}x{w} exceeds the limit of {lim.max_latent_elements} elements")
         if oh * ow > lim.max_image_pixels:
             raise RemoteProtocolError(f"image {ow}x{oh} exceeds the limit of {lim.max_image_pixels} pixels")

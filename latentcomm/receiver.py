@@ -9,6 +9,7 @@ import queue
 import sys
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -26,6 +27,7 @@ from latentcomm.images import crop_to, decode_image_bytes, tensor_to_pil, unit_f
 from latentcomm.protocol import LATENT_CHANNELS, LegacyFrame
 from latentcomm.store import OutputStore
 from latentcomm.transport import SHUTDOWN_GRACE_S, FrameServer, ReceivedFrame
+from latentcomm.video import VIDEO_CODECS, KeyFrameNeeded, VideoCodec
 
 if TYPE_CHECKING:
     from latentcomm.dashboard import DashboardState
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_HEADLESS_OUT = Path("received")
+#: Video streams whose decoder state a receiver keeps (the least recently used is dropped: that
+#: stream's next inter frame asks for a key frame).
+MAX_STREAMS = 64
 
 
 @dataclass
@@ -101,6 +106,14 @@ class Receiver:
                 f"legacy frames carry 4-channel latents; model {self.default.source} has {self.default.latent_channels}"
             )
         self.codecs = {c.model_id: c for c in codecs}
+        # Video streams (latentcomm.video) are always accepted: a decoder costs nothing until a stream
+        # uses it, and each stream gets its own (inter frames depend on the frames before them).
+        for name in VIDEO_CODECS:
+            try:
+                self.codecs.setdefault(name, VideoCodec(name))
+            except LatentcommError as exc:
+                log.info("video codec %s not available: %s", name, exc)
+        self._streams: OrderedDict[tuple[str, str], ImageCodec] = OrderedDict()
         self.opts = options
         self.stdout = stdout
         self.summary = Summary()
@@ -134,13 +147,26 @@ class Receiver:
         image = crop_to(self.default.decode(latent), f.image_size)
         return self.default.source, image, original, info
 
-    def _v2(self, f: v2.ImageFrame) -> tuple[str, torch.Tensor, Image.Image | None, dict]:
+    def _stream_codec(self, codec: ImageCodec, item: ReceivedFrame, model: str) -> ImageCodec:
+        """The decoder of the stream a frame belongs to (its connection, or its broker sender)."""
+        key = (item.key_id or "", item.peer, model)
+        state = self._streams.get(key)
+        if state is None:
+            state = self._streams[key] = codec.new_stream()
+            while len(self._streams) > MAX_STREAMS:
+                self._streams.popitem(last=False)
+        self._streams.move_to_end(key)
+        return state
+
+    def _v2(self, f: v2.ImageFrame, item: ReceivedFrame) -> tuple[str, torch.Tensor, Image.Image | None, dict]:
         codec = self.codecs.get(f.model)
         if codec is None:
             raise Rejected(
                 v2.Status.UNKNOWN_MODEL,
                 f"frame is for model {f.model!r}; this receiver runs {', '.join(self.codecs)}",
             )
+        if getattr(codec, "stateful", False):
+            codec = self._stream_codec(codec, item, f.model)
         oh, ow = f.image_size
         original = None
         if f.reference_png is not None:
@@ -167,11 +193,13 @@ class Receiver:
         t0 = time.perf_counter()
         try:
             if isinstance(f, v2.ImageFrame):
-                model, image, original, info = self._v2(f)
+                model, image, original, info = self._v2(f, item)
             else:
                 model, image, original, info = self._legacy(f)
         except (Rejected, RemoteProtocolError, ImageError) as exc:
             status = exc.status if isinstance(exc, Rejected) else v2.Status.DECODE_FAILED
+            if isinstance(exc, KeyFrameNeeded):
+                status = v2.Status.KEY_FRAME_NEEDED
             self.summary.rejected += 1
             log.warning("rejected frame from %s: %s", item.peer, exc)
             if self.dashboard is not None:
@@ -199,6 +227,7 @@ class Receiver:
             "has_original": original is not None,
             "receive_s": round(item.receive_seconds, 4),
             "decode_s": round(decode_s, 4),
+            "time": round(time.time(), 4),
         }
         if self.store is not None:
             try:

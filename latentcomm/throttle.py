@@ -1,6 +1,7 @@
 """A slow link on loopback: a TCP proxy whose sender-to-receiver direction runs at a fixed rate.
 
     python -m latentcomm.throttle --listen 9000 --to 127.0.0.1:65432 --rate 64k
+    python -m latentcomm.throttle --listen 9000 --to 127.0.0.1:65432 --rate 256k,64k@10s,256k@20s
 
 Try a stream the way it will meet a thin link (the benchmark and the tests use it). The forward
 direction is a token bucket of ``rate`` bits/s with a small burst (about 50 ms of the rate, at least
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import socket
 import sys
 import threading
@@ -21,12 +23,47 @@ import time
 log = logging.getLogger(__name__)
 
 
-class Throttle:
-    """Proxy ``listen`` -> ``upstream`` with the forward direction limited to ``rate_bps``."""
+def parse_schedule(text: str) -> list[tuple[float, float]]:
+    """'256k,64k@10s,256k@20s' -> [(0, 256000), (10, 64000), (20, 256000)]: the link's rate from each
+    time on, in seconds from the first byte forwarded. ValueError for anything else."""
+    from latentcomm.stream import parse_rate
 
-    def __init__(self, upstream: tuple[str, int], rate_bps: float, listen: tuple[str, int] = ("127.0.0.1", 0)):
+    steps: list[tuple[float, float]] = []
+    for n, part in enumerate(text.split(",")):
+        rate, _, at = part.strip().partition("@")
+        if n == 0 and at:
+            raise ValueError(f"the first rate of {text!r} applies from the start: drop its @")
+        if n and not at:
+            raise ValueError(f"{part!r}: say when it starts, e.g. 64k@10s")
+        t = 0.0
+        if at:
+            try:
+                t = float(at.strip().lower().removesuffix("s"))
+            except ValueError:
+                raise ValueError(f"{part!r}: not a time (e.g. 64k@10s)") from None
+            if not math.isfinite(t) or t <= steps[-1][0]:
+                raise ValueError(f"{part!r}: times must be finite and increasing")
+        steps.append((t, parse_rate(rate)))
+    return steps
+
+
+class Throttle:
+    """Proxy ``listen`` -> ``upstream`` with the forward direction limited to ``rate_bps``.
+
+    ``rate_bps`` may be a schedule, ``[(seconds, bits/s), ...]`` from the first byte forwarded
+    (``parse_schedule``): a link whose rate changes mid-stream, to test a sender that adapts.
+    """
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        rate_bps: float | list[tuple[float, float]],
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+    ):
         self.upstream = upstream
-        self.rate = rate_bps / 8
+        self.schedule = [(0.0, float(rate_bps))] if isinstance(rate_bps, int | float) else list(rate_bps)
+        self._started: float | None = None
+        self.rate = self.schedule[0][1] / 8
         self.burst = max(1500.0, self.rate * 0.05)
         self.sock = socket.create_server(listen)
         self.port = self.sock.getsockname()[1]
@@ -42,6 +79,12 @@ class Throttle:
         while True:
             with self._lock:
                 now = time.monotonic()
+                if self._started is None:
+                    self._started = now
+                rate = [r for t, r in self.schedule if now - self._started >= t][-1] / 8
+                if rate != self.rate:
+                    self.rate, self.burst = rate, max(1500.0, rate * 0.05)
+                    log.info("link rate now %g kbit/s", 8 * rate / 1000)
                 self._tokens = min(self.burst, self._tokens + (now - self._t) * self.rate)
                 self._t = now
                 if self._tokens >= n:
@@ -63,6 +106,8 @@ class Throttle:
                 client.close()
                 continue
             server.settimeout(None)
+            for sock in (client, server):  # a link of its own rate, not Nagle's 40 ms waits
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
 
@@ -103,21 +148,27 @@ class Throttle:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from latentcomm.stream import parse_rate
-
     p = argparse.ArgumentParser(prog="python -m latentcomm.throttle", description=__doc__.split("\n")[0])
     p.add_argument("--listen", type=int, default=9000, help="local port to listen on (127.0.0.1)")
     p.add_argument("--to", default="127.0.0.1:65432", help="HOST:PORT of the receiver")
-    p.add_argument("--rate", default="64k", help="link rate in bits/s (64k, 1M, ...)")
+    p.add_argument(
+        "--rate",
+        default="64k",
+        help="link rate in bits/s (64k, 1M, ...), or a schedule: 256k,64k@10s,256k@20s (the rate from each time "
+        "on, seconds from the first byte forwarded)",
+    )
     args = p.parse_args(argv)
     host, _, port = args.to.rpartition(":")
     try:
-        rate = parse_rate(args.rate)
-        t = Throttle((host or "127.0.0.1", int(port)), rate, ("127.0.0.1", args.listen))
+        schedule = parse_schedule(args.rate)
+    except ValueError as exc:
+        p.error(f"--rate: {exc}")
+    try:
+        t = Throttle((host or "127.0.0.1", int(port)), schedule, ("127.0.0.1", args.listen))
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"127.0.0.1:{t.port} -> {args.to} at {rate / 1000:g} kbit/s; Ctrl-C to stop", file=sys.stderr)
+    print(f"127.0.0.1:{t.port} -> {args.to} at {args.rate} bit/s; Ctrl-C to stop", file=sys.stderr)
     try:
         while True:
             time.sleep(1)

@@ -272,6 +272,9 @@ class FrameServer:
 
     def _serve_connection(self, conn: socket.socket, peer: str) -> None:
         try:
+            # Acknowledgements are small writes: without this, Nagle holds one back until the peer's
+            # (delayed, up to 40 ms) TCP ACK of the previous one, which pipelined streams feel.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.settimeout(POLL_S)
             first = b""
             while (kind := v2.sniff(first)) is None:
@@ -534,3 +537,147 @@ class V2Client:
             f"no acknowledgement from {self.host}:{self.port} for frame {frame.seq} after "
             f"{self.retries + 1} attempts: {last}"
         )
+
+
+class Pipeline:
+    """Several v2 frames in flight on one connection, acknowledgements coming back as a window.
+
+    What a live stream needs instead of stop-and-wait (one frame on the wire, then its answer): up to
+    ``window`` frames are written before the first is acknowledged, so a link whose round trip is
+    longer than a frame interval still carries every frame. ``submit`` writes a frame (paced by the
+    client's rate) and returns; a reader thread puts every acknowledgement on ``acks`` as
+    ``(seq, Ack, monotonic time)``. When the connection drops, every frame still in flight is answered
+    locally with ``KEY_FRAME_NEEDED`` ("connection lost"): a new connection means a new decoder at the
+    receiver, so the stream goes on from the next key frame, and the next ``submit`` reconnects
+    (retrying a refused connection for up to ``reconnect_wait`` seconds: a receiver restarting).
+    """
+
+    def __init__(self, client: V2Client, window: int = 4, reconnect_wait: float = 30.0) -> None:
+        if window < 1:
+            raise ValueError("the window holds at least one frame")
+        self.client = client
+        self.window = window
+        self.reconnect_wait = reconnect_wait
+        self.acks: queue.Queue[tuple[int, v2.Ack, float]] = queue.Queue()
+        self._inflight: dict[int, int] = {}  # seq -> payload bytes, of the frames not yet acknowledged
+        #: Also hold the next frame while the ones in flight hold this many payload bytes (at least
+        #: one frame always goes): what a stream sets to a fraction of a second of its rate, so that
+        #: when the link slows down, no more than that waits in its queues.
+        self.max_bytes: float | None = None
+        self._cond = threading.Condition()
+        self._generation = 0
+        self._closed = False
+        self.reconnects = 0
+        self.last_frame_bytes = 0
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return len(self._inflight)
+
+    @property
+    def _inflight_bytes(self) -> int:
+        return sum(self._inflight.values())
+
+    def _connect(self) -> None:
+        client = self.client
+        wait, client.wait_for = client.wait_for, max(client.wait_for, self.reconnect_wait if self._generation else 0)
+        try:
+            client._open()
+        except SealError as exc:  # the key or the policy, not the link: retrying can't help
+            client.close()
+            raise TransportError(f"{client.host}:{client.port}: {exc}") from None
+        finally:
+            client.wait_for = wait
+        generation = self._generation
+        threading.Thread(target=self._read, args=(generation,), name="stream-acks", daemon=True).start()
+
+    def submit(self, frame: v2.ImageFrame) -> None:
+        """Write one frame; blocks while ``window`` frames are unacknowledged (or the pacer holds it)."""
+        size = len(frame.payload)
+        with self._cond:
+            deadline = time.monotonic() + self.client.timeout
+            while len(self._inflight) >= self.window or (
+                self._inflight and self.max_bytes is not None and self._inflight_bytes + size > self.max_bytes
+            ):
+                if not self._cond.wait(timeout=max(0.0, deadline - time.monotonic())) and time.monotonic() > deadline:
+                    self._lost(self._generation, f"no acknowledgement in {self.client.timeout:.0f} s")
+        if self.client._sock is None:
+            if self._generation:
+                self.reconnects += 1
+            self._connect()
+        client = self.client
+        assert client._proto is not None
+        data = client._proto.send(frame)
+        self.last_frame_bytes = len(data)
+        generation = self._generation
+        with self._cond:
+            self._inflight[frame.seq] = size
+        try:
+            if client.pace is None:
+                client._sock.sendall(data)
+            else:
+                client._paced_send(data)
+        except (OSError, AttributeError) as exc:  # AttributeError: the reader closed the socket meanwhile
+            self._lost(generation, f"connection lost: {getattr(exc, 'strerror', None) or exc}")
+
+    def _read(self, generation: int) -> None:
+        client = self.client
+        try:
+            while True:
+                try:
+                    event = client._next()
+                except TimeoutError:
+                    with self._cond:
+                        idle = not self._inflight
+                    if idle and generation == self._generation and not self._closed:
+                        continue  # a paused stream, not a dead link
+                    raise
+                if isinstance(event, v2.Ack):
+                    if event.seq == 0 and not event.ok:
+                        # The receiver refused the next frame it read so badly that it hangs up (a
+                        # header over its limits): that is the oldest one in flight; tell it so.
+                        with self._cond:
+                            oldest = min(self._inflight, default=None)
+                            if oldest is not None:
+                                self._inflight.pop(oldest)
+                        if oldest is not None:
+                            self.acks.put((oldest, v2.Ack(oldest, event.status, event.message), time.monotonic()))
+                        raise TransportError(f"receiver ended the connection: {event.status.name}: {event.message}")
+                    with self._cond:
+                        known = self._inflight.pop(event.seq, None) is not None
+                        self._cond.notify_all()
+                    if known:
+                        self.acks.put((event.seq, event, time.monotonic()))
+                elif event is v2.CLOSED:
+                    raise ConnectionResetError("receiver closed the connection")
+        except (OSError, ProtocolError, TransportError, AttributeError) as exc:
+            if not self._closed:
+                self._lost(generation, f"connection lost: {getattr(exc, 'strerror', None) or exc}")
+
+    def _lost(self, generation: int, reason: str) -> None:
+        with self._cond:
+            if generation != self._generation:
+                return
+            self._generation += 1
+            lost, self._inflight = self._inflight, {}
+            self._cond.notify_all()
+        self.client.close()
+        if not self._closed:
+            log.warning("%s; %d frame(s) in flight lost, the stream goes on from a key frame", reason, len(lost))
+        now = time.monotonic()
+        for seq in sorted(lost):
+            self.acks.put((seq, v2.Ack(seq, v2.Status.KEY_FRAME_NEEDED, reason), now))
+
+    def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for the frames in flight to be answered; the rest count as lost."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._inflight and time.monotonic() < deadline:
+                self._cond.wait(timeout=0.05)
+        if self.in_flight:
+            self._lost(self._generation, f"no acknowledgement within {timeout:.0f} s of the end")
+
+    def close(self) -> None:
+        self._closed = True
+        self.client.close()

@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, run_script
+from tests.conftest import REPO, run_script, script_env
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -164,3 +166,46 @@ def test_a_dashboard_beyond_loopback_needs_a_token():
     assert "refusing to serve the dashboard on 0.0.0.0 without --dashboard-token" in res.stderr
     bad = run_script("receiver_sdvae.py", "--codec", "learned", "--no-show", "--dashboard", "localhost:http")
     assert bad.returncode == 2 and "--dashboard: not a port number" in bad.stderr
+
+
+@needs_browser
+@pytest.mark.exclusive
+def test_a_video_stream_plays_live_with_its_charts(tmp_path, start_receiver, browser):
+    """An h264 stream under --bandwidth auto: the card's picture keeps changing without a reload, and
+    it shows the stream's bit rate, the sender's latency and link estimate, charted."""
+    from selenium.webdriver.common.by import By
+
+    from tests.videos import make_video
+
+    rx = start_receiver("--codec", "learned", "--no-show", "--json", "--dashboard", "127.0.0.1:0")
+    browser.get(dashboard_url(rx))
+    wait_for(lambda: browser.find_element(By.ID, "status").text == "live", what="the event stream")
+    browser.execute_script("window.__sameDocument = true;")
+    video = make_video(tmp_path / "pan.mp4", frames=60, fps=10, size=256)
+    tx = subprocess.Popen(
+        [sys.executable, str(REPO / "sender_sdvae.py"), "--codec", "h264", "--port", str(rx.port), "--video",
+         str(video), "--bandwidth", "auto:1M"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env(),
+    )  # fmt: skip
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ".sender"), what="a sender card")
+
+    def text(selector: str) -> str:  # read afresh: the page redraws a card's contents on every frame
+        return browser.execute_script(f"const e = document.querySelector('.sender {selector}'); "
+                                      "return e ? (e.src || e.textContent) : '';")  # fmt: skip
+
+    seen = set()
+    deadline = time.monotonic() + 30
+    while len(seen) < 5 and time.monotonic() < deadline:
+        seen.add(text("img.recon"))
+        time.sleep(0.3)
+    assert len(seen) >= 5, "the picture did not keep changing"
+    wait_for(lambda: text(".link").endswith("kbit/s"), what="the link rate")
+    assert text(".latency").endswith(" ms")
+    assert float(text(".bitrate").split()[0]) > 0
+    assert browser.find_element(By.CSS_SELECTOR, ".sender canvas.series").is_displayed()
+    assert "h264" in text(".last")
+    assert browser.execute_script("return window.__sameDocument === true;")
+    out, err = tx.communicate(timeout=120)
+    assert tx.returncode == 0, err
+    if shot := os.environ.get("LATENTCOMM_VIDEO_SCREENSHOT"):
+        browser.save_screenshot(str(REPO / shot))

@@ -103,11 +103,13 @@ def is_loopback(host: str) -> bool:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--codec",
-        choices=["vae", "learned"],
+        choices=["vae", "learned", "h264", "av1", "vp9"],
         default="vae",
         help="vae: an AutoencoderKL latent (the original scripts' path, the only one legacy frames carry); "
         "learned: the learned image codec in models/latentcomm-lic (a latent trained for rate, entropy-coded; "
-        "far fewer bytes for the same picture, v2 frames only, needs no SD VAE)",
+        "far fewer bytes for the same picture, v2 frames only, needs no SD VAE); h264, av1, vp9: a real video "
+        "codec (libx264, SVT-AV1, libvpx through PyAV) for streams (--video, --camera, a folder with --fps): "
+        "motion-compensated, the best picture per bit for live video. Receivers always accept the video codecs",
     )
     p.add_argument(
         "--model",

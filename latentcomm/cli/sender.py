@@ -70,13 +70,30 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="learned codec: a key frame every N frames, inter frames (only the changed blocks) between them; "
-        "1 = key frames only (default: 30; 1 with --broker, whose receivers don't share references)",
+        "1 = key frames only (default: 30; 1 with --broker, whose receivers don't share references). Video "
+        "codecs: a key frame at the start, when the receiver asks for one, and every N frames (default: 10 s of "
+        "frames)",
     )
     stream.add_argument(
         "--bandwidth",
         metavar="RATE",
         help="fit the stream into RATE bits/s (e.g. 64k, 256k, 1M): each frame gets the best quality the budget "
-        "allows, frames are dropped rather than queued when the link can't keep up (needs --codec learned)",
+        "allows, frames are dropped rather than queued when the link can't keep up (--codec learned, or a video "
+        "codec). Video codecs also take 'auto' or 'auto:MAX': the rate is estimated from the acknowledgements' "
+        "timing (delay-based, like WebRTC's congestion control) and follows the link, up to MAX (default 2M)",
+    )
+    stream.add_argument(
+        "--resolution",
+        metavar="WxH",
+        help="video codecs: the stream's picture size (even sides, e.g. 640x352): scaled to cover, centre-cropped "
+        "(default: the source's size)",
+    )
+    stream.add_argument(
+        "--window",
+        type=number(1, 64, integer=True),
+        metavar="N",
+        help="video codecs: frames in flight before the first is acknowledged (pipelining; 1 = stop-and-wait; "
+        "default: 4)",
     )
     add_network_args(p, listening=False)
     add_model_args(p)
@@ -153,6 +170,13 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
         parser.error("--retries must be >= 0 and --timeout positive")
     check_rate_args(parser, args)
     streaming = args.video is not None or args.camera is not None or args.fps is not None
+    from latentcomm.video import is_video_codec
+
+    if is_video_codec(args.codec):
+        return _send_video(parser, args)
+    for flag, value in (("--resolution", args.resolution), ("--window", args.window)):
+        if value:
+            parser.error(f"{flag} is for the video codecs (--codec h264, av1 or vp9)")
     bandwidth = None
     if args.bandwidth is not None:
         from latentcomm.stream import parse_rate
@@ -294,6 +318,100 @@ def _send_stream(parser, args, key, bandwidth, texts=None) -> int:
         print(f"error: {failed} frame(s) were not acknowledged (see above)", file=sys.stderr)
         return 1
     return 0
+
+
+def _send_video(parser, args) -> int:
+    """--codec h264 / av1 / vp9: a live stream through a real video codec (latentcomm.live)."""
+    from latentcomm.video import parse_resolution
+
+    if args.broker:
+        parser.error(
+            "video codecs over --broker are not supported yet: a receiver group can't split an inter-coded stream "
+            "frame by frame; stream over TCP, or use --codec learned with the broker"
+        )
+    if args.video is None and args.camera is None and args.fps is None:
+        parser.error(f"--codec {args.codec} is for streams: give --video PATH, --camera N, or a folder with --fps")
+    if args.protocol == "legacy":
+        parser.error("streams travel in v2 frames")
+    if args.refine or not args.context or not args.postfilter:
+        parser.error("--refine, --no-context and --no-postfilter are for --codec learned")
+    if args.quality is not None or args.target_bytes is not None:
+        parser.error("--quality and --target-bytes need --codec learned; video codecs take --bandwidth")
+    if args.dtype != "f16" or args.compression != "zstd":
+        parser.error("--dtype and --compression are for --codec vae")
+    fixed = auto_max = None
+    if args.bandwidth is not None:
+        from latentcomm.ratecontrol import parse_bandwidth
+
+        try:
+            fixed, auto_max = parse_bandwidth(args.bandwidth)
+        except ValueError as exc:
+            parser.error(f"--bandwidth: {exc}")
+    resolution = None
+    if args.resolution is not None:
+        try:
+            resolution = parse_resolution(args.resolution)
+        except ValueError as exc:
+            parser.error(f"--resolution: {exc}")
+    setup_logging()
+    import itertools
+
+    from latentcomm.live import send_video_stream
+    from latentcomm.secure import load_key
+    from latentcomm.sender import expand_images, text_source
+    from latentcomm.stream import LiveSource, camera_frames, image_frames, video_frames
+    from latentcomm.transport import Pipeline, V2Client
+    from latentcomm.video import VideoCodec
+
+    key = load_key(args.key) if args.key else None
+    texts = text_source(args.text, args.text_file)
+    if args.video is not None:
+        frames = video_frames(args.video, args.fps, args.max_frames)
+    elif args.camera is not None:
+        frames = camera_frames(args.camera, args.fps, args.max_frames)
+    else:
+        frames = image_frames(expand_images(args.image or ["temp/apple.jpeg"]), args.fps, args.max_frames)
+    first = next(frames)  # fail on a bad source before connecting
+    fps = args.fps or _source_fps(args)
+    codec = VideoCodec(args.codec, fixed or 256_000, fps, args.key_interval or max(1, round(10 * fps)))
+    client = V2Client(args.host, args.port, args.timeout, args.retries, args.wait_for_receiver, key=key)
+    pipeline = Pipeline(client, args.window or 4, reconnect_wait=args.timeout)
+    live = LiveSource(itertools.chain([first], frames))
+    refused = 0
+    try:
+        for r in send_video_stream(codec, live, pipeline, resolution, fixed, auto_max, texts, fps):
+            if args.json:
+                print(json.dumps(r), flush=True)
+            elif r.get("summary"):
+                lat = r["latency_p50_s"], r["latency_p95_s"]
+                print(
+                    f"stream: {r['frames_acknowledged']} of {r['frames_from_source']} frames shown at the receiver "
+                    f"({r['frames_dropped']} superseded at the source, {r['frames_refused']} refused, "
+                    f"{r['key_frames']} key frames, {r['key_frame_requests']} asked for), {r['achieved_fps']:.2f} fps, "
+                    f"{r['bits_per_second'] / 1000:.1f} kbit/s"
+                    + (f", latency p50 {lat[0]:.3f} s, p95 {lat[1]:.3f} s" if lat[0] is not None else ""),
+                    flush=True,
+                )
+            else:
+                refused += not r["acknowledged"]
+                verdict = "ok" if r["acknowledged"] else f"REFUSED ({r['ack_status']}: {r['ack_message']})"
+                rate = f", estimate {r['estimated_bps'] / 1000:.0f} kbit/s" if "estimated_bps" in r else ""
+                print(f"[{r['seq']}] {r['frame']}: {r['bytes']:,} bytes {r['frame_type']}, latency "
+                      f"{r['latency_s']:.3f} s{rate}: {verdict}", flush=True)  # fmt: skip
+    finally:
+        pipeline.close()
+    return 0
+
+
+def _source_fps(args) -> float:
+    """The video file's own frame rate (a camera without --fps: 30)."""
+    if args.video is None:
+        return 30.0
+    import av
+
+    with av.open(args.video) as container:
+        stream = container.streams.video[0]
+        return float(stream.average_rate or stream.guessed_rate or 25)
 
 
 def _send_legacy(engine, args, image) -> int:

@@ -1,0 +1,249 @@
+"""Sending live video: a video codec, frames pipelined over one connection, key frames on request,
+and a rate fixed by ``--bandwidth RATE`` or estimated from the acknowledgements (``auto``).
+
+Three threads: this generator's (take the newest source frame, fit it, encode it), the writer's
+(``transport.Pipeline.submit``: paced writes, up to ``window`` frames unacknowledged) and the
+pipeline's reader (acknowledgements). While one frame is being written the next is encoded; when
+the window is full the writer waits, the encoder waits for the writer, and the live source
+supersedes the frames that came meanwhile (counted as dropped, never queued), so latency stays
+bounded on a link slower than the source.
+
+An acknowledgement with ``KEY_FRAME_NEEDED`` (the receiver lacks a reference: a refused, lost or
+undecodable frame, a restart, a late join, a lost connection) makes the next picture a key frame,
+once per loss: refusals of frames sent before that key frame don't ask again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from latentcomm import protocol_v2 as v2
+from latentcomm.ratecontrol import DelayBasedEstimator
+from latentcomm.stream import LiveSource, percentile
+from latentcomm.transport import Pipeline
+from latentcomm.video import VideoCodec, fit_picture
+
+log = logging.getLogger(__name__)
+
+#: Share of the link the encoder aims at under a fixed --bandwidth (the rest: frame overhead jitter,
+#: and the rate control's own overshoot).
+RATE_MARGIN = 0.92
+#: The same under --bandwidth auto, whose estimate sits near the link's rate: the encoder's own
+#: overshoot must not keep a queue standing.
+ADAPTIVE_MARGIN = 0.85
+#: Under a rate (fixed or estimated), the frames in flight hold at most this many seconds of it (and
+#: always one frame): when the link slows down, what is already on the way is what waits.
+IN_FLIGHT_S = 0.2
+
+
+def send_video_stream(
+    codec: VideoCodec,
+    live: LiveSource,
+    pipeline: Pipeline,
+    resolution: tuple[int, int] | None = None,
+    bandwidth_bps: float | None = None,
+    auto_max_bps: float | None = None,
+    texts: Callable[[Path], str | None] | None = None,
+    fps: float = 10.0,
+) -> Iterator[dict]:
+    """Stream ``live`` through ``codec`` into ``pipeline``; yield a report per acknowledged (or
+    refused) frame, then a summary. ``bandwidth_bps`` fixes the rate; ``auto_max_bps`` estimates it."""
+    estimator = DelayBasedEstimator(auto_max_bps) if auto_max_bps else None
+    client = pipeline.client
+    outbox: queue.Queue = queue.Queue(maxsize=1)
+    errors: list[BaseException] = []
+    metas: dict[int, dict] = {}
+    meta_lock = threading.Lock()
+
+    def writer() -> None:
+        while (frame := outbox.get()) is not None:
+            try:
+                pipeline.submit(frame)
+            except BaseException as exc:  # noqa: BLE001 - handed to the generator's thread
+                errors.append(exc)
+                return
+            with meta_lock:
+                if frame.seq in metas:
+                    metas[frame.seq]["written"] = time.monotonic()
+                    metas[frame.seq]["bytes"] = pipeline.last_frame_bytes
+
+    thread = threading.Thread(target=writer, name="stream-write", daemon=True)
+    thread.start()
+
+    overhead = 0  # bytes a frame costs besides its access unit (measured from the first frame)
+
+    margin = ADAPTIVE_MARGIN if estimator else RATE_MARGIN
+
+    def apply_rate(bps: float) -> None:
+        codec.link_bps = bps
+        target = max(8_000.0, margin * bps - 8 * overhead * fps)
+        codec.set_bitrate(target)
+        client.pace = 1.5 * bps / 8 if estimator else bps / 8
+        pipeline.max_bytes = IN_FLIGHT_S * bps / 8
+
+    if bandwidth_bps:
+        codec.link_bps = bandwidth_bps
+        codec.bitrate_bps = RATE_MARGIN * bandwidth_bps
+        client.pace = bandwidth_bps / 8
+        pipeline.max_bytes = IN_FLIGHT_S * bandwidth_bps / 8
+    elif estimator:
+        codec.link_bps = estimator.estimate
+        codec.adaptive = True
+        codec.bitrate_bps = ADAPTIVE_MARGIN * estimator.estimate
+        client.pace = 1.5 * estimator.estimate / 8
+        pipeline.max_bytes = IN_FLIGHT_S * estimator.estimate / 8
+    latencies: list[float] = []
+    seq = acked = refused = sent_bytes = keys = key_requests = 0
+    key_from = 0  # refusals of frames from this seq on ask for a key frame (older ones were answered)
+    per_second: dict[int, int] = {}
+
+    def settle(item) -> dict | None:
+        nonlocal acked, refused, sent_bytes, key_from, key_requests
+        s, ack, t_ack = item
+        with meta_lock:
+            meta = metas.pop(s, None)
+        if meta is None:
+            return None
+        nbytes = meta.get("bytes", 0)
+        latency = t_ack - meta["captured"]
+        if ack.ok:
+            acked += 1
+            sent_bytes += nbytes
+            latencies.append(latency)
+            codec.last_latency_s = latency
+            sec = int(t_ack - live.t0)
+            per_second[sec] = per_second.get(sec, 0) + nbytes
+            if estimator is not None and "written" in meta:
+                apply_rate(estimator.on_ack(meta["written"], t_ack, nbytes))
+        else:
+            refused += 1
+            if ack.status == v2.Status.KEY_FRAME_NEEDED and s >= key_from:
+                codec.request_key_frame()
+                key_requests += 1
+                key_from = seq + 1  # the next frame encoded answers it; older refusals don't ask again
+        report = {k: v for k, v in meta.items() if k not in ("captured", "written")}
+        if "written" in meta:  # capture to the last byte handed to the socket: encoding and pacing
+            report["written_s"] = round(meta["written"] - meta["captured"], 4)
+        report.update(
+            bytes=nbytes,
+            acknowledged=ack.ok,
+            ack_status=ack.status.name,
+            latency_s=round(latency, 4),
+            dropped_so_far=live.dropped,
+            time=time.time() - (time.monotonic() - t_ack),
+        )
+        if not ack.ok:
+            report["ack_message"] = ack.message
+        if estimator is not None:
+            report["estimated_bps"] = round(estimator.estimate)
+            if estimator.history:
+                report["queue_delay_s"] = round(estimator.history[-1].queue_delay_s, 4)
+        return report
+
+    def ready() -> Iterator[dict]:
+        while True:
+            try:
+                item = pipeline.acks.get_nowait()
+            except queue.Empty:
+                return
+            if (r := settle(item)) is not None:
+                yield r
+
+    try:
+        while True:
+            yield from ready()
+            if errors:
+                raise errors[0]
+            item = live.latest()
+            if item is None:
+                break
+            f, captured = item
+            seq += 1
+            t0 = time.monotonic()
+            picture = fit_picture(f.image, resolution)
+            enc = codec.encode_picture(picture, captured=captured)
+            if enc.facts["frame_type"] == "key":
+                keys += 1
+                key_from = seq
+            text = texts(Path(f.name)) if texts is not None else None
+            frame = v2.ImageFrame(
+                seq, codec.model_id, enc.encoding, enc.compression, enc.shape, enc.shape[1:], enc.payload, f.name,
+                (), None, text,
+            )  # fmt: skip
+            if not overhead:
+                overhead = len(v2.encode_image(frame)) - len(enc.payload) + (44 if client.key else 0)
+                if bandwidth_bps:
+                    apply_rate(bandwidth_bps)
+            with meta_lock:
+                metas[seq] = {
+                    "frame": f.name,
+                    "seq": seq,
+                    "source_index": f.index,
+                    "pts": round(f.pts, 4),
+                    "payload_bytes": len(enc.payload),
+                    "frame_type": enc.facts["frame_type"],
+                    "bitrate_bps": enc.facts["bitrate_bps"],
+                    "encode_s": round(time.monotonic() - t0, 4),
+                    "captured": captured,
+                    "captured_time": time.time() - (time.monotonic() - captured),
+                }
+            while True:  # hand over, but keep answering acknowledgements while the writer is busy
+                try:
+                    outbox.put(frame, timeout=0.05)
+                    break
+                except queue.Full:
+                    yield from ready()
+                    if errors or not thread.is_alive():
+                        break
+    finally:
+        try:
+            outbox.put(None, timeout=max(5.0, client.timeout))
+        except queue.Full:
+            pass
+        thread.join(timeout=client.timeout)
+        if not errors:
+            pipeline.drain(timeout=client.timeout)
+    if errors:
+        raise errors[0]
+    yield from ready()
+    span = (time.monotonic() - live.t0) or 1e-9
+    summary = {
+        "summary": True,
+        "codec": codec.model_id,
+        "frames_from_source": live.produced,
+        "frames_sent": seq,
+        "frames_acknowledged": acked,
+        "frames_refused": refused,
+        "frames_dropped": live.dropped,
+        "key_frames": keys,
+        "key_frame_requests": key_requests,
+        "reconnects": pipeline.reconnects,
+        "bytes": sent_bytes,
+        "seconds": round(span, 3),
+        "achieved_fps": round(acked / span, 3),
+        "bits_per_second": round(8 * sent_bytes / span, 1),
+        "bandwidth_bps": bandwidth_bps,
+        "bits_per_second_by_second": [8 * per_second.get(s, 0) for s in range(int(span) + 1)],
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+    }
+    if estimator is not None:
+        summary["estimated_bps_by_second"] = _by_second(estimator.history, live.t0, span)
+    yield summary
+
+
+def _by_second(history, t0: float, span: float) -> list[float | None]:
+    """The estimate at the end of each second of the stream (None before the first acknowledgement)."""
+    out: list[float | None] = []
+    i, last = 0, None
+    for s in range(int(span) + 1):
+        while i < len(history) and history[i].time - t0 < s + 1:
+            last = round(history[i].estimate_bps)
+            i += 1
+        out.append(last)
+    return out

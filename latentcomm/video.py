@@ -1,0 +1,368 @@
+"""Live video through the field's video codecs: H.264 (libx264), AV1 (SVT-AV1) and VP9 (libvpx), via PyAV.
+
+Why: motion-compensated video coding beats per-frame image coding by 6-13 dB at the same bits per
+second on real footage, at a hundredth of the CPU (issue "Live video"). latentcomm does not
+reimplement any of it; it brings what a plain pipe lacks around it: frames acknowledged, sealed,
+with text, key frames on request, pictures saved and shown like images.
+
+One coded access unit (what the encoder emits for one picture) rides in one v2 IMAGE frame:
+
+    model     "h264" | "av1" | "vp9"         (the codec, where image frames name their model)
+    encoding  ENC_VIDEO (5), compression none, shape (3, coded height, coded width)
+    payload   VIDEO_HEADER "!BBHIIH": version 1, flags (bit 0: key frame), reserved 0, the encoder's
+              frame number (u32, +1 per coded picture), the sender's link rate in bits/s (fixed or
+              estimated; 0 unknown), its last measured capture-to-acknowledgement latency in ms
+              (0 unknown) | the access unit. The last two are what the dashboard charts.
+
+Every key frame carries the parameter sets a decoder needs to start (libx264 and SVT-AV1 repeat
+them in-band when there is no global header; a VP9 key frame is self-contained), so a receiver that
+joins late starts at the next key frame. A decoder's state belongs to one stream: the receiver keeps
+one :class:`VideoCodec` per stream (``new_stream``) and refuses, with ``KEY_FRAME_NEEDED``, any
+inter frame whose reference it lacks (a gap in the frame numbers: a refused, lost or undecodable
+frame, a restart), so it never shows a picture built on a missing one; the sender answers with a
+key frame. H.265 was tried (libx265): it ignored forced key frames and a late decoder got nothing,
+so it is not offered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import torch
+from PIL import Image
+
+from latentcomm.codec import COMP_NONE, ENC_VIDEO
+from latentcomm.codecs import Encoded, ImageCodec
+from latentcomm.errors import LocalProtocolError, RemoteProtocolError
+
+log = logging.getLogger(__name__)
+
+VIDEO_HEADER = struct.Struct("!BBHIIH")
+VIDEO_VERSION = 1
+FLAG_KEY = 0x01
+#: The largest picture a video frame may claim (both sides even, as 4:2:0 needs).
+MAX_SIDE = 4096
+#: x264's VBV cap over the rate it was opened at, for ``--bandwidth auto`` streams.
+VBV_HEADROOM = 1.3
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    """One codec: its PyAV encoder and decoder names and the low-latency options that measured best."""
+
+    name: str
+    encoder: str
+    decoder: str
+    options: dict = field(default_factory=dict)
+    #: Can the running encoder take a new bit rate without a key frame (x264's reconfigure)?
+    live_bitrate: bool = False
+
+
+VIDEO_CODECS: dict[str, VideoSpec] = {
+    "h264": VideoSpec(
+        "h264",
+        "libx264",
+        "h264",
+        # No B-frames, no lookahead (zerolatency), one slice, every forced key frame an IDR with the
+        # SPS/PPS in front (repeat-headers is libx264's default without a global header).
+        {"preset": "veryfast", "tune": "zerolatency", "x264-params": "forced-idr=1:scenecut=0:sliced-threads=0"},
+        live_bitrate=True,
+    ),
+    "av1": VideoSpec(
+        "av1",
+        "libsvtav1",
+        "libdav1d",
+        # Low-delay prediction (no frame reordering) needs CBR in SVT-AV1 (rc=2).
+        {"preset": "10", "svtav1-params": "pred-struct=1:rc=2"},
+    ),
+    "vp9": VideoSpec(
+        "vp9",
+        "libvpx-vp9",
+        "vp9",
+        {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "error-resilient": "1"},
+    ),
+}
+
+
+def is_video_codec(name: str) -> bool:
+    return name in VIDEO_CODECS
+
+
+def _check_available(spec: VideoSpec) -> None:
+    import av
+
+    for which, lib, mode in (("encoder", spec.encoder, "w"), ("decoder", spec.decoder, "r")):
+        try:
+            av.codec.Codec(lib, mode)
+        except Exception:  # noqa: BLE001 - PyAV raises its own UnknownCodecError
+            raise LocalProtocolError(f"this PyAV build has no {lib} {which} for --codec {spec.name}") from None
+
+
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """The coded size: 4:2:0 needs even sides (an odd picture is cropped by one pixel)."""
+    return max(2, width - width % 2), max(2, height - height % 2)
+
+
+@dataclass
+class VideoFacts:
+    frame_number: int
+    key: bool
+    link_bps: int = 0
+    latency_ms: int = 0
+
+
+def parse_payload(payload: bytes) -> tuple[VideoFacts, bytes]:
+    """(header facts, access unit) of a video payload; RemoteProtocolError if it isn't one."""
+    if len(payload) < VIDEO_HEADER.size + 1:
+        raise RemoteProtocolError("video payload shorter than its header")
+    version, flags, _reserved, number, link, latency = VIDEO_HEADER.unpack_from(payload)
+    if version != VIDEO_VERSION:
+        raise RemoteProtocolError(f"unsupported video payload version {version}")
+    return VideoFacts(number, bool(flags & FLAG_KEY), link, latency), payload[VIDEO_HEADER.size :]
+
+
+class VideoCodec(ImageCodec):
+    """One stream's video encoder (sender) or decoder (receiver) behind the image-codec interface.
+
+    Stateful, unlike the image codecs: frames depend on the ones before, so a receiver makes one
+    instance per stream with :meth:`new_stream`. ``bitrate_bps`` is the encoder's target (the
+    sender's ``--bandwidth``, less the frames' own overhead); ``key_interval`` frames between
+    periodic key frames; ``threads`` for the encoder (default: half the cores, leaving the rest to
+    the sender's capture, sealing and sending).
+    """
+
+    kind = "video"
+    #: One instance per stream (the receiver keeps a dict of them); image codecs are shared.
+    stateful = True
+    #: The sender changes the rate as it estimates the link (``--bandwidth auto``).
+    adaptive = False
+
+    def __init__(
+        self,
+        name: str = "h264",
+        bitrate_bps: float = 256_000,
+        fps: float = 10.0,
+        key_interval: int = 100,
+        threads: int | None = None,
+    ) -> None:
+        if name not in VIDEO_CODECS:
+            raise LocalProtocolError(f"unknown video codec {name!r}; choose one of {', '.join(VIDEO_CODECS)}")
+        import av
+
+        self.spec = VIDEO_CODECS[name]
+        _check_available(self.spec)
+        self.model_id = name
+        self.source = f"{self.spec.encoder} / {self.spec.decoder} via PyAV {av.__version__}"
+        self.bitrate_bps = float(bitrate_bps)
+        self.fps = fps
+        self.key_interval = key_interval
+        self.threads = threads or max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2) // 2)
+        self._enc = None
+        self._enc_size: tuple[int, int] | None = None
+        self._frame_number = 0
+        self._since_key = 0
+        self._force_key = True
+        self._pending_bitrate: float | None = None
+        self._opened_bps = self.bitrate_bps
+        #: What the sender knows of its link, carried in every frame for the receiver's dashboard.
+        self.link_bps = 0.0
+        self.last_latency_s = 0.0
+        self._t0: float | None = None
+        # Receiver side.
+        self._dec = None
+        self._expect: int | None = None  # the frame number the decoder can take next (None: a key frame)
+
+    def new_stream(self) -> VideoCodec:
+        """A fresh instance for another stream (its own encoder or decoder state)."""
+        return VideoCodec(self.spec.name, self.bitrate_bps, self.fps, self.key_interval, self.threads)
+
+    # -- sender ---------------------------------------------------------------------------------------
+
+    def request_key_frame(self) -> None:
+        """The next picture is coded as a key frame (a receiver asked for one, or a frame was lost)."""
+        self._force_key = True
+
+    def set_bitrate(self, bps: float) -> None:
+        """A new target for the following frames. x264 takes one between a quarter and ``VBV_HEADROOM``
+        times the rate it was opened at on the next frame (its VBV cap and buffer were sized at
+        opening, and PyAV can't change them); a larger change, and any change of more than 20% for
+        the other encoders, reopens the encoder at a key frame."""
+        if abs(bps - self.bitrate_bps) < 0.02 * self.bitrate_bps:
+            return
+        headroom = VBV_HEADROOM if self.adaptive else 1.0
+        if self.spec.live_bitrate and self._enc is not None and 0.25 <= bps / self._opened_bps <= headroom:
+            self.bitrate_bps = float(bps)
+            self._enc.bit_rate = int(bps)
+            return
+        self._pending_bitrate = float(bps)
+        if abs(bps - self.bitrate_bps) > 0.2 * self.bitrate_bps:
+            self._force_key = True
+
+    def _open_encoder(self, width: int, height: int) -> None:
+        import av
+
+        if self.spec.encoder == "libsvtav1":
+            os.environ.setdefault("SVT_LOG", "1")  # errors only: its banner is not the user's business
+        ctx = av.CodecContext.create(self.spec.encoder, "w")
+        ctx.width, ctx.height = width, height
+        ctx.pix_fmt = "yuv420p"
+        # Timestamps in milliseconds of capture: the rate control sees the real spacing of the frames
+        # a live source hands over (fewer than the nominal rate when some are superseded).
+        ctx.time_base = Fraction(1, 1000)
+        ctx.framerate = Fraction(self.fps).limit_denominator(1000)
+        ctx.bit_rate = int(self.bitrate_bps)
+        ctx.gop_size = self.key_interval
+        ctx.max_b_frames = 0
+        ctx.thread_count = self.threads
+        options = dict(self.spec.options)
+        if self.spec.encoder == "libx264":
+            # A VBV buffer of 0.5 s caps any frame, a key frame included, at half a second of the link.
+            # Adaptive streams get headroom above the opening rate, so the estimate can grow without a
+            # key frame at every step.
+            cap = self.bitrate_bps * (VBV_HEADROOM if self.adaptive else 1.0)
+            options.update(maxrate=str(int(cap)), bufsize=str(int(self.bitrate_bps * 0.5)))
+        ctx.options = options
+        ctx.open()
+        self._enc = ctx
+        self._enc_size = (width, height)
+        self._opened_bps = self.bitrate_bps
+
+    def encode_picture(self, picture: Image.Image, force_key: bool = False, captured: float | None = None) -> Encoded:
+        """Code one picture (RGB) into one access unit; the stream's first frame is a key frame."""
+        import av
+
+        width, height = even_size(*picture.size)
+        if (width, height) != picture.size:
+            picture = picture.crop((0, 0, width, height))
+        if self._enc is None or self._enc_size != (width, height):
+            self._open_encoder(width, height)
+            self._force_key = True
+        key = force_key or self._force_key or self._since_key + 1 >= self.key_interval
+        if key and self._pending_bitrate is not None:
+            self.bitrate_bps, self._pending_bitrate = self._pending_bitrate, None
+            self._open_encoder(width, height)
+        now = time.monotonic() if captured is None else captured
+        if self._t0 is None:
+            self._t0 = now
+        frame = av.VideoFrame.from_image(picture.convert("RGB")).reformat(format="yuv420p")
+        frame.pts = int(round(1000 * (now - self._t0))) + self._frame_number  # strictly increasing
+        if key:
+            frame.pict_type = av.video.frame.PictureType.I
+        t0 = time.perf_counter()
+        packets = self._enc.encode(frame)
+        if not packets:  # the low-latency settings give one packet per picture; this is a safety net
+            raise LocalProtocolError(f"{self.spec.encoder} buffered a picture (not a low-latency setting)")
+        unit = b"".join(bytes(p) for p in packets)
+        is_key = any(p.is_keyframe for p in packets)
+        self._frame_number = (self._frame_number + 1) & 0xFFFFFFFF
+        self._since_key = 0 if is_key else self._since_key + 1
+        self._force_key = False
+        header = VIDEO_HEADER.pack(
+            VIDEO_VERSION,
+            FLAG_KEY if is_key else 0,
+            0,
+            self._frame_number,
+            min(0xFFFFFFFF, int(self.link_bps)),
+            min(0xFFFF, int(1000 * self.last_latency_s)),
+        )
+        facts = {
+            "frame_type": "key" if is_key else "inter",
+            "frame_number": self._frame_number,
+            "bitrate_bps": round(self.bitrate_bps),
+            "encode_s": time.perf_counter() - t0,
+        }
+        return Encoded(ENC_VIDEO, COMP_NONE, (3, height, width), header + unit, (), facts)
+
+    def encode(self, image: torch.Tensor) -> Encoded:
+        """The image-codec interface: a (1, 3, H, W) tensor in [-1, 1]."""
+        from latentcomm.images import tensor_to_pil
+
+        return self.encode_picture(tensor_to_pil(image))
+
+    # -- receiver -------------------------------------------------------------------------------------
+
+    def payload_facts(self, payload: bytes) -> dict:
+        facts, _ = parse_payload(payload)
+        out = {"frame_type": "key" if facts.key else "inter", "frame_number": facts.frame_number}
+        if facts.link_bps:
+            out["link_bps"] = facts.link_bps
+        if facts.latency_ms:
+            out["sender_latency_ms"] = facts.latency_ms
+        return out
+
+    def decode_picture(self, shape, payload: bytes, image_size) -> np.ndarray:
+        """One access unit -> the picture (H, W, 3 uint8). RemoteProtocolError for one that doesn't
+        decode; :class:`KeyFrameNeeded` for an inter frame whose reference this decoder lacks."""
+        import av
+
+        c, h, w = shape
+        if c != 3 or not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE) or h % 2 or w % 2:
+            raise RemoteProtocolError(f"video frame shape {tuple(shape)} is not (3, even H, even W) within {MAX_SIDE}")
+        if tuple(image_size) != (h, w):
+            raise RemoteProtocolError(f"video frame claims picture {tuple(image_size)} but codes {(h, w)}")
+        facts, unit = parse_payload(payload)
+        if not facts.key and self._expect != facts.frame_number:
+            why = "no key frame yet" if self._expect is None else f"frame {self._expect} is missing"
+            self._expect = None
+            raise KeyFrameNeeded(f"inter frame {facts.frame_number} refused: {why}; a key frame is needed")
+        if facts.key or self._dec is None:
+            self._dec = av.CodecContext.create(self.spec.decoder, "r")  # a clean state at every key frame
+            self._dec.thread_count = 1
+        try:
+            frames = self._dec.decode(av.Packet(unit))
+        except (av.error.FFmpegError, ValueError) as exc:
+            self._expect, self._dec = None, None
+            raise KeyFrameNeeded(f"{self.spec.decoder} could not decode frame {facts.frame_number}: {exc}") from None
+        if len(frames) != 1 or getattr(frames[0], "is_corrupt", False):
+            self._expect, self._dec = None, None
+            what = "a corrupt picture" if frames else "no picture"
+            raise KeyFrameNeeded(f"frame {facts.frame_number} gave {what}; a key frame is needed")
+        picture = frames[0]
+        if (picture.height, picture.width) != (h, w):
+            self._expect, self._dec = None, None
+            raise KeyFrameNeeded(f"frame {facts.frame_number} decoded to {picture.width}x{picture.height}, not {w}x{h}")
+        self._expect = (facts.frame_number + 1) & 0xFFFFFFFF
+        return picture.to_ndarray(format="rgb24")
+
+    def decode(self, encoding, compression, shape, payload, params, image_size) -> torch.Tensor:
+        if encoding != ENC_VIDEO or compression != COMP_NONE or params:
+            raise RemoteProtocolError("frame names a video codec but holds no video access unit")
+        pixels = self.decode_picture(shape, payload, image_size)
+        return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+class KeyFrameNeeded(RemoteProtocolError):
+    """An inter frame this stream's decoder can't take: answered with ``KEY_FRAME_NEEDED``, so the
+    sender codes its next picture as a key frame (what RTCP's picture loss indication does)."""
+
+
+def fit_picture(picture: Image.Image, size: tuple[int, int] | None) -> Image.Image:
+    """A stream's picture at ``size`` (width, height): scaled to cover it, centre-cropped (no bars, no
+    distortion); None keeps the source size, cropped to even sides."""
+    if size is None:
+        w, h = even_size(*picture.size)
+        return picture if (w, h) == picture.size else picture.crop((0, 0, w, h))
+    w, h = size
+    scale = max(w / picture.width, h / picture.height)
+    sw, sh = max(w, round(picture.width * scale)), max(h, round(picture.height * scale))
+    if (sw, sh) != picture.size:
+        picture = picture.resize((sw, sh), Image.Resampling.BILINEAR)
+    left, top = (sw - w) // 2, (sh - h) // 2
+    return picture.crop((left, top, left + w, top + h))
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """'640x352' -> (640, 352); ValueError for anything else (even sides, 16 to 4096)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"not a resolution: {text!r} (example: 640x352)") from None
+    if not (16 <= w <= MAX_SIDE and 16 <= h <= MAX_SIDE) or w % 2 or h % 2:
+        raise ValueError(f"resolution {text!r}: even width and height from 16 to {MAX_SIDE}")
+    return w, h
