@@ -85,6 +85,11 @@ class ImageCodec(ABC):
         """What a receiver's report can say about a payload it decoded (the learned codec: its quality)."""
         return {}
 
+    def frame_name(self, name: str, payload: bytes) -> str:
+        """The name a decoded frame is reported under: the one it carries (a video stream's inter
+        frames may leave it out and carry only their index in the source)."""
+        return name
+
     @abstractmethod
     def decode(self, encoding: int, compression: int, shape, payload: bytes, params, image_size) -> torch.Tensor:
         """The inverse: frame fields -> image (1, 3, H, W) in [-1, 1], cropped to ``image_size``.

@@ -15,6 +15,7 @@ once per loss: refusals of frames sent before that key frame don't ask again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from latentcomm import protocol_v2 as v2
 from latentcomm.ratecontrol import DelayBasedEstimator
+from latentcomm.secure import SEAL_OVERHEAD
 from latentcomm.stream import LiveSource, percentile
 from latentcomm.transport import Pipeline
 from latentcomm.video import VideoCodec, fit_picture
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 
 #: Share of the link the encoder aims at under a fixed --bandwidth (the rest: frame overhead jitter,
 #: and the rate control's own overshoot).
-RATE_MARGIN = 0.92
+RATE_MARGIN = 0.96
 #: The same under --bandwidth auto, whose estimate sits near the link's rate: the encoder's own
 #: overshoot must not keep a queue standing.
 ADAPTIVE_MARGIN = 0.85
@@ -75,6 +77,7 @@ def send_video_stream(
     thread = threading.Thread(target=writer, name="stream-write", daemon=True)
     thread.start()
 
+    stem: str | None = None  # the source's name stem, as the last key frame gave it
     overhead = 0  # bytes a frame costs besides its access unit (measured from the first frame)
 
     margin = ADAPTIVE_MARGIN if estimator else RATE_MARGIN
@@ -166,17 +169,27 @@ def send_video_stream(
             seq += 1
             t0 = time.monotonic()
             picture = fit_picture(f.image, resolution)
-            enc = codec.encode_picture(picture, captured=captured)
+            enc = codec.encode_picture(picture, captured=captured, source_index=f.index)
+            name = f.name
             if enc.facts["frame_type"] == "key":
                 keys += 1
                 key_from = seq
+                stem = f.name.rpartition("-")[0] if f.name.endswith(f"-{f.index:06d}") else None
+            elif stem is not None and f.name == f"{stem}-{f.index:06d}":
+                name = ""  # the receiver names it from the key frame's stem and the source index
             text = texts(Path(f.name)) if texts is not None else None
             frame = v2.ImageFrame(
-                seq, codec.model_id, enc.encoding, enc.compression, enc.shape, enc.shape[1:], enc.payload, f.name,
+                seq, codec.model_id, enc.encoding, enc.compression, enc.shape, enc.shape[1:], enc.payload, name,
                 (), None, text,
             )  # fmt: skip
             if not overhead:
-                overhead = len(v2.encode_image(frame)) - len(enc.payload) + (44 if client.key else 0)
+                # What every inter frame costs besides its access unit (no name), sealing included.
+                bare = dataclasses.replace(frame, name="" if stem else frame.name)
+                overhead = (
+                    len(v2.encode_image(bare))
+                    - len(enc.payload)
+                    + (SEAL_OVERHEAD + v2.PREFIX.size if client.key else 0)
+                )
                 if bandwidth_bps:
                     apply_rate(bandwidth_bps)
             with meta_lock:

@@ -176,7 +176,7 @@ class Receiver:
         image = codec.decode(f.encoding, f.compression, f.shape, f.payload, f.params, f.image_size)
         info = {
             "seq": f.seq,
-            "name": f.name,
+            "name": codec.frame_name(f.name, f.payload),
             "codec": codec.kind,
             "encoding": f.encoding,
             "compression": f.compression,

@@ -9,10 +9,15 @@ One coded access unit (what the encoder emits for one picture) rides in one v2 I
 
     model     "h264" | "av1" | "vp9"         (the codec, where image frames name their model)
     encoding  ENC_VIDEO (5), compression none, shape (3, coded height, coded width)
-    payload   VIDEO_HEADER "!BBHIIH": version 1, flags (bit 0: key frame), reserved 0, the encoder's
-              frame number (u32, +1 per coded picture), the sender's link rate in bits/s (fixed or
-              estimated; 0 unknown), its last measured capture-to-acknowledgement latency in ms
-              (0 unknown) | the access unit. The last two are what the dashboard charts.
+    payload   VIDEO_HEADER "!BBHIIIH": version 1, flags (bit 0: key frame), reserved 0, the encoder's
+              frame number (u32, +1 per coded picture), the picture's index in its source (u32), the
+              sender's link rate in bits/s (fixed or estimated; 0 unknown), its last measured
+              capture-to-acknowledgement latency in ms (0 unknown) | the access unit. The last two
+              are what the dashboard charts.
+    name      the source frame's name (``STEM-NNNNNN``, NNNNNN its index in the source) on key
+              frames; inter frames of such a source leave it empty (20-30 bytes a frame, a twentieth
+              of a 64 kbit/s link at 10 fps) and the receiver names them from the key frame's stem
+              and their source index.
 
 Every key frame carries the parameter sets a decoder needs to start (libx264 and SVT-AV1 repeat
 them in-band when there is no global header; a VP9 key frame is self-contained), so a receiver that
@@ -43,7 +48,7 @@ from latentcomm.errors import LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
-VIDEO_HEADER = struct.Struct("!BBHIIH")
+VIDEO_HEADER = struct.Struct("!BBHIIIH")
 VIDEO_VERSION = 1
 FLAG_KEY = 0x01
 #: The largest picture a video frame may claim (both sides even, as 4:2:0 needs).
@@ -113,6 +118,7 @@ def even_size(width: int, height: int) -> tuple[int, int]:
 class VideoFacts:
     frame_number: int
     key: bool
+    source_index: int = 0
     link_bps: int = 0
     latency_ms: int = 0
 
@@ -121,10 +127,10 @@ def parse_payload(payload: bytes) -> tuple[VideoFacts, bytes]:
     """(header facts, access unit) of a video payload; RemoteProtocolError if it isn't one."""
     if len(payload) < VIDEO_HEADER.size + 1:
         raise RemoteProtocolError("video payload shorter than its header")
-    version, flags, _reserved, number, link, latency = VIDEO_HEADER.unpack_from(payload)
+    version, flags, _reserved, number, index, link, latency = VIDEO_HEADER.unpack_from(payload)
     if version != VIDEO_VERSION:
         raise RemoteProtocolError(f"unsupported video payload version {version}")
-    return VideoFacts(number, bool(flags & FLAG_KEY), link, latency), payload[VIDEO_HEADER.size :]
+    return VideoFacts(number, bool(flags & FLAG_KEY), index, link, latency), payload[VIDEO_HEADER.size :]
 
 
 class VideoCodec(ImageCodec):
@@ -176,6 +182,7 @@ class VideoCodec(ImageCodec):
         self._t0: float | None = None
         # Receiver side.
         self._dec = None
+        self._stem: str | None = None
         self._expect: int | None = None  # the frame number the decoder can take next (None: a key frame)
 
     def new_stream(self) -> VideoCodec:
@@ -233,7 +240,9 @@ class VideoCodec(ImageCodec):
         self._enc_size = (width, height)
         self._opened_bps = self.bitrate_bps
 
-    def encode_picture(self, picture: Image.Image, force_key: bool = False, captured: float | None = None) -> Encoded:
+    def encode_picture(
+        self, picture: Image.Image, force_key: bool = False, captured: float | None = None, source_index: int = 0
+    ) -> Encoded:
         """Code one picture (RGB) into one access unit; the stream's first frame is a key frame."""
         import av
 
@@ -268,6 +277,7 @@ class VideoCodec(ImageCodec):
             FLAG_KEY if is_key else 0,
             0,
             self._frame_number,
+            source_index & 0xFFFFFFFF,
             min(0xFFFFFFFF, int(self.link_bps)),
             min(0xFFFF, int(1000 * self.last_latency_s)),
         )
@@ -289,12 +299,26 @@ class VideoCodec(ImageCodec):
 
     def payload_facts(self, payload: bytes) -> dict:
         facts, _ = parse_payload(payload)
-        out = {"frame_type": "key" if facts.key else "inter", "frame_number": facts.frame_number}
+        out = {
+            "frame_type": "key" if facts.key else "inter",
+            "frame_number": facts.frame_number,
+            "source_index": facts.source_index,
+        }
         if facts.link_bps:
             out["link_bps"] = facts.link_bps
         if facts.latency_ms:
             out["sender_latency_ms"] = facts.latency_ms
         return out
+
+    def frame_name(self, name: str, payload: bytes) -> str:
+        """Key frames name the source (``STEM-NNNNNN``): remember its stem; an inter frame without a
+        name is that stem and its own source index."""
+        facts, _ = parse_payload(payload)
+        if name:
+            stem, _, number = name.rpartition("-")
+            self._stem = stem if stem and number.isdigit() else None
+            return name
+        return f"{self._stem}-{facts.source_index:06d}" if self._stem else ""
 
     def decode_picture(self, shape, payload: bytes, image_size) -> np.ndarray:
         """One access unit -> the picture (H, W, 3 uint8). RemoteProtocolError for one that doesn't
