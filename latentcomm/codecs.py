@@ -750,8 +750,12 @@ def load_codec(
     postfilter: bool = True,
 ) -> ImageCodec:
     """The one way scripts get a codec: ``--codec`` plus ``--model`` (auto = the codec's default model)."""
+    from latentcomm.video import VIDEO_CODECS, VideoCodec  # the video module builds on this one
+
+    if codec in VIDEO_CODECS:
+        return VideoCodec(codec)
     if codec not in CODECS:
-        raise LocalProtocolError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+        raise LocalProtocolError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS + tuple(VIDEO_CODECS))}")
     if codec == "learned" or (model != "auto" and is_learned_model(model)):
         path = LEARNED_MODEL_DIR if model == "auto" else model
         return LearnedCodec(path, device, precision, quality, target_bytes, context, refine_steps, postfilter)

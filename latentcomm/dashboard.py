@@ -102,7 +102,7 @@ def sender_name(peer: str) -> str:
 
 def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf, format="PNG", compress_level=1)  # fast: the page gets a new picture per video frame
     return buf.getvalue()
 
 

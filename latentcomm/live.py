@@ -25,7 +25,6 @@ from pathlib import Path
 
 from latentcomm import protocol_v2 as v2
 from latentcomm.ratecontrol import DelayBasedEstimator
-from latentcomm.secure import SEAL_OVERHEAD
 from latentcomm.stream import LiveSource, percentile
 from latentcomm.transport import Pipeline
 from latentcomm.video import VideoCodec, fit_picture
@@ -76,6 +75,7 @@ def send_video_stream(
 
     thread = threading.Thread(target=writer, name="stream-write", daemon=True)
     thread.start()
+    cpu0 = time.process_time()  # this process's CPU (all threads) from here: capture, encode, seal, send
 
     stem: str | None = None  # the source's name stem, as the last key frame gave it
     overhead = 0  # bytes a frame costs besides its access unit (measured from the first frame)
@@ -111,6 +111,9 @@ def send_video_stream(
         with meta_lock:
             meta = metas.pop(s, None)
         if meta is None:
+            if s == 0 and ack.status == v2.Status.KEY_FRAME_NEEDED:  # a viewer joined, an owner took over
+                codec.request_key_frame()
+                key_requests += 1
             return None
         nbytes = meta.get("bytes", 0)
         latency = t_ack - meta["captured"]
@@ -185,11 +188,7 @@ def send_video_stream(
             if not overhead:
                 # What every inter frame costs besides its access unit (no name), sealing included.
                 bare = dataclasses.replace(frame, name="" if stem else frame.name)
-                overhead = (
-                    len(v2.encode_image(bare))
-                    - len(enc.payload)
-                    + (SEAL_OVERHEAD + v2.PREFIX.size if client.key else 0)
-                )
+                overhead = len(v2.encode_image(bare)) - len(enc.payload) + client.seal_overhead
                 if bandwidth_bps:
                     apply_rate(bandwidth_bps)
             with meta_lock:
@@ -244,6 +243,7 @@ def send_video_stream(
         "bits_per_second_by_second": [8 * per_second.get(s, 0) for s in range(int(span) + 1)],
         "latency_p50_s": percentile(latencies, 50),
         "latency_p95_s": percentile(latencies, 95),
+        "cpu_s_per_frame": round((time.process_time() - cpu0) / max(1, seq), 5),
     }
     if estimator is not None:
         summary["estimated_bps_by_second"] = _by_second(estimator.history, live.t0, span)

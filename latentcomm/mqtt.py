@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "receivers"
 DEDUP_WINDOW = 100_000
+#: Seconds a receiver's claim on a video stream lasts unless renewed (it renews every third of it).
+DEFAULT_LEASE_S = 3.0
 #: The only answers a sealed sender takes in clear (docs/security.md): from a receiver without its key.
 PLAINTEXT_REFUSALS = (v2.Status.UNKNOWN_KEY, v2.Status.SEALING_REQUIRED)
 
@@ -141,12 +143,19 @@ class MqttSender:
             if sender_id is not None and sender_id != self.sealer.stream_id.hex():
                 raise LatentcommError("a sealed broker sender's id is its stream id; don't give sender_id")
             sender_id = self.sealer.stream_id.hex()
+        self.key = key
+        #: Bytes sealing adds to a message through the broker (the video sender's rate accounts for it).
+        self.seal_overhead = secure.STREAM_OVERHEAD + v2.PREFIX.size if key is not None else 0
+        self.pace: float | None = None  # the broker link is not paced; the video encoder's rate holds it
+        #: Where acknowledgements go instead of send()'s queue (a BrokerPipeline's reader).
+        self.on_ack = None
         self.forged_acks = 0
         self._authenticated = False  # a sealed acknowledgement has come: no plaintext answer counts now
         self.host, self.port = parse_broker(broker)
         self.topic = check_topic(topic)
         self.sender_id = sender_id or uuid.uuid4().hex[:16]
         self.frames_topic = f"latentcomm/{topic}/frames/{self.sender_id}"
+        self.video_topic = f"latentcomm/{topic}/video/{self.sender_id}"
         self.acks_topic = f"latentcomm/{topic}/acks/{self.sender_id}"
         self.timeout = timeout
         self.retries = retries
@@ -208,7 +217,10 @@ class MqttSender:
                 return
         elif self.sealer is not None:
             self._authenticated = True
-        self._acks.put(event)
+        if self.on_ack is not None:
+            self.on_ack(event)
+        else:
+            self._acks.put(event)
 
     def __enter__(self) -> MqttSender:
         return self
@@ -245,6 +257,102 @@ class MqttSender:
         )
 
 
+class BrokerPipeline:
+    """Live video through a broker: ``transport.Pipeline``'s interface over an :class:`MqttSender`.
+
+    Frames go to ``latentcomm/<topic>/video/<sender id>``, where every receiver of a group and any
+    number of viewers subscribe without sharing (one inter-coded stream can't be split frame by frame
+    across a shared subscription). The group's receivers agree on one owner per stream, who alone
+    decodes it for the group and acknowledges (``MqttServer``). Up to ``window`` frames are in flight;
+    a frame not acknowledged within ``ack_timeout`` counts as lost (``KEY_FRAME_NEEDED``: the stream
+    goes on from a key frame, as when a new owner takes over). A key-frame request that names no
+    frame (seq 0: a viewer joining, a new owner) comes out of ``acks`` with seq 0.
+    """
+
+    def __init__(self, sender: MqttSender, window: int = 4, ack_timeout: float = 2.0) -> None:
+        self.client = sender
+        self.window = window
+        self.ack_timeout = ack_timeout
+        self.acks: queue.Queue[tuple[int, v2.Ack, float]] = queue.Queue()
+        self.max_bytes: float | None = None
+        self.last_frame_bytes = 0
+        self._inflight: dict[int, tuple[int, float]] = {}
+        self._cond = threading.Condition()
+        self._fatal: str | None = None
+        self._closed = False
+        sender.on_ack = self._on_ack
+        threading.Thread(target=self._expire, name="video-acks", daemon=True).start()
+
+    @property
+    def reconnects(self) -> int:
+        return self.client.reconnects
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return len(self._inflight)
+
+    def _on_ack(self, ack: v2.Ack) -> None:
+        now = time.monotonic()
+        if ack.seq == 0:
+            if ack.status == v2.Status.KEY_FRAME_NEEDED:
+                self.acks.put((0, ack, now))
+            elif not ack.ok:  # a receiver that can't open our frames (UNKNOWN_KEY, SEALING_REQUIRED)
+                with self._cond:
+                    self._fatal = f"{ack.status.name}: {ack.message}"
+                    self._cond.notify_all()
+            return
+        with self._cond:
+            known = self._inflight.pop(ack.seq, None) is not None
+            self._cond.notify_all()
+        if known:
+            self.acks.put((ack.seq, ack, now))
+
+    def _expire(self) -> None:
+        while not self._closed:
+            time.sleep(0.1)
+            now = time.monotonic()
+            with self._cond:
+                late = [seq for seq, (_, t) in self._inflight.items() if now - t > self.ack_timeout]
+                for seq in late:
+                    self._inflight.pop(seq)
+                if late:
+                    self._cond.notify_all()
+            for seq in late:
+                reason = f"no acknowledgement through the broker in {self.ack_timeout:g} s"
+                self.acks.put((seq, v2.Ack(seq, v2.Status.KEY_FRAME_NEEDED, reason), now))
+
+    def submit(self, frame: v2.ImageFrame) -> None:
+        size = len(frame.payload)
+        with self._cond:
+            while not self._fatal and (
+                len(self._inflight) >= self.window
+                or (
+                    self._inflight
+                    and self.max_bytes is not None
+                    and sum(n for n, _ in self._inflight.values()) + size > self.max_bytes
+                )  # fmt: skip
+            ):
+                self._cond.wait(timeout=0.1)
+            if self._fatal:
+                raise TransportError(f"the broker's receivers refused the stream: {self._fatal}")
+            self._inflight[frame.seq] = (size, time.monotonic())
+        plain = v2.encode_image(frame)
+        data = self.client.sealer.seal(plain) if self.client.sealer is not None else plain
+        self.last_frame_bytes = len(data)
+        self.client.client.publish(self.client.video_topic, data, qos=1)
+
+    def drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._inflight and time.monotonic() < deadline:
+                self._cond.wait(timeout=0.05)
+
+    def close(self) -> None:
+        self._closed = True
+        self.client.close()
+
+
 class MqttServer:
     """A receiver's side of the broker, with FrameServer's interface (``frames``, ``stats``,
     ``stop_accepting``, ``on_reject``), so ``Receiver.serve`` runs unchanged."""
@@ -261,6 +369,8 @@ class MqttServer:
         keyring: secure.Keyring | None = None,
         session_expiry: int = DEFAULT_SESSION_EXPIRY,
         replay_state: Path | None = None,
+        viewer: bool = False,
+        lease_s: float = DEFAULT_LEASE_S,
     ) -> None:
         if session_expiry < 0 or session_expiry > 0xFFFFFFFF:
             raise LatentcommError(f"--session-expiry {session_expiry}: give 0 to 4294967295 seconds")
@@ -282,11 +392,25 @@ class MqttServer:
         self._done: OrderedDict[tuple[str, int], tuple[bytes, v2.Ack]] = OrderedDict()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        # Video streams (latentcomm/<topic>/video/<sender>): every receiver subscribes without sharing;
+        # a group's receivers agree on one owner per stream (retained claims under owners/, renewed
+        # every lease/3 s, dropped at once by a receiver's last will under gone/), and only the owner
+        # decodes and acknowledges. A viewer decodes every stream and acknowledges none.
+        self.viewer = viewer
+        self.lease_s = lease_s
+        self.video_subscription = f"latentcomm/{topic}/video/+"
+        self._owners: dict[str, tuple[str, float]] = {}  # sender -> (owner client id, lease end)
+        self._mine: dict[str, float] = {}  # senders this receiver owns -> when a frame last came
+        self._key_asked: dict[str, float] = {}
         self.client = _client(self.client_id, manual_ack=True, v5=True)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        if not viewer:
+            self.client.will_set(f"latentcomm/{topic}/gone/{self.client_id}", b"", qos=1)
         self._connected = threading.Event()
         _connect(self.client, self.host, self.port, wait_for, session_expiry)
+        if not viewer:
+            threading.Thread(target=self._renew, name="video-claims", daemon=True).start()
 
     def start(self) -> MqttServer:
         self.client.loop_start()
@@ -298,8 +422,13 @@ class MqttServer:
         if reason_code.is_failure:
             log.warning("broker refused the connection: %s", reason_code)
             return
-        client.subscribe(self.subscription, qos=1)
-        log.info("subscribed to %s as %s", self.subscription, self.client_id)
+        if not self.viewer:
+            client.subscribe(self.subscription, qos=1)
+            client.subscribe(f"latentcomm/{self.topic}/owners/+", qos=1)
+            client.subscribe(f"latentcomm/{self.topic}/gone/+", qos=1)
+        client.subscribe(self.video_subscription, qos=1)
+        what = self.video_subscription if self.viewer else self.subscription
+        log.info("subscribed to %s as %s", what, self.client_id)
         self._connected.set()
 
     def _reject(self, peer: str, reason: str) -> None:
@@ -310,6 +439,13 @@ class MqttServer:
             callback(peer, reason)
 
     def _on_message(self, client, userdata, msg) -> None:
+        kind = msg.topic.split("/")[-2]
+        if kind == "owners":
+            self._on_claim(msg)
+            return
+        if kind == "gone":
+            self._on_gone(msg)
+            return
         sender = msg.topic.rsplit("/", 1)[-1]
         peer = f"mqtt:{sender}"
         with self._lock:
@@ -345,6 +481,9 @@ class MqttServer:
             self._reject(peer, str(exc))
             client.ack(msg.mid, msg.qos)
             return
+        if kind == "video":
+            self._on_video(sender, peer, frame, msg, key_id, stream)
+            return
         key = (sender, frame.seq)
         digest = hashlib.sha256(payload).digest()
         with self._lock:
@@ -378,16 +517,109 @@ class MqttServer:
         # SHUTTING_DOWN: no PUBACK, so the broker keeps the frame for this session or the sender resends.
 
     def _answer(self, sender: str, ack: v2.Ack, msg, key_id: str | None = None, stream: bytes | None = None) -> None:
-        topic = msg.topic.replace("/frames/", "/acks/", 1)
+        self._publish_ack(sender, ack, key_id, stream)
+        self.client.ack(msg.mid, msg.qos)
+
+    def _publish_ack(self, sender: str, ack: v2.Ack, key_id: str | None = None, stream: bytes | None = None) -> None:
         data = v2.encode_ack(ack)
         if key_id is not None and stream is not None and self.opener is not None:
             data = self.opener.seal_ack(key_id, stream, data)
-        self.client.publish(topic, data, qos=1)
+        self.client.publish(f"latentcomm/{self.topic}/acks/{sender}", data, qos=1)
+
+    # -- video streams: one owner per stream in a group, any number of viewers ------------------------
+
+    def _owner(self, sender: str) -> str | None:
+        with self._lock:
+            owner = self._owners.get(sender)
+        return owner[0] if owner is not None and owner[1] > time.monotonic() else None
+
+    def _claim(self, sender: str) -> None:
+        import json
+
+        with self._lock:
+            self._owners[sender] = (self.client_id, time.monotonic() + self.lease_s)
+            self._mine[sender] = time.monotonic()
+        claim = json.dumps({"owner": self.client_id, "lease_s": self.lease_s}).encode()
+        self.client.publish(f"latentcomm/{self.topic}/owners/{sender}", claim, qos=1, retain=True)
+
+    def _renew(self) -> None:
+        while not self._stopping.is_set():
+            time.sleep(self.lease_s / 3)
+            now = time.monotonic()
+            with self._lock:
+                live = [s for s, t in self._mine.items() if now - t < self.lease_s and self._owners.get(s, ("",))[0]
+                        == self.client_id]  # fmt: skip
+            for sender in live:
+                self._claim(sender)
+
+    def _on_claim(self, msg) -> None:
+        import json
+
+        sender = msg.topic.rsplit("/", 1)[-1]
+        try:
+            claim = json.loads(msg.payload) if msg.payload else None
+            owner, lease = (str(claim["owner"]), float(claim["lease_s"])) if claim else (None, 0.0)
+        except (ValueError, KeyError, TypeError):
+            owner, lease = None, 0.0
+        with self._lock:
+            if owner is None:
+                self._owners.pop(sender, None)
+            else:  # the broker orders claims: every receiver ends with the same, last one
+                self._owners[sender] = (owner, time.monotonic() + min(max(lease, 0.5), 60.0))
+                if owner != self.client_id:
+                    self._mine.pop(sender, None)
         self.client.ack(msg.mid, msg.qos)
+
+    def _on_gone(self, msg) -> None:
+        gone = msg.topic.rsplit("/", 1)[-1]
+        with self._lock:
+            for sender in [s for s, (o, _) in self._owners.items() if o == gone]:
+                del self._owners[sender]
+        log.info("receiver %s left the group: its video streams are free to take over", gone)
+        self.client.ack(msg.mid, msg.qos)
+
+    def _on_video(self, sender: str, peer: str, frame: v2.ImageFrame, msg, key_id, stream) -> None:
+        """A live video frame: PUBACKed at once (a late frame is worth nothing: a loss is repaired by a
+        key frame, not by the broker's redelivery); decoded here if this receiver owns the stream for
+        its group, or watches as a viewer."""
+        self.client.ack(msg.mid, msg.qos)
+        if not self.viewer:
+            owner = self._owner(sender)
+            if owner is None:
+                log.info("taking the video stream of %s for the group", peer)
+                self._claim(sender)
+            elif owner != self.client_id:
+                return
+            with self._lock:
+                self._mine[sender] = time.monotonic()
+        reply: Future = Future()
+        reply.add_done_callback(lambda f: self._video_done(sender, frame.seq, f.result(), key_id, stream))
+        try:
+            self.frames.put_nowait(ReceivedFrame(frame, peer, len(msg.payload), 0.0, reply, key_id))
+            with self._lock:
+                self.stats.frames += 1
+        except queue.Full:
+            log.warning("decode queue full: video frame %s seq %d dropped", peer, frame.seq)
+
+    def _video_done(self, sender: str, seq: int, ack: v2.Ack, key_id, stream) -> None:
+        if not self.viewer:
+            if self._owner(sender) == self.client_id:
+                self._publish_ack(sender, ack, key_id, stream)
+            return
+        if ack.status == v2.Status.KEY_FRAME_NEEDED:  # a viewer asks for a key frame, once a second at most
+            now = time.monotonic()
+            if now - self._key_asked.get(sender, 0.0) >= 1.0:
+                self._key_asked[sender] = now
+                self._publish_ack(sender, v2.Ack(0, v2.Status.KEY_FRAME_NEEDED, "a viewer joined"), key_id, stream)
 
     def stop_accepting(self) -> None:
         self._stopping.set()
         self.client.unsubscribe(self.subscription)
+        self.client.unsubscribe(self.video_subscription)
+        with self._lock:
+            mine = [s for s, (o, _) in self._owners.items() if o == self.client_id]
+        for sender in mine:  # hand the streams back at once rather than at the lease's end
+            self.client.publish(f"latentcomm/{self.topic}/owners/{sender}", b"", qos=1, retain=True)
 
     def close(self) -> None:
         self.client.loop_stop()

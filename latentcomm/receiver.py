@@ -97,6 +97,7 @@ class Receiver:
         options: ReceiverOptions,
         stdout: TextIO = sys.stdout,
         dashboard: DashboardState | None = None,
+        enhancer=None,
     ) -> None:
         self.dashboard = dashboard
         vae = [c for c in codecs if isinstance(c, VaeCodec)]
@@ -110,7 +111,7 @@ class Receiver:
         # uses it, and each stream gets its own (inter frames depend on the frames before them).
         for name in VIDEO_CODECS:
             try:
-                self.codecs.setdefault(name, VideoCodec(name))
+                self.codecs.setdefault(name, VideoCodec(name, enhancer=enhancer))
             except LatentcommError as exc:
                 log.info("video codec %s not available: %s", name, exc)
         self._streams: OrderedDict[tuple[str, str], ImageCodec] = OrderedDict()

@@ -274,8 +274,10 @@ def build_v2_frame(
 
 
 def codec_label(codec: ImageCodec) -> str:
-    """What the report's ``dtype`` field says: the VAE latent's precision, or "learned"."""
-    return codec.dtype if isinstance(codec, VaeCodec) else "learned"
+    """What the report's ``dtype`` field says: the VAE latent's precision, "learned", or the video codec."""
+    if isinstance(codec, VaeCodec):
+        return codec.dtype
+    return codec.model_id if codec.kind == "video" else "learned"
 
 
 def send_images_v2(

@@ -290,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     # or the learned codec (rate + lambda * distortion, latentcomm.train_codec, its own flags).
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument(
-        "--objective", choices=["reconstruction", "codec", "context", "decoder", "postnet"], default="reconstruction"
+        "--objective",
+        choices=["reconstruction", "codec", "context", "decoder", "postnet", "enhance"],
+        default="reconstruction",
     )
     known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
     if known.objective == "codec":
@@ -309,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         from latentcomm import train_postnet
 
         return train_postnet.main(rest)
+    if known.objective == "enhance":
+        from latentcomm import train_enhance
+
+        return train_enhance.main(rest)
     args = parse_args(rest)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from diffusers import AutoencoderKL

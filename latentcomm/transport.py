@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from latentcomm import protocol_v2 as v2
 from latentcomm.errors import ProtocolError, TransportError
 from latentcomm.protocol import NEED_DATA, LegacyFrame, LegacyReceiver, Limits
-from latentcomm.secure import Handshake, Key, Keyring, SealError, SecureConnection
+from latentcomm.secure import SEAL_OVERHEAD, Handshake, Key, Keyring, SealError, SecureConnection
 
 log = logging.getLogger(__name__)
 
@@ -420,6 +420,8 @@ class V2Client:
         pace_bps: float | None = None,
     ) -> None:
         self.key = key
+        #: Bytes sealing adds to a message (the video sender's rate accounts for it).
+        self.seal_overhead = SEAL_OVERHEAD + v2.PREFIX.size if key is not None else 0
         #: Write no faster than this many bits/s (streams under --bandwidth): a burst of 50 ms at most.
         self.pace = pace_bps / 8 if pace_bps else None
         self._pace_tokens = 0.0

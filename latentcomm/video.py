@@ -156,6 +156,7 @@ class VideoCodec(ImageCodec):
         fps: float = 10.0,
         key_interval: int = 100,
         threads: int | None = None,
+        enhancer=None,
     ) -> None:
         if name not in VIDEO_CODECS:
             raise LocalProtocolError(f"unknown video codec {name!r}; choose one of {', '.join(VIDEO_CODECS)}")
@@ -180,14 +181,16 @@ class VideoCodec(ImageCodec):
         self.link_bps = 0.0
         self.last_latency_s = 0.0
         self._t0: float | None = None
-        # Receiver side.
+        # Receiver side. ``enhancer`` (latentcomm.enhance.VideoEnhancer, H.264 only): every decoded
+        # picture goes through it, told the decoder's quantizer map (--enhance).
+        self.enhancer = enhancer if name == "h264" else None
         self._dec = None
         self._stem: str | None = None
         self._expect: int | None = None  # the frame number the decoder can take next (None: a key frame)
 
     def new_stream(self) -> VideoCodec:
         """A fresh instance for another stream (its own encoder or decoder state)."""
-        return VideoCodec(self.spec.name, self.bitrate_bps, self.fps, self.key_interval, self.threads)
+        return VideoCodec(self.spec.name, self.bitrate_bps, self.fps, self.key_interval, self.threads, self.enhancer)
 
     # -- sender ---------------------------------------------------------------------------------------
 
@@ -286,6 +289,8 @@ class VideoCodec(ImageCodec):
             "frame_number": self._frame_number,
             "bitrate_bps": round(self.bitrate_bps),
             "encode_s": time.perf_counter() - t0,
+            "compress_s": 0.0,
+            "latent_shape": [1, 3, height, width],  # what the sender's report calls the coded shape
         }
         return Encoded(ENC_VIDEO, COMP_NONE, (3, height, width), header + unit, (), facts)
 
@@ -338,6 +343,8 @@ class VideoCodec(ImageCodec):
         if facts.key or self._dec is None:
             self._dec = av.CodecContext.create(self.spec.decoder, "r")  # a clean state at every key frame
             self._dec.thread_count = 1
+            if self.enhancer is not None:
+                self._dec.options = {"export_side_data": "venc_params"}  # the quantizer map it is told
         try:
             frames = self._dec.decode(av.Packet(unit))
         except (av.error.FFmpegError, ValueError) as exc:
@@ -352,7 +359,12 @@ class VideoCodec(ImageCodec):
             self._expect, self._dec = None, None
             raise KeyFrameNeeded(f"frame {facts.frame_number} decoded to {picture.width}x{picture.height}, not {w}x{h}")
         self._expect = (facts.frame_number + 1) & 0xFFFFFFFF
-        return picture.to_ndarray(format="rgb24")
+        pixels = picture.to_ndarray(format="rgb24")
+        if self.enhancer is not None:
+            from latentcomm.enhance import qp_map
+
+            pixels = self.enhancer.enhance(pixels, qp_map(picture, h, w))
+        return pixels
 
     def decode(self, encoding, compression, shape, payload, params, image_size) -> torch.Tensor:
         if encoding != ENC_VIDEO or compression != COMP_NONE or params:

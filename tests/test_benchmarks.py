@@ -120,5 +120,10 @@ def test_stream_benchmark_quick(tmp_path):
     out = tmp_path / "stream.json"
     run_bench("benchmarks/stream.py", "--quick", "--json", str(out))
     r = json.loads(out.read_text())
-    assert r["bandwidth"][0]["frames_sent"] > 0 and r["bandwidth"][0]["mean_psnr_db"] > 15
+    systems = {row["system"] for row in r["live_video"]}
+    assert {"plain x264", "plain SVT-AV1", "ours h264, sealed", "ours av1, sealed"} <= systems
+    for row in r["live_video"]:
+        assert row["frames_shown"] > 0 and row["viewer_psnr_db"] > 15 and "viewer_ssimulacra2" in row
+    ours = next(row for row in r["live_video"] if row["system"] == "ours h264, sealed")
+    assert ours["latency_p95_s"] >= ours["latency_p50_s"] > 0 and ours["receiver_cpu_s_per_frame"] > 0
     assert {t["scene"] for t in r["temporal"]} == {"static", "pan"}

@@ -300,3 +300,53 @@ def test_a_sealed_stream_replayed_on_another_topic_or_after_a_restart_is_refused
     assert rx2.stderr.count("seen before (replayed)") == 3 and decoded(rx2) == []
     attacker.loop_stop()
     spy.loop_stop()
+
+
+def test_a_video_stream_has_one_owner_any_viewers_and_survives_its_owner(broker, tmp_path, start_receiver):
+    """Live video through the broker, sealed: one receiver of the group decodes and acknowledges the
+    whole stream; a viewer (not in the group) watches it from a key frame it asks for; when the owner
+    is killed, the other receiver takes the stream over at a key frame and the sender carries on."""
+    from latentcomm import secure
+    from tests.videos import make_video
+
+    secure.generate_key(tmp_path / "k.key")
+    sealed = ("--key", str(tmp_path / "k.key"), "--session-expiry", "0")
+    rxs = [start_receiver(*receiver_args(broker, f"vid{i}"), *sealed) for i in range(2)]
+    video = make_video(tmp_path / "pan.mp4", frames=120, fps=10, size=128)
+    tx = subprocess.Popen(
+        [PYTHON, str(REPO / "sender_sdvae.py"), "--codec", "h264", "--broker", broker.url, "--topic", "cams",
+         "--video", str(video), "--key", str(tmp_path / "k.key"), "--json"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env(),
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while all(rx.stdout_lines.qsize() < 15 for rx in rxs):
+        assert time.monotonic() < deadline, rxs[0].stderr + rxs[1].stderr
+        time.sleep(0.1)
+    owner, other = (0, 1) if rxs[0].stdout_lines.qsize() >= 15 else (1, 0)
+    # One owner decodes the stream for the group: both may take the first frame or two, before the
+    # broker's order of their two claims reaches them both.
+    assert rxs[other].stdout_lines.qsize() <= 2
+    viewer = start_receiver(*receiver_args(broker, "watcher"), *sealed, "--viewer")
+    time.sleep(2.0)
+    rxs[owner].proc.send_signal(signal.SIGKILL)
+    rxs[owner].proc.wait()
+    out, err = tx.communicate(timeout=120)
+    assert tx.returncode == 0, err
+    summary = json.loads(out.splitlines()[-1])
+    time.sleep(1.0)
+    rxs[other].stop()
+    viewer.stop()
+
+    def frames_of(rx) -> list[dict]:
+        rows = []
+        while not rx.stdout_lines.empty():
+            r = json.loads(rx.stdout_lines.get())
+            if r.get("model") == "h264":
+                rows.append(r)
+        return rows
+
+    taken, watched = frames_of(rxs[other]), frames_of(viewer)
+    assert taken and taken[0]["frame_type"] == "key" and len(taken) >= 20  # took over at a key frame
+    assert watched and watched[0]["frame_type"] == "key" and len(watched) >= 30  # joined at the key frame it asked for
+    assert summary["key_frame_requests"] >= 2 and summary["frames_acknowledged"] >= 60
+    assert all(r["key_id"] for r in taken + watched)  # sealed end to end

@@ -229,10 +229,23 @@ def test_video_flag_mistakes_are_one_line():
     for args, message in [
         (["--codec", "h264"], "is for streams"),
         (["--codec", "h264", "--fps", "5", "--quality", "3"], "--bandwidth"),
-        (["--codec", "av1", "--fps", "5", "--broker", "mqtt://127.0.0.1:1"], "not supported yet"),
+        (["--codec", "av1", "--fps", "5", "--window", "0"], "--window"),
         (["--codec", "h264", "--fps", "5", "--resolution", "99x10"], "--resolution"),
         (["--codec", "h264", "--fps", "5", "--bandwidth", "auto:fast"], "--bandwidth"),
         (["--codec", "learned", "--fps", "5", "--resolution", "64x64"], "video codecs"),
     ]:
         r = run_script("sender_sdvae.py", *args, timeout=60)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_the_metrics_script_measures_and_sends_one_h264_key_frame(tmp_path, start_receiver):
+    from tests.conftest import run_script
+
+    rx = start_receiver("--codec", "learned", "--no-show", "--json", "--out", str(tmp_path / "out"))
+    r = run_script("sender_sdvae_metrics.py", "--codec", "h264", "--image", str(REPO / "temp" / "apple.jpeg"),
+                   "--port", str(rx.port), "--json", timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["acknowledged"] and report["codec"] == "video" and report["psnr_db"] > 25
+    got = rx.next_json()
+    assert got["model"] == "h264" and got["frame_type"] == "key" and got["name"] == "apple.jpeg"

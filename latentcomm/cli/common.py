@@ -78,6 +78,13 @@ def add_broker_args(p: argparse.ArgumentParser, receiver: bool) -> None:
             "for this receiver (default: a new random id)",
         )
         g.add_argument(
+            "--viewer",
+            action="store_true",
+            help="watch the topic's video streams without taking part in the group: decode every stream (asking "
+            "its sender for a key frame on joining), acknowledge none. Any number of viewers may watch; the group's "
+            "receivers each own whole streams",
+        )
+        g.add_argument(
             "--session-expiry",
             type=int,
             default=10,

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae_metrics.py") -
         parser.error(f"--size must be a positive multiple of 8 up to 4096 (the receiver's limit), got {args.size}")
     check_rate_args(parser, args)
     setup_logging()
-    if args.codec == "learned" or args.key:
+    if args.codec != "vae" or args.key:
         return _v2(args)
     from latentcomm.codec import FLAG_FLOAT16, decode_latent
     from latentcomm.engine import Engine

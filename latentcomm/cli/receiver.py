@@ -121,6 +121,13 @@ def build_parser(prog: str = "receiver_sdvae.py") -> argparse.ArgumentParser:
         help="read the dashboard token from this file (its first line)",
     )
     p.add_argument(
+        "--enhance",
+        action="store_true",
+        help="run every decoded H.264 picture through the video enhancer (models/latentcomm-enhance-h264): a small "
+        "network told the decoder's quantizer map; the same bits, a better picture, at this receiver's CPU cost "
+        "(docs/video.md)",
+    )
+    p.add_argument(
         "--extra-model",
         action="append",
         default=[],
@@ -152,6 +159,8 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
         or args.max_text < 0
     ):
         parser.error("limits must be positive")
+    if args.viewer and not args.broker:
+        parser.error("--viewer watches streams through a --broker")
     if args.broker and not 0 <= args.session_expiry <= 0xFFFFFFFF:
         parser.error(f"--session-expiry {args.session_expiry}: give 0 to 4294967295 seconds")
     if args.out is not None:
@@ -204,7 +213,7 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
                 )  # fmt: skip
         server = MqttServer(
             args.broker, args.topic, args.group, args.client_id, v2_limits, keyring=keyring,
-            session_expiry=args.session_expiry, replay_state=replay_state,
+            session_expiry=args.session_expiry, replay_state=replay_state, viewer=args.viewer,
         )  # fmt: skip
     else:
         server = FrameServer(
@@ -228,8 +237,13 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
         dashboard = Dashboard(state, dash_host, dash_port, token)
         shown = f"[{dashboard.address[0]}]" if ":" in dashboard.address[0] else dashboard.address[0]
         print(f"Dashboard on http://{shown}:{dashboard.address[1]}/", file=sys.stderr, flush=True)
+    enhancer = None
+    if args.enhance:
+        from latentcomm.enhance import ENHANCER_DIR, VideoEnhancer
+
+        enhancer = VideoEnhancer.from_pretrained(ENHANCER_DIR)
     options = ReceiverOptions(args.out, not args.no_show, args.once, args.json, args.max_disk)
-    receiver = Receiver(codecs, options, dashboard=state)
+    receiver = Receiver(codecs, options, dashboard=state, enhancer=enhancer)
     server.start()
     host, port = server.address
     models = ", ".join(c.model_id for c in codecs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from latentcomm.cli.common import (
     HelpFormatter,
@@ -324,11 +325,6 @@ def _send_video(parser, args) -> int:
     """--codec h264 / av1 / vp9: a live stream through a real video codec (latentcomm.live)."""
     from latentcomm.video import parse_resolution
 
-    if args.broker:
-        parser.error(
-            "video codecs over --broker are not supported yet: a receiver group can't split an inter-coded stream "
-            "frame by frame; stream over TCP, or use --codec learned with the broker"
-        )
     if args.video is None and args.camera is None and args.fps is None:
         parser.error(f"--codec {args.codec} is for streams: give --video PATH, --camera N, or a folder with --fps")
     if args.protocol == "legacy":
@@ -363,6 +359,9 @@ def _send_video(parser, args) -> int:
     from latentcomm.transport import Pipeline, V2Client
     from latentcomm.video import VideoCodec
 
+    if TYPE_CHECKING:
+        from latentcomm.mqtt import BrokerPipeline
+
     key = load_key(args.key) if args.key else None
     texts = text_source(args.text, args.text_file)
     if args.video is not None:
@@ -374,8 +373,15 @@ def _send_video(parser, args) -> int:
     first = next(frames)  # fail on a bad source before connecting
     fps = args.fps or _source_fps(args)
     codec = VideoCodec(args.codec, fixed or 256_000, fps, args.key_interval or max(1, round(10 * fps)))
-    client = V2Client(args.host, args.port, args.timeout, args.retries, args.wait_for_receiver, key=key)
-    pipeline = Pipeline(client, args.window or 4, reconnect_wait=args.timeout)
+    pipeline: Pipeline | BrokerPipeline
+    if args.broker:  # one receiver of the group owns the stream; viewers watch it (docs/video.md)
+        from latentcomm.mqtt import BrokerPipeline, MqttSender
+
+        sender = MqttSender(args.broker, args.topic, args.timeout, args.retries, args.wait_for_receiver, key=key)
+        pipeline = BrokerPipeline(sender, args.window or 4, ack_timeout=min(args.ack_timeout, 2.0))
+    else:
+        client = V2Client(args.host, args.port, args.timeout, args.retries, args.wait_for_receiver, key=key)
+        pipeline = Pipeline(client, args.window or 4, reconnect_wait=args.timeout)
     live = LiveSource(itertools.chain([first], frames))
     refused = 0
     try:
