@@ -81,24 +81,22 @@ def send_video_stream(
 
     margin = ADAPTIVE_MARGIN if estimator else RATE_MARGIN
 
-    def apply_rate(bps: float) -> None:
+    def set_link(bps: float) -> None:
+        """What the link's rate decides besides the encoder's target: the pacer, the in-flight bound,
+        and the rate the frames report to the receiver's dashboard."""
         codec.link_bps = bps
-        target = max(8_000.0, margin * bps - 8 * overhead * fps)
-        codec.set_bitrate(target)
-        client.pace = 1.5 * bps / 8 if estimator else bps / 8
+        client.pace = (1.5 if estimator else 1.0) * bps / 8
         pipeline.max_bytes = IN_FLIGHT_S * bps / 8
 
-    if bandwidth_bps:
-        codec.link_bps = bandwidth_bps
-        codec.bitrate_bps = RATE_MARGIN * bandwidth_bps
-        client.pace = bandwidth_bps / 8
-        pipeline.max_bytes = IN_FLIGHT_S * bandwidth_bps / 8
-    elif estimator:
-        codec.link_bps = estimator.estimate
-        codec.adaptive = True
-        codec.bitrate_bps = ADAPTIVE_MARGIN * estimator.estimate
-        client.pace = 1.5 * estimator.estimate / 8
-        pipeline.max_bytes = IN_FLIGHT_S * estimator.estimate / 8
+    def apply_rate(bps: float) -> None:
+        set_link(bps)
+        codec.set_bitrate(max(8_000.0, margin * bps - 8 * overhead * fps))
+
+    start = bandwidth_bps or (estimator.estimate if estimator else None)
+    if start:  # before the first frame (whose overhead isn't known yet) the encoder opens at this
+        codec.adaptive = estimator is not None
+        codec.bitrate_bps = margin * start
+        set_link(start)
     latencies: list[float] = []
     seq = acked = refused = sent_bytes = keys = key_requests = 0
     key_from = 0  # refusals of frames from this seq on ask for a key frame (older ones were answered)

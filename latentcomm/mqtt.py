@@ -38,6 +38,7 @@ refuse replayed counters, and a sender accepts only authenticated acknowledgemen
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import queue
 import threading
@@ -275,7 +276,6 @@ class BrokerPipeline:
         self.ack_timeout = ack_timeout
         self.acks: queue.Queue[tuple[int, v2.Ack, float]] = queue.Queue()
         self.max_bytes: float | None = None
-        self.last_frame_bytes = 0
         self._inflight: dict[int, tuple[int, float]] = {}
         self._cond = threading.Condition()
         self._fatal: str | None = None
@@ -339,7 +339,6 @@ class BrokerPipeline:
             self._inflight[frame.seq] = (size, time.monotonic())
         plain = v2.encode_image(frame)
         data = self.client.sealer.seal(plain) if self.client.sealer is not None else plain
-        self.last_frame_bytes = len(data)
         self.client.client.publish(self.client.video_topic, data, qos=1)
 
     def drain(self, timeout: float) -> None:
@@ -534,8 +533,6 @@ class MqttServer:
         return owner[0] if owner is not None and owner[1] > time.monotonic() else None
 
     def _claim(self, sender: str) -> None:
-        import json
-
         with self._lock:
             self._owners[sender] = (self.client_id, time.monotonic() + self.lease_s)
             self._mine[sender] = time.monotonic()
@@ -553,8 +550,6 @@ class MqttServer:
                 self._claim(sender)
 
     def _on_claim(self, msg) -> None:
-        import json
-
         sender = msg.topic.rsplit("/", 1)[-1]
         try:
             claim = json.loads(msg.payload) if msg.payload else None

@@ -28,11 +28,11 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from latentcomm.stream import parse_rate
+
 
 def parse_bandwidth(text: str) -> tuple[float | None, float | None]:
     """'256k' -> (256000, None): a fixed rate; 'auto' / 'auto:1M' -> (None, max): estimated."""
-    from latentcomm.stream import parse_rate
-
     t = text.strip().lower()
     if t == "auto":
         return None, DEFAULT_AUTO_MAX

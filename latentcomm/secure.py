@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -517,8 +518,6 @@ class BrokerOpener:
             self._load()
 
     def _load(self) -> None:
-        import json
-
         assert self.state_path is not None
         try:
             saved = json.loads(self.state_path.read_text())
@@ -543,8 +542,6 @@ class BrokerOpener:
         log.info("replay memory of %d sealed stream(s) restored from %s", len(self._streams), self.state_path)
 
     def _save(self) -> None:
-        import json
-
         assert self.state_path is not None
         streams = []
         for (key_id, stream_id), (_, _, seen, high) in list(self._streams.items())[-PERSISTED_STREAMS:]:

@@ -570,7 +570,6 @@ class Pipeline:
         self._generation = 0
         self._closed = False
         self.reconnects = 0
-        self.last_frame_bytes = 0
 
     @property
     def in_flight(self) -> int:
@@ -611,7 +610,6 @@ class Pipeline:
         client = self.client
         assert client._proto is not None
         data = client._proto.send(frame)
-        self.last_frame_bytes = len(data)
         generation = self._generation
         with self._cond:
             self._inflight[frame.seq] = size

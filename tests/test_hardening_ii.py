@@ -41,6 +41,7 @@ from latentcomm.dashboard import DashboardState, loopback_host
 from latentcomm.metrics import ssim
 from latentcomm.store import OutputStore
 from tests.conftest import PYTHON, REPO, run_script, script_env
+from tests.test_dashboard import dashboard_url
 
 
 def _send(port: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -201,16 +202,6 @@ def test_a_text_cannot_write_to_the_terminal(tiny_model, start_receiver, tmp_pat
 # -- 8. the dashboard: Host header, where the token comes from ---------------------------------------------
 
 
-def _dashboard_url(rx) -> str:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for line in rx.stderr.splitlines():
-            if line.startswith("Dashboard on "):
-                return line.split()[-1]
-        time.sleep(0.1)
-    raise AssertionError(rx.stderr)
-
-
 def _get(url: str, host: str | None = None) -> int:
     req = urllib.request.Request(url, headers={"Host": host} if host else {})
     try:
@@ -222,7 +213,7 @@ def _get(url: str, host: str | None = None) -> int:
 
 def test_the_tokenless_dashboard_answers_only_loopback_host_names(tiny_model, start_receiver, tmp_path):
     rx = start_receiver("--no-show", "--model", str(tiny_model), "--out", str(tmp_path / "o"), "--dashboard", "0")
-    url = _dashboard_url(rx)
+    url = dashboard_url(rx)
     port = url.rstrip("/").rsplit(":", 1)[1]
     assert _get(url + "api/state") == 200
     assert _get(url + "api/state", f"localhost:{port}") == 200
@@ -236,12 +227,12 @@ def test_the_dashboard_token_from_a_file_or_the_environment(tiny_model, start_re
     token_file.write_text("s3cret-from-file\n")
     rx = start_receiver("--no-show", "--model", str(tiny_model), "--out", str(tmp_path / "o"), "--dashboard", "0",
                         "--dashboard-token-file", str(token_file))  # fmt: skip
-    url = _dashboard_url(rx)
+    url = dashboard_url(rx)
     assert _get(url + "api/state") == 401 and _get(url + "api/state?token=s3cret-from-file") == 200
     assert _get(url + "api/state?token=s3cret-from-file", "anything.example") == 200  # the token is the guard
     rx2 = start_receiver("--no-show", "--model", str(tiny_model), "--out", str(tmp_path / "o2"), "--dashboard", "0",
                          env=script_env(LATENTCOMM_DASHBOARD_TOKEN="from-env"))  # fmt: skip
-    url2 = _dashboard_url(rx2)
+    url2 = dashboard_url(rx2)
     assert _get(url2 + "api/state") == 401 and _get(url2 + "api/state?token=from-env") == 200
 
 

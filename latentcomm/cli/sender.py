@@ -267,18 +267,31 @@ def _client(args, key, pace_bps=None):
     )
 
 
+def _source(args):
+    """The stream's frames: --video, --camera, or the --image files/folder at --fps."""
+    from latentcomm.sender import expand_images
+    from latentcomm.stream import camera_frames, image_frames, video_frames
+
+    if args.video is not None:
+        return video_frames(args.video, args.fps, args.max_frames)
+    if args.camera is not None:
+        return camera_frames(args.camera, args.fps, args.max_frames)
+    return image_frames(expand_images(args.image or ["temp/apple.jpeg"]), args.fps, args.max_frames)
+
+
+def _latency_text(r: dict) -> str:
+    """', latency p50 ... s, p95 ... s' of a stream summary (empty before any acknowledgement)."""
+    p50, p95 = r["latency_p50_s"], r["latency_p95_s"]
+    return f", latency p50 {p50:.3f} s, p95 {p95:.3f} s" if p50 is not None else ""
+
+
 def _send_stream(parser, args, key, bandwidth, texts=None) -> int:
     """--video / --camera / a folder with --fps: a live stream, optionally within --bandwidth."""
     from latentcomm.codecs import load_codec
-    from latentcomm.sender import expand_images, send_stream
-    from latentcomm.stream import LiveSource, camera_frames, image_frames, video_frames
+    from latentcomm.sender import send_stream
+    from latentcomm.stream import LiveSource
 
-    if args.video is not None:
-        frames = video_frames(args.video, args.fps, args.max_frames)
-    elif args.camera is not None:
-        frames = camera_frames(args.camera, args.fps, args.max_frames)
-    else:
-        frames = image_frames(expand_images(args.image or ["temp/apple.jpeg"]), args.fps, args.max_frames)
+    frames = _source(args)
     codec = load_codec(
         args.codec, args.model, args.device, args.precision, dtype=args.dtype, compression=args.compression,
         quality=args.quality, target_bytes=args.target_bytes,
@@ -296,13 +309,12 @@ def _send_stream(parser, args, key, bandwidth, texts=None) -> int:
             if args.json:
                 print(json.dumps(r), flush=True)
             elif r.get("summary"):
-                lat = r["latency_p50_s"], r["latency_p95_s"]
                 print(
                     f"stream: {r['frames_sent']} of {r['frames_from_source']} frames sent, {r['frames_dropped']} "
                     f"dropped ({r['dropped_for_bandwidth']} for the bandwidth, {r['dropped_stale']} superseded), "
                     f"{r['achieved_fps']:.2f} fps, {r['bits_per_second'] / 1000:.1f} kbit/s"
                     + (f" of {bandwidth / 1000:.0f}" if bandwidth else "")
-                    + (f", latency p50 {lat[0]:.3f} s, p95 {lat[1]:.3f} s" if lat[0] is not None else ""),
+                    + _latency_text(r),
                     flush=True,
                 )
             elif "dropped" in r:
@@ -354,9 +366,9 @@ def _send_video(parser, args) -> int:
 
     from latentcomm.live import send_video_stream
     from latentcomm.secure import load_key
-    from latentcomm.sender import expand_images, text_source
-    from latentcomm.stream import LiveSource, camera_frames, image_frames, video_frames
-    from latentcomm.transport import Pipeline, V2Client
+    from latentcomm.sender import text_source
+    from latentcomm.stream import LiveSource
+    from latentcomm.transport import Pipeline
     from latentcomm.video import VideoCodec
 
     if TYPE_CHECKING:
@@ -364,42 +376,32 @@ def _send_video(parser, args) -> int:
 
     key = load_key(args.key) if args.key else None
     texts = text_source(args.text, args.text_file)
-    if args.video is not None:
-        frames = video_frames(args.video, args.fps, args.max_frames)
-    elif args.camera is not None:
-        frames = camera_frames(args.camera, args.fps, args.max_frames)
-    else:
-        frames = image_frames(expand_images(args.image or ["temp/apple.jpeg"]), args.fps, args.max_frames)
+    frames = _source(args)
     first = next(frames)  # fail on a bad source before connecting
     fps = args.fps or _source_fps(args)
     codec = VideoCodec(args.codec, fixed or 256_000, fps, args.key_interval or max(1, round(10 * fps)))
+    client = _client(args, key)
     pipeline: Pipeline | BrokerPipeline
     if args.broker:  # one receiver of the group owns the stream; viewers watch it (docs/video.md)
-        from latentcomm.mqtt import BrokerPipeline, MqttSender
+        from latentcomm.mqtt import BrokerPipeline
 
-        sender = MqttSender(args.broker, args.topic, args.timeout, args.retries, args.wait_for_receiver, key=key)
-        pipeline = BrokerPipeline(sender, args.window or 4, ack_timeout=min(args.ack_timeout, 2.0))
+        pipeline = BrokerPipeline(client, args.window or 4, ack_timeout=min(args.ack_timeout, 2.0))
     else:
-        client = V2Client(args.host, args.port, args.timeout, args.retries, args.wait_for_receiver, key=key)
         pipeline = Pipeline(client, args.window or 4, reconnect_wait=args.timeout)
     live = LiveSource(itertools.chain([first], frames))
-    refused = 0
     try:
         for r in send_video_stream(codec, live, pipeline, resolution, fixed, auto_max, texts, fps):
             if args.json:
                 print(json.dumps(r), flush=True)
             elif r.get("summary"):
-                lat = r["latency_p50_s"], r["latency_p95_s"]
                 print(
                     f"stream: {r['frames_acknowledged']} of {r['frames_from_source']} frames shown at the receiver "
                     f"({r['frames_dropped']} superseded at the source, {r['frames_refused']} refused, "
                     f"{r['key_frames']} key frames, {r['key_frame_requests']} asked for), {r['achieved_fps']:.2f} fps, "
-                    f"{r['bits_per_second'] / 1000:.1f} kbit/s"
-                    + (f", latency p50 {lat[0]:.3f} s, p95 {lat[1]:.3f} s" if lat[0] is not None else ""),
+                    f"{r['bits_per_second'] / 1000:.1f} kbit/s" + _latency_text(r),
                     flush=True,
                 )
             else:
-                refused += not r["acknowledged"]
                 verdict = "ok" if r["acknowledged"] else f"REFUSED ({r['ack_status']}: {r['ack_message']})"
                 rate = f", estimate {r['estimated_bps'] / 1000:.0f} kbit/s" if "estimated_bps" in r else ""
                 print(f"[{r['seq']}] {r['frame']}: {r['bytes']:,} bytes {r['frame_type']}, latency "
