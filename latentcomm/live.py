@@ -15,7 +15,6 @@ once per loss: refusals of frames sent before that key frame don't ask again.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import threading
@@ -24,10 +23,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from latentcomm import protocol_v2 as v2
+from latentcomm.codec import COMP_NONE, ENC_VIDEO
 from latentcomm.ratecontrol import DelayBasedEstimator
 from latentcomm.stream import LiveSource, percentile
 from latentcomm.transport import Pipeline
-from latentcomm.video import VideoCodec, fit_picture
+from latentcomm.video import VIDEO_HEADER, VideoCodec, fit_picture
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,8 @@ def send_video_stream(
         codec.set_bitrate(max(8_000.0, margin * bps - 8 * overhead * fps))
 
     start = bandwidth_bps or (estimator.estimate if estimator else None)
-    if start:  # before the first frame (whose overhead isn't known yet) the encoder opens at this
+    if start:  # the encoder's target is set before the first frame, once its overhead is known
         codec.adaptive = estimator is not None
-        codec.bitrate_bps = margin * start
         set_link(start)
     latencies: list[float] = []
     seq = acked = refused = sent_bytes = keys = key_requests = 0
@@ -169,6 +168,17 @@ def send_video_stream(
             seq += 1
             t0 = time.monotonic()
             picture = fit_picture(f.image, resolution)
+            text = texts(Path(f.name)) if texts is not None else None
+            if not overhead:
+                # What every inter frame costs besides its access unit (no name), sealing included,
+                # known before the first frame so that the encoder opens at the rate left for video.
+                bare = v2.ImageFrame(
+                    0, codec.model_id, ENC_VIDEO, COMP_NONE, (3, *picture.size[::-1]), picture.size[::-1],
+                    bytes(VIDEO_HEADER.size), "", (), None, text,
+                )  # fmt: skip
+                overhead = len(v2.encode_image(bare)) + client.seal_overhead
+                if start:
+                    apply_rate(start)
             enc = codec.encode_picture(picture, captured=captured, source_index=f.index)
             name = f.name
             if enc.facts["frame_type"] == "key":
@@ -177,17 +187,10 @@ def send_video_stream(
                 stem = f.name.rpartition("-")[0] if f.name.endswith(f"-{f.index:06d}") else None
             elif stem is not None and f.name == f"{stem}-{f.index:06d}":
                 name = ""  # the receiver names it from the key frame's stem and the source index
-            text = texts(Path(f.name)) if texts is not None else None
             frame = v2.ImageFrame(
                 seq, codec.model_id, enc.encoding, enc.compression, enc.shape, enc.shape[1:], enc.payload, name,
                 (), None, text,
             )  # fmt: skip
-            if not overhead:
-                # What every inter frame costs besides its access unit (no name), sealing included.
-                bare = dataclasses.replace(frame, name="" if stem else frame.name)
-                overhead = len(v2.encode_image(bare)) - len(enc.payload) + client.seal_overhead
-                if bandwidth_bps:
-                    apply_rate(bandwidth_bps)
             with meta_lock:
                 metas[seq] = {
                     "frame": f.name,

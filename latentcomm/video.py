@@ -55,6 +55,25 @@ FLAG_KEY = 0x01
 MAX_SIDE = 4096
 #: x264's VBV cap over the rate it was opened at, for ``--bandwidth auto`` streams.
 VBV_HEADROOM = 1.3
+#: x264's VBV buffer in seconds of the rate: no frame, a key frame included, takes longer than this
+#: on the link.
+VBV_SECONDS = 0.5
+#: Under a fixed rate x264 runs capped CRF at this (near-lossless) quality: the VBV cap, not the
+#: quality, sets every frame's size, so the stream fills the link. Measured against ABR with the same
+#: cap (which undershoots it by 5-20% on a still scene): +0.1 to +2.1 dB, mean +0.5 dB over the four
+#: benchmark scenes, both sizes and the three rates (docs/video.md).
+CRF_FILL = 4
+#: libx264 presets from slowest to fastest, and the pixel rates (pixels per second, one encoder
+#: thread) up to which each kept the encoder under a fifth of a core on the 2-core benchmark machine
+#: (medium: 10-28 ms a frame at 640x352, +0.3 to +0.9 dB over veryfast at equal bits).
+X264_PRESETS = ("medium", "faster", "veryfast", "superfast", "ultrafast")
+X264_AUTO_PRESET = ((2_500_000, "medium"), (6_000_000, "faster"), (30_000_000, "veryfast"), (90_000_000, "superfast"))
+
+
+def auto_preset(width: int, height: int, fps: float) -> str:
+    """The slowest (best) x264 preset the picture's pixel rate leaves room for."""
+    rate = width * height * fps
+    return next((preset for limit, preset in X264_AUTO_PRESET if rate <= limit), "ultrafast")
 
 
 @dataclass(frozen=True)
@@ -75,8 +94,9 @@ VIDEO_CODECS: dict[str, VideoSpec] = {
         "libx264",
         "h264",
         # No B-frames, no lookahead (zerolatency), one slice, every forced key frame an IDR with the
-        # SPS/PPS in front (repeat-headers is libx264's default without a global header).
-        {"preset": "veryfast", "tune": "zerolatency", "x264-params": "forced-idr=1:scenecut=0:sliced-threads=0"},
+        # SPS/PPS in front (repeat-headers is libx264's default without a global header). The preset
+        # and the rate control are chosen when the encoder opens (VideoCodec._open_encoder).
+        {"tune": "zerolatency", "x264-params": "forced-idr=1:scenecut=0:sliced-threads=0"},
         live_bitrate=True,
     ),
     "av1": VideoSpec(
@@ -121,16 +141,19 @@ class VideoFacts:
     source_index: int = 0
     link_bps: int = 0
     latency_ms: int = 0
+    #: The source's frame rate (0: not told; the field was reserved in the first video senders).
+    fps: float = 0.0
 
 
 def parse_payload(payload: bytes) -> tuple[VideoFacts, bytes]:
     """(header facts, access unit) of a video payload; RemoteProtocolError if it isn't one."""
     if len(payload) < VIDEO_HEADER.size + 1:
         raise RemoteProtocolError("video payload shorter than its header")
-    version, flags, _reserved, number, index, link, latency = VIDEO_HEADER.unpack_from(payload)
+    version, flags, fps_centi, number, index, link, latency = VIDEO_HEADER.unpack_from(payload)
     if version != VIDEO_VERSION:
         raise RemoteProtocolError(f"unsupported video payload version {version}")
-    return VideoFacts(number, bool(flags & FLAG_KEY), index, link, latency), payload[VIDEO_HEADER.size :]
+    facts = VideoFacts(number, bool(flags & FLAG_KEY), index, link, latency, fps_centi / 100)
+    return facts, payload[VIDEO_HEADER.size :]
 
 
 class VideoCodec(ImageCodec):
@@ -157,12 +180,17 @@ class VideoCodec(ImageCodec):
         key_interval: int = 100,
         threads: int | None = None,
         enhancer=None,
+        preset: str | None = None,
     ) -> None:
         if name not in VIDEO_CODECS:
             raise LocalProtocolError(f"unknown video codec {name!r}; choose one of {', '.join(VIDEO_CODECS)}")
         import av
 
         self.spec = VIDEO_CODECS[name]
+        if preset is not None and (name != "h264" or preset not in X264_PRESETS):
+            raise LocalProtocolError(f"--preset {preset!r}: h264 only, one of {', '.join(X264_PRESETS)}")
+        #: x264's preset (None: :func:`auto_preset` from the picture's size and the frame rate).
+        self.preset = preset
         _check_available(self.spec)
         self.model_id = name
         self.source = f"{self.spec.encoder} / {self.spec.decoder} via PyAV {av.__version__}"
@@ -177,6 +205,7 @@ class VideoCodec(ImageCodec):
         self._force_key = True
         self._pending_bitrate: float | None = None
         self._opened_bps = self.bitrate_bps
+        self.preset_used: str | None = None  # x264's preset, once the encoder is open
         #: What the sender knows of its link, carried in every frame for the receiver's dashboard.
         self.link_bps = 0.0
         self.last_latency_s = 0.0
@@ -184,13 +213,18 @@ class VideoCodec(ImageCodec):
         # Receiver side. ``enhancer`` (latentcomm.enhance.VideoEnhancer, H.264 only): every decoded
         # picture goes through it, told the decoder's quantizer map (--enhance).
         self.enhancer = enhancer if name == "h264" else None
+        self._enhance_s: list[float] = []  # the first frames' enhancement times (the trial)
+        self._enhance_on = True
+        self.last_enhanced: bool | None = None
         self._dec = None
         self._stem: str | None = None
         self._expect: int | None = None  # the frame number the decoder can take next (None: a key frame)
 
     def new_stream(self) -> VideoCodec:
         """A fresh instance for another stream (its own encoder or decoder state)."""
-        return VideoCodec(self.spec.name, self.bitrate_bps, self.fps, self.key_interval, self.threads, self.enhancer)
+        return VideoCodec(
+            self.spec.name, self.bitrate_bps, self.fps, self.key_interval, self.threads, self.enhancer, self.preset
+        )
 
     # -- sender ---------------------------------------------------------------------------------------
 
@@ -199,14 +233,18 @@ class VideoCodec(ImageCodec):
         self._force_key = True
 
     def set_bitrate(self, bps: float) -> None:
-        """A new target for the following frames. x264 takes one between a quarter and ``VBV_HEADROOM``
-        times the rate it was opened at on the next frame (its VBV cap and buffer were sized at
-        opening, and PyAV can't change them); a larger change, and any change of more than 20% for
-        the other encoders, reopens the encoder at a key frame."""
+        """A new target for the following frames. Under ``--bandwidth auto`` x264 (ABR) takes one
+        between a quarter and ``VBV_HEADROOM`` times the rate it was opened at on the next frame (its
+        VBV cap and buffer were sized at opening, and PyAV can't change them); a larger change, any
+        change under a fixed rate (capped CRF: the cap is the rate) and any change of more than 20% for
+        the other encoders reopen the encoder at a key frame."""
+        if self._enc is None:  # not opened yet: it opens at this
+            self.bitrate_bps = self._opened_bps = float(bps)
+            return
         if abs(bps - self.bitrate_bps) < 0.02 * self.bitrate_bps:
             return
-        headroom = VBV_HEADROOM if self.adaptive else 1.0
-        if self.spec.live_bitrate and self._enc is not None and 0.25 <= bps / self._opened_bps <= headroom:
+        live = self.spec.live_bitrate and self.adaptive
+        if live and 0.25 <= bps / self._opened_bps <= VBV_HEADROOM:
             self.bitrate_bps = float(bps)
             self._enc.bit_rate = int(bps)
             return
@@ -232,11 +270,19 @@ class VideoCodec(ImageCodec):
         ctx.thread_count = self.threads
         options = dict(self.spec.options)
         if self.spec.encoder == "libx264":
-            # A VBV buffer of 0.5 s caps any frame, a key frame included, at half a second of the link.
-            # Adaptive streams get headroom above the opening rate, so the estimate can grow without a
-            # key frame at every step.
-            cap = self.bitrate_bps * (VBV_HEADROOM if self.adaptive else 1.0)
-            options.update(maxrate=str(int(cap)), bufsize=str(int(self.bitrate_bps * 0.5)))
+            # The VBV buffer caps any frame, a key frame included, at VBV_SECONDS of the link. A fixed
+            # rate runs capped CRF (the cap fills the link; PyAV can't change the cap of an open
+            # encoder, so a new rate reopens it). Adaptive streams run ABR, whose target x264 takes
+            # live, with headroom above the opening rate so the estimate can grow without a key frame
+            # at every step.
+            options["preset"] = self.preset or auto_preset(width, height, self.fps)
+            self.preset_used = options["preset"]
+            if self.adaptive:
+                cap = self.bitrate_bps * VBV_HEADROOM
+            else:
+                cap, ctx.bit_rate = self.bitrate_bps, 0
+                options["crf"] = str(CRF_FILL)
+            options.update(maxrate=str(int(cap)), bufsize=str(int(self.bitrate_bps * VBV_SECONDS)))
         ctx.options = options
         ctx.open()
         self._enc = ctx
@@ -278,7 +324,7 @@ class VideoCodec(ImageCodec):
         header = VIDEO_HEADER.pack(
             VIDEO_VERSION,
             FLAG_KEY if is_key else 0,
-            0,
+            min(0xFFFF, round(100 * self.fps)),
             self._frame_number,
             source_index & 0xFFFFFFFF,
             min(0xFFFFFFFF, int(self.link_bps)),
@@ -288,6 +334,7 @@ class VideoCodec(ImageCodec):
             "frame_type": "key" if is_key else "inter",
             "frame_number": self._frame_number,
             "bitrate_bps": round(self.bitrate_bps),
+            "preset": self.preset_used,
             "encode_s": time.perf_counter() - t0,
             "compress_s": 0.0,
             "latent_shape": [1, 3, height, width],  # what the sender's report calls the coded shape
@@ -313,6 +360,8 @@ class VideoCodec(ImageCodec):
             out["link_bps"] = facts.link_bps
         if facts.latency_ms:
             out["sender_latency_ms"] = facts.latency_ms
+        if self.last_enhanced is not None:
+            out["enhanced"] = self.last_enhanced
         return out
 
     def frame_name(self, name: str, payload: bytes) -> str:
@@ -361,10 +410,41 @@ class VideoCodec(ImageCodec):
         self._expect = (facts.frame_number + 1) & 0xFFFFFFFF
         pixels = picture.to_ndarray(format="rgb24")
         if self.enhancer is not None:
-            from latentcomm.enhance import qp_map
-
-            pixels = self.enhancer.enhance(pixels, qp_map(picture, h, w))
+            pixels = self._enhance(pixels, picture, facts.fps)
         return pixels
+
+    def _enhance(self, pixels: np.ndarray, picture, fps: float) -> np.ndarray:
+        """The enhanced picture, while enhancing keeps up with the stream: when a picture of this size
+        is predicted to take (from the enhancer's timing here), or the trial's pictures took, longer
+        than ``ENHANCE_SHARE`` of the time between frames, this stream is shown unenhanced from then on
+        (a late picture, or a frame the sender supersedes, costs more than enhancement gains)."""
+        from latentcomm.enhance import ENHANCE_SHARE, ENHANCE_TRIAL, qp_map
+
+        h, w = pixels.shape[:2]
+        if not self._enhance_s and self._enhance_on and fps > 0:  # the stream's first picture: predict
+            predicted = self.enhancer.seconds_per_pixel() * h * w
+            if predicted > ENHANCE_SHARE / fps:
+                self._enhance_on = False
+                log.warning(
+                    "--enhance would take about %.0f ms a %dx%d frame, more than %d%% of the %.0f ms between frames "
+                    "at %g fps: this stream is shown unenhanced", 1000 * predicted, w, h, 100 * ENHANCE_SHARE,
+                    1000 / fps, fps,
+                )  # fmt: skip
+        self.last_enhanced = self._enhance_on
+        if not self._enhance_on:
+            return pixels
+        t0 = time.perf_counter()
+        out = self.enhancer.enhance(pixels, qp_map(picture, h, w))
+        if len(self._enhance_s) < ENHANCE_TRIAL:
+            self._enhance_s.append(time.perf_counter() - t0)
+            if len(self._enhance_s) == ENHANCE_TRIAL and fps > 0 and min(self._enhance_s) > ENHANCE_SHARE / fps:
+                self._enhance_on = False
+                log.warning(
+                    "--enhance takes %.0f ms a %dx%d frame, more than %d%% of the %.0f ms between frames at %g fps: "
+                    "this stream is shown unenhanced",
+                    1000 * min(self._enhance_s), w, h, 100 * ENHANCE_SHARE, 1000 / fps, fps,
+                )  # fmt: skip
+        return out
 
     def decode(self, encoding, compression, shape, payload, params, image_size) -> torch.Tensor:
         if encoding != ENC_VIDEO or compression != COMP_NONE or params:

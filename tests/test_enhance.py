@@ -97,3 +97,23 @@ def test_a_receiver_with_enhance_streams_and_shows_better_pictures(tmp_path, sta
         assert len(rows) >= 0.9 * len(source)
         quality[mode] = np.mean([_psnr(source[r["name"]], np.asarray(Image.open(r["recon_path"]))) for r in rows])
     assert quality["enhanced"] > quality["plain"], quality
+
+
+@shipped
+def test_a_stream_too_fast_to_enhance_is_shown_unenhanced():
+    """The sender tells its frame rate; a stream whose pictures the enhancer is predicted (from its
+    timing on this machine) to take more than half the time between frames for is shown unenhanced
+    from its first picture, rather than fall behind."""
+    from latentcomm.video import VideoCodec, fit_picture
+    from tests.test_video import scene
+
+    model = VideoEnhancer.from_pretrained(ENHANCER_DIR)
+    for fps, enhanced in ((1000.0, False), (1.0, True)):  # 1.5 ms between frames (the header's 655 fps); 1 s
+        tx = VideoCodec("h264", 400_000, fps, key_interval=100)
+        rx = VideoCodec("h264", enhancer=model)
+        seen = []
+        for i in range(6):
+            unit = tx.encode_picture(fit_picture(scene(i), (320, 176)), captured=i / fps)
+            rx.decode_picture(unit.shape, unit.payload, unit.shape[1:])
+            seen.append(rx.payload_facts(unit.payload)["enhanced"])
+        assert seen == [enhanced] * 6, (fps, seen)

@@ -17,9 +17,19 @@ from PIL import Image
 
 from latentcomm import protocol_v2 as v2
 from latentcomm import secure
+from latentcomm.errors import LocalProtocolError
 from latentcomm.throttle import Throttle, parse_schedule
 from latentcomm.transport import V2Client
-from latentcomm.video import VIDEO_CODECS, VIDEO_HEADER, KeyFrameNeeded, VideoCodec, fit_picture, parse_resolution
+from latentcomm.video import (
+    VIDEO_CODECS,
+    VIDEO_HEADER,
+    KeyFrameNeeded,
+    VideoCodec,
+    auto_preset,
+    fit_picture,
+    parse_payload,
+    parse_resolution,
+)
 from tests.conftest import PYTHON, REPO, script_env
 from tests.videos import make_video
 
@@ -69,6 +79,28 @@ def test_a_gap_or_a_corrupt_unit_needs_a_key_frame_and_never_shows_a_torn_pictur
         rx2.decode_picture(frames[1].shape, cut, (96, 160))
     with pytest.raises(KeyFrameNeeded):
         rx2.decode_picture(frames[2].shape, frames[2].payload, (96, 160))
+
+
+def test_h264_takes_the_slowest_preset_the_pixel_rate_allows_and_fills_a_fixed_rate():
+    """Under a fixed rate x264 runs capped CRF: the cap, not a quality, sizes the frames, so the stream
+    spends what the link gives (x264's ABR under the same cap left 5-20% of it unused)."""
+    assert auto_preset(320, 176, 10) == auto_preset(640, 352, 10) == "medium"
+    assert auto_preset(1280, 720, 30) == "veryfast" and auto_preset(3840, 2160, 60) == "ultrafast"
+    with pytest.raises(LocalProtocolError, match="h264 only"):
+        VideoCodec("av1", preset="medium")
+    rng = np.random.default_rng(1)
+    tx = VideoCodec("h264", 200_000, 10, key_interval=1000)
+    units = []
+    for i in range(40):  # a grainy camera: there is always detail to spend bits on
+        noisy = np.asarray(scene(i)).astype(np.int16) + rng.normal(0, 6, (96, 160, 3))
+        units.append(tx.encode_picture(Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)), captured=i / 10))
+    assert {u.facts["preset"] for u in units} == {"medium"}
+    rate = 8 * sum(len(u.payload) - VIDEO_HEADER.size for u in units[10:]) / 3.0  # the last 30 frames: 3 s
+    assert 0.85 * 200_000 < rate < 1.02 * 200_000, rate
+    assert max(len(u.payload) for u in units) < 0.5 * 200_000 / 8  # the VBV buffer: half a second of the rate
+    receiver = tx.new_stream()
+    receiver.decode_picture(units[0].shape, units[0].payload, units[0].shape[1:])
+    assert parse_payload(units[1].payload)[0].fps == 10.0  # the frame rate rides in the header
 
 
 def test_pictures_are_fitted_to_the_stream_resolution():
@@ -233,6 +265,8 @@ def test_video_flag_mistakes_are_one_line():
         (["--codec", "h264", "--fps", "5", "--resolution", "99x10"], "--resolution"),
         (["--codec", "h264", "--fps", "5", "--bandwidth", "auto:fast"], "--bandwidth"),
         (["--codec", "learned", "--fps", "5", "--resolution", "64x64"], "video codecs"),
+        (["--codec", "av1", "--fps", "5", "--preset", "medium"], "--preset"),
+        (["--codec", "h264", "--fps", "5", "--preset", "placebo"], "--preset"),
     ]:
         r = run_script("sender_sdvae.py", *args, timeout=60)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

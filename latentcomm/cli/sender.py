@@ -96,6 +96,13 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
         help="video codecs: frames in flight before the first is acknowledged (pipelining; 1 = stop-and-wait; "
         "default: 4)",
     )
+    stream.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="--codec h264: x264's preset, of medium, faster, veryfast, superfast, ultrafast (slower: more picture "
+        "per bit, more CPU). Default: the slowest the stream's pixel rate leaves room for (medium up to 2.5 Mpx/s, "
+        "e.g. 640x352 at 10 fps; faster up to 6, veryfast up to 30, superfast up to 90)",
+    )
     add_network_args(p, listening=False)
     add_model_args(p)
     add_rate_args(p)
@@ -171,8 +178,10 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
         parser.error("--retries must be >= 0 and --timeout positive")
     check_rate_args(parser, args)
     streaming = args.video is not None or args.camera is not None or args.fps is not None
-    from latentcomm.video import is_video_codec
+    from latentcomm.video import X264_PRESETS, is_video_codec
 
+    if args.preset is not None and (args.codec != "h264" or args.preset not in X264_PRESETS):
+        parser.error(f"--preset is x264's: --codec h264 and one of {', '.join(X264_PRESETS)}")
     if is_video_codec(args.codec):
         return _send_video(parser, args)
     for flag, value in (("--resolution", args.resolution), ("--window", args.window)):
@@ -379,7 +388,9 @@ def _send_video(parser, args) -> int:
     frames = _source(args)
     first = next(frames)  # fail on a bad source before connecting
     fps = args.fps or _source_fps(args)
-    codec = VideoCodec(args.codec, fixed or 256_000, fps, args.key_interval or max(1, round(10 * fps)))
+    codec = VideoCodec(
+        args.codec, fixed or 256_000, fps, args.key_interval or max(1, round(10 * fps)), preset=args.preset
+    )
     client = _client(args, key)
     pipeline: Pipeline | BrokerPipeline
     if args.broker:  # one receiver of the group owns the stream; viewers watch it (docs/video.md)
