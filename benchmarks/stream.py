@@ -86,12 +86,14 @@ def viewer(source: dict[int, np.ndarray], shown: dict[int, np.ndarray], every: i
     return {"viewer_psnr_db": statistics.fmean(psnrs), "viewer_ssimulacra2": statistics.fmean(s2)}
 
 
-def anchor(lib: str, video: Path, size: tuple[int, int], rate: int, source: dict[int, np.ndarray]) -> dict:
+def anchor(
+    lib: str, video: Path, size: tuple[int, int], rate: int, source: dict[int, np.ndarray], preset: str = "veryfast"
+) -> dict:
     """A plain PyAV pipe: every frame encoded at ``rate`` and delivered, no framing, no loss."""
     import av
 
     options = (
-        {"preset": "veryfast", "tune": "zerolatency"}
+        {"preset": preset, "tune": "zerolatency"}
         if lib == "libx264"
         else {"preset": "10", "svtav1-params": "pred-struct=1:rc=2"}
     )
@@ -190,10 +192,30 @@ def live_run(
     }
 
 
+#: The systems a run can do (``--systems``): the anchors, then ours.
+SYSTEMS = ("x264", "x264-preset", "x264-equal", "svtav1", "h264", "av1", "learned", "enhance")
+EQUAL_BITS = "plain x264 at ours' bits"
+
+
+def equal_bits_anchor(video: Path, size: tuple[int, int], bits: float, source: dict[int, np.ndarray]) -> dict:
+    """Plain x264 (the issue's anchor) at exactly the bits ours spent on the wire: two runs, the second
+    at the rate the first's overshoot or undershoot calls for, and PSNR / SSIMULACRA2 interpolated
+    linearly in log-bits between them (as BD-rate does)."""
+    a = anchor("libx264", video, size, round(bits), source)
+    b = anchor("libx264", video, size, round(bits * bits / a["bits_per_second"]), source)
+    span = math.log(b["bits_per_second"]) - math.log(a["bits_per_second"])
+    t = (math.log(bits) - math.log(a["bits_per_second"])) / span if abs(span) > 1e-9 else 0.0
+    mix = {k: a[k] + t * (b[k] - a[k]) for k in ("viewer_psnr_db", "viewer_ssimulacra2")}
+    return {**a, **mix, "bits_per_second": bits, "runs_bits_per_second": [a["bits_per_second"], b["bits_per_second"]]}
+
+
 def live_video(
-    tmp: Path, scenes: list[Path], sizes: list[str], rates: list[str], learned: bool, enhance: bool = False
+    tmp: Path, scenes: list[Path], sizes: list[str], rates: list[str], systems: set[str], previous: list[dict] = ()
 ) -> list[dict]:
+    """The grid: for every scene, size and rate, the anchors and ours (``systems`` of :data:`SYSTEMS`).
+    ``previous``: rows of an earlier run, where the equal-bits anchor finds ours' bits if ours isn't re-run."""
     from latentcomm import secure
+    from latentcomm.video import auto_preset
 
     key = tmp / "bench.key"
     secure.generate_key(key)
@@ -202,12 +224,24 @@ def live_video(
     for video, size, rate in tqdm(jobs, desc="live video"):
         source = source_frames(video, SIZES[size])
         base = {"scene": video.stem, "size": size, "rate": rate}
-        for lib, name in (("libx264", "plain x264"), ("libsvtav1", "plain SVT-AV1")):
-            rows.append({**base, "system": name, **anchor(lib, video, SIZES[size], RATES[rate], source)})
-        for codec in ("h264", "av1") + (("learned",) if learned and size == "320x176" else ()):
-            rows.append({**base, "system": f"ours {codec}, sealed", **live_run(codec, video, size, rate, key, source,
-                                                                              tmp)})  # fmt: skip
-        if enhance:
+        preset = auto_preset(*SIZES[size], FPS)
+        anchors = [("x264", "libx264", "plain x264", "veryfast"), ("svtav1", "libsvtav1", "plain SVT-AV1", "")]
+        if preset != "veryfast":  # the same pipe with the preset ours picks here: where ours' gain comes from
+            anchors.insert(1, ("x264-preset", "libx264", f"plain x264 {preset}", preset))
+        for system, lib, name, lib_preset in anchors:
+            if system in systems:
+                rows.append({**base, "system": name,
+                             **anchor(lib, video, SIZES[size], RATES[rate], source, lib_preset)})  # fmt: skip
+        for codec in ("h264", "av1") + (("learned",) if size == "320x176" else ()):
+            if codec in systems:
+                rows.append({**base, "system": f"ours {codec}, sealed",
+                             **live_run(codec, video, size, rate, key, source, tmp)})  # fmt: skip
+        if "x264-equal" in systems:
+            ours = [r for r in (*previous, *rows) if r | base == r and r["system"] == "ours h264, sealed"]
+            if ours:
+                rows.append({**base, "system": EQUAL_BITS,
+                             **equal_bits_anchor(video, SIZES[size], ours[-1]["bits_per_second"], source)})  # fmt: skip
+        if "enhance" in systems:
             rows.append({**base, "system": "ours h264 + enhance, sealed",
                          **live_run("h264", video, size, rate, key, source, tmp, enhance=True)})  # fmt: skip
     return rows
@@ -327,6 +361,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenes", default="station,clip_01,clip_02,clip_03", help="the station scene and shared clips")
     p.add_argument("--no-learned", action="store_true", help="skip the learned-codec stream rows")
     p.add_argument("--no-enhance", action="store_true", help="skip the rows with the receiver's --enhance")
+    p.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"comma list of the systems to run, of {', '.join(SYSTEMS)} (x264-preset: plain x264 with the preset "
+        "ours picks at that size; with --merge, redo some rows only)",
+    )
     p.add_argument("--quick", action="store_true", help="harness check: one short scene and rate, tiny sets")
     p.add_argument("--json", type=Path, default=RESULTS / "stream.json", help="where to write the results")
     p.add_argument(
@@ -350,8 +390,15 @@ def main(argv: list[str] | None = None) -> int:
                 scenes += [c for c in clips if c.name.startswith(name)]
         if args.quick:
             scenes, rates, sizes, temporal_frames, per_sender = scenes[:1], ["1M"], ["320x176"], 3, 2
-        enhance = not args.no_enhance and (ENHANCER_DIR / "config.json").exists()
-        video = live_video(tmp, scenes, sizes, rates, not args.no_learned, enhance)
+        systems = set(args.systems.split(","))
+        systems -= {"learned"} if args.no_learned else set()
+        systems -= {"enhance"} if args.no_enhance else set()
+        if unknown := systems - set(SYSTEMS):
+            p.error(f"unknown systems: {', '.join(sorted(unknown))}")
+        if not (ENHANCER_DIR / "config.json").exists():
+            systems.discard("enhance")
+        previous = json.loads(args.json.read_text()).get("live_video", []) if args.json.exists() else []
+        video = live_video(tmp, scenes, sizes, rates, systems, previous)
         redundancy = [] if args.video_only else temporal(tmp, temporal_frames)
         broker = [] if args.video_only else [b for b in (broker_run(tmp, n, per_sender) for n in (1, 2)) if b]
     if args.merge and args.json.exists():
