@@ -32,6 +32,8 @@ from benchmarks.quality import compact_table  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results"
 DOCS = [
     REPO / "README.md",
+    REPO / "docs" / "benchmarks.md",
+    REPO / "docs" / "streams.md",
     REPO / "docs" / "video.md",
     *(REPO / "models" / m / "README.md" for m in ("latentcomm-lic", "latentcomm-kl-f8")),
 ]
@@ -216,7 +218,7 @@ def which_codec(r: Results) -> str:
         "| the best picture per byte today, whatever the transport | AVIF or JPEG XL | the shipped learned model is "
         f"an early one ({steps['step']:,} steps, {training_time(steps)} training): at equal bytes "
         f"on the held-out photos ({mid[0]}-{mid[-1]} bpp), PSNR minus the learned codec's: {ahead}; "
-        "see Benchmarks below |\n"
+        "see docs/benchmarks.md |\n"
     )
 
 
@@ -789,15 +791,17 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
 }
 
 
-def render(text: str, results: Results) -> tuple[str, list[str]]:
-    """The document with every block re-rendered, and the names of the blocks that changed."""
+def render(text: str, results: Results, up: str = "") -> tuple[str, list[str]]:
+    """The document with every block re-rendered, and the names of the blocks that changed. ``up``:
+    the way from the document's folder to the repository's root (``../`` for docs/), for the
+    renderers' links, which are written from the root."""
     changed: list[str] = []
 
     def sub(m: re.Match) -> str:
         name = m["name"]
         if name not in RENDERERS:
             raise SystemExit(f"error: unknown report block '{name}'")
-        body = RENDERERS[name](results)
+        body = RENDERERS[name](results).replace("](benchmarks/", f"]({up}benchmarks/")
         if body != m["body"]:
             changed.append(name)
         return m.group(1) + body + m.group(4)
@@ -816,7 +820,9 @@ def main(argv: list[str] | None = None) -> int:
     stale = []
     for doc in args.docs:
         text = doc.read_text()
-        new, changed = render(text, results)
+        inside = doc.resolve().is_relative_to(REPO)
+        up = "../" * len(doc.resolve().parent.relative_to(REPO).parts) if inside else ""
+        new, changed = render(text, results, up)
         stale += [f"{doc.relative_to(REPO) if doc.is_relative_to(REPO) else doc}: {n}" for n in changed]
         if changed and not args.check:
             doc.write_text(new)

@@ -1,4 +1,5 @@
-"""The figures in the README and the model cards are the benchmark runs' own numbers.
+"""The figures in the README, docs/ and the model cards are the benchmark runs' own numbers, and the
+README's Layout names every module.
 
 `benchmarks/report.py` writes every benchmark figure the documentation quotes from
 `benchmarks/results/*.json`; these tests fail when a document drifts from the JSON (someone edited a
@@ -36,14 +37,14 @@ def test_a_result_that_changed_is_reported_as_stale(tmp_path):
     (results / "server.json").write_text(json.dumps(server))
     res = check("--results", str(results))
     assert res.returncode == 1
-    assert "README.md: server" in res.stderr and "quality" not in res.stderr
+    assert "docs/benchmarks.md: server" in res.stderr and "quality" not in res.stderr
 
 
 def test_a_hand_edited_figure_is_reported_as_stale(tmp_path):
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "benchmarks.md").read_text()
     edited = re.sub(r"(<!-- report:codec-speed -->\n.*?)\d\.\d{3}", r"\g<1>9.999", readme, count=1, flags=re.S)
     assert edited != readme
-    doc = tmp_path / "README.md"
+    doc = tmp_path / "benchmarks.md"
     doc.write_text(edited)
     res = check(str(doc))
     assert res.returncode == 1 and "codec-speed" in res.stderr
@@ -63,3 +64,17 @@ def test_quick_start_sample_report_is_what_the_sender_prints(start_receiver, tmp
         want = next(line for line in sample.splitlines() if line.startswith(prefix))
         got = next(line for line in tx.stdout.splitlines() if line.startswith(prefix))
         assert got == want, f"README sample says {want!r}, the sender prints {got!r}"
+
+
+def test_the_readme_layout_names_every_module_and_only_real_files():
+    readme = (REPO / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    package = REPO / "latentcomm"
+    modules = [p.name for p in package.glob("*.py") if p.name != "__init__.py"]
+    modules += [f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").exists()]
+    missing = [m for m in modules if m not in layout]
+    assert not missing, f"the README's Layout doesn't name {missing}"
+    places = [REPO, package, package / "cli", REPO / "tools", REPO / "benchmarks"]
+    named = set(re.findall(r"[\w]+\.(?:py|sh|html)", layout))
+    ghosts = [n for n in named if not any((d / n).exists() for d in places)]
+    assert not ghosts, f"the README's Layout names files that don't exist: {ghosts}"
