@@ -421,6 +421,9 @@ class VideoCodec(ImageCodec):
         from latentcomm.enhance import ENHANCE_SHARE, ENHANCE_TRIAL, qp_map
 
         h, w = pixels.shape[:2]
+        if not self.enhancer.keep_up:
+            self.last_enhanced = True
+            return self.enhancer.enhance(pixels, qp_map(picture, h, w))
         if not self._enhance_s and self._enhance_on and fps > 0:  # the stream's first picture: predict
             predicted = self.enhancer.seconds_per_pixel() * h * w
             if predicted > ENHANCE_SHARE / fps:

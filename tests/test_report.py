@@ -78,3 +78,14 @@ def test_the_readme_layout_names_every_module_and_only_real_files():
     named = set(re.findall(r"[\w]+\.(?:py|sh|html)", layout))
     ghosts = [n for n in named if not any((d / n).exists() for d in places)]
     assert not ghosts, f"the README's Layout names files that don't exist: {ghosts}"
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves():
+    docs = [REPO / "README.md", REPO / "tests" / "README.md", *(REPO / "docs").glob("*.md")]
+    broken = [
+        f"{doc.relative_to(REPO)} -> {target}"
+        for doc in docs
+        for target in re.findall(r"\]\(([^)#\s]+)", doc.read_text())
+        if not target.startswith(("http://", "https://")) and not (doc.parent / target).exists()
+    ]
+    assert not broken, broken

@@ -122,10 +122,13 @@ def build_parser(prog: str = "receiver_sdvae.py") -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--enhance",
-        action="store_true",
-        help="run every decoded H.264 picture through the video enhancer (models/latentcomm-enhance-h264): a small "
+        nargs="?",
+        const="auto",
+        choices=("auto", "always"),
+        help="run decoded H.264 pictures through the video enhancer (models/latentcomm-enhance-h264): a small "
         "network told the decoder's quantizer map; the same bits, a better picture, at this receiver's CPU cost "
-        "(docs/video.md)",
+        "(docs/video.md). auto (the default): a stream whose pictures this machine can't enhance in half the time "
+        "between its frames is shown as decoded; always: every picture, however late (recording, not watching)",
     )
     p.add_argument(
         "--extra-model",
@@ -242,6 +245,7 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
         from latentcomm.enhance import ENHANCER_DIR, VideoEnhancer
 
         enhancer = VideoEnhancer.from_pretrained(ENHANCER_DIR)
+        enhancer.keep_up = args.enhance == "auto"
     options = ReceiverOptions(args.out, not args.no_show, args.once, args.json, args.max_disk)
     receiver = Receiver(codecs, options, dashboard=state, enhancer=enhancer)
     server.start()
