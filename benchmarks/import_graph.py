@@ -12,6 +12,7 @@ fewest to drop to break every cycle, by that walk).
 
 Measured before the move (2026-12-04): 46 modules in 7 layers, 171 imports, 3 cycles (the five
 training modules; learned <-> learned_context; codecs <-> video), 9 imports pointing back up.
+After it (2026-12-07): 61 modules in 9 layers, 196 imports, no cycle, none pointing back up.
 """
 
 from __future__ import annotations

@@ -17,13 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from latentcomm.codec import FLAG_FLOAT16, decode_latent, encode_latent  # noqa: E402
 from latentcomm.codecs import LEARNED_MODEL_DIR, LearnedCodec  # noqa: E402
 from latentcomm.data import REPO_ROOT  # noqa: E402
 from latentcomm.engine import Engine  # noqa: E402
 from latentcomm.images import load_image, pil_to_tensor, resize_square, tensor_to_pil  # noqa: E402
 from latentcomm.metrics import psnr  # noqa: E402
 from latentcomm.models import EMBEDDED_MODEL_DIR  # noqa: E402
+from latentcomm.wire.encodings import FLAG_FLOAT16, decode_latent, encode_latent  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ native size, one harness runs every codec and measures what a receiver would sho
 
 - ``learned``: the learned codec at every trained quality (1-11 for the shipped model), the real entropy-coded payload;
 - ``learned-refined``: the same codec and decoder with encode-time latent refinement (``--refine``,
-  :mod:`latentcomm.refine`; ``--refine-steps`` here, 10 by default), at the equal-bytes budgets only
+  :mod:`latentcomm.codecs.learned.refine`; ``--refine-steps`` here, 10 by default), at the equal-bytes budgets only
   (it costs about 30 s per photo per encode, so no quality sweep and no BD-rate);
 - ``vae-u8-zstd`` / ``vae-f16``: the embedded AutoencoderKL's latent as v2 frames carry it;
 - ``jpeg`` / ``webp`` / ``avif`` / ``jxl`` (Pillow, pillow-jxl-plugin): a quality sweep, each with
@@ -497,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         "--refine-steps",
         type=int,
         default=10,
-        help="encode-time refinement steps of the learned-refined rows (latentcomm.refine; the sender's --refine)",
+        help="encode-time refinement steps of the learned-refined rows "
+        "(latentcomm.codecs.learned.refine; the sender's --refine)",
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

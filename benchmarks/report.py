@@ -488,7 +488,7 @@ def lic_status(r: Results) -> str:
         )
     return (
         f"**Status: an early model.** {where}; models of this kind converge over 10^5-10^6 steps. "
-        "Training resumes where it stopped (`python -m latentcomm.train --objective codec`, or "
+        "Training resumes where it stopped (`python -m latentcomm.training --objective codec`, or "
         "`tools/train_codec_gpu.sh` on a GPU); on a machine without that run's checkpoint, add "
         "`--init-from models/latentcomm-lic` to start from these weights.\n"
     )

@@ -32,11 +32,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.meta import run_meta  # noqa: E402
-from latentcomm import protocol_v2 as v2  # noqa: E402
-from latentcomm.codec import COMP_ZSTD, ENC_FLOAT16, compress, v2_quantize  # noqa: E402
 from latentcomm.engine import Engine  # noqa: E402
-from latentcomm.secure import Key, generate_key  # noqa: E402
-from latentcomm.transport import V2Client  # noqa: E402
+from latentcomm.transports.tcp import V2Client  # noqa: E402
+from latentcomm.wire import v2  # noqa: E402
+from latentcomm.wire.encodings import COMP_ZSTD, ENC_FLOAT16, compress, v2_quantize  # noqa: E402
+from latentcomm.wire.keys import Key, generate_key  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -131,7 +131,8 @@ def run_level(port: int, frames: list[v2.ImageFrame], senders: int, key: Key | N
 
 def sealed_frame_bytes(frame: v2.ImageFrame, key: Key) -> bytes:
     """One frame as a sealed connection sends it (after a handshake done in memory)."""
-    from latentcomm.secure import Keyring, SecureConnection
+    from latentcomm.wire.keys import Keyring
+    from latentcomm.wire.sealed import SecureConnection
 
     tx = SecureConnection(v2.Role.SENDER, key=key)
     rx = SecureConnection(v2.Role.RECEIVER, keyring=Keyring([key]))

@@ -35,12 +35,12 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from benchmarks.meta import run_meta  # noqa: E402
-from latentcomm.codec import FLAG_FLOAT16, decode_latent, encode_latent  # noqa: E402
 from latentcomm.engine import Engine  # noqa: E402
 from latentcomm.images import tensor_to_pil  # noqa: E402
-from latentcomm.protocol import LegacyFrame, frame_to_bytes  # noqa: E402
 from latentcomm.sender import prepare  # noqa: E402
-from latentcomm.transport import FrameServer, send_frame  # noqa: E402
+from latentcomm.transports.tcp import FrameServer, send_frame  # noqa: E402
+from latentcomm.wire.encodings import FLAG_FLOAT16, decode_latent, encode_latent  # noqa: E402
+from latentcomm.wire.legacy import LegacyFrame, frame_to_bytes  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IMAGE = REPO / "temp" / "apple.jpeg"
@@ -160,7 +160,7 @@ import sys, time, json
 t0 = time.perf_counter()
 sys.path.insert(0, {repo!r})
 from latentcomm.engine import Engine
-from latentcomm.codec import encode_latent, decode_latent
+from latentcomm.wire.encodings import encode_latent, decode_latent
 from latentcomm.images import tensor_to_pil
 from latentcomm.sender import prepare
 t1 = time.perf_counter()
@@ -187,7 +187,7 @@ import sys, time, json, resource
 sys.path.insert(0, {repo!r})
 from PIL import Image
 from latentcomm.engine import Engine
-from latentcomm.codec import encode_latent, decode_latent
+from latentcomm.wire.encodings import encode_latent, decode_latent
 from latentcomm.images import tensor_to_pil
 from latentcomm.sender import prepare
 from benchmarks.meta import run_meta  # noqa: E402

@@ -5,7 +5,7 @@
 
 1. Live video (issue "Live video"): a fixed-camera scene built here (a held-out photo as the hall,
    people-sized patches of another photo crossing it, sensor noise) and the three shared movie
-   clips, each at 320x176 and 640x352, 10 fps, 10 s, over ``latentcomm.throttle`` at 64k, 256k and
+   clips, each at 320x176 and 640x352, 10 fps, 10 s, over ``latentcomm.transports.throttle`` at 64k, 256k and
    1M bit/s, through the real sender and receiver processes, sealed (``--key``): ours with
    ``--codec h264``, ``--codec av1`` and (320x176 only: it codes about two frames a second) the
    learned codec under ``--bandwidth``. The anchors are plain PyAV pipes at the same rate with every
@@ -47,7 +47,7 @@ from tqdm import tqdm  # noqa: E402
 from benchmarks.meta import run_meta  # noqa: E402
 from latentcomm.enhance import ENHANCER_DIR  # noqa: E402
 from latentcomm.scenes import station_scene  # noqa: E402
-from latentcomm.throttle import Throttle  # noqa: E402
+from latentcomm.transports.throttle import Throttle  # noqa: E402
 from tests.conftest import PYTHON, ReceiverProcess, script_env  # noqa: E402
 from tests.videos import make_video  # noqa: E402
 
@@ -64,8 +64,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def source_frames(video: Path, size: tuple[int, int]) -> dict[int, np.ndarray]:
     """The frames the sender takes (10 fps), by source index, fitted to the stream's size."""
+    from latentcomm.codecs.video import fit_picture
     from latentcomm.stream import video_frames
-    from latentcomm.video import fit_picture
 
     return {f.index: np.asarray(fit_picture(f.image, size)) for f in video_frames(video, FPS)}
 
@@ -214,11 +214,11 @@ def live_video(
 ) -> list[dict]:
     """The grid: for every scene, size and rate, the anchors and ours (``systems`` of :data:`SYSTEMS`).
     ``previous``: rows of an earlier run, where the equal-bits anchor finds ours' bits if ours isn't re-run."""
-    from latentcomm import secure
-    from latentcomm.video import auto_preset
+    from latentcomm.codecs.video import auto_preset
+    from latentcomm.wire.keys import generate_key
 
     key = tmp / "bench.key"
-    secure.generate_key(key)
+    generate_key(key)
     rows = []
     jobs = [(v, s, r) for v in scenes for s in sizes for r in rates]
     for video, size, rate in tqdm(jobs, desc="live video"):
@@ -305,10 +305,10 @@ def broker_run(tmp: Path, receivers: int, per_sender: int) -> dict | None:
             rxs.append(rx)
         from concurrent.futures import ThreadPoolExecutor
 
-        from latentcomm import protocol_v2 as v2
         from latentcomm.codecs import LEARNED_MODEL_DIR, LearnedCodec
         from latentcomm.images import pil_to_tensor
-        from latentcomm.mqtt import MqttSender
+        from latentcomm.transports.mqtt import MqttSender
+        from latentcomm.wire import v2
 
         codec = LearnedCodec(LEARNED_MODEL_DIR, "cpu", "fp32")
         src = Image.open(REPO / "temp" / "apple.jpeg").convert("RGB").resize((256, 256))

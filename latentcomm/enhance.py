@@ -9,7 +9,7 @@ seed's receiver post-processing idea (GFPGAN for faces).
 Shape: the picture folded 2x2 into 12 channels (``pixel_unshuffle``) plus one plane of the
 quantizer ((QP - 30) / 10, per macroblock), then ``depth`` 3x3 convolutions of ``width`` channels
 with leaky ReLUs, back to 12 channels, unfolded and added to the picture. The last layer starts at
-zero, so an untrained network is the identity. Trained by ``python -m latentcomm.train --objective
+zero, so an untrained network is the identity. Trained by ``python -m latentcomm.training --objective
 enhance`` on frames libx264 decoded at stream rates (pans over the training photos).
 """
 

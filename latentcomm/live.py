@@ -2,7 +2,7 @@
 and a rate fixed by ``--bandwidth RATE`` or estimated from the acknowledgements (``auto``).
 
 Three threads: this generator's (take the newest source frame, fit it, encode it), the writer's
-(``transport.Pipeline.submit``: paced writes, up to ``window`` frames unacknowledged) and the
+(``FramePipeline.submit``: paced writes, up to ``window`` frames unacknowledged) and the
 pipeline's reader (acknowledgements). While one frame is being written the next is encoded; when
 the window is full the writer waits, the encoder waits for the writer, and the live source
 supersedes the frames that came meanwhile (counted as dropped, never queued), so latency stays
@@ -22,12 +22,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from latentcomm import protocol_v2 as v2
-from latentcomm.codec import COMP_NONE, ENC_VIDEO
+from latentcomm.codecs.video import VIDEO_HEADER, VideoCodec, fit_picture
 from latentcomm.ratecontrol import DelayBasedEstimator
 from latentcomm.stream import LiveSource, percentile
-from latentcomm.transport import Pipeline
-from latentcomm.video import VIDEO_HEADER, VideoCodec, fit_picture
+from latentcomm.transports.base import FramePipeline
+from latentcomm.wire import v2
+from latentcomm.wire.encodings import COMP_NONE, ENC_VIDEO
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ IN_FLIGHT_S = 0.2
 def send_video_stream(
     codec: VideoCodec,
     live: LiveSource,
-    pipeline: Pipeline,
+    pipeline: FramePipeline,
     resolution: tuple[int, int] | None = None,
     bandwidth_bps: float | None = None,
     auto_max_bps: float | None = None,

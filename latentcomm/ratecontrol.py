@@ -5,7 +5,7 @@ sender sees here: for every frame, when its last byte was handed to the socket a
 acknowledgement came back. While the estimate is below what the link carries, frames cross it as
 fast as they are written and the time from write to acknowledgement stays at its floor (the link's
 propagation plus the receiver's decode). Once the sender writes faster than the link, the excess
-waits in a queue somewhere on the path (a modem's buffer, the kernel's, ``latentcomm.throttle``)
+waits in a queue somewhere on the path (a modem's buffer, the kernel's, ``latentcomm.transports.throttle``)
 and that time grows. So:
 
 - **queueing delay** = write-to-acknowledgement time minus its minimum over the last 10 s

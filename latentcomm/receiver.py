@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, TextIO
 import torch
 from PIL import Image
 
-from latentcomm import protocol_v2 as v2
-from latentcomm.codec import decode_latent
-from latentcomm.codecs import ImageCodec, VaeCodec
+from latentcomm.codecs.base import ImageCodec
+from latentcomm.codecs.video import VIDEO_CODECS, KeyFrameNeeded, VideoCodec
 from latentcomm.display import Viewer, display_available
 from latentcomm.engine import Engine
 from latentcomm.errors import ImageError, LatentcommError, RemoteProtocolError
 from latentcomm.images import crop_to, decode_image_bytes, tensor_to_pil, unit_float_to_image
-from latentcomm.protocol import LATENT_CHANNELS, LegacyFrame
 from latentcomm.store import OutputStore
-from latentcomm.transport import SHUTDOWN_GRACE_S, FrameServer, ReceivedFrame
-from latentcomm.video import VIDEO_CODECS, KeyFrameNeeded, VideoCodec
+from latentcomm.transports.base import SHUTDOWN_GRACE_S, FrameSource, ReceivedFrame
+from latentcomm.wire import v2
+from latentcomm.wire.encodings import decode_latent
+from latentcomm.wire.legacy import LATENT_CHANNELS, LegacyFrame
 
 if TYPE_CHECKING:
     from latentcomm.dashboard import DashboardState
@@ -100,14 +100,14 @@ class Receiver:
         enhancer=None,
     ) -> None:
         self.dashboard = dashboard
-        vae = [c for c in codecs if isinstance(c, VaeCodec)]
+        vae = [c for c in codecs if c.decodes_legacy_frames]
         self.default: Engine | None = vae[0].engine if vae else None
         if self.default is not None and self.default.latent_channels != LATENT_CHANNELS:
             raise LatentcommError(
                 f"legacy frames carry 4-channel latents; model {self.default.source} has {self.default.latent_channels}"
             )
         self.codecs = {c.model_id: c for c in codecs}
-        # Video streams (latentcomm.video) are always accepted: a decoder costs nothing until a stream
+        # Video streams (latentcomm.codecs.video) are always accepted: a decoder costs nothing until a stream
         # uses it, and each stream gets its own (inter frames depend on the frames before them).
         for name in VIDEO_CODECS:
             try:
@@ -166,7 +166,7 @@ class Receiver:
                 v2.Status.UNKNOWN_MODEL,
                 f"frame is for model {f.model!r}; this receiver runs {', '.join(self.codecs)}",
             )
-        if getattr(codec, "stateful", False):
+        if codec.stateful:
             codec = self._stream_codec(codec, item, f.model)
         oh, ow = f.image_size
         original = None
@@ -297,7 +297,7 @@ class Receiver:
 
     # -- serving ------------------------------------------------------------------------------------
 
-    def serve(self, server: FrameServer, stop: threading.Event | None = None) -> Summary:
+    def serve(self, server: FrameSource, stop: threading.Event | None = None) -> Summary:
         """Process frames until ``stop`` is set (or the first image with ``once``), then drain.
 
         The scripts set ``stop`` from their SIGINT/SIGTERM handlers rather than letting a
@@ -328,7 +328,7 @@ class Receiver:
         self.summary.bytes_received = server.stats.bytes_received
         return self.summary
 
-    def _drain(self, server: FrameServer) -> None:
+    def _drain(self, server: FrameSource) -> None:
         deadline = time.monotonic() + SHUTDOWN_GRACE_S
         while True:
             try:

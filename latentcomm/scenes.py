@@ -14,8 +14,8 @@ def station_scene(path: Path, seconds: float = 10.0, fps: int = 10) -> Path:
     import av
 
     from latentcomm import data
+    from latentcomm.codecs.video import fit_picture
     from latentcomm.images import load_image
-    from latentcomm.video import fit_picture
 
     photos = data.heldout_photos()
     hall = np.asarray(fit_picture(load_image(photos[0]), (640, 360))).astype(np.int16)

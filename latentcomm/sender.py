@@ -12,14 +12,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from latentcomm import protocol_v2 as v2
-from latentcomm.codec import DTYPE_FLAGS, FLAG_INT8, encode_latent
-from latentcomm.codecs import SCENE_CHANGE, ImageCodec, LearnedCodec, VaeCodec
+from latentcomm.codecs.base import ImageCodec
+from latentcomm.codecs.learned.codec import SCENE_CHANGE
 from latentcomm.engine import Engine
 from latentcomm.errors import ImageError
 from latentcomm.images import center_crop_square, encode_png, load_image, pad_to_multiple, pil_to_tensor, resize_square
-from latentcomm.protocol import LegacyFrame, frame_to_bytes
-from latentcomm.transport import V2Client, send_frame
+from latentcomm.transports.base import FrameSender
+from latentcomm.transports.tcp import send_frame
+from latentcomm.wire import v2
+from latentcomm.wire.encodings import DTYPE_FLAGS, FLAG_INT8, encode_latent
+from latentcomm.wire.legacy import LegacyFrame, frame_to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -275,15 +277,13 @@ def build_v2_frame(
 
 def codec_label(codec: ImageCodec) -> str:
     """What the report's ``dtype`` field says: the VAE latent's precision, "learned", or the video codec."""
-    if isinstance(codec, VaeCodec):
-        return codec.dtype
-    return codec.model_id if codec.kind == "video" else "learned"
+    return codec.label
 
 
 def send_images_v2(
     codec: ImageCodec,
     paths: list[Path],
-    client: V2Client,
+    client: FrameSender,
     size: int = 256,
     include_original: bool = True,
     texts: Callable[[Path], str | None] | None = None,
@@ -313,7 +313,7 @@ def send_images_v2(
             seq=seq,
             protocol="v2",
             codec=codec.kind,
-            compression=codec.compression_name if isinstance(codec, VaeCodec) else "entropy-coded",
+            compression=codec.compression_label,
             acknowledged=ack.ok,
             ack_status=ack.status.name,
             ack_message=ack.message,
@@ -331,7 +331,7 @@ def send_images_v2(
 def send_stream(
     codec: ImageCodec,
     live,
-    client: V2Client,
+    client: FrameSender,
     size: int = 0,
     bandwidth_bps: float | None = None,
     include_original: bool = False,
@@ -361,7 +361,7 @@ def send_stream(
     from latentcomm.stream import percentile
 
     rate = bandwidth_bps / 8 if bandwidth_bps else None
-    learned = isinstance(codec, LearnedCodec)
+    learned = codec.kind == "learned"  # codes inter frames against its own references, to a byte target
     outbox: queue_mod.Queue = queue_mod.Queue()
     results: queue_mod.Queue = queue_mod.Queue()
     refused = threading.Event()

@@ -7,7 +7,7 @@ the link is slower than the source.
 
 ``--bandwidth`` (``sender.send_stream``): the client writes no faster than the rate, each frame is
 sized to what the link carries in one frame interval, and encoding overlaps sending;
-``latentcomm.throttle`` is a slow link to try it on.
+``latentcomm.transports.throttle`` is a slow link to try it on.
 """
 
 from __future__ import annotations

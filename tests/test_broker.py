@@ -181,12 +181,13 @@ def test_sealed_frames_through_the_broker(broker, tmp_path, start_receiver):
     and a forged acknowledgement never counts as a delivery."""
     import paho.mqtt.client as mqtt
 
-    from latentcomm import protocol_v2 as v2
-    from latentcomm import secure
     from latentcomm.errors import TransportError
-    from latentcomm.mqtt import MqttSender
+    from latentcomm.transports.mqtt import MqttSender
+    from latentcomm.wire import v2
+    from latentcomm.wire.broker_seal import TYPE_STREAM_SEALED
+    from latentcomm.wire.keys import generate_key
 
-    key, other = secure.generate_key(tmp_path / "k.key"), secure.generate_key(tmp_path / "o.key")
+    key, other = generate_key(tmp_path / "k.key"), generate_key(tmp_path / "o.key")
     seen: list[bytes] = []
     spy = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     spy.on_message = lambda c, u, m: seen.append(m.payload)
@@ -201,7 +202,7 @@ def test_sealed_frames_through_the_broker(broker, tmp_path, start_receiver):
     wait_decoded(rx, 3)
     time.sleep(0.5)
     spy.loop_stop()
-    assert len(seen) >= 3 and all(p[5] == secure.TYPE_STREAM_SEALED and b"s9_0" not in p for p in seen)
+    assert len(seen) >= 3 and all(p[5] == TYPE_STREAM_SEALED and b"s9_0" not in p for p in seen)
 
     wrong = start_sender(broker, folder, "--key", str(tmp_path / "o.key"), "--retries", "0")
     _, err = wrong.communicate(timeout=120)
@@ -239,13 +240,13 @@ def test_a_sealed_stream_replayed_on_another_topic_or_after_a_restart_is_refused
     authenticated acknowledgements."""
     import paho.mqtt.client as mqtt
 
-    from latentcomm import protocol_v2 as v2
-    from latentcomm import secure
     from latentcomm.codecs import LEARNED_MODEL_DIR, LearnedCodec
     from latentcomm.images import pil_to_tensor
-    from latentcomm.mqtt import MqttSender
+    from latentcomm.transports.mqtt import MqttSender
+    from latentcomm.wire import v2
+    from latentcomm.wire.keys import generate_key
 
-    key = secure.generate_key(tmp_path / "k.key")
+    key = generate_key(tmp_path / "k.key")
     recorded: list[tuple[str, bytes]] = []
     spy = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     spy.on_message = lambda c, u, m: recorded.append((m.topic, m.payload))
@@ -306,10 +307,10 @@ def test_a_video_stream_has_one_owner_any_viewers_and_survives_its_owner(broker,
     """Live video through the broker, sealed: one receiver of the group decodes and acknowledges the
     whole stream; a viewer (not in the group) watches it from a key frame it asks for; when the owner
     is killed, the other receiver takes the stream over at a key frame and the sender carries on."""
-    from latentcomm import secure
+    from latentcomm.wire.keys import generate_key
     from tests.videos import make_video
 
-    secure.generate_key(tmp_path / "k.key")
+    generate_key(tmp_path / "k.key")
     sealed = ("--key", str(tmp_path / "k.key"), "--session-expiry", "0")
     rxs = [start_receiver(*receiver_args(broker, f"vid{i}"), *sealed) for i in range(2)]
     video = make_video(tmp_path / "pan.mp4", frames=120, fps=10, size=128)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from latentcomm.codec import decode_latent, encode_latent
 from latentcomm.engine import Engine
 from latentcomm.images import pil_to_tensor, resize_square, tensor_to_uint8
+from latentcomm.wire.encodings import decode_latent, encode_latent
 from tests.conftest import REPO, run_script
 
 APPLE = REPO / "temp" / "apple.jpeg"

@@ -31,7 +31,7 @@ def test_a_new_enhancer_is_the_identity():
 def test_the_objective_trains_and_exports_a_loadable_model(tmp_path):
     out = tmp_path / "model"
     r = subprocess.run(
-        [PYTHON, "-m", "latentcomm.train", "--objective", "enhance", "--run", str(tmp_path / "run"), "--pans", "2",
+        [PYTHON, "-m", "latentcomm.training", "--objective", "enhance", "--run", str(tmp_path / "run"), "--pans", "2",
          "--minutes", "0.05", "--width", "8", "--depth", "3", "--no-eval", "--out", str(out)],
         cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -54,10 +54,10 @@ def test_the_shipped_enhancer_gains_at_identical_bits_on_a_scene_it_never_saw():
     import tempfile
     from pathlib import Path
 
+    from latentcomm.codecs.video import fit_picture
     from latentcomm.scenes import station_scene
     from latentcomm.stream import video_frames
-    from latentcomm.train_enhance import code_frames
-    from latentcomm.video import fit_picture
+    from latentcomm.training.enhance import code_frames
 
     model = VideoEnhancer.from_pretrained(ENHANCER_DIR)
     with tempfile.TemporaryDirectory() as tmp:
@@ -75,9 +75,9 @@ def test_the_shipped_enhancer_gains_at_identical_bits_on_a_scene_it_never_saw():
 def test_a_receiver_with_enhance_streams_and_shows_better_pictures(tmp_path, start_receiver):
     """End to end through the real processes: every frame shown, and pictures at least as good as the
     plain receiver's (the two runs' bits differ a little: the rate control sees capture times)."""
+    from latentcomm.codecs.video import fit_picture
     from latentcomm.scenes import station_scene
     from latentcomm.stream import video_frames
-    from latentcomm.video import fit_picture
 
     video = station_scene(tmp_path / "station.mkv", seconds=3.0)
     source = {f.name: np.asarray(fit_picture(f.image, (320, 176))) for f in video_frames(video)}
@@ -106,7 +106,7 @@ def test_a_stream_too_fast_to_enhance_is_shown_unenhanced():
     """The sender tells its frame rate; a stream whose pictures the enhancer is predicted (from its
     timing on this machine) to take more than half the time between frames for is shown unenhanced
     from its first picture, rather than fall behind."""
-    from latentcomm.video import VideoCodec, fit_picture
+    from latentcomm.codecs.video import VideoCodec, fit_picture
     from tests.test_video import scene
 
     model = VideoEnhancer.from_pretrained(ENHANCER_DIR)

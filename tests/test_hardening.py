@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from latentcomm import protocol_v2 as v2
-from latentcomm.codec import COMP_NONE, ENC_FLOAT16
 from latentcomm.errors import ImageError
 from latentcomm.images import load_image, to_rgb
+from latentcomm.wire import v2
+from latentcomm.wire.encodings import COMP_NONE, ENC_FLOAT16
 from tests.conftest import run_script
 
 

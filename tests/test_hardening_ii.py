@@ -34,12 +34,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from latentcomm import protocol_v2 as v2
-from latentcomm import secure
-from latentcomm.codec import COMP_NONE, ENC_FLOAT16
 from latentcomm.dashboard import DashboardState, loopback_host
 from latentcomm.metrics import ssim
 from latentcomm.store import OutputStore
+from latentcomm.wire import v2
+from latentcomm.wire.encodings import COMP_NONE, ENC_FLOAT16
+from latentcomm.wire.keys import Key, Keyring, generate_key
+from latentcomm.wire.sealed import TYPE_SEALED, SealError, SecureConnection
 from tests.conftest import PYTHON, REPO, run_script, script_env
 from tests.test_dashboard import dashboard_url
 
@@ -155,19 +156,19 @@ def test_large_pictures_decode_in_tiles_to_the_same_picture(monkeypatch):
 
 
 def test_a_sealed_receiver_refuses_a_body_before_the_handshake_from_its_prefix():
-    rx = secure.SecureConnection(v2.Role.RECEIVER, keyring=secure.Keyring([secure.Key(os.urandom(32))]))
-    rx.receive_data(v2.PREFIX.pack(v2.MAGIC, v2.VERSION, secure.TYPE_SEALED, 0, 100 * 1024 * 1024))
-    with pytest.raises(secure.SealError, match="before the handshake"):
+    rx = SecureConnection(v2.Role.RECEIVER, keyring=Keyring([Key(os.urandom(32))]))
+    rx.receive_data(v2.PREFIX.pack(v2.MAGIC, v2.VERSION, TYPE_SEALED, 0, 100 * 1024 * 1024))
+    with pytest.raises(SealError, match="before the handshake"):
         rx.next_event()
 
 
 def test_a_sealed_receiver_hangs_up_on_a_stranger_at_once(tmp_path, start_receiver, tiny_model):
     key = tmp_path / "k.key"
-    secure.generate_key(key)
+    generate_key(key)
     rx = start_receiver("--no-show", "--json", "--model", str(tiny_model), "--key", str(key))
     t0 = time.monotonic()
     with socket.create_connection(("127.0.0.1", rx.port), timeout=30) as s:
-        s.sendall(v2.PREFIX.pack(v2.MAGIC, v2.VERSION, secure.TYPE_SEALED, 0, 100 * 1024 * 1024) + b"\0" * 1000)
+        s.sendall(v2.PREFIX.pack(v2.MAGIC, v2.VERSION, TYPE_SEALED, 0, 100 * 1024 * 1024) + b"\0" * 1000)
         answer = b""
         while chunk := s.recv(65536):
             answer += chunk
@@ -249,7 +250,7 @@ def test_a_token_that_is_not_text_is_refused_at_start():
 def test_a_reference_image_must_be_a_png(tiny_model, start_receiver, tmp_path):
     import io
 
-    from latentcomm.transport import V2Client
+    from latentcomm.transports.tcp import V2Client
 
     rx = start_receiver("--no-show", "--json", "--model", str(tiny_model), "--out", str(tmp_path / "o"))
     model = next(line for line in rx.stderr.splitlines() if "Receiver listening" in line).split("(model ")[1]

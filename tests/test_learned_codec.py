@@ -21,13 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from latentcomm import protocol_v2 as v2
-from latentcomm.codec import COMP_NONE, COMP_ZSTD, ENC_LEARNED
-from latentcomm.codecs import LEARNED_HEADER, LEARNED_MODEL_DIR, LearnedCodec
+from latentcomm.codecs.learned.codec import LEARNED_HEADER, LEARNED_MODEL_DIR, LearnedCodec
 from latentcomm.data import heldout_photos
 from latentcomm.errors import LocalProtocolError, ModelLoadError, RemoteProtocolError
 from latentcomm.images import load_image, pil_to_tensor, tensor_to_uint8
 from latentcomm.metrics import psnr
+from latentcomm.wire import v2
+from latentcomm.wire.encodings import COMP_NONE, COMP_ZSTD, ENC_LEARNED
 from tests.conftest import PYTHON, REPO, run_script, script_env
 
 #: Measured with the shipped weights (see models/latentcomm-lic/README.md): held-out photo 007 (the
@@ -317,8 +317,8 @@ def test_learned_only_receiver_refuses_a_legacy_frame_and_keeps_serving(start_re
 def test_lower_levels_grow_into_a_trained_checkpoint():
     """Adding lambdas to a running model: trained gain rows are kept exactly, a new row starts where the
     trained ones extrapolate to in log-lambda, and the optimizer's state follows the new shape."""
-    from latentcomm.learned import LearnedCodecConfig, LearnedCodecModel
-    from latentcomm.train_codec import grow_levels
+    from latentcomm.codecs.learned.model import LearnedCodecConfig, LearnedCodecModel
+    from latentcomm.training.codec import grow_levels
 
     old, new = [0.001, 0.004, 0.016], [0.0005, 0.001, 0.004, 0.016]
     model = LearnedCodecModel(LearnedCodecConfig(N=8, M=8, H=8, lambdas=old))
@@ -351,8 +351,9 @@ def test_training_objective_runs_resumes_and_exports_a_loadable_codec(tmp_path):
         small_photo((160, 160)).rotate(90 * i).save(photos / f"{i:03d}.png")
     run_dir, export = tmp_path / "run", tmp_path / "export"
     base = [
-        PYTHON, "-m", "latentcomm.train", "--objective", "codec", "--data", str(photos), "--extra-data", str(tmp_path),
-        "--run-dir", str(run_dir), "--export", str(export), "--N", "16", "--M", "24", "--H", "16", "--batch", "2",
+        PYTHON, "-m", "latentcomm.training", "--objective", "codec", "--data", str(photos),
+        "--extra-data", str(tmp_path), "--run-dir", str(run_dir), "--export", str(export),
+        "--N", "16", "--M", "24", "--H", "16", "--batch", "2",
         "--crop", "64", "--eval-every", "0", "--precision", "fp32",
     ]  # fmt: skip
     r = subprocess.run([*base, "--steps", "2"], cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300)
@@ -401,7 +402,7 @@ def test_the_gpu_training_script_runs_here_on_a_cpu(tmp_path):
     small_photo((512, 512)).save(heldout / "007.png")  # named like a held-out photo
     pack = tmp_path / "pack.npz"
     r = subprocess.run(
-        [PYTHON, "-m", "latentcomm.train", "--objective", "codec", "--data", str(photos), "--extra-data",
+        [PYTHON, "-m", "latentcomm.training", "--objective", "codec", "--data", str(photos), "--extra-data",
          str(tmp_path / "none"), "--pack", str(pack)],
         cwd=REPO, capture_output=True, text=True, env=script_env(), timeout=300,
     )  # fmt: skip
@@ -438,8 +439,8 @@ def test_the_codec_objective_blends_in_ms_ssim_and_ssimulacra2_when_asked(tmp_pa
     (--qualities-share mixes in the others: the next test).
     Weights outside 0..1, crops too small for the metrics' scales and qualities the model hasn't
     exit 2 with one line."""
-    from latentcomm.learned import LearnedCodecConfig, LearnedCodecModel
-    from latentcomm.train import main as train_main
+    from latentcomm.codecs.learned.model import LearnedCodecConfig, LearnedCodecModel
+    from latentcomm.training import main as train_main
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -449,7 +450,7 @@ def test_the_codec_objective_blends_in_ms_ssim_and_ssimulacra2_when_asked(tmp_pa
 
     def run(name: str, *extra: str) -> subprocess.CompletedProcess:
         cmd = [
-            PYTHON, "-m", "latentcomm.train", "--objective", "codec", "--data", str(photos), "--extra-data",
+            PYTHON, "-m", "latentcomm.training", "--objective", "codec", "--data", str(photos), "--extra-data",
             str(tmp_path / "none"), "--run-dir", str(tmp_path / name), "--export", str(tmp_path / name / "export"),
             "--N", "16", "--M", "24", "--H", "16", "--batch", "2", "--crop", "192", "--steps", "1", "--eval-every", "1",
             "--eval-size", "0", "--precision", "fp32", *extra,
@@ -491,7 +492,7 @@ def test_the_codec_objective_blends_in_ms_ssim_and_ssimulacra2_when_asked(tmp_pa
         (["--qualities", "2-5", "--qualities-share", "0"], "above 0 and at most 1"),
         (["--qualities-share", "0.5"], "needs --qualities LO-HI"),
     ):
-        # In-process (train.main is what ``python -m latentcomm.train`` runs): these exit before training.
+        # In-process (train.main is what ``python -m latentcomm.training`` runs): these exit before training.
         assert train_main(["--objective", "codec", "--run-dir", str(tmp_path / "bad"), *extra]) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1, err
@@ -500,7 +501,7 @@ def test_the_codec_objective_blends_in_ms_ssim_and_ssimulacra2_when_asked(tmp_pa
 def test_a_level_mixture_favours_the_named_levels_and_keeps_the_rest():
     """--qualities-share P: about P of the crops take a level from LO..HI, the rest any level (so
     every level keeps training); P = 1 draws exactly what --qualities alone always drew."""
-    from latentcomm.train_codec import draw_levels
+    from latentcomm.training.codec import draw_levels
 
     def draws(share: float, n: int = 2000) -> torch.Tensor:
         return draw_levels(torch.Generator().manual_seed(4), n, (1, 4), share, 11)
@@ -518,7 +519,7 @@ def test_a_level_mixture_favours_the_named_levels_and_keeps_the_rest():
 def test_the_pack_rebuilds_the_training_pyramid(tmp_path):
     """The pack keeps one JPEG per source image and rebuilds the smaller copies on load: the same
     sizes as training from the folders, and pixels within the JPEG's error."""
-    from latentcomm.train_codec import expand, read_pack, training_sources, write_pack
+    from latentcomm.training.datasets import expand, read_pack, training_sources, write_pack
 
     photos, unsplash = tmp_path / "photos", tmp_path / "unsplash"
     photos.mkdir()
@@ -537,7 +538,8 @@ def test_the_pack_rebuilds_the_training_pyramid(tmp_path):
 
 
 def test_the_learning_rate_warms_a_fresh_optimizer_and_anneals_by_time():
-    from latentcomm.train_codec import learning_rate, parse_args
+    from latentcomm.training.codec import parse_args
+    from latentcomm.training.common import learning_rate
 
     a = parse_args(["--lr", "1e-4", "--warmup", "100", "--minutes", "10", "--decay-to", "1e-5", "--decay-frac", "0.5"])
     assert learning_rate(a, 0, 0.0) == pytest.approx(1e-6)  # the optimizer's first step

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from latentcomm.codecs import LEARNED_MODEL_DIR, LearnedCodec
+from latentcomm.codecs.learned.model import LearnedCodecConfig, LearnedCodecModel
 from latentcomm.errors import RemoteProtocolError
 from latentcomm.images import pil_to_tensor
-from latentcomm.learned import LearnedCodecConfig, LearnedCodecModel
 from tests.conftest import PYTHON, REPO, script_env
 from tests.test_learned_codec import ENCODE_SCRIPT, decode_frame, encode_frame, small_photo
 
@@ -155,14 +155,14 @@ def test_training_with_a_context_model_reaches_every_part():
 
 
 def objective_command(tmp_path, objective: str, *flags: str) -> list[str]:
-    """``python -m latentcomm.train --objective <objective>`` on two small photos, in ``tmp_path``:
+    """``python -m latentcomm.training --objective <objective>`` on two small photos, in ``tmp_path``:
     run folder ``run``, export ``export``, batches of 2, no held-out evaluation."""
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(2):
         small_photo((448, 448)).rotate(90 * i).save(photos / f"{i:03d}.png")
     return [
-        PYTHON, "-m", "latentcomm.train", "--objective", objective, "--data", str(photos), "--extra-data",
+        PYTHON, "-m", "latentcomm.training", "--objective", objective, "--data", str(photos), "--extra-data",
         str(tmp_path / "none"), "--run-dir", str(tmp_path / "run"), "--export", str(tmp_path / "export"),
         "--batch", "2", "--eval-every", "0", *flags,
     ]  # fmt: skip
@@ -174,10 +174,10 @@ def train(command: list[str]) -> subprocess.CompletedProcess:
 
 def refused(command: list[str], message: str, capsys) -> None:
     """The flags of ``command`` exit 2 with one line naming ``message``. Run in-process (train.main is
-    what ``python -m latentcomm.train`` runs): flag checks come before any model is loaded."""
-    from latentcomm.train import main as train_main
+    what ``python -m latentcomm.training`` runs): flag checks come before any model is loaded."""
+    from latentcomm.training import main as train_main
 
-    assert command[:3] == [PYTHON, "-m", "latentcomm.train"]
+    assert command[:3] == [PYTHON, "-m", "latentcomm.training"]
     assert train_main(command[3:]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err, err

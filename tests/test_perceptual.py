@@ -66,8 +66,8 @@ def test_the_training_loss_scores_its_perceptual_terms_in_float32_under_bf16_aut
     MS-SSIM's and SSIMULACRA2's variances are differences of blurred squares, which cancel in bf16
     (a held-out crop scored MS-SSIM 1.016 and SSIMULACRA2 -79 instead of 0.985 and 45), so both terms
     must come out as in float32. The decoder's output here is a real JPEG of a held-out photo."""
-    from latentcomm.learned import LearnedCodecConfig, LearnedCodecModel
-    from latentcomm.train_codec import rd_loss
+    from latentcomm.codecs.learned.model import LearnedCodecConfig, LearnedCodecModel
+    from latentcomm.training.codec import rd_loss
 
     im = Image.open(data.heldout_photos()[3]).convert("RGB").crop((0, 0, 192, 192))
     x, x_hat = as_tensor(np.asarray(im)).float(), as_tensor(jpeg(im, 20)).float()

@@ -16,14 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from skimage.metrics import mean_squared_error
 
-from latentcomm import postfilter
-from latentcomm import protocol_v2 as v2
-from latentcomm.codec import COMP_NONE, ENC_LEARNED
-from latentcomm.codecs import FILTERED_VERSION, LEARNED_HEADER, LEARNED_MODEL_DIR, LearnedCodec
+from latentcomm.codecs.learned import postfilter
+from latentcomm.codecs.learned.codec import FILTERED_VERSION, LEARNED_HEADER, LEARNED_MODEL_DIR, LearnedCodec
 from latentcomm.data import heldout_photos
 from latentcomm.errors import RemoteProtocolError
 from latentcomm.images import load_image
 from latentcomm.metrics import psnr
+from latentcomm.wire import v2
+from latentcomm.wire.encodings import COMP_NONE, ENC_LEARNED
 from tests.test_learned_codec import decode_frame, encode_frame, small_photo
 
 needs_photos = pytest.mark.skipif(not heldout_photos(), reason="../shared/data/photos is not there")

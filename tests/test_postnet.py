@@ -2,7 +2,7 @@
 
 It changes only the decoded picture, never a byte: these tests check that a new post-network decodes
 exactly as the codec it was added to, that the shipped one gains on a held-out photo at identical
-bytes, and that ``python -m latentcomm.train --objective postnet`` trains, resumes and exports a
+bytes, and that ``python -m latentcomm.training --objective postnet`` trains, resumes and exports a
 codec that codes every image to the same payload as the one it started from.
 """
 
@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from latentcomm.codecs import LEARNED_MODEL_DIR, LearnedCodec
+from latentcomm.codecs.learned.model import LearnedCodecConfig, LearnedCodecModel, PostNetwork
 from latentcomm.data import heldout_photos
 from latentcomm.images import load_image
-from latentcomm.learned import LearnedCodecConfig, LearnedCodecModel, PostNetwork
 from latentcomm.metrics import psnr
-from latentcomm.train_postnet import with_postnet
+from latentcomm.training.postnet import with_postnet
 from tests.test_learned_codec import decode_frame, encode_frame, small_photo
 from tests.test_learned_context import continued_records, objective_command, refused, train
 

@@ -11,9 +11,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from latentcomm.codec import FLAG_FLOAT16, FLAG_INT8, bounded_gunzip, decode_latent, encode_latent
 from latentcomm.errors import LocalProtocolError, RemoteProtocolError
-from latentcomm.protocol import NEED_DATA, LegacyFrame, LegacyReceiver, Limits, frame_to_bytes, original_image_size
+from latentcomm.wire.encodings import FLAG_FLOAT16, FLAG_INT8, bounded_gunzip, decode_latent, encode_latent
+from latentcomm.wire.legacy import NEED_DATA, LegacyFrame, LegacyReceiver, Limits, frame_to_bytes, original_image_size
 
 
 def parse(data: bytes, chunk: int = 7, limits: Limits | None = None):

@@ -11,8 +11,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from latentcomm import protocol_v2 as v2
-from latentcomm.codec import (
+from latentcomm.errors import LocalProtocolError, RemoteProtocolError
+from latentcomm.wire import v2
+from latentcomm.wire.encodings import (
     COMP_GZIP,
     COMP_NONE,
     COMP_ZSTD,
@@ -26,7 +27,6 @@ from latentcomm.codec import (
     v2_quantize,
     v2_raw_size,
 )
-from latentcomm.errors import LocalProtocolError, RemoteProtocolError
 
 
 def make_frame(seq=1, encoding=ENC_FLOAT16, compression=COMP_ZSTD, ref=b"\x89PNG fake", name="cam0/001.png"):

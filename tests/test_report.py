@@ -70,11 +70,13 @@ def test_the_readme_layout_names_every_module_and_only_real_files():
     readme = (REPO / "README.md").read_text()
     layout = readme.split("## Layout", 1)[1].split("```", 2)[1]
     package = REPO / "latentcomm"
-    modules = [p.name for p in package.glob("*.py") if p.name != "__init__.py"]
-    modules += [f"{p.name}/" for p in package.iterdir() if (p / "__init__.py").exists()]
-    missing = [m for m in modules if m not in layout]
+    folders = {p.parent for p in package.rglob("*.py")}
+    missing = [f"{d.name}/" for d in folders if d != package and f"{d.name}/" not in layout]
+    missing += [
+        str(p.relative_to(REPO)) for p in package.rglob("*.py") if p.name != "__init__.py" and p.name not in layout
+    ]
     assert not missing, f"the README's Layout doesn't name {missing}"
-    places = [REPO, package, package / "cli", REPO / "tools", REPO / "benchmarks"]
+    places = [REPO, *{p.parent for p in package.rglob("*.py")}, REPO / "tools", REPO / "benchmarks"]
     named = set(re.findall(r"[\w]+\.(?:py|sh|html)", layout))
     ghosts = [n for n in named if not any((d / n).exists() for d in places)]
     assert not ghosts, f"the README's Layout names files that don't exist: {ghosts}"

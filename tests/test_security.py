@@ -22,12 +22,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from latentcomm import protocol_v2 as v2
-from latentcomm import secure
 from latentcomm.codecs import LEARNED_MODEL_DIR, LearnedCodec
 from latentcomm.errors import RemoteProtocolError
 from latentcomm.images import pil_to_tensor
-from latentcomm.transport import V2Client
+from latentcomm.transports.tcp import V2Client
+from latentcomm.wire import v2
+from latentcomm.wire.keys import Key, Keyring, generate_key, load_key
+from latentcomm.wire.sealed import TYPE_HELLO, TYPE_SEALED, Handshake, SealError, SecureConnection
 from tests.conftest import PYTHON, REPO, run_script
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -44,7 +45,7 @@ def keygen(path: Path) -> str:
 @pytest.fixture
 def keys(tmp_path) -> list[tuple[Path, str]]:
     """Four key files, written by the library function keygen runs (the command itself is tested once)."""
-    return [(tmp_path / f"k{i}.key", secure.generate_key(tmp_path / f"k{i}.key").key_id_hex) for i in range(4)]
+    return [(tmp_path / f"k{i}.key", generate_key(tmp_path / f"k{i}.key").key_id_hex) for i in range(4)]
 
 
 def photo(seed: int, size: int = 64) -> Image.Image:
@@ -97,7 +98,7 @@ class Proxy:
 
     def _rewrite(self, msg: bytes, from_sender: bool, acks: list[int]) -> bytes:
         mtype = msg[5]
-        if from_sender and mtype == secure.TYPE_SEALED:
+        if from_sender and mtype == TYPE_SEALED:
             with self.lock:
                 idx = self.sealed_seen
                 self.sealed_seen += 1
@@ -106,7 +107,7 @@ class Proxy:
                 b = bytearray(msg)
                 b[bit // 8] ^= 1 << (bit % 8)
                 return bytes(b)
-        if not from_sender and mtype == secure.TYPE_SEALED and self.forge:
+        if not from_sender and mtype == TYPE_SEALED and self.forge:
             acks[0] += 1
             if self.forge == "plaintext-ok":
                 return v2.encode_ack(v2.Ack(acks[0], v2.Status.OK))
@@ -159,10 +160,10 @@ def test_keygen_writes_a_private_key_and_never_overwrites(tmp_path):
     path = tmp_path / "fleet.key"
     key_id = keygen(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert secure.load_key(path).key_id_hex == key_id and len(key_id) == 16
+    assert load_key(path).key_id_hex == key_id and len(key_id) == 16
     again = subprocess.run([PYTHON, "-m", "latentcomm", "keygen", str(path)], cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 1 and again.stderr.strip().startswith("error:") and "never overwrites" in again.stderr
-    assert secure.load_key(path).key_id_hex == key_id
+    assert load_key(path).key_id_hex == key_id
 
 
 def bad_key(tmp_path: Path, kind: str) -> Path:
@@ -286,7 +287,7 @@ def test_every_part_of_a_sealed_frame_is_tamper_evident(tmp_path, keys, start_re
     orig = proxy._rewrite
 
     def rewrite(msg, from_sender, acks):
-        if from_sender and msg[5] == secure.TYPE_SEALED and proxy.sealed_seen == tag_index:
+        if from_sender and msg[5] == TYPE_SEALED and proxy.sealed_seen == tag_index:
             proxy.sealed_seen += 1
             return msg[:-1] + bytes([msg[-1] ^ 0x80])
         return orig(msg, from_sender, acks)
@@ -339,7 +340,7 @@ def test_captured_frames_replayed_later_are_refused(tmp_path, keys, start_receiv
     # A new connection: the receiver answers the replayed HELLO with fresh randomness, so the
     # recorded frame opens under other keys and fails.
     answer = replay(rx.port)
-    assert answer[5] == secure.TYPE_HELLO
+    assert answer[5] == TYPE_HELLO
     deadline = time.monotonic() + 30
     while "sealed frame 0 failed authentication" not in rx.stderr and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -353,7 +354,7 @@ def test_captured_frames_replayed_later_are_refused(tmp_path, keys, start_receiv
         for seq in (1, 2, 3)
     ]
     for trick in ("duplicate", "skip"):
-        conn = secure.SecureConnection(v2.Role.SENDER, key=secure.load_key(keys[0][0]))
+        conn = SecureConnection(v2.Role.SENDER, key=load_key(keys[0][0]))
         with socket.create_connection(("127.0.0.1", rx.port), timeout=30) as s:
 
             def next_event(conn=conn, s=s):
@@ -362,7 +363,7 @@ def test_captured_frames_replayed_later_are_refused(tmp_path, keys, start_receiv
                 return ev
 
             s.sendall(conn.hello())
-            assert isinstance(next_event(), secure.Handshake)
+            assert isinstance(next_event(), Handshake)
             first = conn.send(frames[0])
             s.sendall(first)
             assert next_event() == v2.Ack(1, v2.Status.OK)
@@ -414,7 +415,7 @@ def test_sixteen_senders_with_four_keys_at_once(tmp_path, keys, start_receiver):
     results: dict[int, list[v2.Ack]] = {}
 
     def sender(i: int) -> None:
-        key = secure.load_key(keys[i % 4][0])
+        key = load_key(keys[i % 4][0])
         with V2Client("127.0.0.1", rx.port, timeout=120, key=key) as client:
             results[i] = [
                 client.send(
@@ -449,13 +450,13 @@ def test_sixteen_senders_with_four_keys_at_once(tmp_path, keys, start_receiver):
 
 
 def session(limits: v2.Limits | None = None):
-    key = secure.Key(os.urandom(32))
-    tx = secure.SecureConnection(v2.Role.SENDER, key=key)
-    rx = secure.SecureConnection(v2.Role.RECEIVER, keyring=secure.Keyring([key]), limits=limits)
+    key = Key(os.urandom(32))
+    tx = SecureConnection(v2.Role.SENDER, key=key)
+    rx = SecureConnection(v2.Role.RECEIVER, keyring=Keyring([key]), limits=limits)
     rx.receive_data(tx.hello())
     hs = rx.next_event()
     tx.receive_data(hs.reply)
-    assert isinstance(tx.next_event(), secure.Handshake)
+    assert isinstance(tx.next_event(), Handshake)
     return tx, rx
 
 
@@ -474,15 +475,15 @@ def test_sealed_round_trip_hides_the_content():
 
 
 def test_a_tampered_key_confirmation_is_refused_by_the_sender():
-    key = secure.Key(os.urandom(32))
+    key = Key(os.urandom(32))
     for byte in (20, 60):  # receiver random, confirmation
-        tx = secure.SecureConnection(v2.Role.SENDER, key=key)
-        rx = secure.SecureConnection(v2.Role.RECEIVER, keyring=secure.Keyring([key]))
+        tx = SecureConnection(v2.Role.SENDER, key=key)
+        rx = SecureConnection(v2.Role.RECEIVER, keyring=Keyring([key]))
         rx.receive_data(tx.hello())
         reply = bytearray(rx.next_event().reply)
         reply[v2.PREFIX.size + byte] ^= 1
         tx.receive_data(bytes(reply))
-        with pytest.raises(secure.SealError, match="key confirmation failed"):
+        with pytest.raises(SealError, match="key confirmation failed"):
             tx.next_event()
 
 
@@ -510,7 +511,7 @@ def test_fuzzed_bytes_raise_only_the_protocol_error(data, after_handshake):
     if after_handshake:
         _, rx = session(limits)
     else:
-        rx = secure.SecureConnection(v2.Role.RECEIVER, keyring=secure.Keyring([secure.Key(os.urandom(32))]),
+        rx = SecureConnection(v2.Role.RECEIVER, keyring=Keyring([Key(os.urandom(32))]),
                                      limits=limits)  # fmt: skip
     rx.receive_data(data)
     rx.receive_eof()
@@ -525,13 +526,13 @@ def test_an_announced_body_past_the_limit_is_refused_before_it_is_buffered():
     limits = v2.Limits(max_payload_bytes=1000, max_latent_elements=1000, max_image_pixels=10000,
                        max_reference_bytes=1000)  # fmt: skip
     _, rx = session(limits)
-    rx.receive_data(v2.PREFIX.pack(v2.MAGIC, v2.VERSION, secure.TYPE_SEALED, 0, 2**31))
-    with pytest.raises(secure.SealError, match="exceeds the limit"):
+    rx.receive_data(v2.PREFIX.pack(v2.MAGIC, v2.VERSION, TYPE_SEALED, 0, 2**31))
+    with pytest.raises(SealError, match="exceeds the limit"):
         rx.next_event()
-    tx = secure.SecureConnection(v2.Role.SENDER, key=secure.Key(os.urandom(32)))
+    tx = SecureConnection(v2.Role.SENDER, key=Key(os.urandom(32)))
     tx.hello()
-    tx.receive_data(v2.PREFIX.pack(v2.MAGIC, v2.VERSION, secure.TYPE_HELLO, 0, 10**6))
-    with pytest.raises(secure.SealError, match="exceeds the limit"):
+    tx.receive_data(v2.PREFIX.pack(v2.MAGIC, v2.VERSION, TYPE_HELLO, 0, 10**6))
+    with pytest.raises(SealError, match="exceeds the limit"):
         tx.next_event()
 
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from latentcomm import protocol_v2 as v2
-from latentcomm.codec import COMP_GZIP, COMP_ZSTD, ENC_FLOAT16, compress, v2_quantize
 from latentcomm.engine import Engine
 from latentcomm.images import encode_png, tensor_to_uint8
-from latentcomm.transport import V2Client
+from latentcomm.transports.tcp import V2Client
+from latentcomm.wire import v2
+from latentcomm.wire.encodings import COMP_GZIP, COMP_ZSTD, ENC_FLOAT16, compress, v2_quantize
 from tests.conftest import make_tiny_vae, run_script
 from tests.test_end_to_end import legacy_frame, send_raw
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from latentcomm.stream import parse_rate
-from latentcomm.throttle import Throttle
+from latentcomm.transports.throttle import Throttle
 from tests.conftest import run_script
 from tests.videos import make_video
 

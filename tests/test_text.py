@@ -12,8 +12,9 @@ import zlib
 import pytest
 from PIL import Image
 
-from latentcomm import protocol_v2 as v2
-from latentcomm import secure
+from latentcomm.wire import v2
+from latentcomm.wire.keys import Key, Keyring
+from latentcomm.wire.sealed import SecureConnection
 from tests.conftest import run_script
 
 CAPTION = "kitchen cam 3 \u2013 21.5 \u00b0C, door open"
@@ -119,9 +120,9 @@ def test_unknown_prefix_flags_are_refused():
 def test_text_is_sealed_with_the_frame():
     import os
 
-    key = secure.Key(os.urandom(32))
-    tx = secure.SecureConnection(v2.Role.SENDER, key=key)
-    rx = secure.SecureConnection(v2.Role.RECEIVER, keyring=secure.Keyring([key]))
+    key = Key(os.urandom(32))
+    tx = SecureConnection(v2.Role.SENDER, key=key)
+    rx = SecureConnection(v2.Role.RECEIVER, keyring=Keyring([key]))
     rx.receive_data(tx.hello())
     tx.receive_data(rx.next_event().reply)
     tx.next_event()

@@ -1,4 +1,4 @@
-"""`python -m latentcomm.train`, run as a user runs it: seeded, resumable bit for bit, exports a
+"""`python -m latentcomm.training`, run as a user runs it: seeded, resumable bit for bit, exports a
 diffusers folder the scripts load, starts a second phase from trained weights, and refuses a
 checkpoint of another architecture in one line."""
 
@@ -50,7 +50,7 @@ def train(photos, run_dir, export, *extra: str) -> subprocess.CompletedProcess:
     args += ["--warmup", "2", "--ckpt-every", "2", "--eval-every", "3", "--seed", "3"]
     args += [*extra] if "--compile" in extra else ["--no-compile", *extra]
     return subprocess.run(
-        [sys.executable, "-m", "latentcomm.train", *args],
+        [sys.executable, "-m", "latentcomm.training", *args],
         cwd=REPO,
         env=script_env(),
         capture_output=True,

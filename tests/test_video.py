@@ -1,5 +1,5 @@
 """Live video through real video codecs (issue "Live video"): the codecs alone, then real sender and
-receiver processes over a rate-limited link (latentcomm.throttle), a refusal followed by a key-frame
+receiver processes over a rate-limited link (latentcomm.transports.throttle), a refusal followed by a key-frame
 request, a receiver restarted mid-stream, sealed video, corrupt access units, and a link whose rate
 changes under --bandwidth auto."""
 
@@ -15,12 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from latentcomm import protocol_v2 as v2
-from latentcomm import secure
-from latentcomm.errors import LocalProtocolError
-from latentcomm.throttle import Throttle, parse_schedule
-from latentcomm.transport import V2Client
-from latentcomm.video import (
+from latentcomm.codecs.video import (
     VIDEO_CODECS,
     VIDEO_HEADER,
     KeyFrameNeeded,
@@ -30,6 +25,11 @@ from latentcomm.video import (
     parse_payload,
     parse_resolution,
 )
+from latentcomm.errors import LocalProtocolError
+from latentcomm.transports.tcp import V2Client
+from latentcomm.transports.throttle import Throttle, parse_schedule
+from latentcomm.wire import v2
+from latentcomm.wire.keys import generate_key, load_key
 from tests.conftest import PYTHON, REPO, script_env
 from tests.videos import make_video
 
@@ -136,7 +136,7 @@ def received(folder: Path) -> list[dict]:
 @pytest.mark.exclusive
 def test_sealed_h264_over_a_256k_link_shows_every_frame(tmp_path, start_receiver):
     key = tmp_path / "k.key"
-    secure.generate_key(key)
+    generate_key(key)
     out = tmp_path / "out"
     rx = start_receiver("--codec", "learned", "--no-show", "--json", "--out", str(out), "--key", str(key))
     link = Throttle(("127.0.0.1", rx.port), 256_000)
@@ -147,7 +147,7 @@ def test_sealed_h264_over_a_256k_link_shows_every_frame(tmp_path, start_receiver
     assert summary["frames_acknowledged"] >= 0.95 * summary["frames_from_source"]
     assert summary["bits_per_second"] < 256_000
     shown = received(out)
-    assert len(shown) == summary["frames_acknowledged"] and all(r["key_id"] == secure.load_key(key).key_id_hex
+    assert len(shown) == summary["frames_acknowledged"] and all(r["key_id"] == load_key(key).key_id_hex
                                                                   for r in shown)  # fmt: skip
     assert shown[0]["frame_type"] == "key" and shown[0]["name"] == "pan-000000" and shown[1]["frame_type"] == "inter"
     assert all(r["text"] == "robot 7" and r["model"] == "h264" for r in shown)

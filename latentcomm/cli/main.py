@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keygen":
         import json
 
-        from latentcomm.secure import generate_key
+        from latentcomm.wire.keys import generate_key
 
         key = generate_key(args.path)
         if args.json:

@@ -58,13 +58,13 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae_metrics.py") -
     setup_logging()
     if args.codec != "vae" or args.key:
         return _v2(args)
-    from latentcomm.codec import FLAG_FLOAT16, decode_latent
     from latentcomm.engine import Engine
     from latentcomm.images import load_image, tensor_to_pil
     from latentcomm.metrics import psnr, ssim
-    from latentcomm.protocol import frame_to_bytes
     from latentcomm.sender import build_frame, format_report, make_report, prepare
-    from latentcomm.transport import send_frame
+    from latentcomm.transports.tcp import send_frame
+    from latentcomm.wire.encodings import FLAG_FLOAT16, decode_latent
+    from latentcomm.wire.legacy import frame_to_bytes
 
     load_image(args.image)
     engine = Engine(args.model, args.device, args.precision)
@@ -100,9 +100,9 @@ def _v2(args) -> int:
     from latentcomm.codecs import load_codec
     from latentcomm.images import load_image, tensor_to_pil
     from latentcomm.metrics import ms_ssim, psnr, ssim, ssimulacra2
-    from latentcomm.secure import load_key
     from latentcomm.sender import REPORTED_FACTS, build_v2_frame, codec_label, format_report, make_report, prepare
-    from latentcomm.transport import V2Client
+    from latentcomm.transports.tcp import V2Client
+    from latentcomm.wire.keys import load_key
 
     key = load_key(args.key) if args.key else None
     load_image(args.image)

@@ -145,12 +145,12 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     setup_logging()
-    from latentcomm import protocol_v2 as v2
     from latentcomm.codecs import load_codec
     from latentcomm.errors import LatentcommError
-    from latentcomm.protocol import Limits
     from latentcomm.receiver import Receiver, ReceiverOptions
-    from latentcomm.transport import FrameServer
+    from latentcomm.transports.tcp import FrameServer
+    from latentcomm.wire import v2
+    from latentcomm.wire.legacy import Limits
 
     if (
         args.max_payload <= 0
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
             raise LatentcommError(f"--out {args.out} can't be created: {exc.strerror or exc}") from None
         if not os.access(args.out, os.W_OK | os.X_OK):
             raise LatentcommError(f"--out {args.out} is not writable")
-    from latentcomm.secure import Keyring, load_key
+    from latentcomm.wire.keys import Keyring, load_key
 
     dash_host, dash_port = None, None
     token = _dashboard_token(parser, args)
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
     # Bind first: a port conflict should fail in a second, not after loading the model.
     v2_limits = v2.Limits(args.max_payload, args.max_latent, args.max_pixels, max_text_bytes=args.max_text)
     if args.broker:
-        from latentcomm.mqtt import MqttServer
+        from latentcomm.transports.mqtt import MqttServer
 
         replay_state = None
         if keyring is not None:

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
         parser.error("--retries must be >= 0 and --timeout positive")
     check_rate_args(parser, args)
     streaming = args.video is not None or args.camera is not None or args.fps is not None
-    from latentcomm.video import X264_PRESETS, is_video_codec
+    from latentcomm.codecs.video import X264_PRESETS, is_video_codec
 
     if args.preset is not None and (args.codec != "h264" or args.preset not in X264_PRESETS):
         parser.error(f"--preset is x264's: --codec h264 and one of {', '.join(X264_PRESETS)}")
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
     if args.key and args.protocol == "legacy":
         parser.error("legacy frames can't be sealed (the format has no room for an authentication tag); use v2")
     setup_logging()
-    from latentcomm.secure import load_key
+    from latentcomm.wire.keys import load_key
 
     key = load_key(args.key) if args.key else None
     from latentcomm.sender import text_source
@@ -263,13 +263,13 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
 def _client(args, key, pace_bps=None):
     """The transport: a TCP connection to the receiver, or the MQTT broker."""
     if args.broker:
-        from latentcomm.mqtt import MqttSender
+        from latentcomm.transports.mqtt import MqttSender
 
         return MqttSender(
             args.broker, args.topic, args.timeout, args.retries, args.wait_for_receiver, ack_timeout=args.ack_timeout,
             key=key,
         )  # fmt: skip
-    from latentcomm.transport import V2Client
+    from latentcomm.transports.tcp import V2Client
 
     return V2Client(
         args.host, args.port, args.timeout, args.retries, args.wait_for_receiver, key=key, pace_bps=pace_bps
@@ -344,7 +344,7 @@ def _send_stream(parser, args, key, bandwidth, texts=None) -> int:
 
 def _send_video(parser, args) -> int:
     """--codec h264 / av1 / vp9: a live stream through a real video codec (latentcomm.live)."""
-    from latentcomm.video import parse_resolution
+    from latentcomm.codecs.video import parse_resolution
 
     if args.video is None and args.camera is None and args.fps is None:
         parser.error(f"--codec {args.codec} is for streams: give --video PATH, --camera N, or a folder with --fps")
@@ -373,15 +373,15 @@ def _send_video(parser, args) -> int:
     setup_logging()
     import itertools
 
+    from latentcomm.codecs.video import VideoCodec
     from latentcomm.live import send_video_stream
-    from latentcomm.secure import load_key
     from latentcomm.sender import text_source
     from latentcomm.stream import LiveSource
-    from latentcomm.transport import Pipeline
-    from latentcomm.video import VideoCodec
+    from latentcomm.transports.tcp import Pipeline
+    from latentcomm.wire.keys import load_key
 
     if TYPE_CHECKING:
-        from latentcomm.mqtt import BrokerPipeline
+        from latentcomm.transports.mqtt import BrokerPipeline
 
     key = load_key(args.key) if args.key else None
     texts = text_source(args.text, args.text_file)
@@ -394,7 +394,7 @@ def _send_video(parser, args) -> int:
     client = _client(args, key)
     pipeline: Pipeline | BrokerPipeline
     if args.broker:  # one receiver of the group owns the stream; viewers watch it (docs/video.md)
-        from latentcomm.mqtt import BrokerPipeline
+        from latentcomm.transports.mqtt import BrokerPipeline
 
         pipeline = BrokerPipeline(client, args.window or 4, ack_timeout=min(args.ack_timeout, 2.0))
     else:

@@ -1,4 +1,4 @@
-"""Train the learned codec for rate + lambda * distortion: ``python -m latentcomm.train --objective codec``.
+"""Train the learned codec for rate + lambda * distortion: ``python -m latentcomm.training --objective codec``.
 
 One model covers every quality: each crop in a batch draws one of the config's lambdas and is coded
 through that level's gain pair, so the shared transforms learn the whole 0.03-1 bpp range at once.
@@ -38,7 +38,6 @@ import copy
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -47,23 +46,28 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from pytorch_msssim import ms_ssim
 from tqdm import tqdm
 
 from latentcomm import data
+from latentcomm.codecs.learned.model import LearnedCodecConfig, LearnedCodecModel, gaussian_likelihood, rounded_fetch
 from latentcomm.device import configure_threads, resolve_device, resolve_precision
 from latentcomm.images import load_image
-from latentcomm.learned import LearnedCodecConfig, LearnedCodecModel, gaussian_likelihood
 from latentcomm.perceptual import ssimulacra2_score
-from latentcomm.train import save_checkpoint
+from latentcomm.training.common import (
+    MIN_MSSSIM_CROP,
+    MIN_S2_CROP,
+    MSSSIM_MIN_SIDE,
+    crop_error,
+    export,
+    learning_rate,
+    parse_groups,
+    read_training_state,
+    save_checkpoint,
+)
+from latentcomm.training.datasets import Crops, add_data_args, training_set, training_sources, write_pack
 
-log = logging.getLogger("latentcomm.train_codec")
-
-#: Scales of the training pyramid for the 43 photos (about 1.1 MP at 1.0) and, relative to a
-#: 1600-pixel long side, for the large Unsplash photos.
-PHOTO_SCALES = (1.0, 0.6)
-UNSPLASH_LONG_SIDES = (1600, 900)
+log = logging.getLogger(__name__)
 
 
 #: The lambdas of quality levels 1..8 before three lower levels were added: older metrics records
@@ -124,138 +128,6 @@ def grow_levels(state: dict, model: LearnedCodecModel, old: list[float]) -> None
     state["config"] = {**state.get("config", {}), "lambdas": new}
 
 
-def training_sources(photos: Path, unsplash: Path | None) -> list[tuple[Image.Image, list[tuple[int, int]]]]:
-    """The largest copy of each training image and the (width, height) of its smaller copies.
-
-    Held-out photos and aerial images are never included. Photos train at native size and at 0.6x;
-    the large Unsplash photos at a 1600 and a 900 pixel long side.
-    """
-    out: list[tuple[Image.Image, list[tuple[int, int]]]] = []
-    for p in tqdm(data.training_photos(photos), desc="loading photos", unit="img"):
-        img = load_image(p)
-        sizes = [(round(img.width * s), round(img.height * s)) for s in PHOTO_SCALES if s != 1.0]
-        out.append((img, sizes))
-    if unsplash is not None and unsplash.is_dir():
-        files = sorted(p for p in unsplash.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        for p in tqdm(files, desc="loading unsplash", unit="img"):
-            img = load_image(p)
-            top, *rest = UNSPLASH_LONG_SIDES
-            s = top / max(img.size)
-            img = img.resize((round(img.width * s), round(img.height * s)), Image.LANCZOS)
-            sizes = [(round(img.width * side / top), round(img.height * side / top)) for side in rest]
-            out.append((img, sizes))
-    return out
-
-
-def expand(sources: list[tuple[Image.Image, list[tuple[int, int]]]]) -> list[np.ndarray]:
-    """The training pyramid as uint8 HxWx3 arrays: each source, then its smaller copies."""
-    out: list[np.ndarray] = []
-    for img, sizes in sources:
-        out.append(np.asarray(img).copy())
-        out.extend(np.asarray(img.resize(size, Image.LANCZOS)).copy() for size in sizes)
-    return out
-
-
-def load_training_images(photos: Path, unsplash: Path | None) -> list[np.ndarray]:
-    """Training pyramid as uint8 HxWx3 arrays (held-out photos and aerial images never included)."""
-    return expand(training_sources(photos, unsplash))
-
-
-def write_pack(sources: list[tuple[Image.Image, list[tuple[int, int]]]], path: Path, quality: int = 90) -> None:
-    """The training images in one .npz: JPEG bytes of each source (no chroma subsampling) and the
-    sizes of its smaller copies, which :func:`read_pack` rebuilds.
-
-    Small enough to travel with the checkout to a GPU machine (about 40 MB at quality 90, where the
-    raw pyramid would be 600 MB; the checkout may carry 64 MiB in all). The JPEG error at quality 90
-    4:4:4 is about 40 dB PSNR, well above what the codec reconstructs at the rates it targets.
-    """
-    import io
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blobs = {}
-    for i, (img, sizes) in enumerate(sources):
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=quality, subsampling=0)
-        blobs[f"img{i:04d}"] = np.frombuffer(buf.getvalue(), dtype=np.uint8)
-        blobs[f"siz{i:04d}"] = np.asarray(sizes, dtype=np.int32).reshape(-1, 2)
-    np.savez(path, **blobs)
-
-
-def read_pack(path: Path) -> list[np.ndarray]:
-    """The training pyramid from a pack written by :func:`write_pack`."""
-    import io
-
-    with np.load(path) as pack:
-        names = sorted(k for k in pack.files if k.startswith("img"))
-        sources = []
-        for k in names:
-            img = Image.open(io.BytesIO(pack[k].tobytes())).convert("RGB")
-            sizes = pack.get("siz" + k[3:], np.zeros((0, 2), np.int32))
-            sources.append((img, [(int(w), int(h)) for w, h in sizes]))
-    return expand(sources)
-
-
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    """The flags :func:`training_set` reads, shared by every learned-codec objective."""
-    p.add_argument("--data", type=Path, default=data.PHOTOS_DIR, help="folder of photos (held-out ones are skipped)")
-    p.add_argument("--extra-data", type=Path, default=data.UNSPLASH_DIR, help="folder of large training-only photos")
-    p.add_argument("--data-pack", type=Path, default=None, help="train from this .npz pack instead of the folders")
-
-
-def add_frozen_run_args(p: argparse.ArgumentParser, name: str) -> None:
-    """Run folder, export and time box of the objectives that train one part of a trained codec
-    (context, decoder): ``runs/<name>``, resumable, LR annealed over the last 40% of ``--minutes``."""
-    p.add_argument("--run-dir", type=Path, default=data.REPO_ROOT / "runs" / name, help="checkpoint, logs, caches")
-    p.add_argument(
-        "--export", type=Path, default=data.REPO_ROOT / "runs" / name / "export", help="model folder to write"
-    )
-    p.add_argument(
-        "--minutes", type=float, default=0.0, help="stop (checkpointed) after this many minutes; 0 = no limit"
-    )
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from last.pt")
-    p.set_defaults(decay_frac=0.4)
-
-
-def training_set(args: argparse.Namespace) -> list[np.ndarray]:
-    """The training pyramid from ``--data-pack`` or the photo folders; ValueError says what is missing."""
-    if args.data_pack is not None:
-        if not args.data_pack.is_file():
-            raise ValueError(f"--data-pack {args.data_pack} does not exist")
-        images = read_pack(args.data_pack)
-    else:
-        images = load_training_images(args.data, args.extra_data)
-    if not images:
-        raise ValueError(f"no training photos in {args.data}")
-    return images
-
-
-def read_training_state(folder: Path) -> dict:
-    """A model folder's training record ({} when it has none)."""
-    path = folder / "training_state.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-class Crops:
-    """Random crops with horizontal flips, drawn from a seeded generator (reproducible on resume)."""
-
-    def __init__(self, images: list[np.ndarray], crop: int, gen: torch.Generator) -> None:
-        self.images = [torch.from_numpy(a).permute(2, 0, 1) for a in images if min(a.shape[:2]) >= crop]
-        if not self.images:
-            raise ValueError(f"no training image is at least {crop}x{crop}")
-        self.crop, self.gen = crop, gen
-
-    def batch(self, n: int) -> torch.Tensor:
-        c = self.crop
-        out = torch.empty(n, 3, c, c)
-        for i in range(n):
-            img = self.images[int(torch.randint(len(self.images), (1,), generator=self.gen))]
-            y = int(torch.randint(img.shape[1] - c + 1, (1,), generator=self.gen))
-            x = int(torch.randint(img.shape[2] - c + 1, (1,), generator=self.gen))
-            patch = img[:, y : y + c, x : x + c].float() / 255.0
-            out[i] = patch.flip(-1) if bool(torch.rand(1, generator=self.gen) < 0.5) else patch
-        return out
-
-
 #: MSE (pixels in [0, 1]) over 1 - MS-SSIM, nearly constant over the shipped model's qualities on the
 #: held-out photos (0.029 at quality 1, 0.027 at 4 and 7, 0.030 at 11): the MS-SSIM term's exchange rate.
 MSSSIM_TO_MSE = 0.028
@@ -264,25 +136,6 @@ MSSSIM_TO_MSE = 0.028
 #: 1, 0.0044 at 4, 0.0030 at 7, 0.0026 at 11 (it is not constant, unlike MS-SSIM's). 0.004 is its value
 #: around 0.1-0.15 bpp, the budgets the issue's floor is judged at.
 S2_TO_MSE = 0.004
-#: SSIMULACRA2's weights at its sixth scale are negligible, but the first five should all be scored:
-#: the fifth (1/16 size) needs 8 pixels.
-MIN_S2_CROP = 128
-
-#: pytorch_msssim's five scales with its 11-pixel window need more than 160 pixels a side.
-MSSSIM_MIN_SIDE = 161
-#: The smallest training crop (a multiple of 64) that MS-SSIM can score.
-MIN_MSSSIM_CROP = 192
-
-
-def crop_error(crop: int, msssim_weight: float, s2_weight: float = 0.0) -> str | None:
-    """What is wrong with a training ``--crop`` (the codec and decoder objectives), or None."""
-    if crop < 64 or crop % 64:
-        return "--crop must be a multiple of 64"
-    if msssim_weight and crop < MIN_MSSSIM_CROP:
-        return f"MS-SSIM needs --crop {MIN_MSSSIM_CROP} or more (or --msssim-weight 0)"
-    if s2_weight and crop < MIN_S2_CROP:
-        return f"SSIMULACRA2 needs --crop {MIN_S2_CROP} or more (or --s2-weight 0)"
-    return None
 
 
 def parse_qualities(text: str | None, levels: int) -> tuple[int, int]:
@@ -391,8 +244,6 @@ def evaluate(
                 z = torch.round(model.h_a(y).float())
                 scale, mean = model.h_s(z).float().chunk(2, dim=1)
                 if model.context is not None:
-                    from latentcomm.train_context import rounded_fetch
-
                     y_hat, mean, scale = model.context.run(scale, mean, rounded_fetch(model, y))
                 else:
                     y_hat = torch.round(y - mean) + mean
@@ -429,21 +280,9 @@ def heldout_history(metrics_path: Path) -> list[dict]:
     return out
 
 
-def export(ema: LearnedCodecModel, folder: Path, meta: dict) -> None:
-    """Write the EMA weights as a model folder (float16 safetensors + config + training state)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    half = copy.deepcopy(ema).cpu()
-    half.save_pretrained(tmp, half_precision=True)
-    (tmp / "training_state.json").write_text(json.dumps(meta, indent=2) + "\n")
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in tmp.iterdir():
-        os.replace(f, folder / f.name)
-    tmp.rmdir()
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m latentcomm.train --objective codec",
+        prog="python -m latentcomm.training --objective codec",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -543,24 +382,6 @@ def inherited_config(checkpoint: Path | None, init_from: Path | None) -> dict:
     return {}
 
 
-def learning_rate(args: argparse.Namespace, fresh_steps: int, frac_elapsed: float) -> float:
-    """The LR of the next step: linear warm-up over the optimizer's first ``--warmup`` steps, then
-    ``--lr``, annealed (cosine, by wall-clock time, since a time-boxed chunk doesn't know its step count)
-    to ``--decay-to`` over the last ``--decay-frac`` of ``--minutes``.
-
-    ``fresh_steps`` counts steps since the optimizer was new (Adam's moments start at zero, and its
-    first updates are as large as the LR whatever the gradient, so weights that were already trained
-    must be eased into them).
-    """
-    lr = args.lr * min(1.0, (fresh_steps + 1) / max(args.warmup, 1))
-    if args.decay_to is not None and args.minutes > 0 and args.decay_frac > 0:
-        t = (frac_elapsed - (1.0 - args.decay_frac)) / args.decay_frac
-        if t > 0:
-            t = min(t, 1.0)
-            lr = args.decay_to + (lr - args.decay_to) * 0.5 * (1 + math.cos(math.pi * t))
-    return lr
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -624,8 +445,6 @@ def main(argv: list[str] | None = None) -> int:
     inherited = inherited_config(args.run_dir / "last.pt" if args.resume else None, args.init_from)
     groups, width = None, LearnedCodecConfig.context_width
     if args.context_groups:
-        from latentcomm.train_context import parse_groups
-
         try:
             groups = parse_groups(args.context_groups, args.M)
         except ValueError as exc:

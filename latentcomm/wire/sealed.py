@@ -27,44 +27,33 @@ ACKs on the sender), ``send`` for sealed bytes. A sender starts with ``hello()``
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
-import json
 import logging
-import os
 import secrets
-import stat
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from latentcomm import protocol_v2 as v2
-from latentcomm.errors import LatentcommError, LocalProtocolError, RemoteProtocolError
+from latentcomm.errors import LocalProtocolError, RemoteProtocolError
+from latentcomm.wire import v2
+from latentcomm.wire.keys import KEY_BYTES, KEY_ID_BYTES, Key, Keyring
 
 log = logging.getLogger(__name__)
 
-KEY_BYTES = 32
-KEY_ID_BYTES = 8
+
 RANDOM_BYTES = 32
 CONFIRM_BYTES = 32
 TAG_BYTES = 16
 TYPE_HELLO = 3
 TYPE_SEALED = 4
 SEALED_HEADER = struct.Struct("!8sQ")  # key id, counter
-KEY_FILE_TAG = "latentcomm-key-v1"
 HELLO_SENDER_LEN = KEY_ID_BYTES + RANDOM_BYTES
 HELLO_RECEIVER_LEN = KEY_ID_BYTES + RANDOM_BYTES + CONFIRM_BYTES
 SEAL_OVERHEAD = SEALED_HEADER.size + TAG_BYTES
-
-
-class KeyFileError(LatentcommError):
-    """A key file is missing, malformed, the wrong length or readable by other users."""
 
 
 class SealError(RemoteProtocolError):
@@ -76,93 +65,6 @@ class SealError(RemoteProtocolError):
     def __init__(self, message: str, status: v2.Status = v2.Status.AUTH_FAILED) -> None:
         super().__init__(message)
         self.status = status
-
-
-# -- keys ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Key:
-    """A long-term 256-bit key and its public id (which frames carry in clear)."""
-
-    secret: bytes = field(repr=False)
-    path: str = ""
-
-    @property
-    def key_id(self) -> bytes:
-        """8 bytes that name the key without revealing it (an HMAC of a constant under the key)."""
-        return hmac.new(self.secret, b"latentcomm key id", hashlib.sha256).digest()[:KEY_ID_BYTES]
-
-    @property
-    def key_id_hex(self) -> str:
-        return self.key_id.hex()
-
-
-def generate_key(path: str | Path) -> Key:
-    """Write a new random key to ``path`` (mode 0600, never overwriting a file) and return it."""
-    path = Path(path)
-    secret = secrets.token_bytes(KEY_BYTES)
-    text = f"{KEY_FILE_TAG} {base64.b64encode(secret).decode()}\n"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise KeyFileError(f"{path} already exists; keygen never overwrites a key (remove it first)") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot create {path}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    return Key(secret, str(path))
-
-
-def load_key(path: str | Path) -> Key:
-    """Read a key file, refusing anything that isn't exactly a private latentcomm key."""
-    path = Path(path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        hint = f"create one with: python -m latentcomm keygen {path}"
-        raise KeyFileError(f"key file {path} does not exist ({hint})") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(f"key file {path} is not a regular file")
-    if os.name == "posix" and st.st_mode & 0o077:
-        raise KeyFileError(
-            f"key file {path} is readable by other users (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
-        )
-    if st.st_size > 1024:
-        raise KeyFileError(f"key file {path} is not a latentcomm key (too long)")
-    try:
-        tag, b64 = path.read_text(encoding="ascii").split()
-        if tag != KEY_FILE_TAG:
-            raise ValueError
-        secret = base64.b64decode(b64, validate=True)
-    except (ValueError, UnicodeDecodeError):
-        raise KeyFileError(
-            f"key file {path} is not a latentcomm key (expected one line '{KEY_FILE_TAG} <base64>')"
-        ) from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc.strerror or exc}") from None
-    if len(secret) != KEY_BYTES:
-        raise KeyFileError(f"key in {path} is {len(secret)} bytes; latentcomm keys are {KEY_BYTES} bytes (256 bits)")
-    return Key(secret, str(path))
-
-
-class Keyring:
-    """The keys a receiver accepts (one per sender or fleet), looked up by the id each HELLO carries."""
-
-    def __init__(self, keys: list[Key]) -> None:
-        self.keys: dict[bytes, Key] = {}
-        for k in keys:
-            if k.key_id in self.keys:
-                raise KeyFileError(f"{k.path} holds the same key as {self.keys[k.key_id].path}")
-            self.keys[k.key_id] = k
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def get(self, key_id: bytes) -> Key | None:
-        return self.keys.get(key_id)
 
 
 # -- session ---------------------------------------------------------------------------------------
@@ -418,178 +320,3 @@ class SecureConnection(v2.ReceiveBuffer):
         if parser.next_event() is not v2.CLOSED:
             raise SealError("a sealed frame holds more than one message", v2.Status.MALFORMED)
         return event
-
-
-# -- sealed frames through a broker ----------------------------------------------------------------
-
-TYPE_STREAM_SEALED = 5
-STREAM_ID_BYTES = 16
-STREAM_HEADER = struct.Struct("!8s16s12s")  # key id, stream id, nonce
-STREAM_OVERHEAD = STREAM_HEADER.size + TAG_BYTES
-#: Counters a receiver remembers per stream for replay detection (older ones are refused outright).
-REPLAY_WINDOW = 4096
-
-
-def _stream_keys(key: Key, stream_id: bytes) -> tuple[bytes, bytes]:
-    okm = HKDF(
-        algorithm=hashes.SHA256(),
-        length=2 * KEY_BYTES,
-        salt=stream_id,
-        info=b"latentcomm v2 broker stream " + key.key_id,
-    ).derive(key.secret)
-    return okm[:32], okm[32:]
-
-
-def _stream_seal(aead: ChaCha20Poly1305, key_id: bytes, stream_id: bytes, nonce: bytes, inner: bytes) -> bytes:
-    prefix = v2.PREFIX.pack(v2.MAGIC, v2.VERSION, TYPE_STREAM_SEALED, 0, STREAM_OVERHEAD + len(inner))
-    header = STREAM_HEADER.pack(key_id, stream_id, nonce)
-    return prefix + header + aead.encrypt(nonce, inner, prefix + header)
-
-
-def _stream_parse(data: bytes, limit: int) -> tuple[bytes, bytes, bytes, bytes, bytes]:
-    """(prefix+header as associated data, key id, stream id, nonce, sealed part) of one message."""
-    if len(data) < v2.PREFIX.size + STREAM_OVERHEAD:
-        raise SealError("sealed message shorter than its header and tag", v2.Status.MALFORMED)
-    magic, version, mtype, _flags, body_len = v2.PREFIX.unpack_from(data)
-    if magic != v2.MAGIC or version != v2.VERSION:
-        raise SealError("not a v2 message", v2.Status.MALFORMED)
-    if mtype != TYPE_STREAM_SEALED:
-        raise SealError(f"a type-{mtype} message refused: this stream is sealed", v2.Status.SEALING_REQUIRED)
-    if body_len != len(data) - v2.PREFIX.size or body_len > limit:
-        raise SealError("sealed message length mismatch or over the limit", v2.Status.MALFORMED)
-    ad_end = v2.PREFIX.size + STREAM_HEADER.size
-    key_id, stream_id, nonce = STREAM_HEADER.unpack_from(data, v2.PREFIX.size)
-    return data[:ad_end], key_id, stream_id, nonce, data[ad_end:]
-
-
-class BrokerSealer:
-    """Sender side of sealed frames through a broker: one stream per sender process.
-
-    A broker has no connection to run a handshake on, so each sender picks a random 128-bit stream id
-    that every message carries (authenticated); keys come from HKDF over the long-term key and the
-    stream id, one per direction. Frames use a counter nonce (never repeated: a new stream id per
-    process); receivers' acknowledgements, sealed by whichever receiver of the group answers, use
-    random nonces. Each publication is sealed afresh (a new counter), so receivers can refuse any
-    counter they have seen.
-    """
-
-    def __init__(self, key: Key) -> None:
-        self.key = key
-        self.stream_id = secrets.token_bytes(STREAM_ID_BYTES)
-        s2r, r2s = _stream_keys(key, self.stream_id)
-        self._out, self._in = ChaCha20Poly1305(s2r), ChaCha20Poly1305(r2s)
-        self._counter = 0
-
-    def seal(self, inner: bytes) -> bytes:
-        nonce = b"\0\0\0\0" + self._counter.to_bytes(8, "big")
-        self._counter += 1
-        return _stream_seal(self._out, self.key.key_id, self.stream_id, nonce, inner)
-
-    def open_ack(self, data: bytes) -> bytes:
-        """The inner ACK message of a sealed answer; SealError if it isn't this stream's or fails."""
-        ad, key_id, stream_id, nonce, sealed = _stream_parse(data, STREAM_OVERHEAD + v2.PREFIX.size + 2048)
-        if key_id != self.key.key_id or stream_id != self.stream_id:
-            raise SealError("an acknowledgement for another stream")
-        try:
-            return self._in.decrypt(nonce, sealed, ad)
-        except InvalidTag:
-            raise SealError("a sealed acknowledgement failed authentication (forged or tampered)") from None
-
-
-#: Streams whose replay memory a receiver keeps on disk (the least recently used are forgotten).
-PERSISTED_STREAMS = 4096
-
-
-class BrokerOpener:
-    """Receiver side: opens sealed frames of any stream whose key it holds, refuses replayed counters,
-    seals the acknowledgements.
-
-    ``state_path``: where the replay memory (per stream, the newest counter and which of the 4,096
-    before it were seen) is kept across restarts, rewritten atomically after every frame opened, so
-    a restarted receiver refuses a frame it opened before instead of decoding it again.
-    """
-
-    def __init__(self, keyring: Keyring, limits: v2.Limits | None = None, state_path: Path | None = None) -> None:
-        self.keyring = keyring
-        self.limits = limits or v2.Limits()
-        self.state_path = state_path
-        self._streams: dict[tuple[bytes, bytes], tuple[ChaCha20Poly1305, ChaCha20Poly1305, set, list]] = {}
-        if state_path is not None:
-            self._load()
-
-    def _load(self) -> None:
-        assert self.state_path is not None
-        try:
-            saved = json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            raise LatentcommError(
-                f"replay memory {self.state_path} is unreadable ({exc}); move it away to start anew"
-            ) from None
-        for entry in saved.get("streams", []):
-            try:
-                key_id, stream_id = bytes.fromhex(entry["key_id"]), bytes.fromhex(entry["stream_id"])
-                high, bits = int(entry["high"]), int.from_bytes(base64.b64decode(entry["seen"]), "big")
-            except (KeyError, ValueError, TypeError):
-                continue
-            key = self.keyring.get(key_id)
-            if key is None:
-                continue  # a key no longer held: its frames are refused anyway
-            s2r, r2s = _stream_keys(key, stream_id)
-            seen = {high - i for i in range(REPLAY_WINDOW) if bits >> i & 1}
-            self._streams[(key_id, stream_id)] = (ChaCha20Poly1305(s2r), ChaCha20Poly1305(r2s), seen, [high])
-        log.info("replay memory of %d sealed stream(s) restored from %s", len(self._streams), self.state_path)
-
-    def _save(self) -> None:
-        assert self.state_path is not None
-        streams = []
-        for (key_id, stream_id), (_, _, seen, high) in list(self._streams.items())[-PERSISTED_STREAMS:]:
-            bits = sum(1 << (high[0] - c) for c in seen if 0 <= high[0] - c < REPLAY_WINDOW)
-            streams.append({
-                "key_id": key_id.hex(), "stream_id": stream_id.hex(), "high": high[0],
-                "seen": base64.b64encode(bits.to_bytes(REPLAY_WINDOW // 8, "big")).decode(),
-            })  # fmt: skip
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        try:
-            tmp.write_text(json.dumps({"version": 1, "streams": streams}))
-            os.replace(tmp, self.state_path)
-        except OSError as exc:
-            log.error("could not save the replay memory to %s: %s", self.state_path, exc.strerror or exc)
-
-    def open(self, data: bytes) -> tuple[bytes, str, bytes]:
-        """(inner v2 message, key id hex, stream id) of a sealed frame, or SealError."""
-        ad, key_id, stream_id, nonce, sealed = _stream_parse(
-            data, STREAM_OVERHEAD + v2.PREFIX.size + self.limits.max_body
-        )
-        key = self.keyring.get(key_id)
-        if key is None:
-            raise SealError(f"unknown key id {key_id.hex()}", v2.Status.UNKNOWN_KEY)
-        state = self._streams.get((key_id, stream_id))
-        if state is None:
-            s2r, r2s = _stream_keys(key, stream_id)
-            state = (ChaCha20Poly1305(s2r), ChaCha20Poly1305(r2s), set(), [0])
-        aead, _, seen, high = state
-        if nonce[:4] != b"\0\0\0\0":
-            raise SealError("sealed frame with a malformed nonce")
-        counter = int.from_bytes(nonce[4:], "big")
-        try:
-            inner = aead.decrypt(nonce, sealed, ad)
-        except InvalidTag:
-            raise SealError(f"sealed frame {counter} failed authentication (tampered, or another key)") from None
-        if counter in seen or counter + REPLAY_WINDOW <= high[0]:
-            raise SealError(f"sealed frame {counter} of this stream was seen before (replayed)")
-        seen.add(counter)
-        high[0] = max(high[0], counter)
-        if len(seen) > 2 * REPLAY_WINDOW:
-            seen.difference_update([c for c in seen if c + REPLAY_WINDOW <= high[0]])
-        self._streams.pop((key_id, stream_id), None)
-        self._streams[(key_id, stream_id)] = state  # most recently used last
-        if self.state_path is not None:
-            self._save()
-        return inner, key.key_id_hex, stream_id
-
-    def seal_ack(self, key_id_hex: str, stream_id: bytes, inner: bytes) -> bytes:
-        key_id = bytes.fromhex(key_id_hex)
-        _, aead, _, _ = self._streams[(key_id, stream_id)]
-        return _stream_seal(aead, key_id, stream_id, secrets.token_bytes(12), inner)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentcomm.learned import SCALE_MIN, lower_bound
+from latentcomm.codecs.learned.layers import SCALE_MIN, lower_bound
 
 #: ``fetch(group, positions, mean, scale) -> y_hat`` for one pass: ``positions`` is a (H, W) bool
 #: mask of the elements this pass decides, ``mean``/``scale`` the predicted parameters of the group's

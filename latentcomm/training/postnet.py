@@ -1,4 +1,4 @@
-"""Train a post-network on a trained codec's frozen decoder: ``python -m latentcomm.train --objective postnet``.
+"""Train a post-network on a trained codec's frozen decoder: ``python -m latentcomm.training --objective postnet``.
 
 The post-network (:class:`latentcomm.learned.PostNetwork`) is a small residual CNN after the
 synthesis transform, told the quality of the picture it refines. Everything before it stays frozen:
@@ -37,28 +37,26 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from latentcomm import data
+from latentcomm.codecs.learned.model import LearnedCodecConfig, LearnedCodecModel, PostNetwork, rounded_latent
 from latentcomm.device import configure_threads
 from latentcomm.errors import ModelLoadError
 from latentcomm.images import center_crop_square, load_image
-from latentcomm.learned import LearnedCodecConfig, LearnedCodecModel, PostNetwork
-from latentcomm.train import save_checkpoint
-from latentcomm.train_codec import (
-    add_data_args,
+from latentcomm.training.common import (
+    EVAL_QUALITIES,
     add_frozen_run_args,
     export,
     learning_rate,
     read_training_state,
-    training_set,
+    save_checkpoint,
 )
-from latentcomm.train_context import EVAL_QUALITIES
-from latentcomm.train_decoder import rounded_latent
+from latentcomm.training.datasets import add_data_args, training_set
 
-log = logging.getLogger("latentcomm.train_postnet")
+log = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m latentcomm.train --objective postnet",
+        prog="python -m latentcomm.training --objective postnet",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

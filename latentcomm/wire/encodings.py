@@ -111,7 +111,7 @@ ENC_INT8_LEGACY = 2
 ENC_UINT8_AFFINE = 3
 #: The learned codec's entropy-coded bitstream (latentcomm.codecs.LearnedCodec); no raw size.
 ENC_LEARNED = 4
-#: One coded video access unit (latentcomm.video: H.264, AV1, VP9 through PyAV); no raw size.
+#: One coded video access unit (latentcomm.codecs.video: H.264, AV1, VP9 through PyAV); no raw size.
 ENC_VIDEO = 5
 #: ``--dtype`` names for v2 frames -> encoding codes.
 V2_ENCODINGS = {"f16": ENC_FLOAT16, "bf16": ENC_BFLOAT16, "i8": ENC_INT8_LEGACY, "u8": ENC_UINT8_AFFINE}

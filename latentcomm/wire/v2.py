@@ -24,7 +24,8 @@ import zlib
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
-from latentcomm.codec import (
+from latentcomm.errors import LocalProtocolError, RemoteProtocolError
+from latentcomm.wire.encodings import (
     COMP_GZIP,
     COMP_NONE,
     COMP_ZSTD,
@@ -33,7 +34,6 @@ from latentcomm.codec import (
     ENC_VIDEO,
     check_encoding,
 )
-from latentcomm.errors import LocalProtocolError, RemoteProtocolError
 
 MAGIC = b"LCV2"
 VERSION = 2

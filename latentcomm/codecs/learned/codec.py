@@ -1,16 +1,6 @@
-"""Image codecs behind one small interface: an image in, the bytes and frame parameters out, and back.
-
-Two implementations today:
-
-- :class:`VaeCodec`: an AutoencoderKL latent (the SD VAE or the embedded model) quantized to one of
-  the v2 encodings (f16, bf16, i8, u8) and compressed with zstd/gzip. What latentcomm always sent.
-- :class:`LearnedCodec`: the learned image codec (``latentcomm.learned``): a latent trained for rate,
-  entropy-coded with constriction, with a continuous quality and a byte-budget search.
-
-Both are used by the sender, the receiver, the metrics script and the benchmarks the same way, so a
-new codec is one class here. The legacy frame (original scripts) keeps its own encoder in
-``latentcomm.codec``: its layout is frozen and has no room for another codec.
-"""
+"""The learned image codec as an :class:`~latentcomm.codecs.base.ImageCodec`: a latent trained for
+rate (``latentcomm.codecs.learned.model``), entropy-coded with constriction, with a continuous quality,
+a byte-budget search, inter frames for streams, a coded post-filter and optional refinement."""
 
 from __future__ import annotations
 
@@ -20,7 +10,6 @@ import math
 import struct
 import time
 import zlib
-from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,128 +18,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latentcomm import postfilter
-from latentcomm.codec import (
-    COMP_NONE,
-    ENC_LEARNED,
-    bounded_decompress,
-    compress,
-    v2_dequantize,
-    v2_quantize,
-    v2_raw_size,
-)
+from latentcomm.codecs.base import CodecOptions, Encoded, ImageCodec
+from latentcomm.codecs.learned import postfilter
+from latentcomm.codecs.learned.model import Y_RANGE, Z_RANGE
+from latentcomm.codecs.learned.postfilter import FILTER_BYTES
 from latentcomm.data import MODELS_ROOT
 from latentcomm.device import configure_threads, resolve_device
 from latentcomm.errors import LocalProtocolError, ModelLoadError, RemoteProtocolError
 from latentcomm.images import tensor_to_uint8
-from latentcomm.learned import Y_RANGE, Z_RANGE
-from latentcomm.postfilter import FILTER_BYTES
+from latentcomm.wire.encodings import (
+    COMP_NONE,
+    ENC_LEARNED,
+)
 
 log = logging.getLogger(__name__)
 
 #: The learned codec shipped with the repository.
 LEARNED_MODEL_DIR = MODELS_ROOT / "latentcomm-lic"
-CODECS = ("vae", "learned")
 
-
-@dataclass(frozen=True)
-class Encoded:
-    """What a codec hands the frame builder: encoding code, compression, latent shape, payload, params."""
-
-    encoding: int
-    compression: int
-    shape: tuple[int, int, int]
-    payload: bytes = field(repr=False)
-    params: tuple[tuple[float, float], ...] = ()
-    #: Facts for reports: timings, the quality chosen, clipped fraction...
-    facts: dict = field(default_factory=dict, repr=False)
-
-
-class ImageCodec(ABC):
-    """Images are (1, 3, H, W) float tensors in [-1, 1] (what ``images.pil_to_tensor`` gives)."""
-
-    #: "vae" or "learned": the value of ``--codec``.
-    kind: str
-    #: Names the exact model in v2 frames: ``<name>@<weight fingerprint>``.
-    model_id: str
-    #: Where the model came from (Hub id or folder), for reports.
-    source: str
-    load_seconds: float = 0.0
-
-    @abstractmethod
-    def encode(self, image: torch.Tensor) -> Encoded:
-        """Encode one image of any size (the codec pads as it needs; the frame carries the size)."""
-
-    def payload_facts(self, payload: bytes) -> dict:
-        """What a receiver's report can say about a payload it decoded (the learned codec: its quality)."""
-        return {}
-
-    def frame_name(self, name: str, payload: bytes) -> str:
-        """The name a decoded frame is reported under: the one it carries (a video stream's inter
-        frames may leave it out and carry only their index in the source)."""
-        return name
-
-    @abstractmethod
-    def decode(self, encoding: int, compression: int, shape, payload: bytes, params, image_size) -> torch.Tensor:
-        """The inverse: frame fields -> image (1, 3, H, W) in [-1, 1], cropped to ``image_size``.
-
-        Raises RemoteProtocolError (with a one-line reason) for anything that does not decode.
-        """
-
-
-class VaeCodec(ImageCodec):
-    """An AutoencoderKL latent in one of the v2 encodings (f16, bf16, i8, u8) plus zstd/gzip."""
-
-    kind = "vae"
-
-    def __init__(self, engine, dtype: str = "f16", compression: str = "zstd") -> None:
-        from latentcomm.codec import COMPRESSIONS, V2_ENCODINGS
-
-        self.engine = engine
-        self.dtype = dtype
-        self.encoding = V2_ENCODINGS[dtype]
-        self.compression_name = compression
-        self.compression = COMPRESSIONS[compression]
-        self.model_id = engine.model_id
-        self.source = engine.source
-        self.load_seconds = engine.loaded.load_seconds
-
-    def encode(self, image: torch.Tensor) -> Encoded:
-        from latentcomm.images import pad_to_multiple
-
-        t0 = time.perf_counter()
-        padded, _ = pad_to_multiple(image)
-        latent = self.engine.encode(padded)
-        t1 = time.perf_counter()
-        raw, params = v2_quantize(latent, self.encoding)
-        payload = compress(raw, self.compression)
-        clipped = float((latent.abs() > 1).float().mean()) if self.dtype == "i8" else 0.0
-        facts = {
-            "encode_s": t1 - t0,
-            "compress_s": time.perf_counter() - t1,
-            "clipped_fraction": clipped,
-            "latent_shape": list(latent.shape),
-        }
-        return Encoded(self.encoding, self.compression, tuple(latent.shape[1:]), payload, tuple(params), facts)
-
-    def decode(self, encoding, compression, shape, payload, params, image_size) -> torch.Tensor:
-        from latentcomm.images import crop_to
-
-        c, h, w = shape
-        oh, ow = image_size
-        if encoding == ENC_LEARNED:
-            raise RemoteProtocolError("frame holds a learned-codec bitstream but names a VAE model")
-        if c != self.engine.latent_channels:
-            raise RemoteProtocolError(f"latent has {c} channels, the model needs {self.engine.latent_channels}")
-        s = self.engine.stride
-        if not (h * s - s < oh <= h * s and w * s - s < ow <= w * s):
-            raise RemoteProtocolError(f"image size {ow}x{oh} does not match a {w}x{h} latent")
-        raw = bounded_decompress(payload, compression, v2_raw_size(encoding, c, h, w))
-        latent = v2_dequantize(raw, encoding, shape, list(params))
-        return crop_to(self.engine.decode(latent), image_size)
-
-
-# --- the learned codec ------------------------------------------------------------------------------
 
 #: Payload prefix of a learned-codec frame: format version, quality in thousandths, CRC-32 of the
 #: integer latent (z then y, int16 little-endian). The ANS words (uint32 LE) follow.
@@ -161,7 +46,7 @@ INTER_HEADER = struct.Struct("!BHI8s")
 INTER_VERSION = 2
 #: A key frame whose latent is coded with the model's context model (version 1: the hyperprior alone).
 CONTEXT_VERSION = 3
-#: A context-coded key frame followed by a post-filter (:mod:`latentcomm.postfilter`): the header,
+#: A context-coded key frame followed by a post-filter (:mod:`latentcomm.codecs.learned.postfilter`): the header,
 #: the filter's coefficients, then the ANS words. Its CRC-32 covers the coefficients and the symbols.
 FILTERED_VERSION = 4
 #: Side of a block of latent positions that an inter frame codes or copies (32x32 pixels).
@@ -225,6 +110,22 @@ class LearnedCodec(ImageCodec):
     """
 
     kind = "learned"
+    compression_label = "entropy-coded"
+    label = "learned"
+
+    @classmethod
+    def from_options(cls, name: str, options: CodecOptions) -> LearnedCodec:
+        model = LEARNED_MODEL_DIR if options.model == "auto" else options.model
+        return cls(
+            model,
+            options.device,
+            options.precision,
+            options.quality,
+            options.target_bytes,
+            options.context,
+            options.refine_steps,
+            options.postfilter,
+        )
 
     def __init__(
         self,
@@ -237,8 +138,8 @@ class LearnedCodec(ImageCodec):
         refine_steps: int = 0,
         postfilter: bool = True,
     ) -> None:
-        from latentcomm.entropy import EntropyCoder
-        from latentcomm.learned import LearnedCodecModel
+        from latentcomm.codecs.learned.entropy import EntropyCoder
+        from latentcomm.codecs.learned.model import LearnedCodecModel
 
         t0 = time.perf_counter()
         self.device = resolve_device(device)
@@ -280,7 +181,7 @@ class LearnedCodec(ImageCodec):
     @staticmethod
     def check_refine_steps(steps: int) -> int:
         """``steps`` if it is a step count ``--refine`` allows (the codec and the CLI share this check)."""
-        from latentcomm.refine import MAX_REFINE_STEPS
+        from latentcomm.codecs.learned.refine import MAX_REFINE_STEPS
 
         if not 0 <= steps <= MAX_REFINE_STEPS:
             raise LocalProtocolError(f"--refine must be between 0 and {MAX_REFINE_STEPS} steps, got {steps}")
@@ -412,10 +313,10 @@ class LearnedCodec(ImageCodec):
         references (a context-coded reference differs in every block by the rounding offset).
         ``context=None`` follows the codec's own setting (``--context/--no-context``).
         ``refine_steps`` (None = the codec's ``--refine``): gradient steps on the latent before coding
-        (:mod:`latentcomm.refine`), for frames without a reference; with a byte target the search
+        (:mod:`latentcomm.codecs.learned.refine`), for frames without a reference; with a byte target the search
         runs twice, once to find the quality to refine at and once on the refined latent.
         ``postfilter`` (None = the codec's setting): for a context-coded key frame, fit the
-        :mod:`latentcomm.postfilter` and send it where it pays for its bytes; a byte target then
+        :mod:`latentcomm.codecs.learned.postfilter` and send it where it pays for its bytes; a byte target then
         searches with the filter's bytes set aside, and again without them if the filter is dropped.
         The returned facts hold ``reference``: this frame as the next frame's reference.
         """
@@ -429,7 +330,7 @@ class LearnedCodec(ImageCodec):
             quality = self.check_quality(self.quality if quality is None else quality)
         refine_s, start, first_probes = 0.0, None, 0
         if steps and reference is None:
-            from latentcomm.refine import refine_latent
+            from latentcomm.codecs.learned.refine import refine_latent
 
             if target is not None:
                 start, _, first_probes, _ = self._search(y_raw, target, None, context)
@@ -723,42 +624,3 @@ def _learned_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return resolve_precision(precision, device)
-
-
-def is_learned_model(model: str | Path) -> bool:
-    """Does this folder hold a learned codec (rather than an AutoencoderKL)?"""
-    import json
-
-    cfg = Path(model).expanduser() / "config.json"
-    try:
-        return cfg.is_file() and json.loads(cfg.read_text()).get("_class_name") == "LearnedCodecModel"
-    except (OSError, ValueError):
-        return False
-
-
-def load_codec(
-    codec: str,
-    model: str = "auto",
-    device: str = "auto",
-    precision: str = "auto",
-    dtype: str = "f16",
-    compression: str = "zstd",
-    quality: float | None = None,
-    target_bytes: int | None = None,
-    context: bool = True,
-    refine_steps: int = 0,
-    postfilter: bool = True,
-) -> ImageCodec:
-    """The one way scripts get a codec: ``--codec`` plus ``--model`` (auto = the codec's default model)."""
-    from latentcomm.video import VIDEO_CODECS, VideoCodec  # the video module builds on this one
-
-    if codec in VIDEO_CODECS:
-        return VideoCodec(codec)
-    if codec not in CODECS:
-        raise LocalProtocolError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS + tuple(VIDEO_CODECS))}")
-    if codec == "learned" or (model != "auto" and is_learned_model(model)):
-        path = LEARNED_MODEL_DIR if model == "auto" else model
-        return LearnedCodec(path, device, precision, quality, target_bytes, context, refine_steps, postfilter)
-    from latentcomm.engine import Engine
-
-    return VaeCodec(Engine(model, device, precision), dtype, compression)

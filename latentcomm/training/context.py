@@ -1,6 +1,6 @@
-"""Train a context model on a trained codec's frozen transforms: ``python -m latentcomm.train --objective context``.
+"""Train a context model on a trained codec's frozen transforms: ``python -m latentcomm.training --objective context``.
 
-The context model (``latentcomm.learned_context``) only changes how the latent is *coded*, not what
+The context model (``latentcomm.codecs.learned.context``) only changes how the latent is *coded*, not what
 is sent: its loss is the latent's code length alone, and the transforms, gains and hyperprior stay as
 they are. So it trains on latents computed once (``g_a`` of every training image, cached on disk),
 at 1/16 of the image resolution, and a CPU can afford it, where training the transforms needs a GPU.
@@ -33,23 +33,34 @@ import torch
 from tqdm import tqdm
 
 from latentcomm import data
+from latentcomm.codecs.learned.model import (
+    SCALE_MIN,
+    LearnedCodecConfig,
+    LearnedCodecModel,
+    gaussian_likelihood,
+    hyperprior,
+    rounded_fetch,
+)
 from latentcomm.device import configure_threads
 from latentcomm.errors import ModelLoadError
 from latentcomm.images import center_crop_square, load_image
-from latentcomm.learned import SCALE_MIN, LearnedCodecConfig, LearnedCodecModel, gaussian_likelihood
-from latentcomm.train import save_checkpoint
-from latentcomm.train_codec import add_data_args, add_frozen_run_args, learning_rate, read_training_state, training_set
-from latentcomm.train_codec import export as write_model_folder
+from latentcomm.training.common import (
+    EVAL_QUALITIES,
+    add_frozen_run_args,
+    learning_rate,
+    parse_groups,
+    read_training_state,
+    save_checkpoint,
+)
+from latentcomm.training.common import export as write_model_folder
+from latentcomm.training.datasets import add_data_args, training_set
 
-log = logging.getLogger("latentcomm.train_context")
-
-#: Qualities the held-out evaluation reports.
-EVAL_QUALITIES = (1, 3, 5, 7, 9, 11)
+log = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m latentcomm.train --objective context",
+        prog="python -m latentcomm.training --objective context",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -80,16 +91,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_groups(text: str, m: int) -> list[int]:
-    try:
-        groups = [int(g) for g in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--groups must be comma-separated integers, got {text!r}") from None
-    if sum(groups) != m or min(groups) <= 0:
-        raise ValueError(f"--groups {text} must be positive and add up to the latent's {m} channels")
-    return groups
-
-
 @torch.inference_mode()
 def training_latents(model: LearnedCodecModel, images: list[np.ndarray], cache: Path) -> list[torch.Tensor]:
     """Un-gained latents ``g_a(x)`` (float16, (M, H, W)) of the training images, cached per model."""
@@ -107,22 +108,6 @@ def training_latents(model: LearnedCodecModel, images: list[np.ndarray], cache: 
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, fingerprint=fp, count=len(images), **{f"y{i:04d}": y.numpy() for i, y in enumerate(out)})
     return out
-
-
-def hyperprior(model: LearnedCodecModel, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.no_grad():
-        scale, mean = model.h_s(torch.round(model.h_a(y))).chunk(2, dim=1)
-    return scale, mean
-
-
-def rounded_fetch(model: LearnedCodecModel, y: torch.Tensor):
-    """The encoder's fetch for training and evaluation: round around the predicted mean."""
-    offsets = model.context.offsets
-
-    def fetch(k: int, _positions, mu: torch.Tensor, _scale) -> torch.Tensor:
-        return (torch.round(y[:, offsets[k] : offsets[k + 1]] - mu) + mu).detach()
-
-    return fetch
 
 
 def code_length(y: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> float:

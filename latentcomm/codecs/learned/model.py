@@ -5,7 +5,7 @@ autoregressive context, on the transforms of Balle et al. (2018): four stride-2 
 GDN (16x down-sampling to M channels), a hyper-analysis to N channels at 1/64 resolution, a
 factorized learned density for the hyper-latent ``z`` and a conditional Gaussian for the latent
 ``y`` whose mean and scale the hyper-synthesis predicts from ``z``. A model may add a spatial-channel
-context model (``config.context_groups``, :mod:`latentcomm.learned_context`): it refines those means
+context model (``config.context_groups``, :mod:`latentcomm.codecs.learned.context`): it refines those means
 and scales pass by pass from the parts of ``y`` already decoded, which key frames then use.
 
 Rate control (one model for 0.03-1 bpp): gain vectors in the style of Cui et al. (2021, "asymmetric
@@ -40,60 +40,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentcomm.codecs.learned.layers import (  # noqa: F401 (the grid's names, as the model's)
+    GDN,
+    SCALE_LEVELS,
+    SCALE_MAX,
+    SCALE_MIN,
+    Y_RANGE,
+    Z_RANGE,
+    lower_bound,
+)
 from latentcomm.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
 CLASS_NAME = "LearnedCodecModel"
-#: Lower bound of the predicted scales and the coding tables' scales (as in CompressAI).
-SCALE_MIN = 0.11
-SCALE_MAX = 256.0
-SCALE_LEVELS = 64
-#: Latent symbols are clipped into [-Y_RANGE, Y_RANGE]; hyper-latent symbols into [-Z_RANGE, Z_RANGE].
-Y_RANGE = 255
-Z_RANGE = 48
-
-
-class _LowerBound(torch.autograd.Function):
-    """max(x, bound) whose gradient still flows when it would push x back above the bound."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, bound: float) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
-        ctx.bound = bound
-        return x.clamp_min(bound)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        pass_through = (x >= ctx.bound) | (grad < 0)
-        return grad * pass_through, None
-
-
-def lower_bound(x: torch.Tensor, bound: float) -> torch.Tensor:
-    return _LowerBound.apply(x, bound)
-
-
-class GDN(nn.Module):
-    """Generalized divisive normalization (Balle et al. 2016), or its inverse.
-
-    y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2). Parameters are stored as square roots so that
-    they stay non-negative; the bounds keep the denominator away from zero.
-    """
-
-    def __init__(self, channels: int, inverse: bool = False) -> None:
-        super().__init__()
-        self.inverse = inverse
-        self.beta = nn.Parameter(torch.ones(channels))
-        self.gamma = nn.Parameter(torch.eye(channels) * math.sqrt(0.1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        beta = lower_bound(self.beta, 1e-3) ** 2
-        gamma = lower_bound(self.gamma, 0.0) ** 2
-        c = gamma.shape[0]
-        norm = F.conv2d(x * x, gamma.view(c, c, 1, 1).to(x.dtype), beta.to(x.dtype))
-        norm = torch.sqrt(norm.float().clamp_min(1e-6)).to(x.dtype)
-        return x * norm if self.inverse else x / norm
 
 
 class PostNetwork(nn.Module):
@@ -107,7 +67,7 @@ class PostNetwork(nn.Module):
     plane matters: without it, the network learnt the low qualities' smoothing and applied it
     everywhere (held-out PSNR -1.6 dB at quality 11, +0.29 at quality 3, measured). Its last layer
     starts at zero, so a newly added post-network leaves the codec exactly as it was, and it trains
-    on the frozen codec's own decoded pictures (``python -m latentcomm.train --objective postnet``).
+    on the frozen codec's own decoded pictures (``python -m latentcomm.training --objective postnet``).
     Picture sizes must be even, which the transforms' 64-pixel padding guarantees.
     """
 
@@ -238,7 +198,7 @@ class LearnedCodecConfig:
     )
     #: The quality a sender uses when given neither --quality nor --target-bytes (lambda 0.0035).
     default_quality: float = 7.0
-    #: Channel groups of the spatial-channel context model (``latentcomm.learned_context``), in
+    #: Channel groups of the spatial-channel context model (``latentcomm.codecs.learned.context``), in
     #: decoding order; None = the hyperprior alone predicts the latent's distribution.
     context_groups: list[int] | None = None
     #: Width of the residual post-network that ends the synthesis transform (:class:`PostNetwork`);
@@ -280,7 +240,7 @@ class LearnedCodecModel(nn.Module):
         self.z_density = FactorizedDensity(H)
         self.context = None
         if self.config.context_groups:
-            from latentcomm.learned_context import SpatialChannelContext
+            from latentcomm.codecs.learned.context import SpatialChannelContext
 
             self.context = SpatialChannelContext(M, self.config.context_groups, width=self.config.context_width)
         # Log-gains, initialised so that higher levels quantize finer: the MSE-optimal step size
@@ -328,7 +288,7 @@ class LearnedCodecModel(nn.Module):
         quality: torch.Tensor | float | None = None,
     ) -> dict[str, torch.Tensor]:
         """The differentiable stand-in for coding a gained latent ``y``: training's and encode-time
-        refinement's (:mod:`latentcomm.refine`) shared path from ``y`` to reconstruction and likelihoods.
+        refinement's (:mod:`latentcomm.codecs.learned.refine`) shared path from ``y`` to reconstruction and likelihoods.
 
         ``context=False`` models hyperprior-only frames even when the model has a context model.
         ``generator`` seeds the quantization noise (refinement does, so an encode is repeatable).
@@ -384,7 +344,7 @@ class LearnedCodecModel(nn.Module):
         lo, t = (v.item() for v in self._between_levels(torch.tensor([float(quality)], dtype=torch.float64)))
         return math.exp(math.log(lams[lo]) * (1 - t) + math.log(lams[lo + 1]) * t)
 
-    # --- inference pieces (the entropy coder lives in latentcomm.entropy) ---------------------------
+    # --- inference pieces (the entropy coder lives in latentcomm.codecs.learned.entropy) ---------------------------
 
     def analysis(self, x: torch.Tensor, quality: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Image in [0, 1] -> gained latent y (float32) and integer hyper-latent symbols."""
@@ -496,3 +456,32 @@ class LearnedCodecModel(nn.Module):
             detail = (str(exc).strip() or type(exc).__name__).splitlines()[0]
             raise ModelLoadError(f"cannot load the learned codec from {folder}: {detail[:200]}") from None
         return model.eval().requires_grad_(False)
+
+
+def hyperprior(model: LearnedCodecModel, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        scale, mean = model.h_s(torch.round(model.h_a(y))).chunk(2, dim=1)
+    return scale, mean
+
+
+def rounded_fetch(model: LearnedCodecModel, y: torch.Tensor):
+    """The encoder's fetch for training and evaluation: round around the predicted mean."""
+    offsets = model.context.offsets
+
+    def fetch(k: int, _positions, mu: torch.Tensor, _scale) -> torch.Tensor:
+        return (torch.round(y[:, offsets[k] : offsets[k + 1]] - mu) + mu).detach()
+
+    return fetch
+
+
+@torch.no_grad()
+def rounded_latent(model: LearnedCodecModel, x: torch.Tensor, quality: torch.Tensor, context: bool) -> torch.Tensor:
+    """What the receiver dequantizes for images ``x`` at ``quality``, before the decoder gains:
+    the latent rounded around the context model's means (``context``) or the hyperprior's."""
+    g, _ = model.gains(quality)
+    y = model.g_a(x) * g
+    scale, mean = hyperprior(model, y)
+    if not context:
+        return torch.round(y - mean) + mean
+    y_hat, _, _ = model.context.run(scale, mean, rounded_fetch(model, y))
+    return y_hat

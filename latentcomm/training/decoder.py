@@ -1,4 +1,6 @@
-"""Fine-tune a trained codec's decoder on its own frozen bitstream: ``python -m latentcomm.train --objective decoder``.
+"""Fine-tune a trained codec's decoder on its own frozen bitstream.
+
+``python -m latentcomm.training --objective decoder``.
 
 Only the synthesis transform (``g_s``) and the decoder gains change. The analysis transform, encoder
 gains, hyperprior and context model stay as they are, so every image codes to exactly the same bytes
@@ -33,29 +35,27 @@ from pytorch_msssim import ms_ssim
 from tqdm import tqdm
 
 from latentcomm import data
+from latentcomm.codecs.learned.model import LearnedCodecModel, rounded_latent
 from latentcomm.device import configure_threads
 from latentcomm.errors import ModelLoadError
 from latentcomm.images import center_crop_square, load_image
-from latentcomm.learned import LearnedCodecModel
-from latentcomm.train import save_checkpoint
-from latentcomm.train_codec import (
-    Crops,
-    add_data_args,
+from latentcomm.training.common import (
+    EVAL_QUALITIES,
     add_frozen_run_args,
     crop_error,
     export,
     learning_rate,
     read_training_state,
-    training_set,
+    save_checkpoint,
 )
-from latentcomm.train_context import EVAL_QUALITIES, hyperprior, rounded_fetch
+from latentcomm.training.datasets import Crops, add_data_args, training_set
 
-log = logging.getLogger("latentcomm.train_decoder")
+log = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m latentcomm.train --objective decoder",
+        prog="python -m latentcomm.training --objective decoder",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -85,19 +85,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0, help="seed for the crops and quality levels")
     return p.parse_args(argv)
-
-
-@torch.no_grad()
-def rounded_latent(model: LearnedCodecModel, x: torch.Tensor, quality: torch.Tensor, context: bool) -> torch.Tensor:
-    """What the receiver dequantizes for images ``x`` at ``quality``, before the decoder gains:
-    the latent rounded around the context model's means (``context``) or the hyperprior's."""
-    g, _ = model.gains(quality)
-    y = model.g_a(x) * g
-    scale, mean = hyperprior(model, y)
-    if not context:
-        return torch.round(y - mean) + mean
-    y_hat, _, _ = model.context.run(scale, mean, rounded_fetch(model, y))
-    return y_hat
 
 
 def decode(model: LearnedCodecModel, y_hat: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:

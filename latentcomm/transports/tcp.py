@@ -22,18 +22,17 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 
-from latentcomm import protocol_v2 as v2
 from latentcomm.errors import ProtocolError, TransportError
-from latentcomm.protocol import NEED_DATA, LegacyFrame, LegacyReceiver, Limits
-from latentcomm.secure import SEAL_OVERHEAD, Handshake, Key, Keyring, SealError, SecureConnection
+from latentcomm.transports.base import SHUTDOWN_GRACE_S, ReceivedFrame, ServerStats
+from latentcomm.wire import v2
+from latentcomm.wire.keys import Key, Keyring
+from latentcomm.wire.legacy import NEED_DATA, LegacyReceiver, Limits
+from latentcomm.wire.sealed import SEAL_OVERHEAD, Handshake, SealError, SecureConnection
 
 log = logging.getLogger(__name__)
 
 RECV_CHUNK = 256 * 1024
-#: How long a stopping server still waits for frames in flight.
-SHUTDOWN_GRACE_S = 5.0
 #: Socket read granularity: how often a connection thread looks at the clock and the stop flag.
 POLL_S = 0.25
 
@@ -109,30 +108,6 @@ def _await_close(sock: socket.socket, where: str, wait: float) -> None:
         ) from None
     except TimeoutError:
         pass
-
-
-@dataclass(frozen=True)
-class ReceivedFrame:
-    """A complete frame, who sent it, transport-level facts, and (v2) where the verdict goes."""
-
-    frame: LegacyFrame | v2.ImageFrame
-    peer: str
-    frame_bytes: int
-    receive_seconds: float
-    reply: Future | None = None  # v2: set_result(Ack) to acknowledge
-    key_id: str | None = None  # sealed frames: the id of the key that authenticated them
-
-    @property
-    def protocol(self) -> str:
-        return "v2" if isinstance(self.frame, v2.ImageFrame) else "legacy"
-
-
-@dataclass
-class ServerStats:
-    connections: int = 0
-    frames: int = 0
-    rejected: int = 0
-    bytes_received: int = 0
 
 
 class FrameServer:

@@ -24,8 +24,8 @@ from enum import Enum
 
 import numpy as np
 
-from latentcomm.codec import FLAG_FLOAT16, FLAG_INT8
 from latentcomm.errors import LocalProtocolError, RemoteProtocolError
+from latentcomm.wire.encodings import FLAG_FLOAT16, FLAG_INT8
 
 HEADER = struct.Struct("!IBHH")
 SIZE_TRAILER_MAGIC = b"LCSZ"

@@ -30,7 +30,7 @@ Which receiver decodes which frame is the broker's choice, so two receivers can 
 copy of a frame the sender published twice; the receivers' reports, merged by (sender, seq), count
 every frame once.
 
-With a key (``--key``) every message is sealed end to end (``secure.BrokerSealer``/``BrokerOpener``,
+With a key (``--key``) every message is sealed end to end (``BrokerSealer``/``BrokerOpener``,
 docs/security.md): the broker routes and stores frames it can neither read nor forge, receivers
 refuse replayed counters, and a sender accepts only authenticated acknowledgements.
 """
@@ -49,10 +49,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from urllib.parse import urlparse
 
-from latentcomm import protocol_v2 as v2
-from latentcomm import secure
 from latentcomm.errors import LatentcommError, ProtocolError, TransportError
-from latentcomm.transport import ReceivedFrame, ServerStats
+from latentcomm.transports.base import ReceivedFrame, ServerStats
+from latentcomm.wire import v2
+from latentcomm.wire.broker_seal import STREAM_OVERHEAD, TYPE_STREAM_SEALED, BrokerOpener, BrokerSealer
+from latentcomm.wire.keys import Key, Keyring
+from latentcomm.wire.sealed import SealError
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +137,9 @@ class MqttSender:
         wait_for: float = 0.0,
         ack_timeout: float = 10.0,
         sender_id: str | None = None,
-        key: secure.Key | None = None,
+        key: Key | None = None,
     ) -> None:
-        self.sealer = secure.BrokerSealer(key) if key is not None else None
+        self.sealer = BrokerSealer(key) if key is not None else None
         if self.sealer is not None:
             # A sealed sender's topic id is its stream id: authenticated in every frame, so receivers
             # can refuse a frame of one stream republished on another sender's topic.
@@ -146,7 +148,7 @@ class MqttSender:
             sender_id = self.sealer.stream_id.hex()
         self.key = key
         #: Bytes sealing adds to a message through the broker (the video sender's rate accounts for it).
-        self.seal_overhead = secure.STREAM_OVERHEAD + v2.PREFIX.size if key is not None else 0
+        self.seal_overhead = STREAM_OVERHEAD + v2.PREFIX.size if key is not None else 0
         self.pace: float | None = None  # the broker link is not paced; the video encoder's rate holds it
         #: Where acknowledgements go instead of send()'s queue (a BrokerPipeline's reader).
         self.on_ack = None
@@ -191,11 +193,11 @@ class MqttSender:
 
     def _on_message(self, client, userdata, msg) -> None:
         payload = msg.payload
-        sealed = len(payload) > 5 and payload[5] == secure.TYPE_STREAM_SEALED
+        sealed = len(payload) > 5 and payload[5] == TYPE_STREAM_SEALED
         if self.sealer is not None and sealed:
             try:
                 payload = self.sealer.open_ack(payload)
-            except secure.SealError as exc:
+            except SealError as exc:
                 self.forged_acks += 1
                 log.warning("acknowledgement refused: %s", exc)
                 return
@@ -365,7 +367,7 @@ class MqttServer:
         v2_limits: v2.Limits | None = None,
         queue_size: int = 64,
         wait_for: float = 10.0,
-        keyring: secure.Keyring | None = None,
+        keyring: Keyring | None = None,
         session_expiry: int = DEFAULT_SESSION_EXPIRY,
         replay_state: Path | None = None,
         viewer: bool = False,
@@ -373,7 +375,7 @@ class MqttServer:
     ) -> None:
         if session_expiry < 0 or session_expiry > 0xFFFFFFFF:
             raise LatentcommError(f"--session-expiry {session_expiry}: give 0 to 4294967295 seconds")
-        self.opener = secure.BrokerOpener(keyring, v2_limits, replay_state) if keyring else None
+        self.opener = BrokerOpener(keyring, v2_limits, replay_state) if keyring else None
         self.host, self.port = parse_broker(broker)
         self.topic = check_topic(topic)
         if not group or any(c in group for c in "/#+"):
@@ -454,11 +456,11 @@ class MqttServer:
             try:
                 payload, key_id, stream = self.opener.open(msg.payload)
                 if stream.hex() != sender:
-                    raise secure.SealError(
+                    raise SealError(
                         f"a frame of sealed stream {stream.hex()[:16]}... published on sender {sender[:32]!r}'s topic "
                         "(replayed from another stream)"
                     )
-            except secure.SealError as exc:
+            except SealError as exc:
                 self._reject(peer, str(exc))
                 if exc.status in (v2.Status.UNKNOWN_KEY, v2.Status.SEALING_REQUIRED):
                     self._answer(sender, v2.Ack(0, exc.status, str(exc)), msg)  # in clear: no session to seal with

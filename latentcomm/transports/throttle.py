@@ -1,7 +1,7 @@
 """A slow link on loopback: a TCP proxy whose sender-to-receiver direction runs at a fixed rate.
 
-    python -m latentcomm.throttle --listen 9000 --to 127.0.0.1:65432 --rate 64k
-    python -m latentcomm.throttle --listen 9000 --to 127.0.0.1:65432 --rate 256k,64k@10s,256k@20s
+    python -m latentcomm.transports.throttle --listen 9000 --to 127.0.0.1:65432 --rate 64k
+    python -m latentcomm.transports.throttle --listen 9000 --to 127.0.0.1:65432 --rate 256k,64k@10s,256k@20s
 
 Try a stream the way it will meet a thin link (the benchmark and the tests use it). The forward
 direction is a token bucket of ``rate`` bits/s with a small burst (about 50 ms of the rate, at least
@@ -148,7 +148,7 @@ class Throttle:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m latentcomm.throttle", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m latentcomm.transports.throttle", description=__doc__.split("\n")[0])
     p.add_argument("--listen", type=int, default=9000, help="local port to listen on (127.0.0.1)")
     p.add_argument("--to", default="127.0.0.1:65432", help="HOST:PORT of the receiver")
     p.add_argument(

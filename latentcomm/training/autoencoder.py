@@ -1,4 +1,4 @@
-"""Train the embedded autoencoder: ``python -m latentcomm.train``.
+"""Train the embedded autoencoder: ``python -m latentcomm.training``.
 
 The product needs real weights that work offline, with the SD VAE's latent interface (4 channels,
 8x down-sampling, input in [-1, 1]) so every code path and the legacy wire header work unchanged.
@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 from latentcomm import data
@@ -46,12 +45,10 @@ from latentcomm.device import configure_threads, resolve_device, resolve_precisi
 from latentcomm.errors import ModelLoadError
 from latentcomm.images import center_crop_square, load_image, pil_to_tensor
 from latentcomm.models import load_autoencoder
+from latentcomm.training.common import save_checkpoint
+from latentcomm.training.datasets import CropSampler
 
-log = logging.getLogger("latentcomm.train")
-
-#: Multi-scale pyramid: evaluation happens at native size and at 256x256 (about 0.3x), so the
-#: model sees both fine and dense detail.
-SCALES = (1.0, 0.6, 0.35)
+log = logging.getLogger(__name__)
 
 
 #: Architecture of the shipped model (see :func:`embedded_model_config`).
@@ -84,35 +81,6 @@ def embedded_model_config(
         scaling_factor=1.0,
         mid_block_add_attention=False,
     )
-
-
-class CropSampler:
-    """Random crops + horizontal flips from an in-memory multi-scale pyramid of the photos."""
-
-    def __init__(self, paths: list[Path], crop: int, generator: torch.Generator) -> None:
-        self.crop = crop
-        self.gen = generator
-        self.images: list[torch.Tensor] = []
-        for p in tqdm(paths, desc="loading photos", unit="img"):
-            img = load_image(p)
-            for s in SCALES:
-                w, h = max(crop, round(img.width * s)), max(crop, round(img.height * s))
-                scaled = img if s == 1.0 else img.resize((w, h), Image.Resampling.LANCZOS)
-                self.images.append(torch.from_numpy(np.asarray(scaled).copy()).permute(2, 0, 1))
-
-    def batch(self, n: int) -> torch.Tensor:
-        out = torch.empty(n, 3, self.crop, self.crop)
-        c = self.crop
-        for i in range(n):
-            idx = int(torch.randint(len(self.images), (1,), generator=self.gen))
-            img = self.images[idx]
-            y = int(torch.randint(img.shape[1] - c + 1, (1,), generator=self.gen))
-            x = int(torch.randint(img.shape[2] - c + 1, (1,), generator=self.gen))
-            patch = img[:, y : y + c, x : x + c].float() / 127.5 - 1.0
-            if bool(torch.rand(1, generator=self.gen) < 0.5):
-                patch = patch.flip(-1)
-            out[i] = patch
-        return out
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -194,28 +162,21 @@ def initial_weights(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in weights.items()}
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m latentcomm.train",
+        prog="python -m latentcomm.training",
         description=__doc__.split("\n")[0]
-        + " (--objective codec, context, decoder or postnet trains the learned codec instead: see --objective codec"
-        " --help)",
+        + " (--objective codec, context, decoder, postnet or enhance trains another model:"
+        " see --objective codec --help)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--objective",
-        choices=["reconstruction", "codec", "context", "decoder", "postnet"],
+        choices=["reconstruction"],
         default="reconstruction",
-        help="reconstruction: the embedded AutoencoderKL; codec: the learned codec (rate + lambda * distortion); "
-        "context: a context model on a trained codec's frozen transforms (rate only); "
-        "decoder: a trained codec's decoder on its frozen bitstream (quality at identical bytes); "
-        "postnet: a residual post-network after a trained codec's frozen decoder (quality at identical bytes)",
+        help="what to train (see latentcomm.training.OBJECTIVES): reconstruction, the embedded AutoencoderKL, "
+        "here; codec, context, decoder and postnet train the learned codec, enhance the video enhancer: "
+        "--objective NAME --help for each",
     )
     p.add_argument(
         "--data", type=Path, default=data.PHOTOS_DIR, help="folder of training photos (held-out ones are skipped)"
@@ -286,36 +247,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # --objective picks the model being trained: the embedded AutoencoderKL (reconstruction, here)
-    # or the learned codec (rate + lambda * distortion, latentcomm.train_codec, its own flags).
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument(
-        "--objective",
-        choices=["reconstruction", "codec", "context", "decoder", "postnet", "enhance"],
-        default="reconstruction",
-    )
-    known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if known.objective == "codec":
-        from latentcomm import train_codec
-
-        return train_codec.main(rest)
-    if known.objective == "context":
-        from latentcomm import train_context
-
-        return train_context.main(rest)
-    if known.objective == "decoder":
-        from latentcomm import train_decoder
-
-        return train_decoder.main(rest)
-    if known.objective == "postnet":
-        from latentcomm import train_postnet
-
-        return train_postnet.main(rest)
-    if known.objective == "enhance":
-        from latentcomm import train_enhance
-
-        return train_enhance.main(rest)
-    args = parse_args(rest)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from diffusers import AutoencoderKL
 

@@ -26,7 +26,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from latentcomm.learned import LearnedCodecModel
+from latentcomm.codecs.learned.model import LearnedCodecModel
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import logging
 import constriction
 import numpy as np
 
+from latentcomm.codecs.learned.model import SCALE_LEVELS, Y_RANGE, Z_RANGE, scale_table
 from latentcomm.errors import RemoteProtocolError
-from latentcomm.learned import SCALE_LEVELS, Y_RANGE, Z_RANGE, scale_table
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
-"""Train the receiver's video enhancer: ``python -m latentcomm.train --objective enhance``.
+"""Train the receiver's video enhancer: ``python -m latentcomm.training --objective enhance``.
 
 Data: short pans over the training photos (the 43 of ``data/photos`` and the Unsplash set; never a
 held-out photo, never the movie clips, which the stream benchmark evaluates on): each a window of
 320x176 or 640x352 sliding a few pixels a frame across a photo, 12 frames at 10 fps, coded by the
-stream's own H.264 encoder (``latentcomm.video.VideoCodec``, the sender's settings) at a rate drawn
+stream's own H.264 encoder (``latentcomm.codecs.video.VideoCodec``, the sender's settings) at a rate drawn
 log-uniformly from 40 kbit/s to 1.2 Mbit/s, and decoded with the quantizer map exported. The pairs
 (decoded picture, quantizer map, source picture) are made once and kept in the run folder.
 
@@ -34,7 +34,7 @@ from latentcomm.device import configure_threads
 from latentcomm.enhance import BLOCK, EnhancerConfig, VideoEnhancer, qp_map
 from latentcomm.scenes import station_scene
 
-log = logging.getLogger("latentcomm.train_enhance")
+log = logging.getLogger(__name__)
 
 SIZES = ((320, 176), (640, 352))
 PATCH = 128
@@ -42,7 +42,7 @@ PATCH = 128
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m latentcomm.train --objective enhance",
+        prog="python -m latentcomm.training --objective enhance",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -64,7 +64,7 @@ def code_frames(frames: list[Image.Image], bitrate: float) -> list[tuple[np.ndar
     """The frames through the stream's H.264 encoder at ``bitrate`` and back: (decoded, QP map) each."""
     import av
 
-    from latentcomm.video import VideoCodec, parse_payload
+    from latentcomm.codecs.video import VideoCodec, parse_payload
 
     codec = VideoCodec("h264", bitrate, 10.0, key_interval=1000, threads=1)
     dec = av.CodecContext.create("h264", "r")
@@ -130,8 +130,8 @@ def evaluate(model: VideoEnhancer, quick: bool = False) -> list[dict]:
     """PSNR with and without the enhancer on scenes never trained on, at identical bits."""
     import tempfile
 
+    from latentcomm.codecs.video import fit_picture
     from latentcomm.stream import video_frames
-    from latentcomm.video import fit_picture
 
     clips = sorted((data.DATA_ROOT / "videos").glob("clip_*.mp4"))
     rows = []

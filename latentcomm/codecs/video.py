@@ -42,9 +42,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from latentcomm.codec import COMP_NONE, ENC_VIDEO
-from latentcomm.codecs import Encoded, ImageCodec
+from latentcomm.codecs.base import CodecOptions, Encoded, ImageCodec
 from latentcomm.errors import LocalProtocolError, RemoteProtocolError
+from latentcomm.wire.encodings import COMP_NONE, ENC_VIDEO
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,12 @@ class VideoCodec(ImageCodec):
     #: The sender changes the rate as it estimates the link (``--bandwidth auto``).
     adaptive = False
 
+    @classmethod
+    def from_options(cls, name: str, options: CodecOptions) -> VideoCodec:
+        """A stream's encoder or decoder at the defaults; the sender sets the rate, frame rate and key
+        interval when the stream starts (model, quality and the image options don't apply)."""
+        return cls(name)
+
     def __init__(
         self,
         name: str = "h264",
@@ -192,7 +198,7 @@ class VideoCodec(ImageCodec):
         #: x264's preset (None: :func:`auto_preset` from the picture's size and the frame rate).
         self.preset = preset
         _check_available(self.spec)
-        self.model_id = name
+        self.model_id = self.label = self.compression_label = name
         self.source = f"{self.spec.encoder} / {self.spec.decoder} via PyAV {av.__version__}"
         self.bitrate_bps = float(bitrate_bps)
         self.fps = fps
