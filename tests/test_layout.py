@@ -69,3 +69,12 @@ def test_old_module_paths_keep_working():
     code = "import latentcomm.secure as s\ns.nothing"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 1 and "moved to latentcomm.wire" in r.stderr.strip().splitlines()[-1]
+
+
+def test_every_subpackage_is_installed():
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    package = REPO / "latentcomm"
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in package.rglob("__init__.py")}
+    assert found <= listed, f"pyproject.toml doesn't install {sorted(found - listed)}"
