@@ -72,6 +72,7 @@ def test_the_shipped_enhancer_gains_at_identical_bits_on_a_scene_it_never_saw():
 
 
 @shipped
+@pytest.mark.exclusive  # its frame count is a live measurement: keep other tests' load off it
 def test_a_receiver_with_enhance_streams_and_shows_better_pictures(tmp_path, start_receiver):
     """End to end through the real processes: every frame shown, and pictures at least as good as the
     plain receiver's (the two runs' bits differ a little: the rate control sees capture times)."""

@@ -131,6 +131,7 @@ def test_large_pictures_decode_in_tiles_to_the_same_picture(monkeypatch):
     """A picture over one tile is synthesised in overlapping tiles; the result is the one-pass picture
     (to float rounding), so sender and receiver still agree."""
     import latentcomm.codecs as codecs
+    import latentcomm.codecs.learned.codec as learned_codec
 
     codec = codecs.load_codec("learned", "auto", "cpu", "fp32")
     rng = np.random.default_rng(1)
@@ -142,7 +143,7 @@ def test_large_pictures_decode_in_tiles_to_the_same_picture(monkeypatch):
     whole = codec.decode(enc.encoding, enc.compression, enc.shape, enc.payload, enc.params, (320, 448))
     calls = []
     original = codecs.LearnedCodec._synthesis_tile
-    monkeypatch.setattr(codecs, "SYNTHESIS_TILE", 8)  # 128-pixel tiles: 3 x 4 of them here
+    monkeypatch.setattr(learned_codec, "SYNTHESIS_TILE", 8)  # 128-pixel tiles: 3 x 4 of them here
     monkeypatch.setattr(codecs.LearnedCodec, "_synthesis_tile", lambda self, *a: calls.append(1) or original(self, *a))
     tiled = codec.decode(enc.encoding, enc.compression, enc.shape, enc.payload, enc.params, (320, 448))
     assert len(calls) >= 12
