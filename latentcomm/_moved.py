@@ -42,10 +42,19 @@ SPLIT = {
     "latentcomm.secure": ("latentcomm.wire.keys", "latentcomm.wire.sealed", "latentcomm.wire.broker_seal"),
     "latentcomm.train": (
         "latentcomm.training",
+        "latentcomm.training.loop",
         "latentcomm.training.autoencoder",
         "latentcomm.training.common",
         "latentcomm.training.datasets",
     ),
+}
+#: The old per-objective scripts: ``python -m`` on one runs ``latentcomm.training --objective NAME``.
+OBJECTIVE_SCRIPTS = {
+    "latentcomm.train_codec": "codec",
+    "latentcomm.train_context": "context",
+    "latentcomm.train_decoder": "decoder",
+    "latentcomm.train_postnet": "postnet",
+    "latentcomm.train_enhance": "enhance",
 }
 
 
@@ -71,7 +80,14 @@ class _Loader(importlib.abc.Loader):
         module.__getattr__ = __getattr__  # type: ignore[attr-defined]
 
     def get_code(self, fullname: str) -> types.CodeType:
-        """What ``python -m <old path>`` runs: the new module as ``__main__``."""
+        """What ``python -m <old path>`` runs: the new module as ``__main__`` (for an objective's old
+        script, the training command with its ``--objective``)."""
+        if objective := OBJECTIVE_SCRIPTS.get(fullname):
+            code = (
+                "import sys\nfrom latentcomm.training import main\n"
+                f"raise SystemExit(main(['--objective', {objective!r}, *sys.argv[1:]]))"
+            )
+            return compile(code, self.old, "exec")
         return compile(
             f"import runpy\nrunpy.run_module({self.new!r}, run_name='__main__', alter_sys=True)", self.old, "exec"
         )

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import subprocess
 import sys
 
 import latentcomm
 from latentcomm.codecs.base import REGISTRY, ImageCodec, codec_class
-from latentcomm.training import OBJECTIVES
+from latentcomm.training import OBJECTIVES, objective_class
+from latentcomm.training.loop import Objective
 from tests.conftest import REPO, script_env
 
 
@@ -38,8 +40,9 @@ def test_every_registered_codec_and_objective_is_a_real_module():
     for name in REGISTRY:
         cls = codec_class(name)
         assert issubclass(cls, ImageCodec) and "from_options" in vars(cls), name
-    for objective, module in OBJECTIVES.items():
-        assert callable(importlib.import_module(module).main), objective
+    for objective in OBJECTIVES:
+        cls = objective_class(objective)
+        assert issubclass(cls, Objective) and cls.name == objective and not inspect.isabstract(cls), objective
 
 
 def test_old_module_paths_keep_working():
@@ -63,7 +66,7 @@ def test_old_module_paths_keep_working():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=script_env(), cwd=REPO)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
-    for old in ("latentcomm.train", "latentcomm.throttle"):
+    for old in ("latentcomm.train", "latentcomm.throttle", "latentcomm.train_codec"):
         r = subprocess.run([sys.executable, "-m", old, "--help"], capture_output=True, text=True, env=script_env())
         assert r.returncode == 0 and "usage:" in r.stdout, (old, r.stderr)
     code = "import latentcomm.secure as s\ns.nothing"

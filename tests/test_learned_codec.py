@@ -538,16 +538,18 @@ def test_the_pack_rebuilds_the_training_pyramid(tmp_path):
 
 
 def test_the_learning_rate_warms_a_fresh_optimizer_and_anneals_by_time():
-    from latentcomm.training.codec import parse_args
-    from latentcomm.training.common import learning_rate
+    from latentcomm.training import parse_args
+    from latentcomm.training.loop import time_schedule as learning_rate
 
-    a = parse_args(["--lr", "1e-4", "--warmup", "100", "--minutes", "10", "--decay-to", "1e-5", "--decay-frac", "0.5"])
+    a = parse_args(["--objective", "codec", "--lr", "1e-4", "--warmup", "100", "--minutes", "10", "--decay-to", "1e-5",
+                    "--decay-frac", "0.5"])  # fmt: skip
     assert learning_rate(a, 0, 0.0) == pytest.approx(1e-6)  # the optimizer's first step
     assert learning_rate(a, 99, 0.1) == pytest.approx(1e-4)
     assert learning_rate(a, 5000, 0.5) == pytest.approx(1e-4)  # annealing starts at half the time box
     assert learning_rate(a, 5000, 0.75) == pytest.approx(5.5e-5)  # halfway down the cosine
     assert learning_rate(a, 5000, 1.2) == pytest.approx(1e-5)  # and stays at --decay-to past the end
-    assert learning_rate(parse_args(["--lr", "1e-4"]), 5000, 0.99) == pytest.approx(1e-4)  # no --decay-to: constant
+    no_decay = parse_args(["--objective", "codec", "--lr", "1e-4"])
+    assert learning_rate(no_decay, 5000, 0.99) == pytest.approx(1e-4)  # no --decay-to: constant
 
 
 def test_metrics_script_reports_perceptual_metrics_for_the_learned_codec(start_receiver, tmp_path):

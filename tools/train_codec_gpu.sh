@@ -2,7 +2,7 @@
 # Continue the learned codec's training on a CUDA machine for a fixed time, from the compact pack.
 #
 # Prepare here (CPU), into runs/ (ignored, so it travels only when carried):
-#   python -m latentcomm.train --objective codec --pack runs/pack.npz        # ~35 MB of training photos
+#   python -m latentcomm.training --objective codec --pack runs/pack.npz        # ~35 MB of training photos
 #   python tools/heldout_crops.py runs/gpu-heldout                            # the 6 held-out 512 crops
 #   python -m pip install --no-deps --target runs/pydeps pytorch-msssim ssimulacra2  # pure Python; the
 #                         # device's torch image lacks them, and the script puts runs/pydeps on PYTHONPATH
@@ -13,9 +13,9 @@
 # crops, annealing the LR over the last third of the time box, evaluates on the held-out crops, and
 # leaves the EMA export, metrics and log under $OUT (or runs/codec-gpu). Every variable below can
 # be set from the environment (PACK, HELDOUT, INIT_FROM, CKPT, RUN_DIR, DEVICE, BATCH, CROP, LR, ...);
-# CONTEXT_GROUPS=16,16,32,64,64 trains with a context model, jointly (see train_context.py);
+# CONTEXT_GROUPS=16,16,32,64,64 trains with a context model, jointly (see latentcomm/training/context.py);
 # MSSSIM_WEIGHT=0.5 blends an MS-SSIM term into the distortion, S2_WEIGHT=0.3 a SSIMULACRA2 term
-# (see train_codec.py). QUALITIES=2-5 trains only those levels; with QUALITIES_SHARE=0.5, half the
+# (see latentcomm/training/codec.py). QUALITIES=2-5 trains only those levels; with QUALITIES_SHARE=0.5, half the
 # crops take those levels and the rest any level (--qualities, --qualities-share).
 # DEVICE=cpu MINUTES=0.2 BATCH=2 tests the script on a CPU, as tests/test_learned_codec.py does.
 set -euo pipefail
@@ -32,7 +32,7 @@ if [ -f "$CKPT" ] && [ ! -f "$RUN_DIR/last.pt" ]; then cp "$CKPT" "$RUN_DIR/last
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null || true
 "${PYTHON:-python3}" -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
 status=0
-PYTHONUNBUFFERED=1 "${PYTHON:-python3}" -m latentcomm.train --objective codec \
+PYTHONUNBUFFERED=1 "${PYTHON:-python3}" -m latentcomm.training --objective codec \
   --data "${HELDOUT:-runs/gpu-heldout}" --data-pack "${PACK:-runs/pack.npz}" "${INIT[@]}" \
   --device "${DEVICE:-cuda}" --precision "${PRECISION:-fp32}" \
   --batch "${BATCH:-16}" --crop "${CROP:-256}" --lr "${LR:-1e-4}" --warmup "${WARMUP:-300}" \

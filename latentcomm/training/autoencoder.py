@@ -25,28 +25,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import math
-import os
 import pickle
-import random
-import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from latentcomm import data
-from latentcomm.device import configure_threads, resolve_device, resolve_precision
+from latentcomm.device import resolve_device, resolve_precision
 from latentcomm.errors import ModelLoadError
 from latentcomm.images import center_crop_square, load_image, pil_to_tensor
 from latentcomm.models import load_autoencoder
-from latentcomm.training.common import save_checkpoint
 from latentcomm.training.datasets import CropSampler
+from latentcomm.training.loop import Objective, TrainingError, update_ema, write_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +76,6 @@ def embedded_model_config(
         scaling_factor=1.0,
         mid_block_add_attention=False,
     )
-
-
-def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 2% of the base rate."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def training_loss(
@@ -141,14 +128,9 @@ def evaluate(model, images: list[torch.Tensor], dtype: torch.dtype, device: torc
 
 def export(ema, out_dir: Path, meta: dict) -> None:
     """Save the EMA model as a diffusers folder with float16 safetensors (small enough to commit)."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    half = copy.deepcopy(ema).to(torch.float16)
-    half.save_pretrained(tmp, safe_serialization=True)
-    (tmp / "training_state.json").write_text(json.dumps(meta, indent=2) + "\n")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for f in tmp.iterdir():
-        os.replace(f, out_dir / f.name)
-    tmp.rmdir()
+    write_model_folder(
+        out_dir, meta, lambda tmp: copy.deepcopy(ema).to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+    )
 
 
 def initial_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -162,242 +144,167 @@ def initial_weights(path: Path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in weights.items()}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m latentcomm.training",
-        description=__doc__.split("\n")[0]
-        + " (--objective codec, context, decoder, postnet or enhance trains another model:"
-        " see --objective codec --help)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "--objective",
-        choices=["reconstruction"],
-        default="reconstruction",
-        help="what to train (see latentcomm.training.OBJECTIVES): reconstruction, the embedded AutoencoderKL, "
-        "here; codec, context, decoder and postnet train the learned codec, enhance the video enhancer: "
-        "--objective NAME --help for each",
-    )
-    p.add_argument(
-        "--data", type=Path, default=data.PHOTOS_DIR, help="folder of training photos (held-out ones are skipped)"
-    )
-    p.add_argument(
-        "--run-dir",
-        type=Path,
-        default=data.REPO_ROOT / "runs" / "embedded",
-        help="checkpoints and logs (not committed)",
-    )
-    p.add_argument(
-        "--export",
-        type=Path,
-        default=data.REPO_ROOT / "models" / "latentcomm-kl-f8",
-        help="diffusers folder the EMA weights are exported to",
-    )
-    p.add_argument(
-        "--channels",
-        type=lambda v: tuple(int(c) for c in v.split(",")),
-        default=DEFAULT_CHANNELS,
-        help="block_out_channels, comma-separated; 4 blocks give the SD VAE's 8x down-sampling",
-    )
-    p.add_argument("--layers-per-block", type=int, default=DEFAULT_LAYERS_PER_BLOCK, help="resnet layers per block")
-    p.add_argument("--steps", type=int, default=2400, help="total optimisation steps (the LR schedule spans these)")
-    p.add_argument("--batch", type=int, default=16, help="crops per step")
-    p.add_argument("--crop", type=int, default=128, help="crop size in pixels (multiple of 8)")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (AdamW)")
-    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
-    p.add_argument("--l1-weight", type=float, default=1.0, help="weight of the L1 reconstruction term")
-    p.add_argument("--mse-weight", type=float, default=1.0, help="weight of the MSE reconstruction term")
-    p.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the KL term")
-    p.add_argument("--range-weight", type=float, default=1.0, help="weight of the penalty on |latent| > 0.95")
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, crops and noise")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
-    p.add_argument("--precision", default="auto", help="auto|fp32|bf16|fp16 autocast for the forward pass")
-    p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints (and exports)")
-    p.add_argument("--eval-every", type=int, default=200, help="steps between held-out evaluations")
-    p.add_argument(
-        "--stop-after",
-        type=int,
-        default=0,
-        help="end this run after N steps (checkpointed; resume later with the same --steps); 0 = run to --steps",
-    )
-    p.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="torch.compile the encoder and decoder (about 1.8x faster steps on CPU after a ~1 min compile)",
-    )
-    p.add_argument(
-        "--decoder-only",
-        action="store_true",
-        help="freeze the encoder (and so the latent) and train only the decoder: a fine-tuning phase "
-        "that cannot change what goes over the wire",
-    )
-    p.add_argument(
-        "--init-from",
-        type=Path,
-        default=None,
-        help="start a new schedule from these weights (a run's last.pt or a diffusers model folder); "
-        "ignored when run-dir/last.pt is resumed",
-    )
-    p.add_argument(
-        "--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from run-dir/last.pt if present"
-    )
-    return p.parse_args(argv)
+class Reconstruction(Objective):
+    """The embedded AutoencoderKL, for reconstruction through the int8-rounded mean latent."""
 
+    name = "reconstruction"
+    schedule = "steps"
+    defaults = dict(
+        run_dir=data.REPO_ROOT / "runs" / "embedded",
+        export=data.REPO_ROOT / "models" / "latentcomm-kl-f8",
+        steps=2400,
+        batch=16,
+        lr=5e-4,
+        warmup=100,
+        ckpt_every=100,
+        eval_every=200,
+    )
+    clip_grad_norm = 1.0
+    progress = ("psnr", "loss")
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from diffusers import AutoencoderKL
+    @classmethod
+    def add_arguments(cls, p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--data", type=Path, default=data.PHOTOS_DIR, help="folder of training photos (held-out ones are skipped)"
+        )
+        p.add_argument(
+            "--channels",
+            type=lambda v: tuple(int(c) for c in v.split(",")),
+            default=DEFAULT_CHANNELS,
+            help="block_out_channels, comma-separated; 4 blocks give the SD VAE's 8x down-sampling",
+        )
+        p.add_argument("--layers-per-block", type=int, default=DEFAULT_LAYERS_PER_BLOCK, help="resnet layers per block")
+        p.add_argument("--crop", type=int, default=128, help="crop size in pixels (multiple of 8)")
+        p.add_argument("--l1-weight", type=float, default=1.0, help="weight of the L1 reconstruction term")
+        p.add_argument("--mse-weight", type=float, default=1.0, help="weight of the MSE reconstruction term")
+        p.add_argument("--kl-weight", type=float, default=1e-6, help="weight of the KL term")
+        p.add_argument("--range-weight", type=float, default=1.0, help="weight of the penalty on |latent| > 0.95")
+        p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
+        p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+        p.add_argument("--precision", default="auto", help="auto|fp32|bf16|fp16 autocast for the forward pass")
+        p.add_argument(
+            "--compile",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="torch.compile the encoder and decoder (about 1.8x faster steps on CPU after a ~1 min compile)",
+        )
+        p.add_argument(
+            "--decoder-only",
+            action="store_true",
+            help="freeze the encoder (and so the latent) and train only the decoder: a fine-tuning phase "
+            "that cannot change what goes over the wire",
+        )
+        p.add_argument(
+            "--init-from",
+            type=Path,
+            default=None,
+            help="start a new schedule from these weights (a run's last.pt or a diffusers model folder); "
+            "ignored when run-dir/last.pt is resumed",
+        )
 
-    device = resolve_device(args.device)
-    dtype = resolve_precision(args.precision, device)
-    if device.type == "cpu":
-        configure_threads()
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
+    @property
+    def arch(self) -> str:
+        return f"--channels {','.join(map(str, self.args.channels))} --layers-per-block {self.args.layers_per_block}"
 
-    paths = data.training_photos(args.data)
-    if not paths:
-        print(f"error: no training photos in {args.data}", file=sys.stderr)
-        return 2
-    sampler = CropSampler(paths, args.crop, gen)
-    heldout = [pil_to_tensor(center_crop_square(load_image(p), 256)) for p in data.heldout_photos(args.data)]
+    def setup(self) -> None:
+        from diffusers import AutoencoderKL
 
-    model = AutoencoderKL(**embedded_model_config(args.channels, args.layers_per_block)).to(device)
-    arch = f"--channels {','.join(map(str, args.channels))} --layers-per-block {args.layers_per_block}"
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = args.run_dir / "last.pt"
-    resuming = args.resume and ckpt_path.exists()
-    if args.init_from is not None and not resuming:
-        if not args.init_from.exists():
-            print(f"error: --init-from {args.init_from} does not exist", file=sys.stderr)
-            return 2
+        args = self.args
+        self.device = resolve_device(args.device)
+        self.dtype = resolve_precision(args.precision, self.device)
+        self.generator = torch.Generator().manual_seed(args.seed)
+        paths = data.training_photos(args.data)
+        if not paths:
+            raise TrainingError(f"no training photos in {args.data}")
+        self.sampler = CropSampler(paths, args.crop, self.generator)
+        self.heldout = [pil_to_tensor(center_crop_square(load_image(p), 256)) for p in data.heldout_photos(args.data)]
+        config = embedded_model_config(args.channels, args.layers_per_block)
+        self.model = AutoencoderKL(**config).to(self.device).to(memory_format=torch.channels_last)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if args.decoder_only:
+            self.model.encoder.requires_grad_(False)
+            self.model.quant_conv.requires_grad_(False)
+        log.info("%d training photos", len(paths))
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=self.args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+
+    def start(self) -> tuple[int, float]:
+        source = self.args.init_from
+        if source is None:
+            return 0, 0.0
+        if not source.exists():
+            raise TrainingError(f"--init-from {source} does not exist")
         try:
-            weights = initial_weights(args.init_from)
+            weights = initial_weights(source)
         except (ModelLoadError, RuntimeError, OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
             first_line = (str(exc).strip() or type(exc).__name__).splitlines()[0]
-            print(f"error: --init-from {args.init_from} can't be read: {first_line}", file=sys.stderr)
-            return 2
+            raise TrainingError(f"--init-from {source} can't be read: {first_line}") from None
         try:
-            model.load_state_dict(weights)
+            self.model.load_state_dict(weights)
         except RuntimeError:
-            print(f"error: --init-from {args.init_from} holds another architecture than {arch}", file=sys.stderr)
-            return 2
-        log.info("initialised from %s", args.init_from)
-    model = model.to(memory_format=torch.channels_last)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    if args.decoder_only:
-        model.encoder.requires_grad_(False)
-        model.quant_conv.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    step = 0
-    elapsed = 0.0
-    if resuming:
-        # On the CPU: the RNG states must stay CPU byte tensors (mapped to CUDA, set_state refuses
-        # them), and load_state_dict moves weights and Adam's moments to the model's device anyway.
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            raise TrainingError(f"--init-from {source} holds another architecture than {self.arch}") from None
+        self.ema.load_state_dict(self.model.state_dict())
+        log.info("initialised from %s", source)
+        return 0, 0.0
+
+    def begin(self) -> None:
+        if self.args.compile and self.device.type in ("cpu", "cuda"):
+            # In place, so parameter names (checkpoints, exports) stay those of the plain model.
+            self.model.encoder.compile()
+            self.model.decoder.compile()
+        self.model.train()
+        self.ema_pair = (list(self.ema.parameters()), list(self.model.parameters()))
+
+    def loss(self) -> tuple[torch.Tensor, dict[str, Any]]:
+        a = self.args
+        x = self.sampler.batch(a.batch).to(self.device).contiguous(memory_format=torch.channels_last)
+        return training_loss(self.model, x, a.kl_weight, a.range_weight, a.l1_weight, a.mse_weight)
+
+    def after_step(self, step: int) -> None:
+        update_ema(*self.ema_pair, step, self.args.ema)
+
+    def evaluate(self) -> dict[str, float]:
+        if not self.heldout:
+            return {}
+        return {"heldout_psnr_256": evaluate(self.ema, self.heldout, self.dtype, self.device)}
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "args": {k: str(v) for k, v in vars(self.args).items()},
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state.get("args", {}).get("decoder_only", str(self.args.decoder_only)) != str(self.args.decoder_only):
+            raise TrainingError(
+                f"{self.args.run_dir / 'last.pt'} was trained {'without' if self.args.decoder_only else 'with'} "
+                "--decoder-only; resume it the same way or pass a new --run-dir"
+            )
         try:
-            model.load_state_dict(state["model"])
+            self.model.load_state_dict(state["model"])
         except RuntimeError:
-            print(
-                f"error: {ckpt_path} holds another architecture than {arch}; pass a new --run-dir or --no-resume",
-                file=sys.stderr,
-            )
-            return 2
-        ema.load_state_dict(state["ema"])
-        try:
-            opt.load_state_dict(state["opt"])
-        except ValueError:
-            print(
-                f"error: {ckpt_path} was trained {'without' if args.decoder_only else 'with'} --decoder-only; "
-                "resume it the same way or pass a new --run-dir",
-                file=sys.stderr,
-            )
-            return 2
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
-        step, elapsed = state["step"], state.get("elapsed", 0.0)
-        log.info("resumed from %s at step %d", ckpt_path, step)
-    log.info(
-        "model: %.2fM parameters, device %s, autocast %s, %d training photos",
-        sum(p.numel() for p in model.parameters()) / 1e6,
-        device,
-        dtype,
-        len(paths),
-    )
+            raise TrainingError(
+                f"{self.args.run_dir / 'last.pt'} holds another architecture than {self.arch}; "
+                "pass a new --run-dir or --no-resume"
+            ) from None
+        self.ema.load_state_dict(state["ema"])
 
-    if args.compile and device.type in ("cpu", "cuda"):
-        # In place, so parameter names (checkpoints, exports) stay those of the plain model.
-        model.encoder.compile()
-        model.decoder.compile()
-    metrics_log = (args.run_dir / "metrics.jsonl").open("a")
-    bar = tqdm(total=args.steps, initial=step, desc="training", unit="step")
-    t0 = time.time() - elapsed
-    model.train()
-    stop_at = min(args.steps, step + args.stop_after) if args.stop_after > 0 else args.steps
-    while step < stop_at:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        x = sampler.batch(args.batch).to(device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss, stats = training_loss(model, x, args.kl_weight, args.range_weight, args.l1_weight, args.mse_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(psnr=f"{stats['psnr']:.2f}", loss=f"{stats['loss']:.4f}")
-        record = {"step": step, "lr": opt.param_groups[0]["lr"], "time_s": round(time.time() - t0, 1), **stats}
-        if heldout and (step % args.eval_every == 0 or step == args.steps):
-            record["heldout_psnr_256"] = evaluate(ema, heldout, dtype, device)
-            log.info("step %d: held-out PSNR (EMA, 256x256) %.2f dB", step, record["heldout_psnr_256"])
-        metrics_log.write(json.dumps(record) + "\n")
-        metrics_log.flush()
-        if step % args.ckpt_every == 0 or step == stop_at:
-            elapsed = time.time() - t0
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict(),
-                    "opt": opt.state_dict(),
-                    "gen": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "step": step,
-                    "elapsed": elapsed,
-                    "args": {k: str(v) for k, v in vars(args).items()},
-                },
-            )
-            export(
-                ema,
-                args.export,
-                {
-                    "step": step,
-                    "train_seconds": round(elapsed),
-                    "batch": args.batch,
-                    "crop": args.crop,
-                    "seed": args.seed,
-                    "device": str(device),
-                    "autocast": str(dtype),
-                    "lr": args.lr,
-                    "loss_weights": {"l1": args.l1_weight, "mse": args.mse_weight, "range": args.range_weight},
-                    "init_from": str(args.init_from) if args.init_from else None,
-                    "decoder_only": args.decoder_only,
-                },
-            )
-    bar.close()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    def export(self, step: int, seconds: float, evals: dict[str, float] | None) -> None:
+        a = self.args
+        export(
+            self.ema,
+            a.export,
+            {
+                **self.run_record(step, seconds),
+                "crop": a.crop,
+                "loss_weights": {"l1": a.l1_weight, "mse": a.mse_weight, "range": a.range_weight},
+                "init_from": str(a.init_from) if a.init_from else None,
+                "decoder_only": a.decoder_only,
+                **({"heldout": evals} if evals else {}),
+            },
+        )

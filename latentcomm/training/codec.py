@@ -38,21 +38,19 @@ import copy
 import json
 import logging
 import math
-import random
-import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_msssim import ms_ssim
-from tqdm import tqdm
 
 from latentcomm import data
 from latentcomm.codecs.learned.model import LearnedCodecConfig, LearnedCodecModel, gaussian_likelihood, rounded_fetch
-from latentcomm.device import configure_threads, resolve_device, resolve_precision
-from latentcomm.images import load_image
+from latentcomm.device import resolve_device, resolve_precision
+from latentcomm.errors import ModelLoadError
+from latentcomm.images import center_crop_square, load_image
 from latentcomm.perceptual import ssimulacra2_score
 from latentcomm.training.common import (
     MIN_MSSSIM_CROP,
@@ -60,12 +58,11 @@ from latentcomm.training.common import (
     MSSSIM_MIN_SIDE,
     crop_error,
     export,
-    learning_rate,
     parse_groups,
     read_training_state,
-    save_checkpoint,
 )
 from latentcomm.training.datasets import Crops, add_data_args, training_set, training_sources, write_pack
+from latentcomm.training.loop import Objective, TrainingError, update_ema
 
 log = logging.getLogger(__name__)
 
@@ -280,95 +277,6 @@ def heldout_history(metrics_path: Path) -> list[dict]:
     return out
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m latentcomm.training --objective codec",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_data_args(p)
-    p.add_argument("--pack", type=Path, default=None, help="write the training images to this .npz pack and exit")
-    p.add_argument("--pack-quality", type=int, default=90, help="JPEG quality of the images in --pack")
-    p.add_argument("--run-dir", type=Path, default=data.REPO_ROOT / "runs" / "codec", help="checkpoints and logs")
-    p.add_argument(
-        "--export", type=Path, default=data.REPO_ROOT / "runs" / "codec" / "export", help="model folder for EMA weights"
-    )
-    p.add_argument("--N", type=int, default=96, help="channels of the transforms")
-    p.add_argument("--M", type=int, default=192, help="latent channels")
-    p.add_argument("--H", type=int, default=96, help="channels of the hyper transforms")
-    p.add_argument(
-        "--context-groups",
-        default=None,
-        help="train with a spatial-channel context model of these channel groups (e.g. 16,16,32,64,64); "
-        "from --init-from weights without one, it starts as the hyperprior and trains jointly",
-    )
-    p.add_argument("--batch", type=int, default=8, help="crops per step")
-    p.add_argument("--crop", type=int, default=128, help="crop size (multiple of 64)")
-    p.add_argument(
-        "--msssim-weight",
-        type=float,
-        default=0.0,
-        help="w in 0..1: distortion (1 - w) * MSE + w * K * (1 - MS-SSIM), K the two's exchange rate (0.028); "
-        f"needs --crop {MIN_MSSSIM_CROP} or more",
-    )
-    p.add_argument(
-        "--s2-weight",
-        type=float,
-        default=0.0,
-        help="v in 0..1 (with --msssim-weight, w + v <= 1): v * K2 * (1 - SSIMULACRA2 / 100) takes v of the "
-        f"MSE's share, K2 = {S2_TO_MSE}; needs --crop {MIN_S2_CROP} or more",
-    )
-    p.add_argument(
-        "--qualities",
-        default=None,
-        metavar="LO-HI",
-        help="train only the levels LO..HI (1-based, inclusive; e.g. 2-5 for 0.1-0.15 bpp on photos); default: all",
-    )
-    p.add_argument(
-        "--qualities-share",
-        type=float,
-        default=1.0,
-        metavar="P",
-        help="with --qualities: the share of crops drawn from LO..HI (0 < P <= 1); the rest take any level "
-        "(default 1: only LO..HI)",
-    )
-    p.add_argument("--lr", type=float, default=3e-4, help="learning rate (Adam); may change between resumed chunks")
-    p.add_argument(
-        "--warmup", type=int, default=200, help="linear warm-up steps of a new optimizer (a new run or --init-from)"
-    )
-    p.add_argument(
-        "--decay-to",
-        type=float,
-        default=None,
-        help="with --minutes: anneal the LR (cosine) from --lr down to this over the last --decay-frac of the time box",
-    )
-    p.add_argument("--decay-frac", type=float, default=0.3, help="fraction of --minutes that --decay-to anneals over")
-    p.add_argument(
-        "--log-every", type=int, default=1, help="steps between metrics records (each one waits for the device)"
-    )
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, crops and noise")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
-    p.add_argument("--precision", default="auto", help="auto|fp32|bf16|fp16 autocast for the transforms")
-    p.add_argument(
-        "--minutes", type=float, default=0.0, help="stop (checkpointed) after this many minutes; 0 = no limit"
-    )
-    p.add_argument("--steps", type=int, default=10**7, help="stop at this total step count")
-    p.add_argument("--ckpt-every", type=int, default=200, help="steps between checkpoints and exports")
-    p.add_argument("--eval-every", type=int, default=1000, help="steps between held-out evaluations (0 = never)")
-    p.add_argument("--eval-size", type=int, default=512, help="held-out photos are centre-cropped to this (0 = native)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from last.pt")
-    p.add_argument(
-        "--init-from",
-        type=Path,
-        default=None,
-        help="without a run-dir/last.pt: start from these exported weights (e.g. models/latentcomm-lic) with a "
-        "fresh optimizer, counting steps on from its training_state.json",
-    )
-    return p.parse_args(argv)
-
-
 def inherited_config(checkpoint: Path | None, init_from: Path | None) -> dict:
     """The model config of the checkpoint a run resumes, else of its --init-from weights ({} if none):
     training the shipped model goes on with its context model and post-network, jointly."""
@@ -382,225 +290,218 @@ def inherited_config(checkpoint: Path | None, init_from: Path | None) -> dict:
     return {}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if not 0 <= args.msssim_weight <= 1:
-        print("error: --msssim-weight must be between 0 and 1", file=sys.stderr)
-        return 2
-    if not 0 <= args.s2_weight <= 1 - args.msssim_weight:
-        print("error: --s2-weight must be between 0 and 1 - --msssim-weight", file=sys.stderr)
-        return 2
-    if problem := crop_error(args.crop, args.msssim_weight, args.s2_weight):
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    try:  # every model this trains has the config's levels (a resumed one grows into them)
-        level_lo, level_hi = parse_qualities(args.qualities, LearnedCodecConfig().levels)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not 0 < args.qualities_share <= 1:
-        print("error: --qualities-share must be above 0 and at most 1", file=sys.stderr)
-        return 2
-    if args.qualities_share < 1 and args.qualities is None:
-        print("error: --qualities-share needs --qualities LO-HI (the levels it favours)", file=sys.stderr)
-        return 2
-    if args.pack is not None:
-        write_pack(training_sources(args.data, args.extra_data), args.pack, args.pack_quality)
-        print(f"wrote {args.pack} ({args.pack.stat().st_size / 1e6:.1f} MB)")
+class Codec(Objective):
+    """Every part of the learned codec, jointly, for rate + lambda * distortion."""
+
+    name = "codec"
+    defaults = dict(batch=8, lr=3e-4, warmup=200, decay_frac=0.3, ckpt_every=200, eval_every=1000)
+    clip_grad_norm = 1.0
+    progress = ("bpp", "psnr")
+
+    @classmethod
+    def add_arguments(cls, p: argparse.ArgumentParser) -> None:
+        add_data_args(p)
+        p.add_argument("--pack", type=Path, default=None, help="write the training images to this .npz pack and exit")
+        p.add_argument("--pack-quality", type=int, default=90, help="JPEG quality of the images in --pack")
+        p.add_argument("--N", type=int, default=96, help="channels of the transforms")
+        p.add_argument("--M", type=int, default=192, help="latent channels")
+        p.add_argument("--H", type=int, default=96, help="channels of the hyper transforms")
+        p.add_argument(
+            "--context-groups",
+            default=None,
+            help="train with a spatial-channel context model of these channel groups (e.g. 16,16,32,64,64); "
+            "from --init-from weights without one, it starts as the hyperprior and trains jointly",
+        )
+        p.add_argument("--crop", type=int, default=128, help="crop size (multiple of 64)")
+        p.add_argument(
+            "--msssim-weight",
+            type=float,
+            default=0.0,
+            help="w in 0..1: distortion (1 - w) * MSE + w * K * (1 - MS-SSIM), K the two's exchange rate (0.028); "
+            f"needs --crop {MIN_MSSSIM_CROP} or more",
+        )
+        p.add_argument(
+            "--s2-weight",
+            type=float,
+            default=0.0,
+            help="v in 0..1 (with --msssim-weight, w + v <= 1): v * K2 * (1 - SSIMULACRA2 / 100) takes v of the "
+            f"MSE's share, K2 = {S2_TO_MSE}; needs --crop {MIN_S2_CROP} or more",
+        )
+        p.add_argument(
+            "--qualities",
+            default=None,
+            metavar="LO-HI",
+            help="train only the levels LO..HI (1-based, inclusive; e.g. 2-5 for 0.1-0.15 bpp on photos); default: all",
+        )
+        p.add_argument(
+            "--qualities-share",
+            type=float,
+            default=1.0,
+            metavar="P",
+            help="with --qualities: the share of crops drawn from LO..HI (0 < P <= 1); the rest take any level "
+            "(default 1: only LO..HI)",
+        )
+        p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
+        p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+        p.add_argument("--precision", default="auto", help="auto|fp32|bf16|fp16 autocast for the transforms")
+        p.add_argument(
+            "--eval-size", type=int, default=512, help="held-out photos are centre-cropped to this (0 = native)"
+        )
+        p.add_argument(
+            "--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model"
+        )
+        p.add_argument(
+            "--init-from",
+            type=Path,
+            default=None,
+            help="without a run-dir/last.pt: start from these exported weights (e.g. models/latentcomm-lic) with a "
+            "fresh optimizer, counting steps on from its training_state.json",
+        )
+
+    def check(self) -> None:
+        args = self.args
+        if not 0 <= args.msssim_weight <= 1:
+            raise TrainingError("--msssim-weight must be between 0 and 1")
+        if not 0 <= args.s2_weight <= 1 - args.msssim_weight:
+            raise TrainingError("--s2-weight must be between 0 and 1 - --msssim-weight")
+        if problem := crop_error(args.crop, args.msssim_weight, args.s2_weight):
+            raise TrainingError(problem)
+        try:  # every model this trains has the config's levels (a resumed one grows into them)
+            self.focus = parse_qualities(args.qualities, LearnedCodecConfig().levels)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        if not 0 < args.qualities_share <= 1:
+            raise TrainingError("--qualities-share must be above 0 and at most 1")
+        if args.qualities_share < 1 and args.qualities is None:
+            raise TrainingError("--qualities-share needs --qualities LO-HI (the levels it favours)")
+        if args.pack is None and args.decay_to is not None and args.minutes <= 0:
+            raise TrainingError("--decay-to anneals over a time box: give --minutes too")
+
+    def run_instead(self) -> int | None:
+        if self.args.pack is None:
+            return None
+        write_pack(training_sources(self.args.data, self.args.extra_data), self.args.pack, self.args.pack_quality)
+        print(f"wrote {self.args.pack} ({self.args.pack.stat().st_size / 1e6:.1f} MB)")
         return 0
-    device = resolve_device(args.device)
-    dtype = resolve_precision(args.precision, device)
-    if device.type == "cpu":
-        configure_threads()
-    if device.type == "cuda":
-        # Fixed crop sizes: let cuDNN pick its fastest convolutions once.
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if args.decay_to is not None and args.minutes <= 0:
-        print("error: --decay-to anneals over a time box: give --minutes too", file=sys.stderr)
-        return 2
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
 
-    try:
-        images = training_set(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    crops = Crops(images, args.crop, gen)
-    heldout = []
-    if args.eval_every > 0:
-        from latentcomm.images import center_crop_square
-
+    def setup(self) -> None:
+        args = self.args
+        self.device = resolve_device(args.device)
+        self.dtype = resolve_precision(args.precision, self.device)
+        if self.device.type == "cuda":
+            # Fixed crop sizes: let cuDNN pick its fastest convolutions once.
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.generator = torch.Generator().manual_seed(args.seed)
+        try:
+            images = training_set(args)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        self.crops = Crops(images, args.crop, self.generator)
+        self.heldout = []
         for p in data.heldout_photos(args.data):
             img = load_image(p)
             if args.eval_size:
                 img = center_crop_square(img, args.eval_size)
-            heldout.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255.0)
+            self.heldout.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255.0)
 
-    inherited = inherited_config(args.run_dir / "last.pt" if args.resume else None, args.init_from)
-    groups, width = None, LearnedCodecConfig.context_width
-    if args.context_groups:
-        try:
-            groups = parse_groups(args.context_groups, args.M)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    else:  # keep the context model of what this run continues: its checkpoint, else --init-from
-        groups, width = inherited.get("context_groups"), inherited.get("context_width", width)
-    # A post-network (``--objective postnet``) stays and trains jointly, as the context model does.
-    postnet = inherited.get("postnet_width", 0)
-    config = LearnedCodecConfig(
-        N=args.N, M=args.M, H=args.H, context_groups=groups, context_width=width, postnet_width=postnet
-    )
-    model = LearnedCodecModel(config).to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = args.run_dir / "last.pt"
-    step, elapsed, opt_start = 0, 0.0, 0
-    if args.resume and ckpt_path.exists():
-        # On the CPU: the RNG states must stay CPU byte tensors (mapped to CUDA, set_state refuses
-        # them), and load_state_dict moves weights and Adam's moments to the model's device anyway.
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        old_lambdas = state.get("config", {}).get("lambdas", config.lambdas)
-        if list(old_lambdas) != list(config.lambdas):
+        inherited = inherited_config(args.run_dir / "last.pt" if args.resume else None, args.init_from)
+        groups, width = None, LearnedCodecConfig.context_width
+        if args.context_groups:
             try:
-                grow_levels(state, model, old_lambdas)
+                groups = parse_groups(args.context_groups, args.M)
             except ValueError as exc:
-                print(f"error: {ckpt_path}: {exc}", file=sys.stderr)
-                return 2
-            log.info("grew levels from %d to %d lambdas %s", len(old_lambdas), config.levels, config.lambdas)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError:
-            print(
-                f"error: {ckpt_path} holds another architecture; pass a new --run-dir or --no-resume", file=sys.stderr
-            )
-            return 2
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
-        step, elapsed = state["step"], state.get("elapsed", 0.0)
-        opt_start = state.get("opt_start", 0)
-        log.info("resumed from %s at step %d (%.1f h trained)", ckpt_path, step, elapsed / 3600)
-    elif args.init_from is not None:
-        from latentcomm.errors import ModelLoadError
+                raise TrainingError(str(exc)) from None
+        else:  # keep the context model of what this run continues: its checkpoint, else --init-from
+            groups, width = inherited.get("context_groups"), inherited.get("context_width", width)
+        # A post-network (``--objective postnet``) stays and trains jointly, as the context model does.
+        postnet = inherited.get("postnet_width", 0)
+        self.config = LearnedCodecConfig(
+            N=args.N, M=args.M, H=args.H, context_groups=groups, context_width=width, postnet_width=postnet
+        )
+        self.model = LearnedCodecModel(self.config).to(self.device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        log.info("%d training images", len(images))
 
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.model.parameters())
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        ckpt_path = self.args.run_dir / "last.pt"
+        old_lambdas = state.get("config", {}).get("lambdas", self.config.lambdas)
+        if list(old_lambdas) != list(self.config.lambdas):
+            try:
+                grow_levels(state, self.model, old_lambdas)
+            except ValueError as exc:
+                raise TrainingError(f"{ckpt_path}: {exc}") from None
+            log.info("grew levels from %d to %d lambdas %s", len(old_lambdas), self.config.levels, self.config.lambdas)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise TrainingError(
+                f"{ckpt_path} holds another architecture; pass a new --run-dir or --no-resume"
+            ) from None
+        self.ema.load_state_dict(state["ema"])
+
+    def start(self) -> tuple[int, float]:
+        args = self.args
+        if args.init_from is None:
+            return 0, 0.0
         try:
             init = LearnedCodecModel.from_pretrained(args.init_from)
             weights = {k: v.float() for k, v in init.state_dict().items()}
-            if list(init.config.lambdas) != list(config.lambdas):
+            if list(init.config.lambdas) != list(self.config.lambdas):
                 for name in GAIN_PARAMS:
-                    weights[name] = grow_gain_rows(weights[name], list(init.config.lambdas), list(config.lambdas))
-            if init.config.context_groups != config.context_groups:
+                    weights[name] = grow_gain_rows(weights[name], list(init.config.lambdas), list(self.config.lambdas))
+            if init.config.context_groups != self.config.context_groups:
                 if init.config.context_groups:
                     groups_text = ",".join(map(str, init.config.context_groups))
                     raise ValueError(f"its context model has groups {groups_text}, not {args.context_groups}")
                 # A fresh context model (its last layers are zero) codes exactly like the hyperprior.
-                weights.update({k: v for k, v in model.state_dict().items() if k.startswith("context.")})
-            model.load_state_dict(weights)
+                weights.update({k: v for k, v in self.model.state_dict().items() if k.startswith("context.")})
+            self.model.load_state_dict(weights)
         except (ModelLoadError, ValueError, RuntimeError) as exc:
-            print(f"error: --init-from {args.init_from}: {str(exc).splitlines()[0]}", file=sys.stderr)
-            return 2
-        ema.load_state_dict(model.state_dict())
+            raise TrainingError(f"--init-from {args.init_from}: {str(exc).splitlines()[0]}") from None
+        self.ema.load_state_dict(self.model.state_dict())
         meta = read_training_state(args.init_from)
         step, elapsed = int(meta.get("step", 0)), float(meta.get("train_seconds", 0.0))
-        opt_start = step
         log.info("initialised from %s at step %d (%.1f h trained)", args.init_from, step, elapsed / 3600)
-    log.info(
-        "codec: %.2fM parameters, device %s, autocast %s, %d training images",
-        sum(p.numel() for p in model.parameters()) / 1e6,
-        device,
-        dtype,
-        len(images),
-    )
-    fwd = torch.compile(model) if args.compile else model
-    metrics_log = (args.run_dir / "metrics.jsonl").open("a")
-    t_start = time.time()
-    deadline = t_start + args.minutes * 60 if args.minutes > 0 else math.inf
-    bar = tqdm(desc="training codec", unit="step", initial=step)
-    model.train()
-    ema_params, model_params = list(ema.parameters()), list(model.parameters())
+        return step, elapsed
 
-    objective = objective_name(args.msssim_weight, args.s2_weight)
+    def begin(self) -> None:
+        self.forward = torch.compile(self.model) if self.args.compile else self.model
+        self.model.train()
+        self.ema_pair = (list(self.ema.parameters()), list(self.model.parameters()))
+        self.objective = objective_name(self.args.msssim_weight, self.args.s2_weight)
 
-    def checkpoint() -> None:
-        total = elapsed + time.time() - t_start
-        save_checkpoint(
-            ckpt_path,
-            {
-                "model": model.state_dict(),
-                "ema": ema.state_dict(),
-                "opt": opt.state_dict(),
-                "gen": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "step": step,
-                "opt_start": opt_start,
-                "elapsed": total,
-                "config": config.__dict__,
-            },
-        )
+    def loss(self) -> tuple[torch.Tensor, dict[str, Any]]:
+        a = self.args
+        x = self.crops.batch(a.batch).to(self.device)
+        levels = draw_levels(self.generator, a.batch, self.focus, a.qualities_share, self.config.levels)
+        return rd_loss(self.model, x, levels.to(self.device), self.forward, a.msssim_weight, a.s2_weight)
+
+    def after_step(self, step: int) -> None:
+        update_ema(*self.ema_pair, step, self.args.ema)
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.ema, self.heldout, EVAL_LAMBDAS, self.dtype) if self.heldout else {}
+
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "config": self.config.__dict__}
+
+    def export(self, step: int, seconds: float, evals: dict[str, float] | None) -> None:
+        a = self.args
+        lo, hi = self.focus
         export(
-            ema,
-            args.export,
+            self.ema,
+            a.export,
             {
-                "step": step,
-                "train_seconds": round(total),
-                "batch": args.batch,
-                "crop": args.crop,
-                "lr": args.lr,
-                "seed": args.seed,
-                "device": str(device),
-                "autocast": str(dtype),
-                "objective": objective,
-                "qualities": f"{level_lo + 1}-{level_hi + 1}",
-                "qualities_share": args.qualities_share,
-                "heldout_evals": heldout_history(args.run_dir / "metrics.jsonl"),
+                **self.run_record(step, seconds),
+                "crop": a.crop,
+                "objective": self.objective,
+                "qualities": f"{lo + 1}-{hi + 1}",
+                "qualities_share": a.qualities_share,
+                "heldout_evals": heldout_history(a.run_dir / "metrics.jsonl"),
             },
         )
-
-    while step < args.steps and time.time() < deadline:
-        lr = learning_rate(args, step - opt_start, (time.time() - t_start) / (args.minutes * 60 or 1))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x = crops.batch(args.batch).to(device)
-        levels = draw_levels(gen, args.batch, (level_lo, level_hi), args.qualities_share, model.config.levels)
-        levels = levels.to(device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            loss, stats = rd_loss(model, x, levels, fwd, args.msssim_weight, args.s2_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, model_params, 1 - decay)
-        step += 1
-        bar.update(1)
-        evaluating = heldout and step % args.eval_every == 0
-        if step % args.log_every == 0 or evaluating:
-            stats = {k: float(v) for k, v in stats.items()}
-            bar.set_postfix(bpp=f"{stats['bpp']:.3f}", psnr=f"{stats['psnr']:.2f}")
-            record = {"step": step, "lr": lr, "time_s": round(elapsed + time.time() - t_start, 1), **stats}
-            if evaluating:
-                record.update(evaluate(ema, heldout, EVAL_LAMBDAS, dtype))
-                held = {k: round(v, 3) for k, v in record.items() if k.startswith("lambda")}
-                log.info("step %d held-out: %s", step, held)
-            metrics_log.write(json.dumps(record) + "\n")
-            metrics_log.flush()
-        if step % args.ckpt_every == 0:
-            checkpoint()
-    checkpoint()
-    bar.close()
-    log.info("stopped at step %d; checkpoint %s, export %s", step, ckpt_path, args.export)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,32 +1,37 @@
-"""DOC"""
+"""What the learned-codec objectives share: :class:`FrozenCodecObjective`, the base of the three that
+train one part of a trained codec with the rest frozen (context, decoder, postnet), the model-folder
+export, crop checks and the held-out photos."""
 
 from __future__ import annotations
 
 import argparse
 import copy
 import json
-import math
-import os
+import logging
 from pathlib import Path
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from latentcomm import data
 from latentcomm.codecs.learned.model import LearnedCodecModel
+from latentcomm.errors import ModelLoadError
+from latentcomm.images import center_crop_square, load_image
+from latentcomm.training.datasets import add_data_args
+from latentcomm.training.loop import Objective, TrainingError, write_model_folder
 
+log = logging.getLogger(__name__)
 
-def add_frozen_run_args(p: argparse.ArgumentParser, name: str) -> None:
-    """Run folder, export and time box of the objectives that train one part of a trained codec
-    (context, decoder): ``runs/<name>``, resumable, LR annealed over the last 40% of ``--minutes``."""
-    p.add_argument("--run-dir", type=Path, default=data.REPO_ROOT / "runs" / name, help="checkpoint, logs, caches")
-    p.add_argument(
-        "--export", type=Path, default=data.REPO_ROOT / "runs" / name / "export", help="model folder to write"
-    )
-    p.add_argument(
-        "--minutes", type=float, default=0.0, help="stop (checkpointed) after this many minutes; 0 = no limit"
-    )
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from last.pt")
-    p.set_defaults(decay_frac=0.4)
+__all__ = [
+    "EVAL_QUALITIES",
+    "FrozenCodecObjective",
+    "crop_error",
+    "export",
+    "heldout_squares",
+    "parse_groups",
+    "read_training_state",
+]
 
 
 def read_training_state(folder: Path) -> dict:
@@ -59,40 +64,9 @@ def crop_error(crop: int, msssim_weight: float, s2_weight: float = 0.0) -> str |
     return None
 
 
-def export(ema: LearnedCodecModel, folder: Path, meta: dict) -> None:
-    """Write the EMA weights as a model folder (float16 safetensors + config + training state)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    half = copy.deepcopy(ema).cpu()
-    half.save_pretrained(tmp, half_precision=True)
-    (tmp / "training_state.json").write_text(json.dumps(meta, indent=2) + "\n")
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in tmp.iterdir():
-        os.replace(f, folder / f.name)
-    tmp.rmdir()
-
-
-def learning_rate(args: argparse.Namespace, fresh_steps: int, frac_elapsed: float) -> float:
-    """The LR of the next step: linear warm-up over the optimizer's first ``--warmup`` steps, then
-    ``--lr``, annealed (cosine, by wall-clock time, since a time-boxed chunk doesn't know its step count)
-    to ``--decay-to`` over the last ``--decay-frac`` of ``--minutes``.
-
-    ``fresh_steps`` counts steps since the optimizer was new (Adam's moments start at zero, and its
-    first updates are as large as the LR whatever the gradient, so weights that were already trained
-    must be eased into them).
-    """
-    lr = args.lr * min(1.0, (fresh_steps + 1) / max(args.warmup, 1))
-    if args.decay_to is not None and args.minutes > 0 and args.decay_frac > 0:
-        t = (frac_elapsed - (1.0 - args.decay_frac)) / args.decay_frac
-        if t > 0:
-            t = min(t, 1.0)
-            lr = args.decay_to + (lr - args.decay_to) * 0.5 * (1 + math.cos(math.pi * t))
-    return lr
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def export(model: LearnedCodecModel, folder: Path, meta: dict) -> None:
+    """Write a learned codec as a model folder: float16 safetensors, config and training record."""
+    write_model_folder(folder, meta, lambda tmp: copy.deepcopy(model).cpu().save_pretrained(tmp, half_precision=True))
 
 
 #: Qualities the held-out evaluation reports.
@@ -100,6 +74,7 @@ EVAL_QUALITIES = (1, 3, 5, 7, 9, 11)
 
 
 def parse_groups(text: str, m: int) -> list[int]:
+    """``--groups`` / ``--context-groups``: channel groups adding up to the latent's ``m`` channels."""
     try:
         groups = [int(g) for g in text.split(",")]
     except ValueError:
@@ -107,3 +82,98 @@ def parse_groups(text: str, m: int) -> list[int]:
     if sum(groups) != m or min(groups) <= 0:
         raise ValueError(f"--groups {text} must be positive and add up to the latent's {m} channels")
     return groups
+
+
+def heldout_squares(folder: Path, size: int = 512) -> list[torch.Tensor]:
+    """The held-out photos' centre ``size`` squares, (1, 3, size, size) in [0, 1]."""
+    return [
+        torch.from_numpy(np.asarray(center_crop_square(load_image(p), size)).copy()).permute(2, 0, 1)[None] / 255.0
+        for p in data.heldout_photos(folder)
+    ]
+
+
+class FrozenCodecObjective(Objective):
+    """One part of a trained codec (``--init-from``) trained with the rest frozen.
+
+    Each run counts its own steps (``--steps`` is this run's); the export is the base model with the
+    trained part replaced, its training record (``training_state.json``) keeping the base's and adding
+    a record under its :attr:`name`: the steps and CPU seconds in all (a base that was itself trained this way is
+    continued, each step counted once) and ``base``, the model the part was first trained on.
+    Subclasses build :attr:`model` from :attr:`base` and say what the checkpoint keeps of it.
+    """
+
+    #: The help of ``--init-from``.
+    init_help: ClassVar[str] = "trained codec whose other parts stay frozen"
+    #: Whether training starts with a held-out evaluation of the base (``heldout_before``).
+    scores_before: ClassVar[bool] = True
+
+    @classmethod
+    def add_arguments(cls, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--init-from", type=Path, default=data.MODELS_ROOT / "latentcomm-lic", help=cls.init_help)
+        add_data_args(p)
+
+    def setup(self) -> None:
+        args = self.args
+        try:
+            self.base = LearnedCodecModel.from_pretrained(args.init_from)
+            self.model = self.build(self.base)
+        except (ModelLoadError, ValueError) as exc:
+            raise TrainingError(str(exc)) from None
+        self.generator = torch.Generator().manual_seed(args.seed)
+        # The training of this part the base model already had (a run continues it), counted once. A
+        # resumed run takes it from its checkpoint, whatever the base folder holds now (it may be this
+        # run's own export, shipped).
+        base_meta = read_training_state(args.init_from).get(self.name, {}) if self.continues_base() else {}
+        self.carried = {"steps": base_meta.get("steps", 0), "cpu_seconds": base_meta.get("cpu_seconds", 0)}
+        self.origin = base_meta.get("base") or f"{args.init_from.resolve().name}@{self.base.fingerprint()}"
+        self.before: dict[str, float] | None = None
+        self.load_data()
+
+    def build(self, base: LearnedCodecModel) -> LearnedCodecModel:
+        """The model to train, from the base (ValueError or ModelLoadError if it can't be)."""
+        raise NotImplementedError
+
+    def continues_base(self) -> bool:
+        """Whether the trained part is the base's own, trained on (so its record carries over)."""
+        return True
+
+    def load_data(self) -> None:
+        """Load the training and held-out data (after the model is built)."""
+
+    def trained_state(self) -> dict[str, Any]:
+        """The trained part's weights, under the checkpoint keys this objective has always used."""
+        raise NotImplementedError
+
+    def load_trained(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def record_fields(self) -> dict[str, Any]:
+        """What this objective's record says of the training besides steps, seconds and evaluations."""
+        return {}
+
+    def state(self) -> dict[str, Any]:
+        return {**self.trained_state(), "before": self.before, "carried": self.carried, "origin": self.origin}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.load_trained(state)
+        self.before = state.get("before")
+        # Checkpoints from before this field existed started from a fresh part.
+        self.carried = state.get("carried", {"steps": 0, "cpu_seconds": 0})
+        self.origin = state.get("origin", self.origin)
+
+    def begin(self) -> None:
+        if self.scores_before and self.before is None:
+            self.before = self.evaluate()
+            log.info("held-out before: %s", {k: round(v, 4) for k, v in self.before.items()})
+
+    def export(self, step: int, seconds: float, evals: dict[str, float] | None) -> None:
+        meta = read_training_state(self.args.init_from)
+        meta[self.name] = {
+            **self.record_fields(),
+            "base": self.origin,
+            "steps": self.carried["steps"] + step,
+            "cpu_seconds": round(self.carried["cpu_seconds"] + seconds),
+            **({"heldout_before": self.before} if self.scores_before else {}),
+            "heldout": evals,
+        }
+        export(self.model, self.args.export, meta)

@@ -19,20 +19,15 @@ with and without the context model at several qualities, on the same rounded sym
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
-import random
-import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from latentcomm import data
 from latentcomm.codecs.learned.model import (
     SCALE_MIN,
     LearnedCodecConfig,
@@ -41,54 +36,11 @@ from latentcomm.codecs.learned.model import (
     hyperprior,
     rounded_fetch,
 )
-from latentcomm.device import configure_threads
-from latentcomm.errors import ModelLoadError
-from latentcomm.images import center_crop_square, load_image
-from latentcomm.training.common import (
-    EVAL_QUALITIES,
-    add_frozen_run_args,
-    learning_rate,
-    parse_groups,
-    read_training_state,
-    save_checkpoint,
-)
-from latentcomm.training.common import export as write_model_folder
-from latentcomm.training.datasets import add_data_args, training_set
+from latentcomm.training.common import EVAL_QUALITIES, FrozenCodecObjective, heldout_squares, parse_groups
+from latentcomm.training.datasets import training_set
+from latentcomm.training.loop import TrainingError
 
 log = logging.getLogger(__name__)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m latentcomm.training --objective context",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "--init-from",
-        type=Path,
-        default=data.MODELS_ROOT / "latentcomm-lic",
-        help="trained codec whose transforms stay frozen",
-    )
-    p.add_argument("--groups", default="16,16,32,64,64", help="channel groups of the context model, in decoding order")
-    p.add_argument("--width", type=int, default=128, help="width of the context model's merging layers")
-    add_data_args(p)
-    add_frozen_run_args(p, "context")
-    p.add_argument("--batch", type=int, default=8, help="latent crops per step")
-    p.add_argument("--crop", type=int, default=24, help="latent crop size (multiple of 4; 24 = 384 pixels)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam)")
-    p.add_argument(
-        "--decay-to", type=float, default=1e-4, help="with --minutes: cosine-anneal the LR to this over the last 40%%"
-    )
-    p.add_argument("--steps", type=int, default=10**7, help="stop at this total step count")
-    p.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints and exports")
-    p.add_argument(
-        "--eval-every", type=int, default=2000, help="steps between held-out evaluations (0 = only at the end)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed for the model, crops and noise")
-    # No warm-up: the context model either starts at zero (coding like the hyperprior) or resumes.
-    p.set_defaults(warmup=1)
-    return p.parse_args(argv)
 
 
 @torch.inference_mode()
@@ -142,174 +94,100 @@ def evaluate(model: LearnedCodecModel, heldout: list[torch.Tensor]) -> dict[str,
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    configure_threads()
-    if args.crop % 4 or args.crop < 8:
-        print("error: --crop must be a multiple of 4, at least 8", file=sys.stderr)
-        return 2
-    try:
-        base = LearnedCodecModel.from_pretrained(args.init_from)
-        groups = parse_groups(args.groups, base.config.M)
-    except (ModelLoadError, ValueError) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    config = LearnedCodecConfig(**{**asdict(base.config), "context_groups": groups, "context_width": args.width})
-    model = LearnedCodecModel(config)
-    weights = base.state_dict()
-    # Continue the base model's own context model when it has this shape; otherwise start afresh.
-    continuing = base.config.context_groups == groups and base.config.context_width == args.width
-    if not continuing:
-        weights = {k: v for k, v in weights.items() if not k.startswith("context.")}
-    # The context training this run builds on: the base model's own (when continued), counted once.
-    # A resumed run takes it from its checkpoint, whatever the base folder holds now (it may be this
-    # run's own export, shipped).
-    base_meta = read_training_state(args.init_from).get("context", {}) if continuing else {}
-    carried = {"steps": base_meta.get("steps", 0), "cpu_seconds": base_meta.get("cpu_seconds", 0)}
-    origin = base_meta.get("base") or f"{args.init_from.resolve().name}@{base.fingerprint()}"
-    model.load_state_dict(weights, strict=False)
-    model.requires_grad_(False).eval()
-    model.context.requires_grad_(True).train()
-    opt = torch.optim.Adam(model.context.parameters(), lr=args.lr)
+class Context(FrozenCodecObjective):
+    """The context model, on latents of the frozen analysis computed once."""
 
-    try:
-        images = training_set(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    latents = [y for y in training_latents(base, images, args.run_dir / "latents.npz") if min(y.shape[1:]) >= args.crop]
-    if not latents:
-        print(f"error: no training image is at least {args.crop * 16} pixels on its short side", file=sys.stderr)
-        return 2
-    with torch.inference_mode():
-        heldout = [
-            base.g_a(
-                torch.from_numpy(np.asarray(center_crop_square(load_image(p), 512)).copy()).permute(2, 0, 1)[None]
-                / 255.0
-            )
-            for p in data.heldout_photos(args.data)
-        ]
+    name = "context"
+    # Its evaluation compares the context model with the hyperprior already: no score before training.
+    scores_before = False
+    # No warm-up: the context model either starts at zero (coding like the hyperprior) or resumes.
+    defaults = dict(batch=8, lr=1e-3, decay_to=1e-4, warmup=1, ckpt_every=500, eval_every=2000)
+    progress = ("bpp",)
+    init_help = "trained codec whose transforms stay frozen"
 
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = args.run_dir / "last.pt"
-    step, elapsed = 0, 0.0
-    if args.resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
-        if state.get("groups") != groups or state.get("width") != args.width:
-            print(
-                f"error: {ckpt_path} holds another context model; pass a new --run-dir or --no-resume", file=sys.stderr
-            )
-            return 2
-        model.context.load_state_dict(state["context"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
-        step, elapsed = state["step"], state["elapsed"]
-        # Checkpoints before this field existed all started from a fresh context model.
-        carried = state.get("carried", {"steps": 0, "cpu_seconds": 0})
-        origin = state.get("origin", origin)
-        log.info("resumed from %s at step %d", ckpt_path, step)
-    log.info(
-        "context model: %.2fM parameters, %d training latents",
-        sum(p.numel() for p in model.context.parameters()) / 1e6,
-        len(latents),
-    )
-    metrics = (args.run_dir / "metrics.jsonl").open("a")
-    t0 = time.time()
-    deadline = t0 + args.minutes * 60 if args.minutes > 0 else math.inf
-
-    def checkpoint(evals: dict | None = None) -> None:
-        total = elapsed + time.time() - t0
-        save_checkpoint(
-            ckpt_path,
-            {
-                "context": model.context.state_dict(),
-                "opt": opt.state_dict(),
-                "gen": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "step": step,
-                "elapsed": total,
-                "groups": groups,
-                "width": args.width,
-                "carried": carried,
-                "origin": origin,
-            },
+    @classmethod
+    def add_arguments(cls, p: argparse.ArgumentParser) -> None:
+        super().add_arguments(p)
+        p.add_argument(
+            "--groups", default="16,16,32,64,64", help="channel groups of the context model, in decoding order"
         )
-        export(
-            model,
-            args.init_from,
-            args.export,
-            {
-                "base": origin,
-                "steps": carried["steps"] + step,
-                "cpu_seconds": round(carried["cpu_seconds"] + total),
-                "heldout": evals,
-            },
-        )
+        p.add_argument("--width", type=int, default=128, help="width of the context model's merging layers")
+        p.add_argument("--crop", type=int, default=24, help="latent crop size (multiple of 4; 24 = 384 pixels)")
 
-    bar = tqdm(desc="training context", unit="step", initial=step)
-    c = args.crop
-    while step < args.steps and time.time() < deadline:
-        lr = learning_rate(args, step, (time.time() - t0) / (args.minutes * 60) if args.minutes > 0 else 0.0)
-        for g in opt.param_groups:
-            g["lr"] = lr
+    def check(self) -> None:
+        if self.args.crop % 4 or self.args.crop < 8:
+            raise TrainingError("--crop must be a multiple of 4, at least 8")
+
+    def build(self, base: LearnedCodecModel) -> LearnedCodecModel:
+        self.groups = parse_groups(self.args.groups, base.config.M)
+        config = LearnedCodecConfig(
+            **{**asdict(base.config), "context_groups": self.groups, "context_width": self.args.width}
+        )
+        model = LearnedCodecModel(config)
+        weights = base.state_dict()
+        # Continue the base model's own context model when it has this shape; otherwise start afresh.
+        if not self.continues_base():
+            weights = {k: v for k, v in weights.items() if not k.startswith("context.")}
+        model.load_state_dict(weights, strict=False)
+        model.requires_grad_(False).eval()
+        model.context.requires_grad_(True).train()
+        return model
+
+    def continues_base(self) -> bool:
+        return self.base.config.context_groups == self.groups and self.base.config.context_width == self.args.width
+
+    def load_data(self) -> None:
+        try:
+            images = training_set(self.args)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        c = self.args.crop
+        cache = self.args.run_dir / "latents.npz"
+        self.latents = [y for y in training_latents(self.base, images, cache) if min(y.shape[1:]) >= c]
+        if not self.latents:
+            raise TrainingError(f"no training image is at least {c * 16} pixels on its short side")
+        with torch.inference_mode():
+            self.heldout = [self.base.g_a(x) for x in heldout_squares(self.args.data)]
+        log.info("%d training latents", len(self.latents))
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.model.context.parameters())
+
+    def loss(self) -> tuple[torch.Tensor, dict[str, Any]]:
+        n, c, gen, model = self.args.batch, self.args.crop, self.generator, self.model
         crops = []
-        for _ in range(args.batch):
-            y0 = latents[int(torch.randint(len(latents), (1,), generator=gen))]
+        for _ in range(n):
+            y0 = self.latents[int(torch.randint(len(self.latents), (1,), generator=gen))]
             i = int(torch.randint(y0.shape[1] - c + 1, (1,), generator=gen))
             j = int(torch.randint(y0.shape[2] - c + 1, (1,), generator=gen))
             crop = y0[:, i : i + c, j : j + c].float()
             crops.append(crop.flip(-1) if bool(torch.rand(1, generator=gen) < 0.5) else crop)
-        quality = 1 + (config.levels - 1) * torch.rand(args.batch, generator=gen)
+        quality = 1 + (model.config.levels - 1) * torch.rand(n, generator=gen)
         g, _ = model.gains(quality)
         y = torch.stack(crops) * g
         scale, mean = hyperprior(model, y)
         _, c_mean, c_scale = model.context.run(scale, mean, rounded_fetch(model, y))
         noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         bits = -torch.log2(gaussian_likelihood(noisy, c_mean, c_scale).clamp_min(1e-9)).sum()
-        loss = bits / (args.batch * c * c * 256)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(bpp=f"{loss.item():.4f}")
-        record = {"step": step, "lr": lr, "bpp": round(loss.item(), 5)}
-        if args.eval_every and step % args.eval_every == 0:
-            record.update(evaluate(model, heldout))
-            log.info(
-                "step %d held-out saving: %s", step, {k: round(v, 2) for k, v in record.items() if k.endswith("pct")}
+        loss = bits / (n * c * c * 256)
+        return loss, {"bpp": loss.detach()}
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.model, self.heldout)
+
+    def trained_state(self) -> dict[str, Any]:
+        return {"context": self.model.context.state_dict(), "groups": self.groups, "width": self.args.width}
+
+    def load_trained(self, state: dict[str, Any]) -> None:
+        if state.get("groups") != self.groups or state.get("width") != self.args.width:
+            raise TrainingError(
+                f"{self.args.run_dir / 'last.pt'} holds another context model; pass a new --run-dir or --no-resume"
             )
-        metrics.write(json.dumps(record) + "\n")
-        if step % args.ckpt_every == 0:
-            metrics.flush()
-            checkpoint()
-    bar.close()
-    final = evaluate(model, heldout)
-    log.info("held-out at step %d: %s", step, {k: round(v, 4) for k, v in final.items()})
-    metrics.write(json.dumps({"step": step, **final}) + "\n")
-    metrics.close()
-    checkpoint(final)
-    return 0
+        self.model.context.load_state_dict(state["context"])
 
-
-def export(model: LearnedCodecModel, init_from: Path, folder: Path, context_meta: dict) -> None:
-    """Write the codec with its context model, keeping the base model's training record and adding
-    this context model's (``context_meta``: its steps and seconds in all, including the base's own
-    context training it continued, and ``base``, the transforms it was trained on)."""
-    meta = read_training_state(init_from)
-    meta["context"] = {
-        "groups": model.config.context_groups,
-        "width": model.config.context_width,
-        "objective": "latent code length on the frozen transforms of the base model",
-        **context_meta,
-    }
-    write_model_folder(model, folder, meta)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    def record_fields(self) -> dict[str, Any]:
+        return {
+            "groups": self.model.config.context_groups,
+            "width": self.model.config.context_width,
+            "objective": "latent code length on the frozen transforms of the base model",
+        }

@@ -22,69 +22,16 @@ decoded from context-coded latents, as the receiver decodes them.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import math
-import sys
-import time
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from pytorch_msssim import ms_ssim
-from tqdm import tqdm
 
-from latentcomm import data
 from latentcomm.codecs.learned.model import LearnedCodecModel, rounded_latent
-from latentcomm.device import configure_threads
-from latentcomm.errors import ModelLoadError
-from latentcomm.images import center_crop_square, load_image
-from latentcomm.training.common import (
-    EVAL_QUALITIES,
-    add_frozen_run_args,
-    crop_error,
-    export,
-    learning_rate,
-    read_training_state,
-    save_checkpoint,
-)
-from latentcomm.training.datasets import Crops, add_data_args, training_set
-
-log = logging.getLogger(__name__)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m latentcomm.training --objective decoder",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "--init-from",
-        type=Path,
-        default=data.MODELS_ROOT / "latentcomm-lic",
-        help="trained codec (with a context model) whose decoder is fine-tuned",
-    )
-    add_data_args(p)
-    add_frozen_run_args(p, "decoder")
-    p.add_argument("--batch", type=int, default=8, help="crops per step")
-    p.add_argument("--crop", type=int, default=192, help="crop size in pixels (multiple of 64)")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (Adam)")
-    p.add_argument(
-        "--decay-to", type=float, default=1e-5, help="with --minutes: cosine-anneal the LR to this over the last 40%%"
-    )
-    p.add_argument("--warmup", type=int, default=200, help="steps of linear LR warm-up")
-    p.add_argument("--msssim-weight", type=float, default=1.0, help="w in log MSE + w * log(1 - MS-SSIM)")
-    p.add_argument(
-        "--context-share", type=float, default=0.5, help="share of steps whose crops are rounded by the context model"
-    )
-    p.add_argument("--steps", type=int, default=10**7, help="stop at this step count (this run's own)")
-    p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints and exports")
-    p.add_argument(
-        "--eval-every", type=int, default=1000, help="steps between held-out evaluations (0 = only at the ends)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed for the crops and quality levels")
-    return p.parse_args(argv)
+from latentcomm.training.common import EVAL_QUALITIES, FrozenCodecObjective, crop_error, heldout_squares
+from latentcomm.training.datasets import Crops, training_set
+from latentcomm.training.loop import TrainingError
 
 
 def decode(model: LearnedCodecModel, y_hat: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
@@ -108,7 +55,7 @@ def quality_loss(x_hat: torch.Tensor, x: torch.Tensor, msssim_weight: float) -> 
 def evaluate(model: LearnedCodecModel, heldout: list[torch.Tensor]) -> dict[str, float]:
     """Held-out PSNR and MS-SSIM per quality, decoded from context-rounded latents."""
     res: dict[str, float] = {}
-    for q in EVAL_QUALITIES:
+    for q in EVAL_QUALITIES if heldout else ():
         if q > model.config.levels:
             continue
         psnrs, msssims = [], []
@@ -122,131 +69,71 @@ def evaluate(model: LearnedCodecModel, heldout: list[torch.Tensor]) -> dict[str,
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    configure_threads()
-    if problem := crop_error(args.crop, args.msssim_weight):
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    if not 0.0 <= args.context_share <= 1.0:
-        print("error: --context-share must be between 0 and 1", file=sys.stderr)
-        return 2
-    try:
-        model = LearnedCodecModel.from_pretrained(args.init_from)
-    except ModelLoadError as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    base_fp = f"{args.init_from.resolve().name}@{model.fingerprint()}"
-    share = args.context_share if model.context is not None else 0.0
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    model.requires_grad_(False).eval()
-    # A post-network, where the model has one, stays as it is (``--objective postnet`` trains it);
-    # the pictures this objective scores go through it.
-    trained = [*model.g_s.parameters(), model.log_inv_gain]
-    for p in trained:
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(trained, lr=args.lr)
-    # Decoder fine-tuning the base model already had (this run continues it), counted once.
-    base_meta = read_training_state(args.init_from).get("decoder", {})
-    carried = {"steps": base_meta.get("steps", 0), "cpu_seconds": base_meta.get("cpu_seconds", 0)}
-    origin = base_meta.get("base") or base_fp
+class Decoder(FrozenCodecObjective):
+    """The synthesis transform and the decoder gains, on the frozen bitstream."""
 
-    try:
-        crops = Crops(training_set(args), args.crop, gen)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    heldout = [
-        torch.from_numpy(np.asarray(center_crop_square(load_image(p), 512)).copy()).permute(2, 0, 1)[None] / 255.0
-        for p in data.heldout_photos(args.data)
-    ]
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = args.run_dir / "last.pt"
-    step, elapsed, before = 0, 0.0, None
-    if args.resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
-        model.g_s.load_state_dict(state["g_s"])
-        with torch.no_grad():
-            model.log_inv_gain.copy_(state["log_inv_gain"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
-        step, elapsed, before = state["step"], state["elapsed"], state.get("before")
-        carried, origin = state["carried"], state["origin"]
-        log.info("resumed from %s at step %d", ckpt_path, step)
-    if before is None:
-        before = evaluate(model, heldout)
-        log.info("held-out before: %s", {k: round(v, 4) for k, v in before.items()})
-    metrics = (args.run_dir / "metrics.jsonl").open("a")
-    t0 = time.time()
-    deadline = t0 + args.minutes * 60 if args.minutes > 0 else math.inf
+    name = "decoder"
+    init_help = "trained codec (with a context model) whose decoder is fine-tuned"
+    defaults = dict(batch=8, lr=1e-4, decay_to=1e-5, warmup=200, ckpt_every=250, eval_every=1000)
+    progress = ("psnr",)
 
-    def checkpoint(evals: dict | None = None) -> None:
-        total = elapsed + time.time() - t0
-        save_checkpoint(
-            ckpt_path,
-            {
-                "g_s": model.g_s.state_dict(),
-                "log_inv_gain": model.log_inv_gain.detach().clone(),
-                "opt": opt.state_dict(),
-                "gen": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "step": step,
-                "elapsed": total,
-                "before": before,
-                "carried": carried,
-                "origin": origin,
-            },
-        )
-        # The base model's training record, with this fine-tuning's added.
-        meta = read_training_state(args.init_from)
-        meta["decoder"] = {
-            "objective": f"log MSE + {args.msssim_weight:g} * log(1 - MS-SSIM) on the frozen bitstream",
-            "context_share": share,
-            "base": origin,
-            "steps": carried["steps"] + step,
-            "cpu_seconds": round(carried["cpu_seconds"] + total),
-            "heldout_before": before,
-            "heldout": evals,
-        }
-        export(model, args.export, meta)
+    @classmethod
+    def add_arguments(cls, p: argparse.ArgumentParser) -> None:
+        super().add_arguments(p)
+        p.add_argument("--crop", type=int, default=192, help="crop size in pixels (multiple of 64)")
+        p.add_argument("--msssim-weight", type=float, default=1.0, help="w in log MSE + w * log(1 - MS-SSIM)")
+        share = "share of steps whose crops are rounded by the context model (the others: by the hyperprior)"
+        p.add_argument("--context-share", type=float, default=0.5, help=share)
 
-    bar = tqdm(desc="training decoder", unit="step", initial=step)
-    while step < args.steps and time.time() < deadline:
+    def check(self) -> None:
+        if problem := crop_error(self.args.crop, self.args.msssim_weight):
+            raise TrainingError(problem)
+        if not 0.0 <= self.args.context_share <= 1.0:
+            raise TrainingError("--context-share must be between 0 and 1")
+
+    def build(self, base: LearnedCodecModel) -> LearnedCodecModel:
+        base.requires_grad_(False).eval()
+        # A post-network, where the model has one, stays as it is (``--objective postnet`` trains it);
+        # the pictures this objective scores go through it.
+        for p in (*base.g_s.parameters(), base.log_inv_gain):
+            p.requires_grad_(True)
+        return base
+
+    def load_data(self) -> None:
+        self.share = self.args.context_share if self.model.context is not None else 0.0
+        try:
+            self.crops = Crops(training_set(self.args), self.args.crop, self.generator)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        self.heldout = heldout_squares(self.args.data)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.model.g_s.parameters(), self.model.log_inv_gain]
+
+    def loss(self) -> tuple[torch.Tensor, dict[str, Any]]:
         # Warm-up (--warmup): Adam's first steps move every weight by about the LR whatever its
         # gradient; a full-LR start was measured to cost 1.2 dB at quality 11 in 3 steps.
-        lr = learning_rate(args, step, (time.time() - t0) / (args.minutes * 60) if args.minutes > 0 else 0.0)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x = crops.batch(args.batch)
-        quality = 1 + (model.config.levels - 1) * torch.rand(args.batch, generator=gen)
-        context = bool(torch.rand(1, generator=gen) < share)
-        y_hat = rounded_latent(model, x, quality, context)
-        loss, stats = quality_loss(decode(model, y_hat, quality), x, args.msssim_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(psnr=f"{stats['psnr']:.2f}")
-        record = {"step": step, "lr": lr, "loss": round(loss.item(), 5), **{k: round(v, 5) for k, v in stats.items()}}
-        if args.eval_every and step % args.eval_every == 0:
-            record.update(evaluate(model, heldout))
-            log.info("step %d held-out: %s", step, {k: round(v, 4) for k, v in record.items() if k.startswith("q")})
-        metrics.write(json.dumps(record) + "\n")
-        if step % args.ckpt_every == 0:
-            metrics.flush()
-            checkpoint()
-    bar.close()
-    final = evaluate(model, heldout)
-    log.info("held-out at step %d: %s", step, {k: round(v, 4) for k, v in final.items()})
-    metrics.write(json.dumps({"step": step, **final}) + "\n")
-    metrics.close()
-    checkpoint(final)
-    return 0
+        n, model = self.args.batch, self.model
+        x = self.crops.batch(n)
+        quality = 1 + (model.config.levels - 1) * torch.rand(n, generator=self.generator)
+        context = bool(torch.rand(1, generator=self.generator) < self.share)
+        loss, stats = quality_loss(decode(model, rounded_latent(model, x, quality, context), quality), x,
+                                   self.args.msssim_weight)  # fmt: skip
+        return loss, {"loss": loss.detach(), **stats}
 
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.model, self.heldout)
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+    def trained_state(self) -> dict[str, Any]:
+        return {"g_s": self.model.g_s.state_dict(), "log_inv_gain": self.model.log_inv_gain.detach().clone()}
+
+    def load_trained(self, state: dict[str, Any]) -> None:
+        self.model.g_s.load_state_dict(state["g_s"])
+        with torch.no_grad():
+            self.model.log_inv_gain.copy_(state["log_inv_gain"])
+
+    def record_fields(self) -> dict[str, Any]:
+        return {
+            "objective": f"log MSE + {self.args.msssim_weight:g} * log(1 - MS-SSIM) on the frozen bitstream",
+            "context_share": self.share,
+        }

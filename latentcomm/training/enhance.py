@@ -20,9 +20,12 @@ import json
 import logging
 import math
 import random
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import av
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,9 +33,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from latentcomm import data
-from latentcomm.device import configure_threads
+from latentcomm.codecs.video import VideoCodec, fit_picture, parse_payload
 from latentcomm.enhance import BLOCK, EnhancerConfig, VideoEnhancer, qp_map
+from latentcomm.images import load_image
 from latentcomm.scenes import station_scene
+from latentcomm.stream import video_frames
+from latentcomm.training.loop import Objective, TrainingError, write_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -40,32 +46,8 @@ SIZES = ((320, 176), (640, 352))
 PATCH = 128
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m latentcomm.training --objective enhance",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--run", type=Path, default=Path("runs/enhance"), help="run folder (pairs cache, checkpoint)")
-    p.add_argument("--out", type=Path, help="export the trained enhancer to this model folder")
-    p.add_argument("--pans", type=int, default=160, help="pans made for training (12 frames each)")
-    p.add_argument("--minutes", type=float, default=20.0, help="training time box")
-    p.add_argument("--batch", type=int, default=16, help="patches per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine-decayed to 1%%)")
-    p.add_argument("--width", type=int, default=48, help="channels of the hidden convolutions")
-    p.add_argument("--depth", type=int, default=4, help="3x3 convolutions")
-    p.add_argument("--seed", type=int, default=0, help="seed of the pans and the training")
-    p.add_argument("--eval-only", type=Path, metavar="DIR", help="evaluate this enhancer folder and exit")
-    p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation (tests)")
-    return p.parse_args(argv)
-
-
 def code_frames(frames: list[Image.Image], bitrate: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """The frames through the stream's H.264 encoder at ``bitrate`` and back: (decoded, QP map) each."""
-    import av
-
-    from latentcomm.codecs.video import VideoCodec, parse_payload
-
     codec = VideoCodec("h264", bitrate, 10.0, key_interval=1000, threads=1)
     dec = av.CodecContext.create("h264", "r")
     dec.options = {"export_side_data": "venc_params"}
@@ -80,12 +62,10 @@ def code_frames(frames: list[Image.Image], bitrate: float) -> list[tuple[np.ndar
 
 def make_pairs(count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(decoded, qp, source) for ``count`` pans over the training photos."""
-    from latentcomm.images import load_image
-
     rng = random.Random(seed)
     photos = data.training_photos() + sorted(data.UNSPLASH_DIR.glob("*.jpg")) + sorted(data.UNSPLASH_DIR.glob("*.png"))
     if not photos:
-        raise SystemExit(f"error: no training photos under {data.DATA_ROOT}")
+        raise TrainingError(f"no training photos under {data.DATA_ROOT}")
     cache: dict[Path, Image.Image] = {}
     pairs = []
     for _ in tqdm(range(count), desc="pans"):
@@ -128,11 +108,6 @@ def batch(pairs, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.
 
 def evaluate(model: VideoEnhancer, quick: bool = False) -> list[dict]:
     """PSNR with and without the enhancer on scenes never trained on, at identical bits."""
-    import tempfile
-
-    from latentcomm.codecs.video import fit_picture
-    from latentcomm.stream import video_frames
-
     clips = sorted((data.DATA_ROOT / "videos").glob("clip_*.mp4"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,54 +137,76 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * math.log10(255.0**2 / max(mse, 1e-10))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    configure_threads()
-    if args.eval_only:
-        rows = evaluate(VideoEnhancer.from_pretrained(args.eval_only))
-        print(json.dumps(rows, indent=1))
+class Enhance(Objective):
+    """The receiver's video enhancer, on pans over the training photos coded by the stream's H.264."""
+
+    name = "enhance"
+    # Cosine from --lr down to --decay-to over the whole time box, no warm-up (a new network is the identity).
+    defaults = dict(batch=16, minutes=20.0, lr=1e-3, warmup=1, decay_to=1e-5, decay_frac=1.0, eval_every=0)
+
+    @classmethod
+    def add_arguments(cls, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--pans", type=int, default=160, help="pans made for training (12 frames each)")
+        p.add_argument("--width", type=int, default=48, help="channels of the hidden convolutions")
+        p.add_argument("--depth", type=int, default=4, help="3x3 convolutions")
+        p.add_argument("--eval-only", type=Path, metavar="DIR", help="evaluate this enhancer folder and exit")
+        p.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation (tests)")
+
+    def check(self) -> None:
+        if self.args.pans < 1:
+            raise TrainingError("--pans must be at least 1")
+
+    def run_instead(self) -> int | None:
+        if self.args.eval_only is None:
+            return None
+        print(json.dumps(evaluate(VideoEnhancer.from_pretrained(self.args.eval_only)), indent=1))
         return 0
-    torch.manual_seed(args.seed)
-    args.run.mkdir(parents=True, exist_ok=True)
-    cache = args.run / f"pairs-{args.pans}-{args.seed}.pt"
-    if cache.exists():
-        pairs = torch.load(cache, weights_only=False)
-    else:
-        pairs = make_pairs(args.pans, args.seed)
-        torch.save(pairs, cache)
-    log.info("%d training pairs", len(pairs))
-    model = VideoEnhancer(EnhancerConfig(width=args.width, depth=args.depth))
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    rng = np.random.default_rng(args.seed)
-    t_end = time.monotonic() + 60 * args.minutes
-    t_start = time.monotonic()
-    step, recent = 0, []
-    bar = tqdm(desc="steps", unit="step")
-    while time.monotonic() < t_end:
-        frac = (time.monotonic() - t_start) / (60 * args.minutes)
-        for g in opt.param_groups:
-            g["lr"] = args.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
-        x, q, y = batch(pairs, args.batch, rng)
-        loss = F.mse_loss(model(x, q), y) * 255**2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        recent.append(loss.item())
-        if step % 200 == 0:
-            bar.set_postfix(mse=f"{np.mean(recent[-200:]):.2f}")
-        bar.update()
-    bar.close()
-    model.eval().requires_grad_(False)
-    rows = [] if args.no_eval else evaluate(model)
-    for r in rows:
-        log.info("%s %d: %.2f -> %.2f dB (%+.2f), %.1f ms a frame", r["scene"], r["rate"], r["psnr_db"],
-                 r["enhanced_psnr_db"], r["gain_db"], r["enhance_ms_per_frame"])  # fmt: skip
-    summary = {"steps": step, "minutes": args.minutes, "pans": args.pans, "seed": args.seed, "evaluation": rows}
-    (args.run / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    if args.out:
-        model.save_pretrained(args.out, extra={"steps": str(step)})
-        (args.out / "training_state.json").write_text(json.dumps(summary, indent=1) + "\n")
-        log.info("exported to %s", args.out)
-    return 0
+
+    def setup(self) -> None:
+        args = self.args
+        args.run_dir.mkdir(parents=True, exist_ok=True)
+        cache = args.run_dir / f"pairs-{args.pans}-{args.seed}.pt"
+        if cache.exists():
+            self.pairs = torch.load(cache, weights_only=False)
+        else:
+            self.pairs = make_pairs(args.pans, args.seed)
+            torch.save(self.pairs, cache)
+        log.info("%d training pairs", len(self.pairs))
+        self.model = VideoEnhancer(EnhancerConfig(width=args.width, depth=args.depth))
+        self.rng = np.random.default_rng(args.seed)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.model.parameters())
+
+    def loss(self) -> tuple[torch.Tensor, dict[str, Any]]:
+        x, q, y = batch(self.pairs, self.args.batch, self.rng)
+        loss = F.mse_loss(self.model(x, q), y) * 255**2
+        return loss, {"loss": loss.detach()}
+
+    def evaluate(self) -> dict[str, float]:
+        if self.args.no_eval:
+            return {}
+        self.model.eval()
+        try:
+            rows = evaluate(self.model)
+        finally:
+            self.model.train()
+        for r in rows:
+            log.info("%s %d: %.2f -> %.2f dB (%+.2f), %.1f ms a frame", r["scene"], r["rate"], r["psnr_db"],
+                     r["enhanced_psnr_db"], r["gain_db"], r["enhance_ms_per_frame"])  # fmt: skip
+        keys = ("psnr_db", "enhanced_psnr_db", "gain_db", "enhance_ms_per_frame")
+        return {f"{r['scene']}@{r['rate'] // 1000}k_{k}": r[k] for r in rows for k in keys}
+
+    def state(self) -> dict[str, Any]:
+        # The patch sampler's numpy generator stands in for a torch generator.
+        return {"model": self.model.state_dict(), "np_rng": self.rng.bit_generator.state}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.rng.bit_generator.state = state["np_rng"]
+
+    def export(self, step: int, seconds: float, evals: dict[str, float] | None) -> None:
+        a = self.args
+        meta = {"steps": step, "seconds": round(seconds), "minutes": a.minutes, "pans": a.pans, "seed": a.seed,
+                "evaluation": evals}  # fmt: skip
+        write_model_folder(a.export, meta, lambda tmp: self.model.save_pretrained(tmp, extra={"steps": str(step)}))

@@ -24,12 +24,9 @@ post-network, decoded from context-rounded latents, as the receiver decodes them
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import math
-import sys
-import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,82 +35,11 @@ from tqdm import tqdm
 
 from latentcomm import data
 from latentcomm.codecs.learned.model import LearnedCodecConfig, LearnedCodecModel, PostNetwork, rounded_latent
-from latentcomm.device import configure_threads
 from latentcomm.errors import ModelLoadError
 from latentcomm.images import center_crop_square, load_image
-from latentcomm.training.common import (
-    EVAL_QUALITIES,
-    add_frozen_run_args,
-    export,
-    learning_rate,
-    read_training_state,
-    save_checkpoint,
-)
-from latentcomm.training.datasets import add_data_args, training_set
-
-log = logging.getLogger(__name__)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m latentcomm.training --objective postnet",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "--init-from",
-        type=Path,
-        default=data.MODELS_ROOT / "latentcomm-lic",
-        help="trained codec (with a context model); a post-network it already has is trained on",
-    )
-    add_data_args(p)
-    add_frozen_run_args(p, "postnet")
-    p.add_argument("--width", type=int, default=64, help="channels of a new post-network's hidden layers")
-    p.add_argument("--pairs", type=int, default=900, help="training crops decoded once by the frozen codec")
-    p.add_argument("--crop", type=int, default=384, help="size of those crops in pixels (multiple of 64)")
-    p.add_argument("--patch", type=int, default=128, help="training patch size in pixels (even, at most --crop)")
-    p.add_argument("--batch", type=int, default=16, help="patches per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam)")
-    p.add_argument(
-        "--decay-to", type=float, default=2e-5, help="with --minutes: cosine-anneal the LR to this over the last 40%%"
-    )
-    p.add_argument("--warmup", type=int, default=100, help="steps of linear LR warm-up")
-    p.add_argument(
-        "--hyperprior-share",
-        type=float,
-        default=0.25,
-        help="share of the crops rounded by the hyperprior alone (as streams code) rather than the context model",
-    )
-    p.add_argument("--steps", type=int, default=10**7, help="stop at this step count (this run's own)")
-    p.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints and exports")
-    p.add_argument(
-        "--eval-every", type=int, default=2000, help="steps between held-out evaluations (0 = only at the ends)"
-    )
-    p.add_argument(
-        "--eval-crop",
-        type=int,
-        default=0,
-        help="evaluate on squares of this size (scaled, centre-cropped; 0 = the photos at native size)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed for the crops, qualities and patches")
-    return p.parse_args(argv)
-
-
-def check_args(args: argparse.Namespace) -> str | None:
-    """What is wrong with the command line, or None."""
-    if args.crop < 64 or args.crop % 64:
-        return "--crop must be a multiple of 64"
-    if args.patch < 16 or args.patch % 2 or args.patch > args.crop:
-        return "--patch must be even, at least 16 and at most --crop"
-    if args.eval_crop < 0 or args.eval_crop % 64:
-        return "--eval-crop must be 0 or a multiple of 64"
-    if args.width < 1:
-        return "--width must be at least 1"
-    if args.pairs < 1 or args.batch < 1:
-        return "--pairs and --batch must be at least 1"
-    if not 0.0 <= args.hyperprior_share <= 1.0:
-        return "--hyperprior-share must be between 0 and 1"
-    return None
+from latentcomm.training.common import EVAL_QUALITIES, FrozenCodecObjective
+from latentcomm.training.datasets import training_set
+from latentcomm.training.loop import TrainingError
 
 
 @torch.no_grad()
@@ -190,8 +116,6 @@ def with_postnet(model: LearnedCodecModel, width: int) -> LearnedCodecModel:
     """``model`` itself if it has a post-network, else a copy with a new (identity) one."""
     if model.g_p is not None:
         return model
-    from dataclasses import asdict
-
     grown = LearnedCodecModel(LearnedCodecConfig(**{**asdict(model.config), "postnet_width": width}))
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
     if unexpected or any(not k.startswith("g_p.") for k in missing):
@@ -199,137 +123,104 @@ def with_postnet(model: LearnedCodecModel, width: int) -> LearnedCodecModel:
     return grown.eval().requires_grad_(False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    configure_threads()
-    if problem := check_args(args):
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    try:
-        base = LearnedCodecModel.from_pretrained(args.init_from)
-        if base.g_p is not None and base.config.postnet_width != args.width:
+class Postnet(FrozenCodecObjective):
+    """The post-network after the frozen synthesis, on patches of a cache of its inputs."""
+
+    name = "postnet"
+    init_help = "trained codec (with a context model); a post-network it already has is trained on"
+    defaults = dict(batch=16, lr=1e-3, decay_to=2e-5, warmup=100, ckpt_every=500, eval_every=2000)
+
+    @classmethod
+    def add_arguments(cls, p: argparse.ArgumentParser) -> None:
+        super().add_arguments(p)
+        p.add_argument("--width", type=int, default=64, help="channels of a new post-network's hidden layers")
+        p.add_argument("--pairs", type=int, default=900, help="training crops decoded once by the frozen codec")
+        p.add_argument("--crop", type=int, default=384, help="size of those crops in pixels (multiple of 64)")
+        p.add_argument("--patch", type=int, default=128, help="training patch size in pixels (even, at most --crop)")
+        share = "share of the crops rounded by the hyperprior alone (as streams code) rather than the context model"
+        p.add_argument("--hyperprior-share", type=float, default=0.25, help=share)
+        squares = "evaluate on squares of this size (scaled, centre-cropped; 0 = the photos at native size)"
+        p.add_argument("--eval-crop", type=int, default=0, help=squares)
+
+    def check(self) -> None:
+        args = self.args
+        if args.crop < 64 or args.crop % 64:
+            raise TrainingError("--crop must be a multiple of 64")
+        if args.patch < 16 or args.patch % 2 or args.patch > args.crop:
+            raise TrainingError("--patch must be even, at least 16 and at most --crop")
+        if args.eval_crop < 0 or args.eval_crop % 64:
+            raise TrainingError("--eval-crop must be 0 or a multiple of 64")
+        if args.width < 1:
+            raise TrainingError("--width must be at least 1")
+        if args.pairs < 1:
+            raise TrainingError("--pairs must be at least 1")
+        if not 0.0 <= args.hyperprior_share <= 1.0:
+            raise TrainingError("--hyperprior-share must be between 0 and 1")
+
+    def build(self, base: LearnedCodecModel) -> LearnedCodecModel:
+        if base.g_p is not None and base.config.postnet_width != self.args.width:
             raise ModelLoadError(
-                f"{args.init_from} has a post-network of width {base.config.postnet_width}; --width sets a new one's"
+                f"{self.args.init_from} has a post-network of width {base.config.postnet_width}; "
+                "--width sets a new one's"
             )
-        model = with_postnet(base, args.width)
-    except ModelLoadError as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    base_fp = f"{args.init_from.resolve().name}@{base.fingerprint()}"
-    net: PostNetwork = model.g_p
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    net.requires_grad_(True).train()
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-    base_meta = read_training_state(args.init_from).get("postnet", {})
-    carried = {"steps": base_meta.get("steps", 0), "cpu_seconds": base_meta.get("cpu_seconds", 0)}
-    origin = base_meta.get("base") or base_fp
+        model = with_postnet(base, self.args.width)
+        self.net: PostNetwork = model.g_p
+        self.net.requires_grad_(True).train()
+        return model
 
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    cache_path = args.run_dir / "pairs.pt"
-    cache_key = {"format": 2, "base": base_fp, "pairs": args.pairs, "crop": args.crop, "seed": args.seed,
-                 "hyperprior_share": args.hyperprior_share}  # fmt: skip
-    pairs = torch.load(cache_path, weights_only=False) if cache_path.exists() else None
-    if pairs is None or pairs.get("key") != cache_key:
-        try:
-            pairs = {"key": cache_key, **build_pairs(model, training_set(args), args)}
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        torch.save(pairs, cache_path)
-    heldout = heldout_decodes(model, args.data, args.eval_crop)
-    ckpt_path = args.run_dir / "last.pt"
-    step, elapsed, before = 0, 0.0, None
-    if args.resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
-        step, elapsed, before = state["step"], state["elapsed"], state.get("before")
-        carried, origin = state["carried"], state["origin"]
-        log.info("resumed from %s at step %d", ckpt_path, step)
-    if before is None:
-        before = evaluate(model, heldout)
-        log.info("held-out before: %s", {k: round(v, 4) for k, v in before.items()})
-    metrics = (args.run_dir / "metrics.jsonl").open("a")
-    t0 = time.time()
-    deadline = t0 + args.minutes * 60 if args.minutes > 0 else math.inf
+    def load_data(self) -> None:
+        args = self.args
+        self.generator = torch.Generator().manual_seed(args.seed + 1)
+        cache_path = args.run_dir / "pairs.pt"
+        base_fp = f"{args.init_from.resolve().name}@{self.base.fingerprint()}"
+        cache_key = {"format": 2, "base": base_fp, "pairs": args.pairs, "crop": args.crop, "seed": args.seed,
+                     "hyperprior_share": args.hyperprior_share}  # fmt: skip
+        pairs = torch.load(cache_path, weights_only=False) if cache_path.exists() else None
+        if pairs is None or pairs.get("key") != cache_key:
+            try:
+                pairs = {"key": cache_key, **build_pairs(self.model, training_set(args), args)}
+            except ValueError as exc:
+                raise TrainingError(str(exc)) from None
+            args.run_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(pairs, cache_path)
+        self.originals, self.decoded = pairs["originals"], pairs["decoded"]
+        self.levels = self.model.quality_plane(pairs["qualities"])
+        self.heldout = heldout_decodes(self.model, args.data, args.eval_crop)
 
-    def checkpoint(evals: dict | None = None) -> None:
-        total = elapsed + time.time() - t0
-        save_checkpoint(
-            ckpt_path,
-            {
-                "net": net.state_dict(),
-                "opt": opt.state_dict(),
-                "gen": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "step": step,
-                "elapsed": total,
-                "before": before,
-                "carried": carried,
-                "origin": origin,
-            },
-        )
-        meta = read_training_state(args.init_from)
-        meta["postnet"] = {
-            "objective": "MSE (0..255) of a residual post-network on the frozen decoder's pictures",
-            "width": model.config.postnet_width,
-            "pairs": args.pairs,
-            "crop": args.crop,
-            "hyperprior_share": args.hyperprior_share,
-            "base": origin,
-            "steps": carried["steps"] + step,
-            "cpu_seconds": round(carried["cpu_seconds"] + total),
-            "heldout_before": before,
-            "heldout": evals,
-        }
-        export(model, args.export, meta)
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.net.parameters())
 
-    originals, decoded, levels = pairs["originals"], pairs["decoded"], model.quality_plane(pairs["qualities"])
-    n, c, ps = len(originals), originals.shape[-1], args.patch
-    bar = tqdm(desc="training post-network", unit="step", initial=step)
-    while step < args.steps and time.time() < deadline:
-        lr = learning_rate(args, step, (time.time() - t0) / (args.minutes * 60) if args.minutes > 0 else 0.0)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        idx = torch.randint(n, (args.batch,), generator=gen)
-        ys = torch.randint(c - ps + 1, (args.batch,), generator=gen)
-        xs = torch.randint(c - ps + 1, (args.batch,), generator=gen)
-        flips = torch.rand(args.batch, generator=gen) < 0.5
-        inp = torch.stack([decoded[i, :, y : y + ps, x : x + ps] for i, y, x in zip(idx, ys, xs, strict=True)])
-        ref = torch.stack([originals[i, :, y : y + ps, x : x + ps] for i, y, x in zip(idx, ys, xs, strict=True)])
+    def loss(self) -> tuple[torch.Tensor, dict[str, Any]]:
+        n, c, ps, gen = self.args.batch, self.originals.shape[-1], self.args.patch, self.generator
+        idx = torch.randint(len(self.originals), (n,), generator=gen)
+        ys = torch.randint(c - ps + 1, (n,), generator=gen)
+        xs = torch.randint(c - ps + 1, (n,), generator=gen)
+        flips = torch.rand(n, generator=gen) < 0.5
+        inp = torch.stack([self.decoded[i, :, y : y + ps, x : x + ps] for i, y, x in zip(idx, ys, xs, strict=True)])
+        ref = torch.stack([self.originals[i, :, y : y + ps, x : x + ps] for i, y, x in zip(idx, ys, xs, strict=True)])
         inp, ref = inp.float(), ref.float() / 255
         inp[flips], ref[flips] = inp[flips].flip(-1), ref[flips].flip(-1)
-        out = net(inp, levels[idx])
-        loss = F.mse_loss(out, ref) * 255**2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(mse=f"{loss.item():.1f}")
-        record = {"step": step, "lr": lr, "loss": round(loss.item(), 5)}
-        if args.eval_every and step % args.eval_every == 0:
-            net.eval()
-            record.update(evaluate(model, heldout))
-            net.train()
-            log.info("step %d held-out: %s", step, {k: round(v, 4) for k, v in record.items() if k.startswith("q")})
-        metrics.write(json.dumps(record) + "\n")
-        if step % args.ckpt_every == 0:
-            metrics.flush()
-            checkpoint()
-    bar.close()
-    net.eval()
-    final = evaluate(model, heldout)
-    log.info("held-out at step %d: %s", step, {k: round(v, 4) for k, v in final.items()})
-    metrics.write(json.dumps({"step": step, **final}) + "\n")
-    metrics.close()
-    checkpoint(final)
-    return 0
+        loss = F.mse_loss(self.net(inp, self.levels[idx]), ref) * 255**2
+        return loss, {"loss": loss.detach()}
 
+    def evaluate(self) -> dict[str, float]:
+        self.net.eval()
+        try:
+            return evaluate(self.model, self.heldout)
+        finally:
+            self.net.train()
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+    def trained_state(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict()}
+
+    def load_trained(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+
+    def record_fields(self) -> dict[str, Any]:
+        return {
+            "objective": "MSE (0..255) of a residual post-network on the frozen decoder's pictures",
+            "width": self.model.config.postnet_width,
+            "pairs": self.args.pairs,
+            "crop": self.args.crop,
+            "hyperprior_share": self.args.hyperprior_share,
+        }
