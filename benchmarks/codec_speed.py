@@ -1,7 +1,7 @@
 """Encode and decode time of each codec for one 768x512 image, model loaded (the issue's speed target).
 
-    python benchmarks/codec_speed.py                 # learned codec vs the embedded VAE path
-    python benchmarks/codec_speed.py --repeats 3 --json /tmp/s.json
+    python -m benchmarks.codec_speed                 # learned codec vs the embedded VAE path
+    python -m benchmarks.codec_speed --repeats 3 --json /tmp/s.json
 
 Both codecs run through the same ``ImageCodec`` calls the sender and receiver make: encode is
 image tensor -> payload bytes (analysis, quantization, entropy coding or compression), decode is
@@ -14,26 +14,19 @@ a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from benchmarks.meta import run_meta  # noqa: E402
-from latentcomm import data  # noqa: E402
-from latentcomm.codecs import LEARNED_MODEL_DIR, ImageCodec, LearnedCodec, VaeCodec  # noqa: E402
-from latentcomm.images import load_image, pil_to_tensor  # noqa: E402
-from latentcomm.models import EMBEDDED_MODEL_DIR  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
+from benchmarks.harness import RESULTS, run_meta, write_results
+from latentcomm import data
+from latentcomm.codecs import LEARNED_MODEL_DIR, ImageCodec, LearnedCodec, VaeCodec
+from latentcomm.images import load_image, pil_to_tensor
+from latentcomm.models import EMBEDDED_MODEL_DIR
 
 #: Refinement steps of the timed refined encode (the quality benchmark's learned-refined rows use 10 too).
 REFINE_STEPS = 10
@@ -112,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "codecs": rows,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    write_results(args.json, result)
     return 0
 
 

@@ -14,7 +14,6 @@ peak after loading the model are reported. ``one pass`` decodes with tiling turn
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -23,7 +22,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.harness import RESULTS, run_meta, write_results
+from latentcomm import data
+from latentcomm.codecs import load_codec
 
 CHILD = r"""
 import sys, time, torch
@@ -55,9 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-one-pass", action="store_true", help="skip the untiled decodes (they need 7 GB at 16 Mpx)")
     args = p.parse_args(argv)
 
-    from benchmarks.meta import run_meta
-    from latentcomm import data
-    from latentcomm.codecs import load_codec
     from latentcomm.images import load_image, pil_to_tensor
 
     codec = load_codec("learned", "auto", "cpu", "fp32", quality=7, postfilter=False)
@@ -83,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                     "peak_rss_mb": round(int(peak_kb) / 1024), "decode_s": round(float(seconds), 2),
                 })  # fmt: skip
     result = {**run_meta(), "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    write_results(args.json, result)
     print("| picture | decoder | payload | RSS after loading | peak RSS | decode |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['side']}x{r['side']} ({r['megapixels']} Mpx) | {r['mode']} | {r['payload_bytes']:,} B | "

@@ -8,7 +8,7 @@ it imports, computed on the graph with each cycle folded into one node; the impo
 up are those inside a cycle that a depth-first walk from the lowest modules meets as back edges (the
 fewest to drop to break every cycle, by that walk).
 
-    python benchmarks/import_graph.py [--json PATH]
+    python -m benchmarks.import_graph [--json PATH]
 
 Measured before the move (2026-12-04): 46 modules in 7 layers, 171 imports, 3 cycles (the five
 training modules; learned <-> learned_context; codecs <-> video), 9 imports pointing back up.
@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import sys
 from pathlib import Path
+
+from benchmarks.harness import RESULTS, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "latentcomm"
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--json",
         type=Path,
-        default=REPO / "benchmarks" / "results" / "import_graph.json",
+        default=RESULTS / "import_graph.json",
         help="where to write the figures",
     )
     args = p.parse_args(argv)
@@ -178,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  cycle:", " <-> ".join(comp))
     for edge in r["imports_pointing_back_up"]:
         print("  back up:", edge)
-    args.json.write_text(json.dumps(r, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    write_results(args.json, r)
     return 0
 
 

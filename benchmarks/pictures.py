@@ -1,6 +1,6 @@
 """The README's quick-start picture: the same image through the learned codec and the VAE path.
 
-    python benchmarks/pictures.py            # temp/apple.jpeg at 256x256 -> docs/quickstart_compare.png
+    python -m benchmarks.pictures            # temp/apple.jpeg at 256x256 -> docs/quickstart_compare.png
 
 Columns: the original, the learned codec at the byte size of a few qualities, and the embedded
 VAE's float16 latent as the default (legacy) sender sends it; each caption gives the payload bytes
@@ -10,20 +10,17 @@ and PSNR. Everything goes through the same ImageCodec calls as the scripts.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from PIL import Image, ImageDraw
 
-from PIL import Image, ImageDraw  # noqa: E402
-
-from latentcomm.codecs import LEARNED_MODEL_DIR, LearnedCodec  # noqa: E402
-from latentcomm.data import REPO_ROOT  # noqa: E402
-from latentcomm.engine import Engine  # noqa: E402
-from latentcomm.images import load_image, pil_to_tensor, resize_square, tensor_to_pil  # noqa: E402
-from latentcomm.metrics import psnr  # noqa: E402
-from latentcomm.models import EMBEDDED_MODEL_DIR  # noqa: E402
-from latentcomm.wire.encodings import FLAG_FLOAT16, decode_latent, encode_latent  # noqa: E402
+from latentcomm.codecs import LEARNED_MODEL_DIR, LearnedCodec
+from latentcomm.data import REPO_ROOT
+from latentcomm.engine import Engine
+from latentcomm.images import load_image, pil_to_tensor, resize_square, tensor_to_pil
+from latentcomm.metrics import psnr
+from latentcomm.models import EMBEDDED_MODEL_DIR
+from latentcomm.wire.encodings import FLAG_FLOAT16, decode_latent, encode_latent
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Quality guard for faster arithmetic: how far each fast path's reconstruction is from fp32's.
 
-    python benchmarks/precision_guard.py                 # embedded model, held-out photos, 256x256
-    python benchmarks/precision_guard.py --model DIR --json out.json
+    python -m benchmarks.precision_guard                 # embedded model, held-out photos, 256x256
+    python -m benchmarks.precision_guard --model DIR --json out.json
 
 The speed issue's rule: a fast path must stay >= 40 dB PSNR from the fp32 reconstruction of the same
 image (invisible). This measures, with real trained weights, on held-out photos:
@@ -23,22 +23,18 @@ import copy
 import json
 import logging
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from tqdm import tqdm
 
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from benchmarks.harness import RESULTS, run_meta, write_results
+from latentcomm import data
+from latentcomm.engine import Engine
+from latentcomm.images import center_crop_square, load_image, pil_to_tensor, tensor_to_pil
+from latentcomm.metrics import psnr
+from latentcomm.models import EMBEDDED_MODEL_DIR, load_autoencoder
 
-from benchmarks.meta import run_meta  # noqa: E402
-from latentcomm import data  # noqa: E402
-from latentcomm.engine import Engine  # noqa: E402
-from latentcomm.images import center_crop_square, load_image, pil_to_tensor, tensor_to_pil  # noqa: E402
-from latentcomm.metrics import psnr  # noqa: E402
-from latentcomm.models import EMBEDDED_MODEL_DIR, load_autoencoder  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 GUARD_DB = 40.0
 
 
@@ -145,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     res = {**run_meta(), **run(args)}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(res, indent=2) + "\n")
+    write_results(args.json, res, indent=2)
     print_table(res)
     print(json.dumps(res))
     return 0

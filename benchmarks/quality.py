@@ -1,8 +1,8 @@
 """Rate-distortion of every codec latentcomm can send, against JPEG, WebP, AVIF and JPEG XL.
 
-    python benchmarks/quality.py                         # held-out photos + aerial, native size
-    python benchmarks/quality.py --codecs learned --merge benchmarks/results/quality.json
-    python benchmarks/quality.py --quick --json /tmp/q.json --plots /tmp/q   # smoke test
+    python -m benchmarks.quality                         # held-out photos + aerial, native size
+    python -m benchmarks.quality --codecs learned --merge benchmarks/results/quality.json
+    python -m benchmarks.quality --quick --json /tmp/q.json --plots /tmp/q   # smoke test
 
 For every evaluation image (the 6 held-out photos and the 12 aerial images, never trained on), at
 native size, one harness runs every codec and measures what a receiver would show:
@@ -42,19 +42,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from PIL import Image, ImageDraw, features
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw, features  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from benchmarks.harness import RESULTS, run_meta, write_results
+from latentcomm import data
+from latentcomm.codecs import LEARNED_MODEL_DIR, ImageCodec, LearnedCodec, VaeCodec
+from latentcomm.images import center_crop_square, load_image, pil_to_tensor, tensor_to_pil
+from latentcomm.metrics import ms_ssim, psnr, ssimulacra2
+from latentcomm.models import EMBEDDED_MODEL_DIR
 
-from latentcomm import data  # noqa: E402
-from latentcomm.codecs import LEARNED_MODEL_DIR, ImageCodec, LearnedCodec, VaeCodec  # noqa: E402
-from latentcomm.images import center_crop_square, load_image, pil_to_tensor, tensor_to_pil  # noqa: E402
-from latentcomm.metrics import ms_ssim, psnr, ssimulacra2  # noqa: E402
-from latentcomm.models import EMBEDDED_MODEL_DIR  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 BUDGETS_BPP = (0.05, 0.1, 0.15, 0.25, 0.5)
 BD_RANGE = (0.05, 0.5)
 PIXEL_SWEEPS = {
@@ -544,8 +542,6 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(rows)
     md = table(summary)
     print(md)
-    from benchmarks.meta import run_meta
-
     if codecs or not merged:
         meta = {**run_meta(), "torch_threads": torch.get_num_threads()}
         model_id = learned.model_id if learned else None
@@ -569,8 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         result["grid"] = picture_grid(photo, learned, pixel, args.grid_bpp, Path(f"{args.plots}_grid.png"))
     else:
         result.update(kept_grid(merged, model_id))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
+    write_results(args.json, result)
     args.plots.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.plots}_table.md").write_text(md)
     plot_rd(summary, Path(f"{args.plots}_rd.png"))

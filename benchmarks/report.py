@@ -9,8 +9,8 @@ Every number the documentation quotes from a benchmark lives between markers
 and is rendered here from `benchmarks/results/*.json` (and the shipped models' `training_state.json`),
 so a figure can't drift from the run that measured it. After a benchmark run:
 
-    python benchmarks/report.py            # rewrite the blocks in place
-    python benchmarks/report.py --check    # exit 1 and name the stale blocks (the test suite runs this)
+    python -m benchmarks.report            # rewrite the blocks in place
+    python -m benchmarks.report --check    # exit 1 and name the stale blocks (the test suite runs this)
 """
 
 from __future__ import annotations
@@ -24,12 +24,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.harness import RESULTS
+from benchmarks.quality import compact_table
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks.quality import compact_table  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results"
 DOCS = [
     REPO / "README.md",
     REPO / "docs" / "benchmarks.md",
@@ -261,7 +259,7 @@ def codec_speed_line(r: Results) -> str:
 def speed(r: Results) -> str:
     d = r["speed"]
     out = [
-        f"`python benchmarks/speed.py` ({run_line(d)}, torch {d['torch']}, {d['precision']} on the fast path, the "
+        f"`python -m benchmarks.speed` ({run_line(d)}, torch {d['torch']}, {d['precision']} on the fast path, the "
         "full SD VAE architecture with random weights, `temp/apple.jpeg`; medians, seconds; original = fp32, model "
         "loaded from disk for the image on both sides, no warm-up):\n"
     ]
@@ -619,7 +617,7 @@ def kl_quality(r: Results) -> str:
     s = q["summary"]
     g = r["precision_guard"]
     out = [
-        f"From `python benchmarks/quality.py` ({run_line(q)}), this model, at {q['size']} size, means over images. "
+        f"From `python -m benchmarks.quality` ({run_line(q)}), this model, at {q['size']} size, means over images. "
         "Payload = the bytes on the wire for the latent. The pixel codecs' PSNR is read off their quality sweep "
         "at the latent's own rate (interpolated in log bpp).\n",
         "| set | latent | bpp | PSNR dB | MS-SSIM | SSIMULACRA2 | AVIF / WebP / JPEG XL / JPEG at that bpp, PSNR dB |",
@@ -698,7 +696,7 @@ def live_video(r: Results) -> str:
     scenes = sorted({row["scene"] for row in d.get("live_video", [])})
     out = [
         f"Run of {run_line(d)} ({', '.join(scenes)}; {d.get('fps', 10)} fps, 10 s each; "
-        "`python benchmarks/stream.py`). Mean over the scenes of what a viewer sees (at every source frame, the "
+        "`python -m benchmarks.stream`). Mean over the scenes of what a viewer sees (at every source frame, the "
         "newest decoded frame); frames shown of those the source produced; latency from capture to "
         "acknowledgement; CPU per frame on the sender / receiver (the plain pipes: encode and decode together).\n",
         "| size | link | system | PSNR | SSIMULACRA2 | frames shown | latency p50 / p95 | CPU ms per frame |",
@@ -827,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
         if changed and not args.check:
             doc.write_text(new)
     if args.check and stale:
-        print("stale figures (run python benchmarks/report.py): " + ", ".join(stale), file=sys.stderr)
+        print("stale figures (run python -m benchmarks.report): " + ", ".join(stale), file=sys.stderr)
         return 1
     print(("rewrote " + ", ".join(stale)) if stale else "all figures match benchmarks/results")
     return 0

@@ -1,7 +1,7 @@
 """Receiver throughput: images/s and p50/p95 latency for 1, 4 and 16 concurrent v2 senders.
 
-    python benchmarks/server.py                     # small model, 64x64 images, 1/4/16 senders
-    python benchmarks/server.py --size 256 --images 20 --model models/latentcomm-kl-f8
+    python -m benchmarks.server                     # small model, 64x64 images, 1/4/16 senders
+    python -m benchmarks.server --size 256 --images 20 --model models/latentcomm-kl-f8
 
 Starts the real receiver_sdvae.py process on a free port (--no-show, results to a temp --out unless
 --no-out), then runs N sender threads, each sending its share of pre-encoded v2 frames over its own
@@ -14,7 +14,6 @@ measured in the same run. Prints JSON and a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -25,20 +24,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from benchmarks.harness import RESULTS, run_meta, write_results
+from latentcomm.engine import Engine
+from latentcomm.transports.tcp import V2Client
+from latentcomm.wire import v2
+from latentcomm.wire.encodings import COMP_ZSTD, ENC_FLOAT16, compress, v2_quantize
+from latentcomm.wire.keys import Key, generate_key
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.meta import run_meta  # noqa: E402
-from latentcomm.engine import Engine  # noqa: E402
-from latentcomm.transports.tcp import V2Client  # noqa: E402
-from latentcomm.wire import v2  # noqa: E402
-from latentcomm.wire.encodings import COMP_ZSTD, ENC_FLOAT16, compress, v2_quantize  # noqa: E402
-from latentcomm.wire.keys import Key, generate_key  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def small_model(folder: Path) -> Path:
@@ -190,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['senders']:>7} {label:>6} {r['images']:>6} {r['acknowledged']:>4} {r['images_per_s']:>8.1f} "
                 f"{1000 * r['p50_latency_s']:>8.1f} {1000 * r['p95_latency_s']:>8.1f}"
             )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    write_results(args.json, result)
     return 0
 
 

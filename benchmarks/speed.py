@@ -1,7 +1,7 @@
 """Speed of the latentcomm pipeline against the original scripts' way, side by side in one run.
 
-    python benchmarks/speed.py                 # full SD VAE architecture, 256 and 512, stream of 50
-    python benchmarks/speed.py --quick         # tiny settings, to check the harness
+    python -m benchmarks.speed                 # full SD VAE architecture, 256 and 512, stream of 50
+    python -m benchmarks.speed --quick         # tiny settings, to check the harness
 
 The model is the full SD VAE architecture (stabilityai/sd-vae-ft-ema's config) with random weights
 saved to a temp dir and loaded with from_pretrained: compute does not depend on the weight values,
@@ -28,21 +28,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
+from benchmarks.harness import RESULTS, run_meta, write_results
+from latentcomm.engine import Engine
+from latentcomm.images import tensor_to_pil
+from latentcomm.sender import prepare
+from latentcomm.transports.tcp import FrameServer, send_frame
+from latentcomm.wire.encodings import FLAG_FLOAT16, decode_latent, encode_latent
+from latentcomm.wire.legacy import LegacyFrame, frame_to_bytes
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from benchmarks.meta import run_meta  # noqa: E402
-from latentcomm.engine import Engine  # noqa: E402
-from latentcomm.images import tensor_to_pil  # noqa: E402
-from latentcomm.sender import prepare  # noqa: E402
-from latentcomm.transports.tcp import FrameServer, send_frame  # noqa: E402
-from latentcomm.wire.encodings import FLAG_FLOAT16, decode_latent, encode_latent  # noqa: E402
-from latentcomm.wire.legacy import LegacyFrame, frame_to_bytes  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 IMAGE = REPO / "temp" / "apple.jpeg"
 
 #: stabilityai/sd-vae-ft-ema's architecture (its config.json), written here so nothing is downloaded.
@@ -158,7 +155,6 @@ def ours_warm(engine: Engine, size: int, link: Loopback) -> dict:
 COLD_SCRIPT = r"""
 import sys, time, json
 t0 = time.perf_counter()
-sys.path.insert(0, {repo!r})
 from latentcomm.engine import Engine
 from latentcomm.wire.encodings import encode_latent, decode_latent
 from latentcomm.images import tensor_to_pil
@@ -184,13 +180,11 @@ def ours_cold(model_dir: Path, size: int, precision: str) -> dict:
 
 LARGE_SCRIPT = r"""
 import sys, time, json, resource
-sys.path.insert(0, {repo!r})
 from PIL import Image
 from latentcomm.engine import Engine
 from latentcomm.wire.encodings import encode_latent, decode_latent
 from latentcomm.images import tensor_to_pil
 from latentcomm.sender import prepare
-from benchmarks.meta import run_meta  # noqa: E402
 Image.open({image!r}).convert("RGB").resize(({size}, {size}), Image.Resampling.LANCZOS).save({path!r})
 e = Engine({model!r}, "cpu", {precision!r})
 t = time.perf_counter()
@@ -378,9 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         args.reps, args.original_reps, args.stream, args.sizes, args.large = 2, 1, 3, [64], 1100
     res = run(args)
     print_table(res)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(res, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    write_results(args.json, res)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Live video over thin links, temporal redundancy, and decode throughput through a broker.
 
-    python benchmarks/stream.py            # ~25 minutes; writes benchmarks/results/stream.json
-    python benchmarks/stream.py --quick    # a minute: the harness only
+    python -m benchmarks.stream            # ~25 minutes; writes benchmarks/results/stream.json
+    python -m benchmarks.stream --quick    # a minute: the harness only
 
 1. Live video (issue "Live video"): a fixed-camera scene built here (a held-out photo as the hall,
    people-sized patches of another photo crossing it, sensor noise) and the three shared movie
@@ -31,27 +31,23 @@ import resource
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from benchmarks.harness import RESULTS, run_meta, write_results
+from latentcomm.enhance import ENHANCER_DIR
+from latentcomm.scenes import station_scene
+from latentcomm.transports.throttle import Throttle
+from tests.conftest import PYTHON, ReceiverProcess, script_env
+from tests.videos import make_video
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from benchmarks.meta import run_meta  # noqa: E402
-from latentcomm.enhance import ENHANCER_DIR  # noqa: E402
-from latentcomm.scenes import station_scene  # noqa: E402
-from latentcomm.transports.throttle import Throttle  # noqa: E402
-from tests.conftest import PYTHON, ReceiverProcess, script_env  # noqa: E402
-from tests.videos import make_video  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = {"320x176": (320, 176), "640x352": (640, 352)}
 RATES = {"64k": 64_000, "256k": 256_000, "1M": 1_000_000}
 FPS = 10
@@ -421,9 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{t['scene']:>6} {t['mode']:<28} {t['bytes_per_frame']:>8.0f} B/frame  {t['mean_psnr_db']:.2f} dB")
     for b in broker:
         print(f"broker, {b['receivers']} receiver(s): {b['frames_per_s']:.2f} frames/s ({b['decoded_per_receiver']})")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    write_results(args.json, result)
     return 0
 
 

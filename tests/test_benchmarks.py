@@ -15,9 +15,11 @@ from latentcomm.models import EMBEDDED_MODEL_DIR
 from tests.conftest import REPO, script_env
 
 
-def run_bench(*args: str) -> subprocess.CompletedProcess:
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.NAME`` from the checkout root, as docs/benchmarks.md runs them."""
+    module = script.removesuffix(".py").replace("/", ".")
     proc = subprocess.run(
-        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=script_env()
+        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=script_env()
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -134,11 +136,8 @@ def test_stream_benchmark_quick(tmp_path):
 
 
 def test_import_graph_finds_a_known_cycle_and_measures_the_package(tmp_path):
-    import importlib.util
+    from benchmarks import import_graph as graph
 
-    spec = importlib.util.spec_from_file_location("import_graph", REPO / "benchmarks" / "import_graph.py")
-    graph = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(graph)
     pkg = tmp_path / "latentcomm"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")

@@ -16,11 +16,13 @@ import subprocess
 
 from tests.conftest import PYTHON, REPO, run_script
 
-REPORT = REPO / "benchmarks" / "report.py"
+REPORT = "benchmarks.report"
 
 
 def check(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, str(REPORT), "--check", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [PYTHON, "-m", REPORT, "--check", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_documentation_figures_match_the_benchmark_results():

@@ -1,14 +1,23 @@
-"""Where and when a benchmark ran, stored with its numbers.
+"""What every benchmark shares: where and when it ran (stored with its numbers) and writing its results.
 
-The README's tables are written from the JSON files (`benchmarks/report.py`), so the date and the CPU
-in their captions must come from the run too, not from whoever edits the README.
+The documents' tables are written from the JSON files (`benchmarks/report.py`), so the date and the
+CPU in their captions must come from the run too, not from whoever edits the documents.
+
+The benchmarks run from the checkout's root as ``python -m benchmarks.NAME`` and import ``latentcomm``
+as any user's code does (the installed package, or the checkout's own from its root), this module,
+and nothing by file path.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import time
 from pathlib import Path
+
+#: Where the runs the documents quote are kept.
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def cpu_name() -> str:
@@ -41,8 +50,6 @@ def cpu_features() -> str:
 
 def run_meta() -> dict:
     """Date, CPU and torch of this run, for the JSON file's top level."""
-    import os
-
     import torch
 
     return {
@@ -52,3 +59,10 @@ def run_meta() -> dict:
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch": torch.__version__,
     }
+
+
+def write_results(path: Path, result: dict, indent: int = 1) -> None:
+    """Write a run's results as JSON (creating the folder) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=indent) + "\n")
+    print(f"wrote {path}")

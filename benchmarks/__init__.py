@@ -1,0 +1,1 @@
+"""Benchmarks: run from the checkout root as ``python -m benchmarks.NAME`` (see docs/benchmarks.md)."""
