@@ -14,6 +14,7 @@ import latentcomm
 from latentcomm.codecs.base import REGISTRY, ImageCodec, codec_class
 from latentcomm.training import OBJECTIVES, objective_class
 from latentcomm.training.loop import Objective
+from latentcomm.transports import BROKERS, broker_transport
 from tests.conftest import REPO, script_env
 
 
@@ -39,6 +40,10 @@ def test_every_registered_codec_and_objective_is_a_real_module():
     for name in REGISTRY:
         cls = codec_class(name)
         assert issubclass(cls, ImageCodec) and "from_options" in vars(cls), name
+    for scheme, module in BROKERS.items():
+        transport = importlib.import_module(module)
+        assert callable(transport.Sender.pipeline) and callable(transport.Source.from_args), scheme
+        assert broker_transport(f"{scheme}://127.0.0.1:1") is transport
     for objective in OBJECTIVES:
         cls = objective_class(objective)
         assert issubclass(cls, Objective) and cls.name == objective and not inspect.isabstract(cls), objective

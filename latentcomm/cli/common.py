@@ -51,9 +51,15 @@ def add_key_args(p: argparse.ArgumentParser, receiver: bool) -> None:
 
 
 def add_broker_args(p: argparse.ArgumentParser, receiver: bool) -> None:
-    """--broker / --topic (and the receiver's --group / --client-id): frames through MQTT."""
-    g = p.add_argument_group("through an MQTT broker (instead of a TCP connection)")
-    g.add_argument("--broker", metavar="mqtt://HOST:PORT", help="publish/subscribe frames through this MQTT broker")
+    """--broker / --topic (and the receiver's --group / --client-id): frames through MQTT or Zenoh."""
+    g = p.add_argument_group("through an MQTT broker or Zenoh (instead of a TCP connection)")
+    where = "listen for frames there" if receiver else "send frames there"
+    g.add_argument(
+        "--broker",
+        metavar="URL",
+        help="mqtt://HOST:PORT: publish/subscribe frames through this MQTT broker; zenoh://HOST:PORT: Zenoh, peer "
+        f"to peer ({where}). The flags below that name a broker are MQTT's",
+    )
     g.add_argument("--topic", default="default", metavar="NAME", help="stream name; senders and receivers must match")
     if not receiver:
         g.add_argument(

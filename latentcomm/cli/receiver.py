@@ -203,8 +203,9 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
     # Bind first: a port conflict should fail in a second, not after loading the model.
     v2_limits = v2.Limits(args.max_payload, args.max_latent, args.max_pixels, max_text_bytes=args.max_text)
     if args.broker:
-        from latentcomm.transports.mqtt import MqttServer
+        from latentcomm.transports import broker_transport
 
+        transport = broker_transport(args.broker)
         replay_state = None
         if keyring is not None:
             if args.out is not None:
@@ -214,10 +215,7 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
                     "sealed broker frames without --out: the replay memory is not kept across restarts (give --out "
                     "to keep it in %s there)", REPLAY_STATE_FILE,
                 )  # fmt: skip
-        server = MqttServer(
-            args.broker, args.topic, args.group, args.client_id, v2_limits, keyring=keyring,
-            session_expiry=args.session_expiry, replay_state=replay_state, viewer=args.viewer,
-        )  # fmt: skip
+        server = transport.Source.from_args(args, v2_limits, keyring, replay_state)
     else:
         server = FrameServer(
             args.host,

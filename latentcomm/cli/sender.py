@@ -22,6 +22,9 @@ from latentcomm.cli.common import (
     setup_logging,
 )
 
+if TYPE_CHECKING:
+    from latentcomm.transports.base import FramePipeline
+
 DESCRIPTION = """\
 Encode images with a diffusers AutoencoderKL, compress their latents and send them over TCP to
 receiver_sdvae.py.
@@ -261,11 +264,11 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
 
 
 def _client(args, key, pace_bps=None):
-    """The transport: a TCP connection to the receiver, or the MQTT broker."""
+    """The transport: a TCP connection to the receiver, or the --broker's (MQTT, Zenoh)."""
     if args.broker:
-        from latentcomm.transports.mqtt import MqttSender
+        from latentcomm.transports import broker_transport
 
-        return MqttSender(
+        return broker_transport(args.broker).Sender(
             args.broker, args.topic, args.timeout, args.retries, args.wait_for_receiver, ack_timeout=args.ack_timeout,
             key=key,
         )  # fmt: skip
@@ -380,9 +383,6 @@ def _send_video(parser, args) -> int:
     from latentcomm.transports.tcp import Pipeline
     from latentcomm.wire.keys import load_key
 
-    if TYPE_CHECKING:
-        from latentcomm.transports.mqtt import BrokerPipeline
-
     key = load_key(args.key) if args.key else None
     texts = text_source(args.text, args.text_file)
     frames = _source(args)
@@ -392,11 +392,9 @@ def _send_video(parser, args) -> int:
         args.codec, fixed or 256_000, fps, args.key_interval or max(1, round(10 * fps)), preset=args.preset
     )
     client = _client(args, key)
-    pipeline: Pipeline | BrokerPipeline
-    if args.broker:  # one receiver of the group owns the stream; viewers watch it (docs/video.md)
-        from latentcomm.transports.mqtt import BrokerPipeline
-
-        pipeline = BrokerPipeline(client, args.window or 4, ack_timeout=min(args.ack_timeout, 2.0))
+    pipeline: FramePipeline
+    if args.broker:  # MQTT: one receiver of the group owns the stream; viewers watch it (docs/video.md)
+        pipeline = client.pipeline(args.window or 4, ack_timeout=min(args.ack_timeout, 2.0))
     else:
         pipeline = Pipeline(client, args.window or 4, reconnect_wait=args.timeout)
     live = LiveSource(itertools.chain([first], frames))

@@ -236,6 +236,10 @@ class MqttSender:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def pipeline(self, window: int = 4, ack_timeout: float = 2.0) -> BrokerPipeline:
+        """Live video through the broker (a :class:`~latentcomm.transports.base.FramePipeline`)."""
+        return BrokerPipeline(self, window, ack_timeout)
+
     def send(self, frame: v2.ImageFrame) -> v2.Ack:
         """Publish one frame and return the receivers' ACK for it, publishing again on silence."""
         plain = v2.encode_image(frame)
@@ -412,6 +416,14 @@ class MqttServer:
         _connect(self.client, self.host, self.port, wait_for, session_expiry)
         if not viewer:
             threading.Thread(target=self._renew, name="video-claims", daemon=True).start()
+
+    @classmethod
+    def from_args(cls, args, v2_limits: v2.Limits, keyring: Keyring | None, replay_state: Path | None) -> MqttServer:
+        """The receiver's flags (``--broker``, ``--topic``, ``--group``, ``--client-id``, ...)."""
+        return cls(
+            args.broker, args.topic, args.group, args.client_id, v2_limits, keyring=keyring,
+            session_expiry=args.session_expiry, replay_state=replay_state, viewer=args.viewer,
+        )  # fmt: skip
 
     def start(self) -> MqttServer:
         self.client.loop_start()
@@ -621,3 +633,7 @@ class MqttServer:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+#: The names the transport registry (:data:`latentcomm.transports.BROKERS`) looks up.
+Sender, Source = MqttSender, MqttServer
