@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import io
+import ipaddress
 import json
 import logging
 import math
@@ -28,6 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
+
+from latentcomm.errors import TransportError
+from latentcomm.metrics import psnr, ssim
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +139,6 @@ class DashboardState:
 
     def on_image(self, report: dict, recon: Image.Image, original: Image.Image | None) -> None:
         """One decoded image (the receiver's report dict and the pictures)."""
-        from latentcomm.metrics import psnr, ssim
 
         sender = report.get("key_id") or sender_name(str(report.get("peer", "?")))
         quality: dict = {}
@@ -287,7 +290,6 @@ def build_app(state: DashboardState, token: str | None = None):
 def loopback_host(host_header: str) -> bool:
     """Does an HTTP Host header name this machine's loopback (``localhost``, ``127.0.0.1:8080``,
     ``[::1]:8080``)? Anything else, a rebound domain included, is not."""
-    import ipaddress
 
     host = host_header.strip().lower()
     if host.startswith("["):
@@ -324,8 +326,6 @@ class Dashboard:
 
     def __init__(self, state: DashboardState, host: str, port: int, token: str | None = None) -> None:
         import uvicorn
-
-        from latentcomm.errors import TransportError
 
         self.state = state
         config = uvicorn.Config(build_app(state, token), host=host, port=port, log_level="warning", lifespan="off")

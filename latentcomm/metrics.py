@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -65,8 +68,6 @@ def ms_ssim(reference: Image.Image | np.ndarray, test: Image.Image | np.ndarray)
 def ssimulacra2(reference: Image.Image | np.ndarray, test: Image.Image | np.ndarray) -> float:
     """SSIMULACRA2 (Cloudinary's perceptual metric; pip ``ssimulacra2``): 100 = identical, 90 = visually
     lossless, 70 = high quality, 50 = medium, 30 = low, below 10 = very low."""
-    import tempfile
-    from pathlib import Path
 
     from ssimulacra2 import compute_ssimulacra2
 

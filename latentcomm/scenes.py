@@ -6,16 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
+from latentcomm import data
+from latentcomm.codecs.video import fit_picture
+from latentcomm.images import load_image
+
 
 def station_scene(path: Path, seconds: float = 10.0, fps: int = 10) -> Path:
     """A fixed camera over a hall: a held-out photo as the still background, three people-sized
     patches of another photo walking across at different speeds, and a little sensor noise. Written
     losslessly (FFV1), 640x360, 10 fps, frames named station-NNNNNN by the sender."""
     import av
-
-    from latentcomm import data
-    from latentcomm.codecs.video import fit_picture
-    from latentcomm.images import load_image
 
     photos = data.heldout_photos()
     hall = np.asarray(fit_picture(load_image(photos[0]), (640, 360))).astype(np.int16)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import queue as queue_mod
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -17,6 +20,7 @@ from latentcomm.codecs.learned.codec import SCENE_CHANGE
 from latentcomm.engine import Engine
 from latentcomm.errors import ImageError
 from latentcomm.images import center_crop_square, encode_png, load_image, pad_to_multiple, pil_to_tensor, resize_square
+from latentcomm.stream import percentile
 from latentcomm.transports.base import FrameSender
 from latentcomm.transports.tcp import send_frame
 from latentcomm.wire import v2
@@ -234,7 +238,6 @@ def text_source(text: str | None, text_file: str | Path | None) -> Callable[[Pat
         raise ImageError(f"--text-file {path} is not valid UTF-8 (byte {exc.start})") from None
     if path.suffix != ".jsonl":
         return lambda _path: content
-    import json
 
     mapping: dict[str, str] = {}
     for n, line in enumerate(content.splitlines(), start=1):
@@ -355,10 +358,6 @@ def send_stream(
     more than the frames up to the next key frame; so does a scene change (most blocks changed).
     ``key_interval`` 1 sends key frames only.
     """
-    import queue as queue_mod
-    import threading
-
-    from latentcomm.stream import percentile
 
     rate = bandwidth_bps / 8 if bandwidth_bps else None
     learned = codec.kind == "learned"  # codes inter frames against its own references, to a byte target

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from latentcomm.errors import ImageError
+from latentcomm.images import load_image
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,6 @@ def _frames(container, stem: str, fps: float | None, max_frames: int | None) -> 
 
 def image_frames(paths: list[Path], fps: float, max_frames: int | None = None) -> Iterator[SourceFrame]:
     """A folder of stills as a stream at ``fps``."""
-    from latentcomm.images import load_image
 
     for i, p in enumerate(paths[:max_frames] if max_frames else paths):
         yield SourceFrame(i, i / fps, load_image(p), p.name)

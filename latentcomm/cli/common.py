@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import logging
+import math
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable
+
+from latentcomm.data import MODELS_ROOT
+from latentcomm.errors import LatentcommError, LocalProtocolError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 65432
@@ -103,7 +110,6 @@ def add_broker_args(p: argparse.ArgumentParser, receiver: bool) -> None:
 
 def is_loopback(host: str) -> bool:
     """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    import ipaddress
 
     if host == "localhost":
         return True
@@ -198,9 +204,6 @@ def add_rate_args(p: argparse.ArgumentParser) -> None:
 def shipped_learned_levels() -> int | None:
     """Quality levels of the shipped learned codec, read from its config.json (no torch import), so a
     flag mistake is a parser error before any model loads; None if the folder isn't readable."""
-    import json
-
-    from latentcomm.data import MODELS_ROOT
 
     try:
         return len(json.loads((MODELS_ROOT / "latentcomm-lic" / "config.json").read_text())["lambdas"])
@@ -221,7 +224,6 @@ def check_rate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--refine needs --codec learned")
     if refine:
         from latentcomm.codecs import LearnedCodec  # torch, but only when refining anyway
-        from latentcomm.errors import LocalProtocolError
 
         try:
             LearnedCodec.check_refine_steps(refine)
@@ -246,7 +248,6 @@ def number(
 
     ``above``: ``lo`` itself is excluded (a timeout must be > 0, a wait may be 0).
     """
-    import math
 
     def convert(text: str) -> float:
         try:
@@ -273,7 +274,6 @@ seconds_or_zero = number(0, 86400)
 
 def byte_size(text: str) -> int:
     """'500M', '2G', '64k', '1000000' -> bytes (k, M, G: powers of 1024); positive and finite."""
-    import math
 
     t = text.strip().lower().removesuffix("ib").removesuffix("b")
     mult = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}.get(t[-1:], 1)
@@ -305,7 +305,6 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("httpx", "httpcore", "urllib3", "filelock", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    import warnings
 
     warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
 
@@ -329,7 +328,6 @@ def stop_on_signals() -> threading.Event:
 
 def run(main: Callable[[], int]) -> int:
     """Run a script's main: user errors become one line on stderr and exit status 1, no traceback."""
-    from latentcomm.errors import LatentcommError
 
     try:
         return main()

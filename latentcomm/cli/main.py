@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import sys
 
 from latentcomm.cli.common import HelpFormatter, run
@@ -51,14 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in SCRIPTS:
-        import importlib
-
         module = importlib.import_module(f"latentcomm.cli.{SCRIPTS[argv[0]]}")
         return module.main(argv[1:], prog=f"latentcomm {argv[0]}")
     args = build_parser().parse_args(argv)
     if args.command == "keygen":
-        import json
-
         from latentcomm.wire.keys import generate_key
 
         key = generate_key(args.path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from typing import TYPE_CHECKING
@@ -309,7 +310,6 @@ def _send_stream(parser, args, key, bandwidth, texts=None) -> int:
         quality=args.quality, target_bytes=args.target_bytes,
     )  # fmt: skip
     first = next(frames)  # fail on a bad source before connecting
-    import itertools
 
     live = LiveSource(itertools.chain([first], frames))
     failed = 0
@@ -374,7 +374,6 @@ def _send_video(parser, args) -> int:
         except ValueError as exc:
             parser.error(f"--resolution: {exc}")
     setup_logging()
-    import itertools
 
     from latentcomm.codecs.video import VideoCodec
     from latentcomm.live import send_video_stream

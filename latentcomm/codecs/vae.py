@@ -9,9 +9,13 @@ import time
 import torch
 
 from latentcomm.codecs.base import CodecOptions, Encoded, ImageCodec
+from latentcomm.engine import Engine
 from latentcomm.errors import RemoteProtocolError
+from latentcomm.images import crop_to, pad_to_multiple
 from latentcomm.wire.encodings import (
+    COMPRESSIONS,
     ENC_LEARNED,
+    V2_ENCODINGS,
     bounded_decompress,
     compress,
     v2_dequantize,
@@ -30,12 +34,10 @@ class VaeCodec(ImageCodec):
 
     @classmethod
     def from_options(cls, name: str, options: CodecOptions) -> VaeCodec:
-        from latentcomm.engine import Engine
 
         return cls(Engine(options.model, options.device, options.precision), options.dtype, options.compression)
 
     def __init__(self, engine, dtype: str = "f16", compression: str = "zstd") -> None:
-        from latentcomm.wire.encodings import COMPRESSIONS, V2_ENCODINGS
 
         self.engine = engine
         self.dtype = self.label = dtype
@@ -47,7 +49,6 @@ class VaeCodec(ImageCodec):
         self.load_seconds = engine.loaded.load_seconds
 
     def encode(self, image: torch.Tensor) -> Encoded:
-        from latentcomm.images import pad_to_multiple
 
         t0 = time.perf_counter()
         padded, _ = pad_to_multiple(image)
@@ -65,7 +66,6 @@ class VaeCodec(ImageCodec):
         return Encoded(self.encoding, self.compression, tuple(latent.shape[1:]), payload, tuple(params), facts)
 
     def decode(self, encoding, compression, shape, payload, params, image_size) -> torch.Tensor:
-        from latentcomm.images import crop_to
 
         c, h, w = shape
         oh, ow = image_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,6 @@ def write_pack(sources: list[tuple[Image.Image, list[tuple[int, int]]]], path: P
     raw pyramid would be 600 MB; the checkout may carry 64 MiB in all). The JPEG error at quality 90
     4:4:4 is about 40 dB PSNR, well above what the codec reconstructs at the rates it targets.
     """
-    import io
 
     path.parent.mkdir(parents=True, exist_ok=True)
     blobs = {}
@@ -80,7 +80,6 @@ def write_pack(sources: list[tuple[Image.Image, list[tuple[int, int]]]], path: P
 
 def read_pack(path: Path) -> list[np.ndarray]:
     """The training pyramid from a pack written by :func:`write_pack`."""
-    import io
 
     with np.load(path) as pack:
         names = sorted(k for k in pack.files if k.startswith("img"))

@@ -13,6 +13,7 @@ promises, so a tiny "gzip bomb" cannot make the receiver allocate more than that
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from dataclasses import dataclass
 
@@ -201,8 +202,6 @@ def bounded_decompress(payload: bytes, compression: int, expected: int) -> bytes
     elif compression == COMP_GZIP:
         return bounded_gunzip(payload, expected)
     elif compression == COMP_ZSTD:
-        import io
-
         import zstandard
 
         try:

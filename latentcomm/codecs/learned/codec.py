@@ -20,10 +20,12 @@ import torch.nn.functional as F
 
 from latentcomm.codecs.base import CodecOptions, Encoded, ImageCodec
 from latentcomm.codecs.learned import postfilter
-from latentcomm.codecs.learned.model import Y_RANGE, Z_RANGE
+from latentcomm.codecs.learned.entropy import EntropyCoder
+from latentcomm.codecs.learned.model import Y_RANGE, Z_RANGE, LearnedCodecModel
 from latentcomm.codecs.learned.postfilter import FILTER_BYTES
+from latentcomm.codecs.learned.refine import MAX_REFINE_STEPS, refine_latent
 from latentcomm.data import MODELS_ROOT
-from latentcomm.device import configure_threads, resolve_device
+from latentcomm.device import configure_threads, resolve_device, resolve_precision
 from latentcomm.errors import LocalProtocolError, ModelLoadError, RemoteProtocolError
 from latentcomm.images import tensor_to_uint8
 from latentcomm.wire.encodings import (
@@ -138,8 +140,6 @@ class LearnedCodec(ImageCodec):
         refine_steps: int = 0,
         postfilter: bool = True,
     ) -> None:
-        from latentcomm.codecs.learned.entropy import EntropyCoder
-        from latentcomm.codecs.learned.model import LearnedCodecModel
 
         t0 = time.perf_counter()
         self.device = resolve_device(device)
@@ -181,7 +181,6 @@ class LearnedCodec(ImageCodec):
     @staticmethod
     def check_refine_steps(steps: int) -> int:
         """``steps`` if it is a step count ``--refine`` allows (the codec and the CLI share this check)."""
-        from latentcomm.codecs.learned.refine import MAX_REFINE_STEPS
 
         if not 0 <= steps <= MAX_REFINE_STEPS:
             raise LocalProtocolError(f"--refine must be between 0 and {MAX_REFINE_STEPS} steps, got {steps}")
@@ -330,8 +329,6 @@ class LearnedCodec(ImageCodec):
             quality = self.check_quality(self.quality if quality is None else quality)
         refine_s, start, first_probes = 0.0, None, 0
         if steps and reference is None:
-            from latentcomm.codecs.learned.refine import refine_latent
-
             if target is not None:
                 start, _, first_probes, _ = self._search(y_raw, target, None, context)
             else:
@@ -619,7 +616,6 @@ def _learned_precision(precision: str, device: torch.device) -> torch.dtype:
     """fp32 on CPU unless asked: measured on an AVX512-BF16 (no AMX) CPU, bf16 convolutions and
     transposed convolutions of this model run 20-50x slower than fp32 in torch 2.13. The entropy
     path is float64 whatever this says, so the choice never changes the bitstream."""
-    from latentcomm.device import resolve_precision
 
     if precision == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32

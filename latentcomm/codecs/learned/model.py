@@ -28,6 +28,7 @@ The model folder is diffusers-like: ``config.json`` plus ``model.safetensors``; 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentcomm.codecs.learned.context import SpatialChannelContext
 from latentcomm.codecs.learned.layers import (  # noqa: F401 (the grid's names, as the model's)
     GDN,
     SCALE_LEVELS,
@@ -240,8 +242,6 @@ class LearnedCodecModel(nn.Module):
         self.z_density = FactorizedDensity(H)
         self.context = None
         if self.config.context_groups:
-            from latentcomm.codecs.learned.context import SpatialChannelContext
-
             self.context = SpatialChannelContext(M, self.config.context_groups, width=self.config.context_width)
         # Log-gains, initialised so that higher levels quantize finer: the MSE-optimal step size
         # shrinks like 1/sqrt(lambda).
@@ -397,8 +397,6 @@ class LearnedCodecModel(nn.Module):
         """A float64 CPU copy of a probability-path module (cached; the weights never change in use)."""
         cache = self.__dict__.setdefault("_float64_cache", {})
         if name not in cache:
-            import copy
-
             cache[name] = copy.deepcopy(getattr(self, name)).cpu().double().eval().requires_grad_(False)
         return cache[name]
 
