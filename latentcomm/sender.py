@@ -360,7 +360,6 @@ def send_stream(
     """
 
     rate = bandwidth_bps / 8 if bandwidth_bps else None
-    learned = codec.kind == "learned"  # codes inter frames against its own references, to a byte target
     outbox: queue_mod.Queue = queue_mod.Queue()
     results: queue_mod.Queue = queue_mod.Queue()
     refused = threading.Event()
@@ -432,13 +431,12 @@ def send_stream(
             if refused.is_set():
                 refused.clear()
                 reference = None
-            if learned:
+            if codec.inter_frames:  # codes against its own references, to the byte target
                 ref = reference if since_key + 1 < key_interval else None
-                # Streams code key frames with the hyperprior alone (see LearnedCodec.encode).
-                enc = codec.encode(x, target_bytes=target, reference=ref, context=False, refine_steps=0)
+                enc = codec.encode_in_stream(x, target, ref)
                 if ref is not None and enc.facts.get("coded_blocks", 0) > SCENE_CHANGE:
                     # A scene change: start over with a key frame.
-                    enc = codec.encode(x, target_bytes=target, context=False, refine_steps=0)
+                    enc = codec.encode_in_stream(x, target)
                 reference = enc.facts["reference"]
                 since_key = 0 if enc.facts.get("frame_type") == "key" else since_key + 1
             else:

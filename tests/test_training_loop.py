@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import subprocess
+import sys
+import time
 from typing import Any
 
 import pytest
 import torch
 
 from latentcomm.training.loop import Objective, TrainingError, train, write_model_folder
+from tests.conftest import REPO, script_env
 
 
 class Line(Objective):
@@ -86,6 +91,29 @@ def test_the_learning_rate_warms_up_and_a_deadline_stops_the_run(tmp_path):
     assert lrs == pytest.approx([0.1, 0.2, 0.3])
     assert run(tmp_path, "boxed", "--minutes", "0.002") == 0  # 0.12 s: checkpointed, exported, stopped
     assert torch.load(tmp_path / "boxed" / "last.pt", weights_only=False)["step"] >= 1
+
+
+def test_ctrl_c_checkpoints_at_a_step_end_and_the_run_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    code = "import sys\nfrom tests.test_training_loop import Line\nfrom latentcomm.training.loop import train\n"
+    code += "sys.exit(train(Line, sys.argv[1:]))"
+    command = [sys.executable, "-c", code, "--run-dir", str(run_dir), "--export", str(run_dir / "export")]
+    proc = subprocess.Popen(command, cwd=REPO, env=script_env(), stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.exists() and metrics.stat().st_size > 2000):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted at step" in err, err
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    state = torch.load(run_dir / "last.pt", weights_only=False)
+    assert state["step"] == steps[-1] and steps == list(range(1, steps[-1] + 1))
+    again = subprocess.run([*command, "--stop-after", "3"], cwd=REPO, env=script_env(), capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+    assert again.returncode == 0 and f"at step {steps[-1]}" in again.stderr, again.stderr
+    assert torch.load(run_dir / "last.pt", weights_only=False)["step"] == steps[-1] + 3
 
 
 def test_mistakes_are_one_line(tmp_path, capsys):

@@ -23,6 +23,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -78,6 +79,9 @@ class ImageCodec(ABC):
     stateful: bool = False
     #: Decodes the original scripts' frames (a 4-channel AutoencoderKL latent): the VAE codec.
     decodes_legacy_frames: bool = False
+    #: In a stream of stills, codes frames against its own earlier ones to a byte budget
+    #: (:meth:`encode_in_stream`): the learned codec.
+    inter_frames: bool = False
     #: How the payload is compressed, for reports ("zstd", "entropy-coded", "h264"...).
     compression_label: str = ""
     #: What reports call the payload's form (the ``dtype`` field): a VAE latent's precision, "learned",
@@ -97,6 +101,12 @@ class ImageCodec(ABC):
     @abstractmethod
     def encode(self, image: torch.Tensor) -> Encoded:
         """Encode one image of any size (the codec pads as it needs; the frame carries the size)."""
+
+    def encode_in_stream(self, image: torch.Tensor, target_bytes: int | None, reference: Any = None) -> Encoded:
+        """One frame of a stream of stills, within ``target_bytes`` where the codec can aim (None: no
+        budget), against ``reference`` (the ``facts["reference"]`` of the last frame the receiver took)
+        where it codes inter frames. By default: the image alone, as :meth:`encode` codes it."""
+        return self.encode(image)
 
     def payload_facts(self, payload: bytes) -> dict:
         """What a receiver's report can say about a payload it decoded (the learned codec: its quality)."""

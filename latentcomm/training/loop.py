@@ -20,7 +20,9 @@ the same for all of them:
 - the learning-rate schedule (:func:`time_schedule` or :func:`step_schedule`);
 - evaluation every ``--eval-every`` steps and when the run stops; a checkpoint and an export every
   ``--ckpt-every`` steps and when the run stops (the last export carries the last evaluation);
-- the progress bar, and one-line errors (:class:`TrainingError`, exit status 2) for user mistakes.
+- the progress bar, and one-line errors (:class:`TrainingError`, exit status 2) for user mistakes;
+- Ctrl-C: the step under way finishes, the run is checkpointed (exit status 130), and the same
+  command resumes it; a second Ctrl-C aborts at once.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -205,6 +209,28 @@ def write_model_folder(folder: Path, meta: dict, save: Callable[[Path], None]) -
     tmp.rmdir()
 
 
+class _Interrupt(threading.Event):
+    """Set by the first Ctrl-C (SIGINT): the loop stops at the end of the step and checkpoints; a
+    second Ctrl-C aborts at once. Outside the main thread (no signals there) it is never set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.is_set():
+            raise KeyboardInterrupt
+        self.set()
+        log.warning("Ctrl-C: stopping at the end of this step (again to abort)")
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 def parser(cls: type[Objective], objectives: Iterable[str] = ()) -> argparse.ArgumentParser:
     """The objective's command line: the shared flags with its defaults, then its own (``objectives``:
     the names ``--help`` lists beside this one)."""
@@ -361,41 +387,52 @@ def _train(objective: Objective, args: argparse.Namespace) -> int:
         desc=f"training {objective.name}", unit="step", initial=step, total=None if stop_at >= UNLIMITED else stop_at
     )
     final: dict[str, float] | None = None
+    evaluated_at = -1
     stats: dict[str, Any] = {}
-    while step < stop_at and time.time() < deadline:
-        frac = (time.time() - t0) / (args.minutes * 60) if args.minutes > 0 else 0.0
-        lr = objective.learning_rate(step, step - opt_start, frac)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        with torch.autocast(objective.device.type, dtype=objective.dtype, enabled=objective.dtype != torch.float32):
-            loss, stats = objective.loss()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if objective.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, objective.clip_grad_norm)
-        opt.step()
-        objective.after_step(step)
-        step += 1
-        bar.update(1)
-        last = step >= stop_at or time.time() >= deadline
-        evaluating = last or (args.eval_every > 0 and step % args.eval_every == 0)
-        if evaluating or step % args.log_every == 0:
-            stats = {k: float(v) for k, v in stats.items()}
-            bar.set_postfix({k: f"{stats[k]:.4g}" for k in objective.progress if k in stats})
-            record = {"step": step, "lr": lr, "time_s": round(elapsed + time.time() - t0, 1), **stats}
-            if evaluating:
-                final = objective.evaluate()
-                record.update(final)
-                if final:
-                    log.info("step %d held-out: %s", step, held_out(record))
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-        if last:
-            break
-        if step % args.ckpt_every == 0:
-            checkpoint(None)
+    interrupted = _Interrupt()
+    try:
+        while step < stop_at and time.time() < deadline and not interrupted.is_set():
+            frac = (time.time() - t0) / (args.minutes * 60) if args.minutes > 0 else 0.0
+            lr = objective.learning_rate(step, step - opt_start, frac)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            autocast = objective.dtype != torch.float32
+            with torch.autocast(objective.device.type, dtype=objective.dtype, enabled=autocast):
+                loss, stats = objective.loss()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if objective.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, objective.clip_grad_norm)
+            opt.step()
+            objective.after_step(step)
+            step += 1
+            bar.update(1)
+            last = step >= stop_at or time.time() >= deadline or interrupted.is_set()
+            evaluating = (last and not interrupted.is_set()) or (args.eval_every > 0 and step % args.eval_every == 0)
+            if evaluating or step % args.log_every == 0:
+                stats = {k: float(v) for k, v in stats.items()}
+                bar.set_postfix({k: f"{stats[k]:.4g}" for k in objective.progress if k in stats})
+                record = {"step": step, "lr": lr, "time_s": round(elapsed + time.time() - t0, 1), **stats}
+                if evaluating:
+                    final, evaluated_at = objective.evaluate(), step
+                    record.update(final)
+                    if final:
+                        log.info("step %d held-out: %s", step, held_out(record))
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+            if last:
+                break
+            if step % args.ckpt_every == 0:
+                checkpoint(None)
+    finally:
+        interrupted.restore()
     bar.close()
-    if final is None:  # no step to take (the run was done): its export still gets an evaluation
+    if interrupted.is_set():  # Ctrl-C: checkpointed at a step's end, to resume; no evaluation
+        metrics.close()
+        checkpoint(None)
+        log.warning("interrupted at step %d; checkpoint %s (run the same command to resume)", step, ckpt_path)
+        return 130
+    if evaluated_at != step:  # the run stopped without evaluating its last step: its export gets one
         final = objective.evaluate()
         if final:
             metrics.write(json.dumps({"step": step, **final}) + "\n")

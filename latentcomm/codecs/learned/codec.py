@@ -13,6 +13,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,6 +113,7 @@ class LearnedCodec(ImageCodec):
     """
 
     kind = "learned"
+    inter_frames = True
     compression_label = "entropy-coded"
     label = "learned"
 
@@ -541,6 +543,12 @@ class LearnedCodec(ImageCodec):
                 "(different weights or a corrupted payload)"
             )
         return quality, z, y, mean
+
+    def encode_in_stream(self, image: torch.Tensor, target_bytes: int | None, reference: Any = None) -> Encoded:
+        """A stream's frame: an inter frame against ``reference``, else a key frame coded with the
+        hyperprior alone and unrefined (see :meth:`encode`: 3x faster per rate probe, and inter frames
+        then copy blocks from like-quantized references)."""
+        return self.encode(image, target_bytes=target_bytes, reference=reference, context=False, refine_steps=0)
 
     def payload_facts(self, payload: bytes) -> dict:
         version, q_milli = LEARNED_HEADER.unpack_from(payload)[:2]
