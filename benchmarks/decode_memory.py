@@ -34,16 +34,18 @@ def peak_kb():  # this process's own high-water mark (ru_maxrss would include th
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
 
-import latentcomm.codecs as C
+import latentcomm.codecs.learned.codec as learned
+from latentcomm.codecs import load_codec
+from latentcomm.wire.encodings import COMP_NONE, ENC_LEARNED
 if sys.argv[2] == "one-pass":
-    C.SYNTHESIS_TILE = 10**6
-codec = C.load_codec("learned", "auto", "cpu", "fp32")
+    learned.SYNTHESIS_TILE = 10**6
+codec = load_codec("learned", "auto", "cpu", "fp32")
 side = int(sys.argv[3])
 payload = open(sys.argv[1], "rb").read()
 loaded = peak_kb()
 t0 = time.perf_counter()
 shape = (codec.model.config.M, 4 * -(-side // 64), 4 * -(-side // 64))
-img = codec.decode(C.ENC_LEARNED, C.COMP_NONE, shape, payload, (), (side, side))
+img = codec.decode(ENC_LEARNED, COMP_NONE, shape, payload, (), (side, side))
 seconds = time.perf_counter() - t0
 print(loaded, peak_kb(), seconds, tuple(img.shape))
 """

@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image
 
 from latentcomm.codecs.base import ImageCodec
-from latentcomm.codecs.learned.codec import SCENE_CHANGE
 from latentcomm.engine import Engine
 from latentcomm.errors import ImageError
 from latentcomm.images import center_crop_square, encode_png, load_image, pad_to_multiple, pil_to_tensor, resize_square
@@ -433,10 +432,7 @@ def send_stream(
                 reference = None
             if codec.inter_frames:  # codes against its own references, to the byte target
                 ref = reference if since_key + 1 < key_interval else None
-                enc = codec.encode_in_stream(x, target, ref)
-                if ref is not None and enc.facts.get("coded_blocks", 0) > SCENE_CHANGE:
-                    # A scene change: start over with a key frame.
-                    enc = codec.encode_in_stream(x, target)
+                enc = codec.encode_in_stream(x, target, ref)  # a key frame after a scene change
                 reference = enc.facts["reference"]
                 since_key = 0 if enc.facts.get("frame_type") == "key" else since_key + 1
             else:

@@ -118,6 +118,14 @@ def test_codec_speed_and_pictures_quick(tmp_path):
     assert Image.open(png).size == (3 * 64, 64 + 20)
 
 
+def test_decode_memory_benchmark_measures_both_decoders(tmp_path):
+    out = tmp_path / "m.json"
+    run_bench("benchmarks/decode_memory.py", "--sizes", "128", "--json", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["tiled", "one-pass"], rows
+    assert all(r["peak_rss_mb"] >= r["rss_after_load_mb"] > 0 and r["decode_s"] > 0 for r in rows), rows
+
+
 def test_stream_benchmark_quick(tmp_path):
     out = tmp_path / "stream.json"
     run_bench("benchmarks/stream.py", "--quick", "--json", str(out))

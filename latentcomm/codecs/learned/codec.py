@@ -547,8 +547,12 @@ class LearnedCodec(ImageCodec):
     def encode_in_stream(self, image: torch.Tensor, target_bytes: int | None, reference: Any = None) -> Encoded:
         """A stream's frame: an inter frame against ``reference``, else a key frame coded with the
         hyperprior alone and unrefined (see :meth:`encode`: 3x faster per rate probe, and inter frames
-        then copy blocks from like-quantized references)."""
-        return self.encode(image, target_bytes=target_bytes, reference=reference, context=False, refine_steps=0)
+        then copy blocks from like-quantized references). A scene change (more than ``SCENE_CHANGE``
+        of the blocks coded anew) starts over with a key frame."""
+        enc = self.encode(image, target_bytes=target_bytes, reference=reference, context=False, refine_steps=0)
+        if reference is not None and enc.facts.get("coded_blocks", 0) > SCENE_CHANGE:
+            enc = self.encode(image, target_bytes=target_bytes, context=False, refine_steps=0)
+        return enc
 
     def payload_facts(self, payload: bytes) -> dict:
         version, q_milli = LEARNED_HEADER.unpack_from(payload)[:2]
