@@ -37,33 +37,28 @@ refuse replayed counters, and a sender accepts only authenticated acknowledgemen
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import queue
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from urllib.parse import urlparse
 
-from latentcomm.errors import LatentcommError, ProtocolError, TransportError
-from latentcomm.transports.base import ReceivedFrame, ServerStats
+from latentcomm.errors import LatentcommError, TransportError
+from latentcomm.transports.base import ReceivedFrame
+from latentcomm.transports.messages import AckWindow, MessageOpener, MessageSender, Refused
 from latentcomm.wire import v2
-from latentcomm.wire.broker_seal import STREAM_OVERHEAD, TYPE_STREAM_SEALED, BrokerOpener, BrokerSealer
-from latentcomm.wire.keys import Key, Keyring
-from latentcomm.wire.sealed import SealError
+from latentcomm.wire.keys import Keyring
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "receivers"
-DEDUP_WINDOW = 100_000
 #: Seconds a receiver's claim on a video stream lasts unless renewed (it renews every third of it).
 DEFAULT_LEASE_S = 3.0
-#: The only answers a sealed sender takes in clear (docs/security.md): from a receiver without its key.
-PLAINTEXT_REFUSALS = (v2.Status.UNKNOWN_KEY, v2.Status.SEALING_REQUIRED)
 
 
 def parse_broker(url: str) -> tuple[str, int]:
@@ -125,46 +120,17 @@ def _connect(client, host: str, port: int, wait_for: float, session_expiry: int 
             raise TransportError(f"cannot reach the MQTT broker at {host}:{port}: {exc.strerror or exc}") from None
 
 
-class MqttSender:
+class MqttSender(MessageSender):
     """Publishes v2 frames and waits for each frame's ACK; the V2Client interface over a broker."""
 
-    def __init__(
-        self,
-        broker: str,
-        topic: str,
-        timeout: float = 30.0,
-        retries: int = 3,
-        wait_for: float = 0.0,
-        ack_timeout: float = 10.0,
-        sender_id: str | None = None,
-        key: Key | None = None,
-    ) -> None:
-        self.sealer = BrokerSealer(key) if key is not None else None
-        if self.sealer is not None:
-            # A sealed sender's topic id is its stream id: authenticated in every frame, so receivers
-            # can refuse a frame of one stream republished on another sender's topic.
-            if sender_id is not None and sender_id != self.sealer.stream_id.hex():
-                raise LatentcommError("a sealed broker sender's id is its stream id; don't give sender_id")
-            sender_id = self.sealer.stream_id.hex()
-        self.key = key
-        #: Bytes sealing adds to a message through the broker (the video sender's rate accounts for it).
-        self.seal_overhead = STREAM_OVERHEAD + v2.PREFIX.size if key is not None else 0
-        self.pace: float | None = None  # the broker link is not paced; the video encoder's rate holds it
-        #: Where acknowledgements go instead of send()'s queue (a BrokerPipeline's reader).
+    def connect(self, broker: str, topic: str, wait_for: float) -> None:
+        #: Where acknowledgements go instead of send()'s queue (a BrokerPipeline's window).
         self.on_ack = None
-        self.forged_acks = 0
-        self._authenticated = False  # a sealed acknowledgement has come: no plaintext answer counts now
         self.host, self.port = parse_broker(broker)
         self.topic = check_topic(topic)
-        self.sender_id = sender_id or uuid.uuid4().hex[:16]
         self.frames_topic = f"latentcomm/{topic}/frames/{self.sender_id}"
         self.video_topic = f"latentcomm/{topic}/video/{self.sender_id}"
         self.acks_topic = f"latentcomm/{topic}/acks/{self.sender_id}"
-        self.timeout = timeout
-        self.retries = retries
-        self.ack_timeout = ack_timeout
-        self.reconnects = 0
-        self.last_frame_bytes = 0
         self._acks: queue.Queue[v2.Ack] = queue.Queue()
         self._connected = threading.Event()
         self._closing = False
@@ -174,7 +140,7 @@ class MqttSender:
         self.client.on_message = self._on_message
         _connect(self.client, self.host, self.port, wait_for)
         self.client.loop_start()
-        if not self._connected.wait(timeout):
+        if not self._connected.wait(self.timeout):
             self.close()
             raise TransportError(f"the MQTT broker at {self.host}:{self.port} did not accept the connection")
 
@@ -192,44 +158,13 @@ class MqttSender:
             log.info("disconnected from the broker (%s); reconnecting", reason_code)
 
     def _on_message(self, client, userdata, msg) -> None:
-        payload = msg.payload
-        sealed = len(payload) > 5 and payload[5] == TYPE_STREAM_SEALED
-        if self.sealer is not None and sealed:
-            try:
-                payload = self.sealer.open_ack(payload)
-            except SealError as exc:
-                self.forged_acks += 1
-                log.warning("acknowledgement refused: %s", exc)
-                return
-        conn = v2.Connection(v2.Role.SENDER)
-        try:
-            conn.receive_data(payload)
-            event = conn.next_event()
-        except ProtocolError as exc:
-            log.warning("unreadable acknowledgement on %s: %s", msg.topic, exc)
+        ack = self.read_ack(msg.payload, msg.topic)
+        if ack is None:
             return
-        if not isinstance(event, v2.Ack):
-            return
-        if self.sealer is not None and not sealed:
-            # In clear, only a receiver that can't open our stream may speak (UNKNOWN_KEY, or
-            # SEALING_REQUIRED), and only until a receiver has answered us authenticated: after
-            # that, anyone without the key could end this sender with a forged refusal.
-            if event.ok or event.status not in PLAINTEXT_REFUSALS or self._authenticated:
-                self.forged_acks += 1
-                log.warning("an unauthenticated acknowledgement (%s) ignored: forged, or stale", event.status.name)
-                return
-        elif self.sealer is not None:
-            self._authenticated = True
         if self.on_ack is not None:
-            self.on_ack(event)
+            self.on_ack(ack)
         else:
-            self._acks.put(event)
-
-    def __enter__(self) -> MqttSender:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+            self._acks.put(ack)
 
     def close(self) -> None:
         self._closing = True
@@ -240,31 +175,20 @@ class MqttSender:
         """Live video through the broker (a :class:`~latentcomm.transports.base.FramePipeline`)."""
         return BrokerPipeline(self, window, ack_timeout)
 
-    def send(self, frame: v2.ImageFrame) -> v2.Ack:
-        """Publish one frame and return the receivers' ACK for it, publishing again on silence."""
-        plain = v2.encode_image(frame)
-        deadline = time.monotonic() + self.timeout + self.retries * self.ack_timeout
-        for attempt in range(self.retries + 1):
-            data = self.sealer.seal(plain) if self.sealer is not None else plain  # sealed afresh each time
-            self.last_frame_bytes = len(data)
-            self.client.publish(self.frames_topic, data, qos=1)
-            wait_until = min(deadline, time.monotonic() + self.ack_timeout)
-            while (left := wait_until - time.monotonic()) > 0:
-                try:
-                    ack = self._acks.get(timeout=left)
-                except queue.Empty:
-                    break
-                if ack.seq == frame.seq or (ack.seq == 0 and not ack.ok):
-                    return ack
-            if attempt < self.retries:
-                log.info("no acknowledgement for frame %d in %.0f s; publishing it again", frame.seq, self.ack_timeout)
-        raise TransportError(
-            f"no acknowledgement for frame {frame.seq} through the broker {self.host}:{self.port} after "
-            f"{self.retries + 1} publications"
-        )
+    def where(self) -> str:
+        return f"through the broker {self.host}:{self.port}"
+
+    def exchange(self, frame: v2.ImageFrame, until: float) -> Iterator[v2.Ack]:
+        self.client.publish(self.frames_topic, self.encode(frame), qos=1)
+        wait_until = min(until, time.monotonic() + self.ack_timeout)
+        while (left := wait_until - time.monotonic()) > 0:
+            try:
+                yield self._acks.get(timeout=left)
+            except queue.Empty:
+                return
 
 
-class BrokerPipeline:
+class BrokerPipeline(AckWindow):
     """Live video through a broker: ``transport.Pipeline``'s interface over an :class:`MqttSender`.
 
     Frames go to ``latentcomm/<topic>/video/<sender id>``, where every receiver of a group and any
@@ -277,90 +201,19 @@ class BrokerPipeline:
     """
 
     def __init__(self, sender: MqttSender, window: int = 4, ack_timeout: float = 2.0) -> None:
-        self.client = sender
-        self.window = window
-        self.ack_timeout = ack_timeout
-        self.acks: queue.Queue[tuple[int, v2.Ack, float]] = queue.Queue()
-        self.max_bytes: float | None = None
-        self._inflight: dict[int, tuple[int, float]] = {}
-        self._cond = threading.Condition()
-        self._fatal: str | None = None
-        self._closed = False
-        sender.on_ack = self._on_ack
-        threading.Thread(target=self._expire, name="video-acks", daemon=True).start()
-
-    @property
-    def reconnects(self) -> int:
-        return self.client.reconnects
-
-    @property
-    def in_flight(self) -> int:
-        with self._cond:
-            return len(self._inflight)
-
-    def _on_ack(self, ack: v2.Ack) -> None:
-        now = time.monotonic()
-        if ack.seq == 0:
-            if ack.status == v2.Status.KEY_FRAME_NEEDED:
-                self.acks.put((0, ack, now))
-            elif not ack.ok:  # a receiver that can't open our frames (UNKNOWN_KEY, SEALING_REQUIRED)
-                with self._cond:
-                    self._fatal = f"{ack.status.name}: {ack.message}"
-                    self._cond.notify_all()
-            return
-        with self._cond:
-            known = self._inflight.pop(ack.seq, None) is not None
-            self._cond.notify_all()
-        if known:
-            self.acks.put((ack.seq, ack, now))
-
-    def _expire(self) -> None:
-        while not self._closed:
-            time.sleep(0.1)
-            now = time.monotonic()
-            with self._cond:
-                late = [seq for seq, (_, t) in self._inflight.items() if now - t > self.ack_timeout]
-                for seq in late:
-                    self._inflight.pop(seq)
-                if late:
-                    self._cond.notify_all()
-            for seq in late:
-                reason = f"no acknowledgement through the broker in {self.ack_timeout:g} s"
-                self.acks.put((seq, v2.Ack(seq, v2.Status.KEY_FRAME_NEEDED, reason), now))
+        super().__init__(sender, window, ack_timeout, "through the broker")
+        sender.on_ack = self.answered
 
     def submit(self, frame: v2.ImageFrame) -> None:
-        size = len(frame.payload)
-        with self._cond:
-            while not self._fatal and (
-                len(self._inflight) >= self.window
-                or (
-                    self._inflight
-                    and self.max_bytes is not None
-                    and sum(n for n, _ in self._inflight.values()) + size > self.max_bytes
-                )  # fmt: skip
-            ):
-                self._cond.wait(timeout=0.1)
-            if self._fatal:
-                raise TransportError(f"the broker's receivers refused the stream: {self._fatal}")
-            self._inflight[frame.seq] = (size, time.monotonic())
-        plain = v2.encode_image(frame)
-        data = self.client.sealer.seal(plain) if self.client.sealer is not None else plain
-        self.client.client.publish(self.client.video_topic, data, qos=1)
-
-    def drain(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._inflight and time.monotonic() < deadline:
-                self._cond.wait(timeout=0.05)
-
-    def close(self) -> None:
-        self._closed = True
-        self.client.close()
+        self.admit(frame)
+        self.client.client.publish(self.client.video_topic, self.client.encode(frame), qos=1)
 
 
-class MqttServer:
+class MqttServer(MessageOpener):
     """A receiver's side of the broker, with FrameServer's interface (``frames``, ``stats``,
     ``stop_accepting``, ``on_reject``), so ``Receiver.serve`` runs unchanged."""
+
+    came_as = "published on sender {sender}'s topic"
 
     def __init__(
         self,
@@ -379,23 +232,14 @@ class MqttServer:
     ) -> None:
         if session_expiry < 0 or session_expiry > 0xFFFFFFFF:
             raise LatentcommError(f"--session-expiry {session_expiry}: give 0 to 4294967295 seconds")
-        self.opener = BrokerOpener(keyring, v2_limits, replay_state) if keyring else None
+        super().__init__(v2_limits, keyring, replay_state, queue_size)
         self.host, self.port = parse_broker(broker)
         self.topic = check_topic(topic)
         if not group or any(c in group for c in "/#+"):
             raise LatentcommError(f"--group {group!r}: no '/', '#' or '+'")
         self.subscription = f"$share/{group}/latentcomm/{topic}/frames/+"
-        self.limits = v2_limits or v2.Limits()
-        self.frames: queue.Queue[ReceivedFrame] = queue.Queue(maxsize=queue_size)
-        self.stats = ServerStats()
-        self.on_reject: list = []
-        self.active_connections = 0
         self.address = (f"mqtt://{self.host}", self.port)
         self.client_id = client_id or f"latentcomm-recv-{uuid.uuid4().hex[:12]}"
-        #: (sender, seq) -> (SHA-256 of the frame, the answer given): a copy is answered again only if
-        #: it is the same frame; another frame under a used (sender, seq) is refused, never answered OK.
-        self._done: OrderedDict[tuple[str, int], tuple[bytes, v2.Ack]] = OrderedDict()
-        self._lock = threading.Lock()
         self._stopping = threading.Event()
         # Video streams (latentcomm/<topic>/video/<sender>): every receiver subscribes without sharing;
         # a group's receivers agree on one owner per stream (retained claims under owners/, renewed
@@ -444,13 +288,6 @@ class MqttServer:
         log.info("subscribed to %s as %s", what, self.client_id)
         self._connected.set()
 
-    def _reject(self, peer: str, reason: str) -> None:
-        with self._lock:
-            self.stats.rejected += 1
-        log.warning("rejected frame from %s: %s", peer, reason)
-        for callback in self.on_reject:
-            callback(peer, reason)
-
     def _on_message(self, client, userdata, msg) -> None:
         kind = msg.topic.split("/")[-2]
         if kind == "owners":
@@ -461,58 +298,27 @@ class MqttServer:
             return
         sender = msg.topic.rsplit("/", 1)[-1]
         peer = f"mqtt:{sender}"
-        with self._lock:
-            self.stats.bytes_received += len(msg.payload)
-        payload, key_id, stream = msg.payload, None, None
-        if self.opener is not None:
-            try:
-                payload, key_id, stream = self.opener.open(msg.payload)
-                if stream.hex() != sender:
-                    raise SealError(
-                        f"a frame of sealed stream {stream.hex()[:16]}... published on sender {sender[:32]!r}'s topic "
-                        "(replayed from another stream)"
-                    )
-            except SealError as exc:
-                self._reject(peer, str(exc))
-                if exc.status in (v2.Status.UNKNOWN_KEY, v2.Status.SEALING_REQUIRED):
-                    self._answer(sender, v2.Ack(0, exc.status, str(exc)), msg)  # in clear: no session to seal with
-                else:
-                    client.ack(msg.mid, msg.qos)
-                return
-        conn = v2.Connection(v2.Role.RECEIVER, self.limits)
         try:
-            conn.receive_data(payload)
-            conn.receive_eof()
-            frame = conn.next_event()
-            if not isinstance(frame, v2.ImageFrame) or conn.next_event() is not v2.CLOSED:
-                raise ProtocolError("an MQTT message must hold exactly one v2 IMAGE")
-        except v2.FrameRejected as exc:
-            self._reject(peer, f"seq {exc.seq}: {exc}")
-            self._answer(sender, v2.Ack(exc.seq, exc.status, str(exc)), msg, key_id, stream)
-            return
-        except ProtocolError as exc:
-            self._reject(peer, str(exc))
-            client.ack(msg.mid, msg.qos)
+            frame, payload, key_id, stream = self.open_message(sender, peer, msg.payload)
+        except Refused as refused:
+            if refused.ack is not None:
+                self._answer(sender, refused.ack, msg, refused.key_id, refused.stream)
+            else:
+                client.ack(msg.mid, msg.qos)
             return
         if kind == "video":
             self._on_video(sender, peer, frame, msg, key_id, stream)
             return
-        key = (sender, frame.seq)
-        digest = hashlib.sha256(payload).digest()
-        with self._lock:
-            done = self._done.get(key)
-        if done is not None:
-            if done[0] != digest:
-                reason = f"seq {frame.seq} was already used for another frame of this sender: refused"
-                self._reject(peer, reason)
-                self._answer(sender, v2.Ack(frame.seq, v2.Status.MALFORMED, reason), msg, key_id, stream)
-                return
-            # A copy the sender published again: answer, don't decode twice.
-            log.info("duplicate of %s seq %d: answered again, not decoded", peer, frame.seq)
-            self._answer(sender, done[1], msg, key_id, stream)
+        try:
+            done = self.answered_before(sender, peer, frame.seq, payload)
+        except Refused as refused:
+            self._answer(sender, refused.ack, msg, key_id, stream)
+            return
+        if done is not None:  # a copy the sender published again: answered, not decoded twice
+            self._answer(sender, done, msg, key_id, stream)
             return
         reply: Future = Future()
-        reply.add_done_callback(lambda f: self._finished(sender, frame.seq, f.result(), msg, key_id, stream, digest))
+        reply.add_done_callback(lambda f: self._finished(sender, frame.seq, f.result(), msg, key_id, stream, payload))
         try:
             self.frames.put_nowait(ReceivedFrame(frame, peer, len(msg.payload), 0.0, reply, key_id))
             with self._lock:
@@ -520,12 +326,9 @@ class MqttServer:
         except queue.Full:  # never PUBACKed: the broker keeps it, the sender's timeout sends it again
             log.warning("decode queue full: frame %s seq %d left with the broker", peer, frame.seq)
 
-    def _finished(self, sender: str, seq: int, ack: v2.Ack, msg, key_id=None, stream=None, digest=b"") -> None:
+    def _finished(self, sender: str, seq: int, ack: v2.Ack, msg, key_id, stream, payload: bytes) -> None:
         if ack.status != v2.Status.SHUTTING_DOWN:
-            with self._lock:
-                self._done[(sender, seq)] = (digest, ack)
-                while len(self._done) > DEDUP_WINDOW:
-                    self._done.popitem(last=False)
+            self.remember(sender, seq, payload, ack)
             self._answer(sender, ack, msg, key_id, stream)
         # SHUTTING_DOWN: no PUBACK, so the broker keeps the frame for this session or the sender resends.
 
@@ -534,10 +337,7 @@ class MqttServer:
         self.client.ack(msg.mid, msg.qos)
 
     def _publish_ack(self, sender: str, ack: v2.Ack, key_id: str | None = None, stream: bytes | None = None) -> None:
-        data = v2.encode_ack(ack)
-        if key_id is not None and stream is not None and self.opener is not None:
-            data = self.opener.seal_ack(key_id, stream, data)
-        self.client.publish(f"latentcomm/{self.topic}/acks/{sender}", data, qos=1)
+        self.client.publish(f"latentcomm/{self.topic}/acks/{sender}", self.ack_bytes(ack, key_id, stream), qos=1)
 
     # -- video streams: one owner per stream in a group, any number of viewers ------------------------
 

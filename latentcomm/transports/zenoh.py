@@ -25,31 +25,24 @@ in between is not needed for two peers and is not tested.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import queue
-import threading
 import time
-import uuid
-from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from urllib.parse import urlparse
 
 import zenoh
 
-from latentcomm.errors import LatentcommError, ProtocolError, TransportError
-from latentcomm.transports.base import ReceivedFrame, ServerStats
+from latentcomm.errors import LatentcommError, TransportError
+from latentcomm.transports.base import ReceivedFrame
+from latentcomm.transports.messages import AckWindow, MessageOpener, MessageSender, Refused
 from latentcomm.wire import v2
-from latentcomm.wire.broker_seal import STREAM_OVERHEAD, TYPE_STREAM_SEALED, BrokerOpener, BrokerSealer
-from latentcomm.wire.keys import Key, Keyring
-from latentcomm.wire.sealed import SealError
+from latentcomm.wire.keys import Keyring
 
 log = logging.getLogger(__name__)
-
-#: Answers remembered per receiver, to answer a resent frame without decoding it twice.
-DEDUP_WINDOW = 100_000
 
 
 def parse_endpoint(url: str) -> str:
@@ -93,189 +86,51 @@ def _open(listen: str | None = None, connect: str | None = None, wait_for: float
             raise TransportError(f"Zenoh could not {where}: {str(exc).splitlines()[0]}") from None
 
 
-class ZenohSender:
+class ZenohSender(MessageSender):
     """Sends v2 frames as Zenoh queries and returns each one's acknowledgement (a :class:`FrameSender`)."""
 
-    def __init__(
-        self,
-        broker: str,
-        topic: str,
-        timeout: float = 30.0,
-        retries: int = 3,
-        wait_for: float = 0.0,
-        ack_timeout: float = 10.0,
-        sender_id: str | None = None,
-        key: Key | None = None,
-    ) -> None:
-        self.sealer = BrokerSealer(key) if key is not None else None
-        if self.sealer is not None:
-            if sender_id is not None and sender_id != self.sealer.stream_id.hex():
-                raise LatentcommError("a sealed sender's id is its stream id; don't give sender_id")
-            sender_id = self.sealer.stream_id.hex()
+    def connect(self, broker: str, topic: str, wait_for: float) -> None:
         self.endpoint = parse_endpoint(broker)
         self.topic = check_topic(topic)
-        self.sender_id = sender_id or uuid.uuid4().hex[:16]
         self.key_expr = f"latentcomm/{topic}/frames/{self.sender_id}"
-        self.seal_overhead = STREAM_OVERHEAD + v2.PREFIX.size if key is not None else 0
-        self.pace: float | None = None
-        self.timeout, self.retries, self.ack_timeout = timeout, retries, ack_timeout
-        self.reconnects = 0
-        self.last_frame_bytes = 0
-        self.forged_acks = 0
-        self._authenticated = False
         self.session = _open(connect=self.endpoint, wait_for=wait_for)
-
-    def __enter__(self) -> ZenohSender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         self.session.close()
 
-    def encode(self, frame: v2.ImageFrame) -> bytes:
-        """The frame's bytes on the wire, sealed afresh each time (a resent frame gets a new counter)."""
-        plain = v2.encode_image(frame)
-        data = self.sealer.seal(plain) if self.sealer is not None else plain
-        self.last_frame_bytes = len(data)
-        return data
+    def where(self) -> str:
+        return f"from a receiver at {self.endpoint}"
 
-    def read_ack(self, payload: bytes) -> v2.Ack | None:
-        """The acknowledgement in a reply, or None for one that is unreadable or not authentic."""
-        sealed = len(payload) > 5 and payload[5] == TYPE_STREAM_SEALED
-        if self.sealer is not None and sealed:
-            try:
-                payload = self.sealer.open_ack(payload)
-            except SealError as exc:
-                self.forged_acks += 1
-                log.warning("acknowledgement refused: %s", exc)
-                return None
-        conn = v2.Connection(v2.Role.SENDER)
-        try:
-            conn.receive_data(payload)
-            event = conn.next_event()
-        except ProtocolError as exc:
-            log.warning("unreadable acknowledgement: %s", exc)
-            return None
-        if not isinstance(event, v2.Ack):
-            return None
-        if self.sealer is not None:
-            if not sealed and (event.ok or event.status not in (v2.Status.UNKNOWN_KEY, v2.Status.SEALING_REQUIRED)
-                               or self._authenticated):  # fmt: skip
-                self.forged_acks += 1
-                log.warning("an unauthenticated acknowledgement (%s) ignored", event.status.name)
-                return None
-            self._authenticated |= sealed
-        return event
-
-    def send(self, frame: v2.ImageFrame) -> v2.Ack:
-        """Send one frame and return its acknowledgement, sending it again when none comes in time."""
-        for attempt in range(self.retries + 1):
-            replies = self.session.get(self.key_expr, payload=self.encode(frame), timeout=self.ack_timeout)
-            for reply in replies:
-                if reply.ok is None:
-                    continue
-                ack = self.read_ack(reply.ok.payload.to_bytes())
-                if ack is not None and (ack.seq == frame.seq or (ack.seq == 0 and not ack.ok)):
-                    return ack
-            if attempt < self.retries:
-                log.info("no acknowledgement for frame %d in %.0f s; sending it again", frame.seq, self.ack_timeout)
-        raise TransportError(
-            f"no acknowledgement for frame {frame.seq} from a receiver at {self.endpoint} "
-            f"after {self.retries + 1} tries"
-        )
+    def exchange(self, frame: v2.ImageFrame, until: float) -> Iterator[v2.Ack]:
+        timeout = max(0.05, min(self.ack_timeout, until - time.monotonic()))
+        for reply in self.session.get(self.key_expr, payload=self.encode(frame), timeout=timeout):
+            if reply.ok is not None and (ack := self.read_ack(reply.ok.payload.to_bytes())) is not None:
+                yield ack
 
     def pipeline(self, window: int = 4, ack_timeout: float = 2.0) -> ZenohPipeline:
         """Live video over this sender (a :class:`FramePipeline`)."""
         return ZenohPipeline(self, window, ack_timeout)
 
 
-class ZenohPipeline:
-    """Up to ``window`` frames in flight as Zenoh queries; answers come back on ``acks`` as they arrive,
-    and a frame unanswered after ``ack_timeout`` counts as lost (``KEY_FRAME_NEEDED``)."""
+class ZenohPipeline(AckWindow):
+    """Up to ``window`` frames in flight as Zenoh queries; each reply goes to the window as it comes."""
 
     def __init__(self, sender: ZenohSender, window: int = 4, ack_timeout: float = 2.0) -> None:
-        if window < 1:
-            raise ValueError("the window holds at least one frame")
-        self.client = sender
-        self.window, self.ack_timeout = window, ack_timeout
-        self.acks: queue.Queue[tuple[int, v2.Ack, float]] = queue.Queue()
-        self.max_bytes: float | None = None
-        self._inflight: dict[int, tuple[int, float]] = {}  # seq -> (payload bytes, sent at)
-        self._cond = threading.Condition()
-        self._fatal: str | None = None
-        self._closed = False
-        threading.Thread(target=self._expire, name="zenoh-acks", daemon=True).start()
+        super().__init__(sender, window, ack_timeout, "through Zenoh")
 
-    @property
-    def reconnects(self) -> int:
-        return self.client.reconnects
-
-    @property
-    def in_flight(self) -> int:
-        with self._cond:
-            return len(self._inflight)
-
-    def _answered(self, seq: int, reply: zenoh.Reply) -> None:
+    def _reply(self, reply: zenoh.Reply) -> None:
         ack = self.client.read_ack(reply.ok.payload.to_bytes()) if reply.ok is not None else None
-        if ack is None:
-            return
-        now = time.monotonic()
-        with self._cond:
-            if ack.seq == 0 and not ack.ok and ack.status != v2.Status.KEY_FRAME_NEEDED:
-                self._fatal = f"{ack.status.name}: {ack.message}"
-            known = self._inflight.pop(ack.seq if ack.seq else seq, None) is not None
-            self._cond.notify_all()
-        if known:
-            self.acks.put((ack.seq or seq, ack, now))
-
-    def _expire(self) -> None:
-        while not self._closed:
-            time.sleep(0.05)
-            now = time.monotonic()
-            with self._cond:
-                late = [seq for seq, (_, t) in self._inflight.items() if now - t > self.ack_timeout]
-                for seq in late:
-                    del self._inflight[seq]
-                if late:
-                    self._cond.notify_all()
-            for seq in late:
-                reason = f"no acknowledgement through Zenoh in {self.ack_timeout:g} s"
-                self.acks.put((seq, v2.Ack(seq, v2.Status.KEY_FRAME_NEEDED, reason), now))
+        if ack is not None:
+            self.answered(ack)
 
     def submit(self, frame: v2.ImageFrame) -> None:
-        size = len(frame.payload)
-        with self._cond:
-            while not self._fatal and (
-                len(self._inflight) >= self.window
-                or (self._inflight and self.max_bytes is not None
-                    and sum(n for n, _ in self._inflight.values()) + size > self.max_bytes)
-            ):  # fmt: skip
-                self._cond.wait(timeout=0.1)
-            if self._fatal:
-                raise TransportError(f"the receiver refused the stream: {self._fatal}")
-            self._inflight[frame.seq] = (size, time.monotonic())
-        seq = frame.seq
+        self.admit(frame)
         self.client.session.get(
-            self.client.key_expr,
-            handler=lambda reply: self._answered(seq, reply),
-            payload=self.client.encode(frame),
-            timeout=self.ack_timeout,
+            self.client.key_expr, handler=self._reply, payload=self.client.encode(frame), timeout=self.ack_timeout
         )
 
-    def drain(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._inflight and time.monotonic() < deadline:
-                self._cond.wait(timeout=0.05)
 
-    def close(self) -> None:
-        self._closed = True
-        self.client.close()
-
-
-class ZenohSource:
+class ZenohSource(MessageOpener):
     """A receiver's end (a :class:`FrameSource`): listens on the endpoint and answers each frame's query
     with its acknowledgement once ``Receiver.serve`` has decided it."""
 
@@ -289,19 +144,12 @@ class ZenohSource:
         keyring: Keyring | None = None,
         replay_state: Path | None = None,
     ) -> None:
-        self.opener = BrokerOpener(keyring, v2_limits, replay_state) if keyring else None
+        super().__init__(v2_limits, keyring, replay_state, queue_size)
         self.endpoint = parse_endpoint(broker)
         self.topic = check_topic(topic)
-        self.limits = v2_limits or v2.Limits()
-        self.frames: queue.Queue[ReceivedFrame] = queue.Queue(maxsize=queue_size)
-        self.stats = ServerStats()
-        self.on_reject: list = []
-        self.active_connections = 0
         host, _, port = self.endpoint.removeprefix("tcp/").rpartition(":")
         self.address = (f"zenoh://{host}", int(port))
         self.wait_for = wait_for
-        self._done: OrderedDict[tuple[str, int], tuple[bytes, v2.Ack]] = OrderedDict()
-        self._lock = threading.Lock()
         self.session: zenoh.Session | None = None
         self.queryable = None
 
@@ -320,19 +168,11 @@ class ZenohSource:
         log.info("listening for frames on %s, latentcomm/%s/frames/*", self.endpoint, self.topic)
         return self
 
-    def _reject(self, peer: str, reason: str) -> None:
-        with self._lock:
-            self.stats.rejected += 1
-        log.warning("rejected frame from %s: %s", peer, reason)
-        for callback in self.on_reject:
-            callback(peer, reason)
-
-    def _answer(self, query, ack: v2.Ack, key_id: str | None = None, stream: bytes | None = None) -> None:
-        data = v2.encode_ack(ack)
-        if key_id is not None and stream is not None and self.opener is not None:
-            data = self.opener.seal_ack(key_id, stream, data)
+    def _answer(self, query, ack: v2.Ack | None, key_id: str | None = None, stream: bytes | None = None) -> None:
+        """Reply to the query with ``ack`` (None: no answer), and let it go."""
         try:
-            query.reply(query.key_expr, data)
+            if ack is not None:
+                query.reply(query.key_expr, self.ack_bytes(ack, key_id, stream))
         except zenoh.ZError as exc:  # the sender gave up on it (its timeout), or left
             log.info("acknowledgement not delivered: %s", exc)
         finally:
@@ -341,64 +181,32 @@ class ZenohSource:
     def _on_query(self, query) -> None:
         sender = str(query.key_expr).rsplit("/", 1)[-1]
         peer = f"zenoh:{sender}"
-        payload = query.payload.to_bytes() if query.payload is not None else b""
-        with self._lock:
-            self.stats.bytes_received += len(payload)
-        key_id, stream = None, None
-        if self.opener is not None:
-            try:
-                payload, key_id, stream = self.opener.open(payload)
-                if stream.hex() != sender:
-                    raise SealError(f"a frame of sealed stream {stream.hex()[:16]}... sent as sender {sender[:32]!r}")
-            except SealError as exc:
-                self._reject(peer, str(exc))
-                if exc.status in (v2.Status.UNKNOWN_KEY, v2.Status.SEALING_REQUIRED):
-                    self._answer(query, v2.Ack(0, exc.status, str(exc)))
-                else:
-                    query.drop()
-                return
-        conn = v2.Connection(v2.Role.RECEIVER, self.limits)
+        data = query.payload.to_bytes() if query.payload is not None else b""
         try:
-            conn.receive_data(payload)
-            conn.receive_eof()
-            frame = conn.next_event()
-            if not isinstance(frame, v2.ImageFrame) or conn.next_event() is not v2.CLOSED:
-                raise ProtocolError("a Zenoh query must hold exactly one v2 IMAGE")
-        except v2.FrameRejected as exc:
-            self._reject(peer, f"seq {exc.seq}: {exc}")
-            self._answer(query, v2.Ack(exc.seq, exc.status, str(exc)), key_id, stream)
+            frame, payload, key_id, stream = self.open_message(sender, peer, data)
+        except Refused as refused:
+            self._answer(query, refused.ack, refused.key_id, refused.stream)
             return
-        except ProtocolError as exc:
-            self._reject(peer, str(exc))
-            query.drop()
+        try:
+            done = self.answered_before(sender, peer, frame.seq, payload)
+        except Refused as refused:
+            self._answer(query, refused.ack, key_id, stream)
             return
-        digest = hashlib.sha256(payload).digest()
-        with self._lock:
-            done = self._done.get((sender, frame.seq))
-        if done is not None:
-            if done[0] != digest:
-                reason = f"seq {frame.seq} was already used for another frame of this sender: refused"
-                self._reject(peer, reason)
-                self._answer(query, v2.Ack(frame.seq, v2.Status.MALFORMED, reason), key_id, stream)
-            else:  # sent again (its answer was late): answered again, not decoded twice
-                self._answer(query, done[1], key_id, stream)
+        if done is not None:  # sent again (its answer was late): answered again, not decoded twice
+            self._answer(query, done, key_id, stream)
             return
         reply: Future = Future()
-        reply.add_done_callback(lambda f: self._finished(query, sender, frame.seq, f.result(), digest, key_id, stream))
+        reply.add_done_callback(lambda f: self._finished(query, sender, frame.seq, f.result(), payload, key_id, stream))
         try:
-            self.frames.put_nowait(ReceivedFrame(frame, peer, len(payload), 0.0, reply, key_id))
+            self.frames.put_nowait(ReceivedFrame(frame, peer, len(data), 0.0, reply, key_id))
             with self._lock:
                 self.stats.frames += 1
         except queue.Full:  # unanswered: the sender's timeout sends it again
             log.warning("decode queue full: frame %s seq %d not taken", peer, frame.seq)
             query.drop()
 
-    def _finished(self, query, sender: str, seq: int, ack: v2.Ack, digest: bytes, key_id, stream) -> None:
-        if ack.status != v2.Status.SHUTTING_DOWN:
-            with self._lock:
-                self._done[(sender, seq)] = (digest, ack)
-                while len(self._done) > DEDUP_WINDOW:
-                    self._done.popitem(last=False)
+    def _finished(self, query, sender: str, seq: int, ack: v2.Ack, payload: bytes, key_id, stream) -> None:
+        self.remember(sender, seq, payload, ack)
         self._answer(query, ack, key_id, stream)
 
     def stop_accepting(self) -> None:
