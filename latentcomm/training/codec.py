@@ -277,11 +277,11 @@ def heldout_history(metrics_path: Path) -> list[dict]:
     return out
 
 
-def inherited_config(checkpoint: Path | None, init_from: Path | None) -> dict:
+def inherited_config(checkpoint: dict | None, init_from: Path | None) -> dict:
     """The model config of the checkpoint a run resumes, else of its --init-from weights ({} if none):
     training the shipped model goes on with its context model and post-network, jointly."""
-    if checkpoint is not None and checkpoint.exists():
-        return torch.load(checkpoint, map_location="cpu", weights_only=False).get("config", {})
+    if checkpoint is not None:
+        return checkpoint.get("config", {})
     if init_from is not None and (init_from / "config.json").is_file():
         try:
             return json.loads((init_from / "config.json").read_text())
@@ -406,7 +406,7 @@ class Codec(Objective):
                 img = center_crop_square(img, args.eval_size)
             self.heldout.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None].float() / 255.0)
 
-        inherited = inherited_config(args.run_dir / "last.pt" if args.resume else None, args.init_from)
+        inherited = inherited_config(self.resumed, args.init_from)
         groups, width = None, LearnedCodecConfig.context_width
         if args.context_groups:
             try:

@@ -86,6 +86,9 @@ class Objective(ABC):
         self.dtype = torch.float32
         #: The generator the batches are drawn from; a checkpoint keeps its state as ``gen``.
         self.generator: torch.Generator | None = None
+        #: The checkpoint this run resumes (None: a new run), read once, before :meth:`setup`, which may
+        #: shape the model after it; :meth:`load_state` then restores it.
+        self.resumed: dict[str, Any] | None = None
 
     @classmethod  # noqa: B027 (a hook: doing nothing is the default)
     def add_arguments(cls, p: argparse.ArgumentParser) -> None:
@@ -168,10 +171,6 @@ def time_schedule(args: argparse.Namespace, fresh_steps: int, frac_elapsed: floa
             t = min(t, 1.0)
             lr = args.decay_to + (lr - args.decay_to) * 0.5 * (1 + math.cos(math.pi * t))
     return lr
-
-
-#: The old name of :func:`time_schedule`.
-learning_rate = time_schedule
 
 
 def step_schedule(step: int, total: int, base: float, warmup: int) -> float:
@@ -326,6 +325,11 @@ def _train(objective: Objective, args: argparse.Namespace) -> int:
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
+    ckpt_path = args.run_dir / "last.pt"
+    if args.resume and ckpt_path.exists():
+        # On the CPU: the RNG states must stay CPU byte tensors (mapped to CUDA, set_state refuses
+        # them), and load_state_dict moves weights and Adam's moments to the model's device anyway.
+        objective.resumed = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     objective.setup()
     params = objective.parameters()
     log.info(
@@ -337,11 +341,7 @@ def _train(objective: Objective, args: argparse.Namespace) -> int:
     )
     opt = objective.optimizer(params)
     args.run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = args.run_dir / "last.pt"
-    if args.resume and ckpt_path.exists():
-        # On the CPU: the RNG states must stay CPU byte tensors (mapped to CUDA, set_state refuses
-        # them), and load_state_dict moves weights and Adam's moments to the model's device anyway.
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if (state := objective.resumed) is not None:
         objective.load_state(state)
         try:
             opt.load_state_dict(state["opt"])
@@ -380,15 +380,11 @@ def _train(objective: Objective, args: argparse.Namespace) -> int:
         save_checkpoint(ckpt_path, state)
         objective.export(step, seconds, evals)
 
-    def held_out(record: dict) -> dict:
-        return {k: round(v, 4) for k, v in record.items() if k not in ("step", "lr", "time_s", *stats)}
-
     bar = tqdm(
         desc=f"training {objective.name}", unit="step", initial=step, total=None if stop_at >= UNLIMITED else stop_at
     )
     final: dict[str, float] | None = None
     evaluated_at = -1
-    stats: dict[str, Any] = {}
     interrupted = _Interrupt()
     try:
         while step < stop_at and time.time() < deadline and not interrupted.is_set():
@@ -417,7 +413,7 @@ def _train(objective: Objective, args: argparse.Namespace) -> int:
                     final, evaluated_at = objective.evaluate(), step
                     record.update(final)
                     if final:
-                        log.info("step %d held-out: %s", step, held_out(record))
+                        log.info("step %d held-out: %s", step, {k: round(v, 4) for k, v in final.items()})
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
             if last:
