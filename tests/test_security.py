@@ -337,14 +337,14 @@ def test_captured_frames_replayed_later_are_refused(tmp_path, keys, start_receiv
                 answer += chunk
         return answer
 
-    # A new connection: the receiver answers the replayed HELLO with fresh randomness, so the
-    # recorded frame opens under other keys and fails.
+    # A new connection: the receiver answers the replayed HELLO with a fresh ephemeral key, so the
+    # recorded sender confirmation (and the frame behind it) belongs to other keys and fails.
     answer = replay(rx.port)
     assert answer[5] == TYPE_HELLO
     deadline = time.monotonic() + 30
-    while "sealed frame 0 failed authentication" not in rx.stderr and time.monotonic() < deadline:
+    while "key confirmation failed" not in rx.stderr and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert "sealed frame 0 failed authentication" in rx.stderr
+    assert "the sender could not prove it holds this key" in rx.stderr
 
     # The same connection: a sealed frame sent twice, and one that skips ahead.
     codec = LearnedCodec(LEARNED_MODEL_DIR, "cpu", "fp32")
@@ -364,11 +364,11 @@ def test_captured_frames_replayed_later_are_refused(tmp_path, keys, start_receiv
 
             s.sendall(conn.hello())
             assert isinstance(next_event(), Handshake)
-            first = conn.send(frames[0])
+            first = conn.send(frames[0])  # the sender's key confirmation, then the sealed frame
             s.sendall(first)
             assert next_event() == v2.Ack(1, v2.Status.OK)
             if trick == "duplicate":
-                s.sendall(first)
+                s.sendall(first[v2.PREFIX.size + 32 :])
             else:
                 conn.send(frames[1])  # sealed but never sent: the next one arrives out of order
                 s.sendall(conn.send(frames[2]))
@@ -382,9 +382,9 @@ def test_captured_frames_replayed_later_are_refused(tmp_path, keys, start_receiv
     rx2 = start_receiver(*args)
     replay(rx2.port)
     deadline = time.monotonic() + 30
-    while "failed authentication" not in rx2.stderr and time.monotonic() < deadline:
+    while "key confirmation failed" not in rx2.stderr and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert "sealed frame 0 failed authentication" in rx2.stderr
+    assert "the sender could not prove it holds this key" in rx2.stderr
     assert summary_at_stop(rx2)["images_ok"] == 0
 
 
@@ -525,7 +525,9 @@ def test_fuzzed_bytes_raise_only_the_protocol_error(data, after_handshake):
 def test_an_announced_body_past_the_limit_is_refused_before_it_is_buffered():
     limits = v2.Limits(max_payload_bytes=1000, max_latent_elements=1000, max_image_pixels=10000,
                        max_reference_bytes=1000)  # fmt: skip
-    _, rx = session(limits)
+    tx, rx = session(limits)
+    rx.receive_data(tx.send(FRAME))  # the sender's key confirmation goes in front of its first frame
+    assert rx.next_event() == FRAME
     rx.receive_data(v2.PREFIX.pack(v2.MAGIC, v2.VERSION, TYPE_SEALED, 0, 2**31))
     with pytest.raises(SealError, match="exceeds the limit"):
         rx.next_event()
@@ -534,6 +536,50 @@ def test_an_announced_body_past_the_limit_is_refused_before_it_is_buffered():
     tx.receive_data(v2.PREFIX.pack(v2.MAGIC, v2.VERSION, TYPE_HELLO, 0, 10**6))
     with pytest.raises(SealError, match="exceeds the limit"):
         tx.next_event()
+
+
+def test_a_stranger_who_knows_the_key_id_gets_no_body_buffered_before_proving_the_key():
+    """The key id travels in clear: a HELLO with it gets the receiver's answer, but a SEALED message
+    before the sender's key confirmation is refused from its 12-byte prefix, and a wrong
+    confirmation is refused too."""
+    key = Key(os.urandom(32))
+    stranger = SecureConnection(v2.Role.SENDER, key=Key(os.urandom(32)))
+    hello = bytearray(stranger.hello())
+    hello[v2.PREFIX.size : v2.PREFIX.size + 8] = key.key_id  # the id read off the wire, not the key
+    for after in ("nothing", "a wrong confirmation"):
+        rx = SecureConnection(v2.Role.RECEIVER, keyring=Keyring([key]))
+        rx.receive_data(bytes(hello))
+        assert isinstance(rx.next_event(), Handshake)
+        assert not rx.authenticated
+        if after == "a wrong confirmation":
+            rx.receive_data(v2.PREFIX.pack(v2.MAGIC, v2.VERSION, TYPE_HELLO, 0, 32) + os.urandom(32))
+            with pytest.raises(SealError, match="could not prove it holds this key"):
+                rx.next_event()
+            continue
+        rx.receive_data(v2.PREFIX.pack(v2.MAGIC, v2.VERSION, TYPE_SEALED, 0, 90 * 2**20))
+        with pytest.raises(SealError, match="before the sender's key confirmation"):
+            rx.next_event()
+        assert rx.buffered == v2.PREFIX.size
+
+
+def test_recorded_sessions_stay_closed_to_a_later_key_thief():
+    """Forward secrecy: the connection's keys need the ephemeral secrets, not only the long-term key,
+    so the same HELLO answered twice gives two unrelated sessions."""
+    key = Key(os.urandom(32))
+    tx = SecureConnection(v2.Role.SENDER, key=key)
+    hello = tx.hello()
+    replies = []
+    for _ in range(2):
+        rx = SecureConnection(v2.Role.RECEIVER, keyring=Keyring([key]))
+        rx.receive_data(hello)
+        replies.append(rx.next_event().reply)
+    assert replies[0][20:52] != replies[1][20:52]
+    tx.receive_data(replies[0])
+    assert isinstance(tx.next_event(), Handshake)
+    sealed = tx.send(FRAME)
+    rx.receive_data(sealed)  # the second receiver: same long-term key, other ephemeral secret
+    with pytest.raises(SealError):
+        rx.next_event()
 
 
 def test_sealed_and_plain_payload_hashes_agree():

@@ -33,6 +33,9 @@ from latentcomm.wire.sealed import SEAL_OVERHEAD, Handshake, SealError, SecureCo
 log = logging.getLogger(__name__)
 
 RECV_CHUNK = 256 * 1024
+#: What one read takes from a sealed connection whose peer has not proven the key yet: with 64
+#: connections at most 64 x 4 KiB of a stranger's bytes sit in a receiver (docs/security.md).
+PREAUTH_CHUNK = 4096
 #: Socket read granularity: how often a connection thread looks at the clock and the stop flag.
 POLL_S = 0.25
 
@@ -209,7 +212,9 @@ class FrameServer:
         for callback in self.on_reject:
             callback(peer, reason)
 
-    def _recv(self, conn: socket.socket, started: float | None, between_frames: bool = False) -> bytes | None:
+    def _recv(
+        self, conn: socket.socket, started: float | None, between_frames: bool = False, size: int = RECV_CHUNK
+    ) -> bytes | None:
         """One read. TimeoutError after ``read_timeout`` of silence, TransportError for a frame that
         takes longer than ``frame_timeout`` in all; None if the server stops while a connection sits
         idle between frames (polled, so shutdown doesn't wait for the read timeout)."""
@@ -218,7 +223,7 @@ class FrameServer:
             if started is not None and time.perf_counter() - started > self.frame_timeout:
                 raise TransportError(f"frame not complete after {self.frame_timeout:.0f} s")
             try:
-                data = conn.recv(RECV_CHUNK)
+                data = conn.recv(size)
             except TimeoutError:
                 silent += POLL_S
                 if between_frames and self._stop.is_set():
@@ -254,7 +259,7 @@ class FrameServer:
             first = b""
             while (kind := v2.sniff(first)) is None:
                 try:
-                    data = self._recv(conn, None)
+                    data = self._recv(conn, None, size=PREAUTH_CHUNK if self.keyring else RECV_CHUNK)
                 except TimeoutError:
                     raise TransportError(f"no data for {self.read_timeout:.0f} s") from None
                 if not data:
@@ -342,8 +347,9 @@ class FrameServer:
                 idle = proto.buffered == 0
                 if idle and self._stop.is_set():
                     return  # shutting down between frames
+                size = RECV_CHUNK if getattr(proto, "authenticated", True) else PREAUTH_CHUNK
                 try:
-                    data = self._recv(conn, None if idle else t0, between_frames=idle)
+                    data = self._recv(conn, None if idle else t0, between_frames=idle, size=size)
                 except TimeoutError:
                     if idle:
                         return  # an idle v2 connection between frames: close it quietly

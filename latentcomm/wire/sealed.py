@@ -4,21 +4,28 @@ The layout is specified in docs/security.md. In short, a sealed connection is a 
 first messages are a handshake and whose every later message is one ordinary v2 message (IMAGE or
 ACK, prefix included) encrypted and authenticated with ChaCha20-Poly1305:
 
-    HELLO (type 3), sender -> receiver:   key id (8) | sender random (32)
-    HELLO (type 3), receiver -> sender:   key id (8) | receiver random (32) | confirmation (32)
+    HELLO (type 3), sender -> receiver:   key id (8) | sender ephemeral X25519 public key (32)
+    HELLO (type 3), receiver -> sender:   key id (8) | receiver ephemeral X25519 public key (32)
+                                          | receiver confirmation (32)
+    HELLO (type 3), sender -> receiver:   sender confirmation (32), sent in front of its first frame
     SEALED (type 4), both directions:     key id (8) | counter (u64) | ciphertext | tag (16)
 
-Keys for the connection come from HKDF-SHA256 over the long-term key with both randoms as salt: one
-key per direction plus a confirmation key. Fresh randoms on both sides mean a nonce (the counter)
-never repeats under a key, even across restarts, and that frames captured on one connection fail
-authentication on any other. Within a connection each direction's counter must be exactly the
+Keys for the connection come from HKDF-SHA256 over the long-term key and the ephemeral X25519
+shared secret, with both public keys as salt (the shape of Noise's NNpsk0: the pre-shared key
+authenticates, the ephemeral exchange gives forward secrecy): one key per direction plus a
+confirmation key. Fresh ephemeral keys on both sides mean a nonce (the counter) never repeats under
+a key, even across restarts, that frames captured on one connection fail authentication on any
+other, and that a key stolen later can't open a recording. Within a connection each direction's counter must be exactly the
 next one, so a replayed, duplicated, dropped-and-reinserted or reordered frame is refused. The
 prefix, key id and counter are authenticated as associated data, and nothing inside a frame is
 parsed before its tag has been verified.
 
 The receiver's HELLO carries an HMAC under the confirmation key, so a sender learns that the
 receiver holds the same key before it sends a picture; a receiver without the key id answers with a
-plaintext ACK (UNKNOWN_KEY) that a sender reports but never takes for a delivery.
+plaintext ACK (UNKNOWN_KEY) that a sender reports but never takes for a delivery. The sender proves
+the same in its third message (prepended to its first sealed frame by ``send``): until it has, the
+receiver refuses a SEALED prefix at once, so a stranger who knows only the key id (it travels in
+clear) can make a receiver buffer a few dozen bytes, never a body of up to the frame limit.
 
 Use it like ``protocol_v2.Connection``: ``receive_data``/``receive_eof``, ``next_event`` (a
 ``Handshake`` event on the receiver once a sender said hello: write its ``reply``; then IMAGE frames;
@@ -29,13 +36,14 @@ from __future__ import annotations
 
 import hmac
 import logging
-import secrets
 import struct
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from latentcomm.errors import LocalProtocolError, RemoteProtocolError
@@ -53,6 +61,8 @@ TYPE_SEALED = 4
 SEALED_HEADER = struct.Struct("!8sQ")  # key id, counter
 HELLO_SENDER_LEN = KEY_ID_BYTES + RANDOM_BYTES
 HELLO_RECEIVER_LEN = KEY_ID_BYTES + RANDOM_BYTES + CONFIRM_BYTES
+#: The sender's third handshake message: its key confirmation alone.
+HELLO_CONFIRM_LEN = CONFIRM_BYTES
 SEAL_OVERHEAD = SEALED_HEADER.size + TAG_BYTES
 
 
@@ -70,14 +80,25 @@ class SealError(RemoteProtocolError):
 # -- session ---------------------------------------------------------------------------------------
 
 
-def _derive(key: Key, sender_random: bytes, receiver_random: bytes) -> tuple[bytes, bytes, bytes]:
-    """(sender-to-receiver key, receiver-to-sender key, confirmation key) of one connection."""
+def _ephemeral() -> tuple[X25519PrivateKey, bytes]:
+    private = X25519PrivateKey.generate()
+    return private, private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _derive(key: Key, private: X25519PrivateKey, sender_public: bytes, receiver_public: bytes, peer_public: bytes
+            ) -> tuple[bytes, bytes, bytes]:  # fmt: skip
+    """(sender-to-receiver key, receiver-to-sender key, confirmation key) of one connection: the
+    long-term key authenticates, the ephemeral Diffie-Hellman secret gives forward secrecy."""
+    try:
+        shared = private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError:  # a low-order point: no shared secret, so no session
+        raise SealError("the peer's ephemeral key is invalid", v2.Status.MALFORMED) from None
     okm = HKDF(
         algorithm=hashes.SHA256(),
         length=3 * KEY_BYTES,
-        salt=sender_random + receiver_random,
-        info=b"latentcomm v2 sealed session " + key.key_id,
-    ).derive(key.secret)
+        salt=sender_public + receiver_public,
+        info=b"latentcomm v2 sealed session x25519 " + key.key_id,
+    ).derive(key.secret + shared)
     return okm[:32], okm[32:64], okm[64:]
 
 
@@ -85,6 +106,10 @@ def _confirmation(k_confirm: bytes, sender_hello: bytes, key_id: bytes, receiver
     return hmac.new(
         k_confirm, b"latentcomm receiver hello" + sender_hello + key_id + receiver_random, "sha256"
     ).digest()
+
+
+def _sender_confirmation(k_confirm: bytes, sender_hello: bytes, receiver_hello: bytes) -> bytes:
+    return hmac.new(k_confirm, b"latentcomm sender confirm" + sender_hello + receiver_hello, "sha256").digest()
 
 
 def _nonce(counter: int) -> bytes:
@@ -132,6 +157,10 @@ class SecureConnection(v2.ReceiveBuffer):
         self.keyring = keyring
         self._closed = False
         self._hello: bytes | None = None  # the sender's HELLO body (bound into the confirmation)
+        self._ephemeral: X25519PrivateKey | None = None
+        #: Receiver: the sender's confirmation is still due (its expected value). Sender: the
+        #: confirmation message still to go out in front of the first frame.
+        self._confirm_due: bytes | None = None
         self._out: _Direction | None = None
         self._in: _Direction | None = None
         #: Bytes on the wire of the last message returned by ``next_event`` (prefix included).
@@ -140,6 +169,11 @@ class SecureConnection(v2.ReceiveBuffer):
     @property
     def established(self) -> bool:
         return self._in is not None
+
+    @property
+    def authenticated(self) -> bool:
+        """The peer has proven it holds the key (a receiver: the sender's confirmation came)."""
+        return self._in is not None and (self.role is v2.Role.SENDER or self._confirm_due is None)
 
     @property
     def key_id(self) -> str | None:
@@ -152,7 +186,8 @@ class SecureConnection(v2.ReceiveBuffer):
         if self.role is not v2.Role.SENDER or self._hello is not None:
             raise LocalProtocolError("hello() is the sender's first message, sent once")
         assert self.key is not None
-        self._hello = self.key.key_id + secrets.token_bytes(RANDOM_BYTES)
+        self._ephemeral, public = _ephemeral()
+        self._hello = self.key.key_id + public
         return v2.PREFIX.pack(v2.MAGIC, v2.VERSION, TYPE_HELLO, 0, len(self._hello)) + self._hello
 
     def send(self, event: v2.ImageFrame | v2.Ack) -> bytes:
@@ -175,7 +210,10 @@ class SecureConnection(v2.ReceiveBuffer):
         header = SEALED_HEADER.pack(self.key.key_id, d.counter)
         sealed = d.aead.encrypt(_nonce(d.counter), inner, prefix + header)
         d.counter += 1
-        return prefix + header + sealed
+        confirm = b""
+        if self.role is v2.Role.SENDER and self._confirm_due is not None:
+            confirm, self._confirm_due = self._confirm_due, None
+        return confirm + prefix + header + sealed
 
     # -- receiving --
 
@@ -201,10 +239,17 @@ class SecureConnection(v2.ReceiveBuffer):
             raise RemoteProtocolError(f"unsupported protocol version {version}")
         if mtype not in (TYPE_HELLO, TYPE_SEALED):
             return self._plaintext(mtype, body_len, avail)
+        if mtype == TYPE_HELLO and _reserved:
+            raise SealError("a HELLO with reserved bits set", v2.Status.MALFORMED)
         if mtype == TYPE_SEALED and self._in is None:
             # Decided from the 12-byte prefix: a stranger who never said hello can't make this
             # connection buffer a body (up to the frame limit) before being refused.
             raise SealError("a sealed frame before the handshake", v2.Status.MALFORMED)
+        if mtype == TYPE_SEALED and not self.authenticated:
+            # Nor can one who said hello with a key id it read off the wire: the body waits for the
+            # sender's proof that it holds the key.
+            raise SealError("a sealed frame before the sender's key confirmation (a sender older than the receiver, "
+                            "or without the key)", v2.Status.AUTH_FAILED)  # fmt: skip
         limit = self._limit(mtype)
         if body_len > limit:
             raise SealError(f"sealed message of {body_len} bytes exceeds the limit of {limit}", v2.Status.MALFORMED)
@@ -267,6 +312,11 @@ class SecureConnection(v2.ReceiveBuffer):
         raise SealError(f"receiver refused the sealed connection: {ack.status.name}: {ack.message}{hint}", ack.status)
 
     def _on_hello(self, body: bytes) -> Handshake | object:
+        if self.role is v2.Role.RECEIVER and self._confirm_due is not None:
+            if not hmac.compare_digest(body, self._confirm_due):
+                raise SealError("the sender could not prove it holds this key (key confirmation failed)")
+            self._confirm_due = None
+            return self.next_event()
         second = self._in is not None or (self.role is v2.Role.RECEIVER and self._hello is not None)
         if second:
             raise SealError("a second HELLO on one connection", v2.Status.MALFORMED)
@@ -279,19 +329,25 @@ class SecureConnection(v2.ReceiveBuffer):
                 raise SealError(f"unknown key id {body[:KEY_ID_BYTES].hex()}", v2.Status.UNKNOWN_KEY)
             self.key = key
             self._hello = body
-            rnd = secrets.token_bytes(RANDOM_BYTES)
-            s2r, r2s, kc = _derive(key, body[KEY_ID_BYTES:], rnd)
+            private, rnd = _ephemeral()
+            s2r, r2s, kc = _derive(key, private, body[KEY_ID_BYTES:], rnd, body[KEY_ID_BYTES:])
             self._in, self._out = _Direction(s2r), _Direction(r2s)
             reply = key.key_id + rnd + _confirmation(kc, body, key.key_id, rnd)
+            self._confirm_due = _sender_confirmation(kc, body, reply)
             return Handshake(key.key_id_hex, v2.PREFIX.pack(v2.MAGIC, v2.VERSION, TYPE_HELLO, 0, len(reply)) + reply)
         assert self.key is not None
         if self._hello is None or len(body) != HELLO_RECEIVER_LEN or body[:KEY_ID_BYTES] != self.key.key_id:
             raise SealError("the receiver's HELLO does not answer ours")
         rnd, confirm = body[KEY_ID_BYTES : KEY_ID_BYTES + RANDOM_BYTES], body[KEY_ID_BYTES + RANDOM_BYTES :]
-        s2r, r2s, kc = _derive(self.key, self._hello[KEY_ID_BYTES:], rnd)
+        assert self._ephemeral is not None
+        s2r, r2s, kc = _derive(self.key, self._ephemeral, self._hello[KEY_ID_BYTES:], rnd, rnd)
+        self._ephemeral = None  # used once, then dropped
         if not hmac.compare_digest(confirm, _confirmation(kc, self._hello, self.key.key_id, rnd)):
-            raise SealError("the receiver could not prove it holds this key (key confirmation failed)")
+            raise SealError("the receiver could not prove it holds this key (key confirmation failed; "
+                            "or it runs a latentcomm older than this sender)")  # fmt: skip
         self._out, self._in = _Direction(s2r), _Direction(r2s)
+        mine = _sender_confirmation(kc, self._hello, body)
+        self._confirm_due = v2.PREFIX.pack(v2.MAGIC, v2.VERSION, TYPE_HELLO, 0, len(mine)) + mine
         return Handshake(self.key.key_id_hex, b"")
 
     def _open(self, prefix: bytes, body: bytes) -> v2.ImageFrame | v2.Ack:
