@@ -15,10 +15,10 @@ shared secret, with both public keys as salt (the shape of Noise's NNpsk0: the p
 authenticates, the ephemeral exchange gives forward secrecy): one key per direction plus a
 confirmation key. Fresh ephemeral keys on both sides mean a nonce (the counter) never repeats under
 a key, even across restarts, that frames captured on one connection fail authentication on any
-other, and that a key stolen later can't open a recording. Within a connection each direction's counter must be exactly the
-next one, so a replayed, duplicated, dropped-and-reinserted or reordered frame is refused. The
-prefix, key id and counter are authenticated as associated data, and nothing inside a frame is
-parsed before its tag has been verified.
+other, and that a key stolen later can't open a recording. Within a connection each direction's
+counter must be exactly the next one, so a replayed, duplicated, dropped-and-reinserted or
+reordered frame is refused. The prefix, key id and counter are authenticated as associated data,
+and nothing inside a frame is parsed before its tag has been verified.
 
 The receiver's HELLO carries an HMAC under the confirmation key, so a sender learns that the
 receiver holds the same key before it sends a picture; a receiver without the key id answers with a
@@ -43,8 +43,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from latentcomm.errors import LocalProtocolError, RemoteProtocolError
 from latentcomm.wire import v2
