@@ -39,10 +39,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
+import secrets
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -52,6 +55,7 @@ from latentcomm.errors import LatentcommError, TransportError
 from latentcomm.transports.base import ReceivedFrame
 from latentcomm.transports.messages import AckWindow, MessageOpener, MessageSender, Refused
 from latentcomm.wire import v2
+from latentcomm.wire.broker_seal import ControlSeal
 from latentcomm.wire.keys import Keyring
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,8 @@ log = logging.getLogger(__name__)
 DEFAULT_GROUP = "receivers"
 #: Seconds a receiver's claim on a video stream lasts unless renewed (it renews every third of it).
 DEFAULT_LEASE_S = 3.0
+#: Claimants whose newest claim counter a receiver remembers (to refuse a recorded claim replayed).
+CLAIMANT_MEMORY = 4096
 
 
 def parse_broker(url: str) -> tuple[str, int]:
@@ -248,14 +254,25 @@ class MqttServer(MessageOpener):
         self.viewer = viewer
         self.lease_s = lease_s
         self.video_subscription = f"latentcomm/{topic}/video/+"
-        self._owners: dict[str, tuple[str, float]] = {}  # sender -> (owner client id, lease end)
+        # With a key, every control message is sealed for the group (ControlSeal): a claim names its
+        # owner, the owner's session (new at every connection) and a counter that only grows, so a
+        # recorded claim published again is refused; a last will names the session it ends, so a
+        # recorded will of an earlier connection ends nothing.
+        self.control = ControlSeal(keyring) if keyring else None
+        self.forged_control = 0
+        self._session = secrets.token_hex(8)
+        self._claim_n = 0
+        self._claims_seen: OrderedDict[str, int] = OrderedDict()  # claimant -> newest counter seen
+        self._stream_keys: dict[str, bytes] = {}  # sender -> the key id its frames are sealed with
+        self._owners: dict[str, tuple[str, float, str | None]] = {}  # sender -> (owner, lease end, session)
         self._mine: dict[str, float] = {}  # senders this receiver owns -> when a frame last came
         self._key_asked: dict[str, float] = {}
         self.client = _client(self.client_id, manual_ack=True, v5=True)
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         if not viewer:
-            self.client.will_set(f"latentcomm/{topic}/gone/{self.client_id}", b"", qos=1)
+            self._set_will()
         self._connected = threading.Event()
         _connect(self.client, self.host, self.port, wait_for, session_expiry)
         if not viewer:
@@ -287,6 +304,28 @@ class MqttServer(MessageOpener):
         what = self.video_subscription if self.viewer else self.subscription
         log.info("subscribed to %s as %s", what, self.client_id)
         self._connected.set()
+
+    def _set_will(self) -> None:
+        """The last will for this connection: it names the session, which every claim names too."""
+        topic = f"latentcomm/{self.topic}/gone/{self.client_id}"
+        will = b""
+        if self.control is not None:
+            will = self.control.seal(topic, {"gone": self.client_id, "session": self._session})
+        self.client.will_set(topic, will, qos=1)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not self.viewer and not self._stopping.is_set():
+            # The broker may have published this connection's will: the next one gets a new session,
+            # so that will, recorded and published again, can't end the streams this one claims.
+            with self._lock:
+                self._session = secrets.token_hex(8)
+            self._set_will()
+
+    def _forged(self, what: str, msg) -> None:
+        self.forged_control += 1
+        if self.forged_control == 1 or self.forged_control % 100 == 0:
+            log.warning("%s on %s ignored: not sealed by this group, or replayed (%d so far)",
+                        what, msg.topic, self.forged_control)  # fmt: skip
 
     def _on_message(self, client, userdata, msg) -> None:
         kind = msg.topic.split("/")[-2]
@@ -346,11 +385,23 @@ class MqttServer(MessageOpener):
             owner = self._owners.get(sender)
         return owner[0] if owner is not None and owner[1] > time.monotonic() else None
 
+    def _claim_bytes(self, sender: str, owner: str | None) -> bytes:
+        """A claim (``owner``: this receiver) or a hand-back (None) of ``sender``'s stream."""
+        topic = f"latentcomm/{self.topic}/owners/{sender}"
+        if self.control is None:
+            return json.dumps({"owner": owner, "lease_s": self.lease_s}).encode() if owner else b""
+        with self._lock:
+            self._claim_n = max(self._claim_n + 1, time.time_ns())
+            claim = {"owner": owner, "by": self.client_id, "session": self._session, "lease_s": self.lease_s,
+                     "n": self._claim_n}  # fmt: skip
+            key_id = self._stream_keys.get(sender)
+        return self.control.seal(topic, claim, [key_id] if key_id else None)
+
     def _claim(self, sender: str) -> None:
         with self._lock:
-            self._owners[sender] = (self.client_id, time.monotonic() + self.lease_s)
+            self._owners[sender] = (self.client_id, time.monotonic() + self.lease_s, self._session)
             self._mine[sender] = time.monotonic()
-        claim = json.dumps({"owner": self.client_id, "lease_s": self.lease_s}).encode()
+        claim = self._claim_bytes(sender, self.client_id)
         self.client.publish(f"latentcomm/{self.topic}/owners/{sender}", claim, qos=1, retain=True)
 
     def _renew(self) -> None:
@@ -363,28 +414,71 @@ class MqttServer(MessageOpener):
             for sender in live:
                 self._claim(sender)
 
+    def _read_claim(self, msg) -> tuple[str | None, float, str | None, str | None] | None:
+        """(owner or None for a hand-back, lease, session, claimant) of a claim; None for one to ignore."""
+        if self.control is None:
+            try:
+                claim = json.loads(msg.payload) if msg.payload else None
+                return (str(claim["owner"]), float(claim["lease_s"]), None, None) if claim else (None, 0.0, None, None)
+            except (ValueError, KeyError, TypeError):
+                return None, 0.0, None, None
+        claim = self.control.open(msg.topic, msg.payload) if msg.payload else None
+        if claim is None:
+            self._forged("an ownership claim", msg)
+            return None
+        owner, by, session, lease, n = (claim.get(k) for k in ("owner", "by", "session", "lease_s", "n"))
+        if not (isinstance(by, str) and isinstance(session, str) and isinstance(n, int)
+                and isinstance(lease, int | float) and math.isfinite(lease) and owner in (None, by)):  # fmt: skip
+            self._forged("a malformed ownership claim", msg)
+            return None
+        with self._lock:
+            if n <= self._claims_seen.get(by, -1):
+                replayed = True
+            else:
+                replayed = False
+                self._claims_seen[by] = n
+                self._claims_seen.move_to_end(by)
+                while len(self._claims_seen) > CLAIMANT_MEMORY:
+                    self._claims_seen.popitem(last=False)
+        if replayed:
+            # The broker also hands a retained claim again after a reconnect: that is no forgery.
+            log.debug("claim %d by %s on %s seen before: ignored", n, by, msg.topic)
+            return None
+        return owner, float(lease), session, by
+
     def _on_claim(self, msg) -> None:
         sender = msg.topic.rsplit("/", 1)[-1]
-        try:
-            claim = json.loads(msg.payload) if msg.payload else None
-            owner, lease = (str(claim["owner"]), float(claim["lease_s"])) if claim else (None, 0.0)
-        except (ValueError, KeyError, TypeError):
-            owner, lease = None, 0.0
-        with self._lock:
-            if owner is None:
-                self._owners.pop(sender, None)
-            else:  # the broker orders claims: every receiver ends with the same, last one
-                self._owners[sender] = (owner, time.monotonic() + min(max(lease, 0.5), 60.0))
-                if owner != self.client_id:
-                    self._mine.pop(sender, None)
+        claim = self._read_claim(msg)
+        if claim is not None:
+            owner, lease, session, by = claim
+            with self._lock:
+                if owner is None:
+                    current = self._owners.get(sender)
+                    if by is None or current is None or current[0] == by:  # only an owner hands back
+                        self._owners.pop(sender, None)
+                else:  # the broker orders claims: every receiver ends with the same, last one
+                    self._owners[sender] = (owner, time.monotonic() + min(max(lease, 0.5), 60.0), session)
+                    if owner != self.client_id:
+                        self._mine.pop(sender, None)
         self.client.ack(msg.mid, msg.qos)
 
     def _on_gone(self, msg) -> None:
         gone = msg.topic.rsplit("/", 1)[-1]
+        session = None
+        if self.control is not None:
+            will = self.control.open(msg.topic, msg.payload)
+            if will is None or will.get("gone") != gone:
+                self._forged("a last will", msg)
+                self.client.ack(msg.mid, msg.qos)
+                return
+            session = will.get("session")
         with self._lock:
-            for sender in [s for s, (o, _) in self._owners.items() if o == gone]:
+            ended = [s for s, (o, _, sess) in self._owners.items()
+                     if o == gone and (self.control is None or sess == session)]  # fmt: skip
+            for sender in ended:
                 del self._owners[sender]
-        log.info("receiver %s left the group: its video streams are free to take over", gone)
+        if ended:
+            log.info("receiver %s left the group: its video streams are free to take over", gone)
         self.client.ack(msg.mid, msg.qos)
 
     def _on_video(self, sender: str, peer: str, frame: v2.ImageFrame, msg, key_id, stream) -> None:
@@ -393,6 +487,11 @@ class MqttServer(MessageOpener):
         its group, or watches as a viewer."""
         self.client.ack(msg.mid, msg.qos)
         if not self.viewer:
+            if key_id is not None:
+                with self._lock:
+                    self._stream_keys[sender] = bytes.fromhex(key_id)
+                    if len(self._stream_keys) > CLAIMANT_MEMORY:
+                        self._stream_keys.pop(next(iter(self._stream_keys)))
             owner = self._owner(sender)
             if owner is None:
                 log.info("taking the video stream of %s for the group", peer)
@@ -426,9 +525,10 @@ class MqttServer(MessageOpener):
         self.client.unsubscribe(self.subscription)
         self.client.unsubscribe(self.video_subscription)
         with self._lock:
-            mine = [s for s, (o, _) in self._owners.items() if o == self.client_id]
+            mine = [s for s, (o, _, _) in self._owners.items() if o == self.client_id]
         for sender in mine:  # hand the streams back at once rather than at the lease's end
-            self.client.publish(f"latentcomm/{self.topic}/owners/{sender}", b"", qos=1, retain=True)
+            self.client.publish(f"latentcomm/{self.topic}/owners/{sender}", self._claim_bytes(sender, None), qos=1,
+                                retain=True)  # fmt: skip
 
     def close(self) -> None:
         self.client.loop_stop()

@@ -5,6 +5,7 @@ is in docs/security.md)."""
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import logging
 import os
@@ -82,6 +83,9 @@ class BrokerSealer:
         s2r, r2s = _stream_keys(key, self.stream_id)
         self._out, self._in = ChaCha20Poly1305(s2r), ChaCha20Poly1305(r2s)
         self._counter = 0
+        # Nonces of the acknowledgements opened lately: a recorded one published again (a key-frame
+        # request, to make the sender spend its link on key frames) is refused.
+        self._ack_nonces: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
     def seal(self, inner: bytes) -> bytes:
         nonce = b"\0\0\0\0" + self._counter.to_bytes(8, "big")
@@ -93,10 +97,90 @@ class BrokerSealer:
         ad, key_id, stream_id, nonce, sealed = _stream_parse(data, STREAM_OVERHEAD + v2.PREFIX.size + 2048)
         if key_id != self.key.key_id or stream_id != self.stream_id:
             raise SealError("an acknowledgement for another stream")
+        if nonce in self._ack_nonces:
+            raise SealError("a sealed acknowledgement seen before (replayed)")
         try:
-            return self._in.decrypt(nonce, sealed, ad)
+            inner = self._in.decrypt(nonce, sealed, ad)
         except InvalidTag:
             raise SealError("a sealed acknowledgement failed authentication (forged or tampered)") from None
+        self._ack_nonces[nonce] = None
+        if len(self._ack_nonces) > ACK_NONCE_MEMORY:
+            self._ack_nonces.popitem(last=False)
+        return inner
+
+
+#: Acknowledgement nonces a sealed sender remembers to refuse replays (random 96-bit nonces: a
+#: repeat among honest receivers has probability about n^2 / 2^97).
+ACK_NONCE_MEMORY = 65536
+
+
+TYPE_CONTROL_SEALED = 6
+CONTROL_HEADER = struct.Struct("!8s12s")  # key id, random nonce
+CONTROL_LIMIT = 4096
+
+
+class ControlSeal:
+    """A group's control messages through a broker (ownership claims, hand-backs, last wills),
+    sealed so that nobody outside the group can stop or steal its video streams.
+
+    Each message is JSON sealed with ChaCha20-Poly1305 under a control key derived from a long-term
+    key (HKDF, ``"latentcomm v2 broker control"`` and the key id); the topic it is published on is
+    associated data, so a claim on one stream can't be moved to another. A message may be sealed
+    under several keys (a receiver's last will, for every key it holds): it is the concatenation of
+    one type-6 v2 message per key, and :meth:`open` takes the first one it can open. Replays (a
+    recorded claim or will published again) are the caller's to refuse, by the counters and session
+    ids inside (``MqttServer``).
+    """
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+        self._aeads: dict[bytes, ChaCha20Poly1305] = {}
+
+    def _aead(self, key: Key) -> ChaCha20Poly1305:
+        aead = self._aeads.get(key.key_id)
+        if aead is None:
+            okm = HKDF(
+                algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+                info=b"latentcomm v2 broker control " + key.key_id,
+            ).derive(key.secret)  # fmt: skip
+            aead = self._aeads[key.key_id] = ChaCha20Poly1305(okm)
+        return aead
+
+    def seal(self, topic: str, message: dict, key_ids: list[bytes] | None = None) -> bytes:
+        """``message`` sealed for ``topic`` under the keys named (all of the keyring's by default)."""
+        inner = json.dumps(message, separators=(",", ":")).encode()
+        keys = [self.keyring.keys[k] for k in key_ids] if key_ids else list(self.keyring.keys.values())
+        out = b""
+        for key in keys:
+            nonce = secrets.token_bytes(12)
+            body_len = CONTROL_HEADER.size + len(inner) + TAG_BYTES
+            prefix = v2.PREFIX.pack(v2.MAGIC, v2.VERSION, TYPE_CONTROL_SEALED, 0, body_len)
+            header = CONTROL_HEADER.pack(key.key_id, nonce)
+            out += prefix + header + self._aead(key).encrypt(nonce, inner, prefix + header + topic.encode())
+        return out
+
+    def open(self, topic: str, data: bytes) -> dict | None:
+        """The message, or None for anything this group didn't seal for ``topic`` (in clear, forged,
+        moved from another topic, under a key not held, malformed)."""
+        pos = 0
+        while len(data) - pos >= v2.PREFIX.size + CONTROL_HEADER.size + TAG_BYTES and pos < 64 * CONTROL_LIMIT:
+            magic, version, mtype, _flags, body_len = v2.PREFIX.unpack_from(data, pos)
+            end = pos + v2.PREFIX.size + body_len
+            if magic != v2.MAGIC or version != v2.VERSION or mtype != TYPE_CONTROL_SEALED or end > len(data) \
+                    or body_len > CONTROL_LIMIT:  # fmt: skip
+                return None
+            ad_end = pos + v2.PREFIX.size + CONTROL_HEADER.size
+            key_id, nonce = CONTROL_HEADER.unpack_from(data, pos + v2.PREFIX.size)
+            key = self.keyring.get(key_id)
+            if key is not None:
+                try:
+                    inner = self._aead(key).decrypt(nonce, data[ad_end:end], data[pos:ad_end] + topic.encode())
+                    message = json.loads(inner)
+                except (InvalidTag, ValueError):
+                    return None
+                return message if isinstance(message, dict) else None
+            pos = end
+        return None
 
 
 #: Streams whose replay memory a receiver keeps on disk (the least recently used are forgotten).
