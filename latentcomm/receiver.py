@@ -9,7 +9,7 @@ import queue
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -38,6 +38,19 @@ DEFAULT_HEADLESS_OUT = Path("received")
 #: Video streams whose decoder state a receiver keeps (the least recently used is dropped: that
 #: stream's next inter frame asks for a key frame).
 MAX_STREAMS = 64
+#: The pictures the live video decoders of all streams may hold at once, in pixels (about 2.4 bytes a
+#: pixel of decoder state measured for H.264: ~150 MiB). Past it the least recently used streams'
+#: decoders are freed (their next inter frame asks for a key frame).
+MAX_DECODER_PIXELS = 64 * 1024 * 1024
+#: The largest live video picture a receiver decodes by default (1080p; --max-video-pixels).
+DEFAULT_MAX_VIDEO_PIXELS = 1920 * 1088
+#: Pixels a second one video stream may make a receiver decode (1080p at 10 fps; --max-pixel-rate),
+#: and all streams together (--max-total-pixel-rate): a 13-byte all-skip inter frame costs the full
+#: picture to build, so the budget is in pixels, not bytes.
+DEFAULT_PIXEL_RATE = 1920 * 1088 * 10
+DEFAULT_TOTAL_PIXEL_RATE = 2 * DEFAULT_PIXEL_RATE
+#: A video stream whose frames stopped this long ago has its decoder freed.
+STREAM_IDLE_S = 60.0
 
 
 @dataclass
@@ -47,6 +60,48 @@ class ReceiverOptions:
     once: bool = False
     json_lines: bool = False
     max_disk_bytes: int | None = None  # --max-disk: the pictures in out_dir, oldest pruned past it
+    max_video_pixels: int = DEFAULT_MAX_VIDEO_PIXELS
+    max_pixel_rate: float = DEFAULT_PIXEL_RATE
+    max_total_pixel_rate: float = DEFAULT_TOTAL_PIXEL_RATE
+
+
+class PixelBudget:
+    """Token buckets of decoded pixels, one per video stream and one for all: each refills at its rate
+    and holds one second of it, so a stream may burst a key frame but not keep up more than its rate.
+    ``clock`` is injectable for tests."""
+
+    def __init__(self, per_stream: float, total: float, clock=time.monotonic) -> None:
+        self.per_stream, self.total, self.clock = per_stream, total, clock
+        self._streams: OrderedDict[object, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+        self._all = (total, clock())
+
+    @staticmethod
+    def _refill(bucket: tuple[float, float], rate: float, now: float) -> float:
+        tokens, at = bucket
+        return min(rate, tokens + (now - at) * rate)
+
+    def take(self, key: object, pixels: int) -> str | None:
+        """None when ``pixels`` fit both budgets (and are taken), else which one they exceed."""
+        now = self.clock()
+        mine = self._refill(self._streams.get(key, (self.per_stream, now)), self.per_stream, now)
+        everyone = self._refill(self._all, self.total, now)
+        if pixels > mine:
+            self._streams[key] = (mine, now)
+            self._streams.move_to_end(key)
+            return f"this stream's pixel-rate budget ({self.per_stream / 1e6:g} Mpx/s, --max-pixel-rate)"
+        if pixels > everyone:
+            self._all = (everyone, now)
+            return (f"the receiver's pixel-rate budget for all streams ({self.total / 1e6:g} Mpx/s, "
+                    "--max-total-pixel-rate)")  # fmt: skip
+        self._streams[key] = (mine - pixels, now)
+        self._streams.move_to_end(key)
+        self._all = (everyone - pixels, now)
+        while len(self._streams) > 4 * MAX_STREAMS:
+            self._streams.popitem(last=False)
+        return None
+
+    def forget(self, key: object) -> None:
+        self._streams.pop(key, None)
 
 
 @dataclass
@@ -114,7 +169,11 @@ class Receiver:
                 self.codecs.setdefault(name, VideoCodec(name, enhancer=enhancer))
             except LatentcommError as exc:
                 log.info("video codec %s not available: %s", name, exc)
-        self._streams: OrderedDict[tuple[str, str], ImageCodec] = OrderedDict()
+        self._streams: OrderedDict[tuple[str, str, str], ImageCodec] = OrderedDict()
+        self._stream_pixels: dict[tuple[str, str, str], int] = {}  # the picture size each decoder holds
+        self._stream_seen: dict[tuple[str, str, str], float] = {}  # when each stream's last frame came
+        self._ended: deque[str] = deque()  # peers whose connection or lease ended
+        self.budget = PixelBudget(options.max_pixel_rate, options.max_total_pixel_rate)
         self.opts = options
         self.stdout = stdout
         self.summary = Summary()
@@ -148,16 +207,61 @@ class Receiver:
         image = crop_to(self.default.decode(latent), f.image_size)
         return self.default.source, image, original, info
 
-    def _stream_codec(self, codec: ImageCodec, item: ReceivedFrame, model: str) -> ImageCodec:
-        """The decoder of the stream a frame belongs to (its connection, or its broker sender)."""
-        key = (item.key_id or "", item.peer, model)
+    def _stream_codec(self, codec: ImageCodec, item: ReceivedFrame, f: v2.ImageFrame) -> ImageCodec:
+        """The decoder of the stream a frame belongs to (its connection, or its broker sender), within
+        the video limits: the picture size, the pixel-rate budgets, and the pixels all decoders hold."""
+        key = (item.key_id or "", item.peer, f.model)
+        h, w = (f.shape[1], f.shape[2]) if len(f.shape) == 3 else (0, 0)
+        pixels = h * w
+        if pixels > self.opts.max_video_pixels:
+            raise Rejected(v2.Status.TOO_LARGE, f"video picture {w}x{h} exceeds this receiver's "
+                           f"{self.opts.max_video_pixels} pixels (--max-video-pixels)")  # fmt: skip
         state = self._streams.get(key)
         if state is None:
             state = self._streams[key] = codec.new_stream()
             while len(self._streams) > MAX_STREAMS:
-                self._streams.popitem(last=False)
+                self._free(next(iter(self._streams)))
         self._streams.move_to_end(key)
+        self._stream_seen[key] = time.monotonic()
+        over = self.budget.take(key, pixels)
+        if over is not None:
+            state.drop_reference()  # not decoded: the stream goes on from a key frame
+            raise Rejected(v2.Status.TOO_LARGE, f"a {w}x{h} video frame refused: over {over}")
+        # Decoder memory is bounded by pixels: the least recently used other streams give theirs up.
+        self._stream_pixels[key] = pixels
+        while sum(self._stream_pixels.values()) > MAX_DECODER_PIXELS and len(self._stream_pixels) > 1:
+            oldest = next(k for k in self._streams if k != key and k in self._stream_pixels)
+            log.info("freeing the video decoder of %s: the decoders hold more than %d pixels", oldest[1],
+                     MAX_DECODER_PIXELS)  # fmt: skip
+            self._free(oldest)
         return state
+
+    def _free(self, key: tuple[str, str, str]) -> None:
+        self._streams.pop(key, None)
+        self._stream_pixels.pop(key, None)
+        self._stream_seen.pop(key, None)
+        self.budget.forget(key)
+
+    def stream_ended(self, peer: str) -> None:
+        """A transport's word that a stream's connection (or a broker stream's lease) ended: its
+        decoder is freed by the decoding thread's next turn (this may be called from any thread)."""
+        self._ended.append(peer)
+
+    def reap(self, now: float | None = None) -> int:
+        """Free the decoders of streams that ended or went idle (``STREAM_IDLE_S``); how many."""
+        now = time.monotonic() if now is None else now
+        gone = set()
+        while self._ended:
+            gone.add(self._ended.popleft())
+        doomed = [k for k in self._streams if k[1] in gone or now - self._stream_seen.get(k, now) > STREAM_IDLE_S]
+        for key in doomed:
+            self._free(key)
+        return len(doomed)
+
+    @property
+    def decoders(self) -> int:
+        """Live stream decoders held (video streams and other stateful codecs)."""
+        return len(self._streams)
 
     def _v2(self, f: v2.ImageFrame, item: ReceivedFrame) -> tuple[str, torch.Tensor, Image.Image | None, dict]:
         codec = self.codecs.get(f.model)
@@ -167,7 +271,7 @@ class Receiver:
                 f"frame is for model {f.model!r}; this receiver runs {', '.join(self.codecs)}",
             )
         if codec.stateful:
-            codec = self._stream_codec(codec, item, f.model)
+            codec = self._stream_codec(codec, item, f)
         oh, ow = f.image_size
         original = None
         if f.reference_png is not None:
@@ -309,8 +413,10 @@ class Receiver:
         stop = stop or threading.Event()
         if self.dashboard is not None:
             server.on_reject.append(self.dashboard.on_rejected)
+        getattr(server, "on_stream_end", []).append(self.stream_ended)
         try:
             while not stop.is_set():
+                self.reap()
                 try:
                     item = server.frames.get(timeout=0.1)
                 except queue.Empty:

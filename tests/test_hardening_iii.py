@@ -5,6 +5,10 @@ Each test names the issue's item it covers and fails on the code before the fix:
 1. a broker client without the key stopped a sealed video group ........ test_strangers_on_the_broker_*
 2. a stranger who knows the key id made a sealed receiver buffer a body .. test_a_stranger_*
    (and test_security.py: test_a_stranger_who_knows_the_key_id_*, test_recorded_sessions_*)
+3. video decoders outlived their connections ........................... test_video_decoders_are_freed_*
+4. 13-byte inter frames cost a whole picture each ...................... test_a_flood_of_skip_frames_*,
+   test_the_pixel_budget_*
+5. the SPS was decoded before the size limit was checked ............... test_a_sequence_header_larger_*
 """
 
 from __future__ import annotations
@@ -15,9 +19,14 @@ import socket
 import subprocess
 import threading
 import time
+from fractions import Fraction
 
+import av
+import numpy as np
 import pytest
 
+from latentcomm.codecs.video import FLAG_KEY, VIDEO_HEADER
+from latentcomm.receiver import PixelBudget
 from latentcomm.wire import v2
 from latentcomm.wire.keys import Key, generate_key
 from latentcomm.wire.sealed import TYPE_SEALED, SecureConnection
@@ -28,13 +37,49 @@ from tests.videos import make_video
 needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt install mosquitto)")
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process, from /proc."""
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process (``VmHWM``: its peak), from /proc."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
+
+
+def h264_unit(width: int, height: int, *, pictures: int = 1) -> list[bytes]:
+    """Access units of a flat grey picture coded ``pictures`` times by libx264 (the first a key frame,
+    the rest all-skip inter frames of a dozen bytes)."""
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width, enc.height, enc.pix_fmt, enc.time_base = width, height, "yuv420p", Fraction(1, 10)
+    enc.options = {"preset": "ultrafast", "tune": "zerolatency"}
+    frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 128, np.uint8), format="rgb24")
+    units = []
+    for i in range(pictures):
+        frame.pts = i
+        units.append(b"".join(bytes(p) for p in enc.encode(frame.reformat(format="yuv420p"))))
+    units[-1] += b"".join(bytes(p) for p in enc.encode(None))
+    return units
+
+
+def video_frame(seq: int, unit: bytes, number: int, shape_hw: tuple[int, int], key: bool) -> v2.ImageFrame:
+    payload = VIDEO_HEADER.pack(1, FLAG_KEY if key else 0, 1000, number, number, 0, 0) + unit
+    h, w = shape_hw
+    return v2.ImageFrame(seq, "h264", 5, 0, (3, h, w), (h, w), payload, f"v-{number:06d}" if key else "")
+
+
+def exchange(port: int, frames: list[v2.ImageFrame]) -> list[v2.Ack]:
+    """Send every frame on one connection at once, then read their acknowledgements."""
+    tx = v2.Connection(v2.Role.SENDER)
+    acks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+        s.sendall(b"".join(tx.send(f) for f in frames))
+        while len(acks) < len(frames):
+            while (ev := tx.next_event()) is v2.NEED_DATA:
+                data = s.recv(65536)
+                assert data, f"closed after {len(acks)} acknowledgements"
+                tx.receive_data(data)
+            acks.append(ev)
+    return acks
 
 
 # -- 2. a sealed TCP receiver buffers nothing of a stranger's before the key is proven ---------------------
@@ -144,3 +189,78 @@ def test_strangers_on_the_broker_cannot_stop_a_sealed_video_group(tmp_path, star
     assert summary["key_frames"] <= 2, summary
     assert takeovers <= 2 and max(decoded) >= 0.8 * summary["frames_sent"], (decoded, takeovers)
     assert any("not sealed by this group, or replayed" in rx.stderr for rx in rxs)
+
+
+# -- 3. video decoders are freed with their connections, and bounded by pixels --------------------------
+
+
+def test_video_decoders_are_freed_when_their_connections_end(start_receiver, tiny_model):
+    rx = start_receiver("--no-show", "--json", "--model", str(tiny_model), "--max-video-pixels", str(4096 * 4096),
+                        "--max-pixel-rate", "1e9", "--max-total-pixel-rate", "1e9")  # fmt: skip
+    key = h264_unit(4096, 4096)[0]  # 50 KB
+    exchange(rx.port, [video_frame(1, key, 0, (4096, 4096), True)])  # the first one: allocator warm-up
+    time.sleep(1.0)
+    before = rss_mib(rx.proc.pid)
+    for _i in range(12):  # each a stream of its own: one key frame, then the connection closes
+        assert exchange(rx.port, [video_frame(1, key, 0, (4096, 4096), True)])[0].ok
+    time.sleep(1.0)
+    grown = rss_mib(rx.proc.pid) - before
+    # Before the fix every stream kept its decoder (~39 MiB each: 12 x 39 = 470 MiB) until 64 streams.
+    assert grown < 150, grown
+
+
+# -- 4. a pixel-rate budget per stream and in total --------------------------------------------------------
+
+
+def test_a_flood_of_skip_frames_is_refused_past_the_pixel_rate_budget(start_receiver, tiny_model):
+    rate = 640 * 352 * 5  # five 640x352 pictures a second
+    rx = start_receiver("--no-show", "--json", "--model", str(tiny_model), "--max-pixel-rate", str(rate))
+    units = h264_unit(640, 352, pictures=61)
+    assert max(len(u) for u in units[1:]) < 40  # all-skip inter frames
+    frames = [video_frame(i + 1, u, i, (352, 640), i == 0) for i, u in enumerate(units)]
+    t0 = time.monotonic()
+    acks = exchange(rx.port, frames)
+    elapsed = time.monotonic() - t0
+    ok = sum(a.ok for a in acks)
+    # One second of budget to start with, then five a second: everything past it is refused undecoded.
+    assert ok <= 5 + 5 * elapsed + 1, (ok, elapsed)
+    over = [a for a in acks if a.status == v2.Status.TOO_LARGE]
+    assert over and "pixel-rate budget" in over[0].message and "--max-pixel-rate" in over[0].message
+    assert all(a.ok or a.status in (v2.Status.TOO_LARGE, v2.Status.KEY_FRAME_NEEDED) for a in acks)
+    assert rx.proc.poll() is None
+
+
+def test_the_pixel_budget_refills_at_its_rate_per_stream_and_for_all():
+    now = [0.0]
+    budget = PixelBudget(per_stream=100, total=150, clock=lambda: now[0])
+    assert budget.take("a", 100) is None  # a second's worth at once
+    assert "this stream's" in budget.take("a", 10)
+    assert budget.take("b", 50) is None
+    assert "all streams" in budget.take("c", 10)  # 150 of 150 spent
+    now[0] = 0.5
+    assert budget.take("a", 50) is None and "this stream's" in budget.take("a", 1)
+    now[0] = 10.0
+    assert budget.take("c", 100) is None  # refilled, never past one second's worth
+    assert budget.take("c", 1) is not None
+
+
+def test_a_live_video_picture_past_the_default_size_is_refused_before_decoding(start_receiver, tiny_model):
+    rx = start_receiver("--no-show", "--json", "--model", str(tiny_model))
+    key = h264_unit(2048, 2048)[0]
+    [ack] = exchange(rx.port, [video_frame(1, key, 0, (2048, 2048), True)])
+    assert ack.status == v2.Status.TOO_LARGE and "--max-video-pixels" in ack.message
+
+
+# -- 5. the sequence header's size is refused before the decoder allocates it ------------------------------
+
+
+def test_a_sequence_header_larger_than_the_frame_claims_is_refused_before_decoding(start_receiver, tiny_model):
+    rx = start_receiver("--no-show", "--json", "--model", str(tiny_model), "--max-pixels", "65536")
+    key = h264_unit(8192, 8192)[0]  # 197 KB, whose SPS says 8192x8192
+    time.sleep(0.5)
+    peak = rss_mib(rx.proc.pid, "VmHWM")
+    [ack] = exchange(rx.port, [video_frame(1, key, 0, (16, 16), True)])  # the frame header says 16x16
+    assert ack.status == v2.Status.KEY_FRAME_NEEDED and "sequence header" in ack.message
+    # Decoding it first took +150 MiB (64 Mpx of picture) before the mismatch was seen.
+    assert rss_mib(rx.proc.pid, "VmHWM") - peak < 50
+    assert rx.proc.poll() is None

@@ -17,6 +17,7 @@ from latentcomm.cli.common import (
     add_network_args,
     byte_size,
     is_loopback,
+    number,
     port_type,
     run,
     seconds,
@@ -92,6 +93,28 @@ def build_parser(prog: str = "receiver_sdvae.py") -> argparse.ArgumentParser:
         help="drop a peer whose frame is not complete after this long (a client trickling bytes)",
     )
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest image (v2 frames) accepted, in pixels")
+    p.add_argument(
+        "--max-video-pixels",
+        type=number(0, above=True, integer=True),
+        default=1920 * 1088,
+        metavar="PIXELS",
+        help="largest live video picture decoded (default: 1080p, 2,088,960); a larger one is refused with TOO_LARGE",
+    )
+    p.add_argument(
+        "--max-pixel-rate",
+        type=number(0, above=True),
+        default=1920 * 1088 * 10,
+        metavar="PIXELS_PER_S",
+        help="pixels a second one video stream may have decoded (default: 1080p at 10 fps); frames past it are "
+        "refused undecoded with TOO_LARGE and the stream goes on from a key frame",
+    )
+    p.add_argument(
+        "--max-total-pixel-rate",
+        type=number(0, above=True),
+        default=2 * 1920 * 1088 * 10,
+        metavar="PIXELS_PER_S",
+        help="pixels a second all video streams together may have decoded (default: twice --max-pixel-rate's)",
+    )
     p.add_argument("--max-connections", type=int, default=64, help="connections handled at once; more are refused")
     p.add_argument(
         "--max-text",
@@ -244,7 +267,10 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
 
         enhancer = VideoEnhancer.from_pretrained(ENHANCER_DIR)
         enhancer.keep_up = args.enhance == "auto"
-    options = ReceiverOptions(args.out, not args.no_show, args.once, args.json, args.max_disk)
+    options = ReceiverOptions(
+        args.out, not args.no_show, args.once, args.json, args.max_disk, int(args.max_video_pixels),
+        args.max_pixel_rate, args.max_total_pixel_rate,
+    )  # fmt: skip
     receiver = Receiver(codecs, options, dashboard=state, enhancer=enhancer)
     server.start()
     host, port = server.address

@@ -112,6 +112,15 @@ class ImageCodec(ABC):
         """What a receiver's report can say about a payload it decoded (the learned codec: its quality)."""
         return {}
 
+    def new_stream(self) -> ImageCodec:
+        """A stateful codec's fresh instance for another stream; a stateless one is shared."""
+        return self
+
+    def drop_reference(self) -> None:
+        """A stateful codec forgets what its next frame would be coded against (a frame of its stream
+        was refused undecoded), so the stream goes on from a key frame. Nothing for stateless codecs."""
+        return None
+
     def frame_name(self, name: str, payload: bytes) -> str:
         """The name a decoded frame is reported under: the one it carries (a video stream's inter
         frames may leave it out and carry only their index in the source)."""

@@ -398,13 +398,21 @@ class VideoCodec(ImageCodec):
         if facts.key or self._dec is None:
             self._dec = av.CodecContext.create(self.spec.decoder, "r")  # a clean state at every key frame
             self._dec.thread_count = 1
+            # The decoder's own size limit is the frame's claimed picture: a sequence header declaring
+            # more is refused by FFmpeg before it allocates a picture, not decoded and then compared.
+            # err_detect: stop at an error FFmpeg detects rather than conceal it into a picture.
+            options = {"max_pixels": str(h * w), "err_detect": "careful+explode"}
             if self.enhancer is not None:
-                self._dec.options = {"export_side_data": "venc_params"}  # the quantizer map it is told
+                options["export_side_data"] = "venc_params"  # the quantizer map it is told
+            self._dec.options = options
         try:
             frames = self._dec.decode(av.Packet(unit))
         except (av.error.FFmpegError, ValueError) as exc:
             self._expect, self._dec = None, None
-            raise KeyFrameNeeded(f"{self.spec.decoder} could not decode frame {facts.frame_number}: {exc}") from None
+            hint = f" (or its sequence header declares more than the frame's {w}x{h})" if facts.key else ""
+            raise KeyFrameNeeded(
+                f"{self.spec.decoder} could not decode frame {facts.frame_number}{hint}: {exc}"
+            ) from None
         if len(frames) != 1 or getattr(frames[0], "is_corrupt", False):
             self._expect, self._dec = None, None
             what = "a corrupt picture" if frames else "no picture"
@@ -418,6 +426,11 @@ class VideoCodec(ImageCodec):
         if self.enhancer is not None:
             pixels = self._enhance(pixels, picture, facts.fps)
         return pixels
+
+    def drop_reference(self) -> None:
+        """Forget the decoder's state (a frame of this stream was refused undecoded): the next inter
+        frame is refused with ``KEY_FRAME_NEEDED`` without being decoded."""
+        self._expect, self._dec = None, None
 
     def _enhance(self, pixels: np.ndarray, picture, fps: float) -> np.ndarray:
         """The enhanced picture, while enhancing keeps up with the stream: when a picture of this size

@@ -104,6 +104,9 @@ class FrameSource(Protocol):
     stats: ServerStats
     #: Called ``(peer, reason)`` for every frame the transport itself refused (the dashboard).
     on_reject: list
+    #: Called ``(peer)`` when a stream's connection ends (or, through a broker, this receiver's lease on
+    #: it): the receiver frees its decoder (from any thread).
+    on_stream_end: list
 
     @property
     def active_connections(self) -> int: ...

@@ -174,6 +174,7 @@ class MessageOpener:
         self.frames: queue.Queue = queue.Queue(maxsize=queue_size)
         self.stats = ServerStats()
         self.on_reject: list = []
+        self.on_stream_end: list = []
         self.active_connections = 0
         #: (sender, seq) -> (SHA-256 of the frame, the answer given): a copy is answered again only if
         #: it is the same frame; another frame under a used (sender, seq) is refused, never answered OK.

@@ -409,6 +409,12 @@ class MqttServer(MessageOpener):
             time.sleep(self.lease_s / 3)
             now = time.monotonic()
             with self._lock:
+                # Streams whose claims ran out a minute ago are forgotten (a long run meets many senders).
+                for sender in [s for s, (_, end, _) in self._owners.items() if now - end > 60]:
+                    del self._owners[sender]
+                    self._key_asked.pop(sender, None)
+                for sender in [s for s, t in self._mine.items() if now - t > 60]:
+                    del self._mine[sender]
                 live = [s for s, t in self._mine.items() if now - t < self.lease_s and self._owners.get(s, ("",))[0]
                         == self.client_id]  # fmt: skip
             for sender in live:
@@ -451,6 +457,7 @@ class MqttServer(MessageOpener):
         claim = self._read_claim(msg)
         if claim is not None:
             owner, lease, session, by = claim
+            lost = False
             with self._lock:
                 if owner is None:
                     current = self._owners.get(sender)
@@ -458,8 +465,10 @@ class MqttServer(MessageOpener):
                         self._owners.pop(sender, None)
                 else:  # the broker orders claims: every receiver ends with the same, last one
                     self._owners[sender] = (owner, time.monotonic() + min(max(lease, 0.5), 60.0), session)
-                    if owner != self.client_id:
-                        self._mine.pop(sender, None)
+                    lost = owner != self.client_id and self._mine.pop(sender, None) is not None
+            if owner is not None and lost:
+                for callback in self.on_stream_end:  # another receiver decodes it now: free our decoder
+                    callback(f"mqtt:{sender}")
         self.client.ack(msg.mid, msg.qos)
 
     def _on_gone(self, msg) -> None:

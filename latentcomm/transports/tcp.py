@@ -138,6 +138,7 @@ class FrameServer:
         self.keyring = keyring
         #: Called (peer, reason) from connection threads for every frame refused here (the dashboard).
         self.on_reject: list = []
+        self.on_stream_end: list = []
         self.limits = limits or Limits()
         self.v2_limits = v2_limits or v2.Limits(self.limits.max_payload_bytes, self.limits.max_latent_elements)
         self.read_timeout = read_timeout
@@ -288,6 +289,8 @@ class FrameServer:
             conn.close()
             with self._lock:
                 self._active -= 1
+            for callback in self.on_stream_end:
+                callback(peer)
 
     def _serve_legacy(self, conn: socket.socket, peer: str, first: bytes) -> None:
         parser = LegacyReceiver(self.limits)
