@@ -398,10 +398,11 @@ class VideoCodec(ImageCodec):
         if facts.key or self._dec is None:
             self._dec = av.CodecContext.create(self.spec.decoder, "r")  # a clean state at every key frame
             self._dec.thread_count = 1
-            # The decoder's own size limit is the frame's claimed picture: a sequence header declaring
-            # more is refused by FFmpeg before it allocates a picture, not decoded and then compared.
+            # The decoder's own size limit is the frame's claimed picture (with the margin FFmpeg's
+            # aligned buffers take: the exact product refuses a 160x96 stream): a sequence header
+            # declaring more is refused before FFmpeg allocates a picture, not decoded and then compared.
             # err_detect: stop at an error FFmpeg detects rather than conceal it into a picture.
-            options = {"max_pixels": str(h * w), "err_detect": "careful+explode"}
+            options = {"max_pixels": str((w + 64) * (h + 64)), "err_detect": "careful+explode"}
             if self.enhancer is not None:
                 options["export_side_data"] = "venc_params"  # the quantizer map it is told
             self._dec.options = options

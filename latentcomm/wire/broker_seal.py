@@ -4,11 +4,9 @@ is in docs/security.md)."""
 
 from __future__ import annotations
 
-import base64
 import collections
 import json
 import logging
-import os
 import secrets
 import struct
 from pathlib import Path
@@ -18,20 +16,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from latentcomm.errors import LatentcommError
 from latentcomm.wire import v2
 from latentcomm.wire.keys import KEY_BYTES, Key, Keyring
+from latentcomm.wire.replay import DEFAULT_MAX_AGE_S, ReplayError, ReplayMemory, new_stream_id
 from latentcomm.wire.sealed import TAG_BYTES, SealError
 
 log = logging.getLogger(__name__)
 
 
 TYPE_STREAM_SEALED = 5
-STREAM_ID_BYTES = 16
 STREAM_HEADER = struct.Struct("!8s16s12s")  # key id, stream id, nonce
 STREAM_OVERHEAD = STREAM_HEADER.size + TAG_BYTES
-#: Counters a receiver remembers per stream for replay detection (older ones are refused outright).
-REPLAY_WINDOW = 4096
 
 
 def _stream_keys(key: Key, stream_id: bytes) -> tuple[bytes, bytes]:
@@ -79,7 +74,7 @@ class BrokerSealer:
 
     def __init__(self, key: Key) -> None:
         self.key = key
-        self.stream_id = secrets.token_bytes(STREAM_ID_BYTES)
+        self.stream_id = new_stream_id()  # its start second, then random: receivers age streams out by it
         s2r, r2s = _stream_keys(key, self.stream_id)
         self._out, self._in = ChaCha20Poly1305(s2r), ChaCha20Poly1305(r2s)
         self._counter = 0
@@ -183,66 +178,36 @@ class ControlSeal:
         return None
 
 
-#: Streams whose replay memory a receiver keeps on disk (the least recently used are forgotten).
-PERSISTED_STREAMS = 4096
-
-
 class BrokerOpener:
-    """Receiver side: opens sealed frames of any stream whose key it holds, refuses replayed counters,
-    seals the acknowledgements.
+    """Receiver side: opens sealed frames of any stream whose key it holds, refuses replayed counters
+    (:class:`~latentcomm.wire.replay.ReplayMemory`, kept in ``state_path`` across restarts), seals the
+    acknowledgements."""
 
-    ``state_path``: where the replay memory (per stream, the newest counter and which of the 4,096
-    before it were seen) is kept across restarts, rewritten atomically after every frame opened, so
-    a restarted receiver refuses a frame it opened before instead of decoding it again.
-    """
-
-    def __init__(self, keyring: Keyring, limits: v2.Limits | None = None, state_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        keyring: Keyring,
+        limits: v2.Limits | None = None,
+        state_path: Path | None = None,
+        max_age_s: float = DEFAULT_MAX_AGE_S,
+    ) -> None:
         self.keyring = keyring
         self.limits = limits or v2.Limits()
-        self.state_path = state_path
-        self._streams: dict[tuple[bytes, bytes], tuple[ChaCha20Poly1305, ChaCha20Poly1305, set, list]] = {}
-        if state_path is not None:
-            self._load()
+        self.replay = ReplayMemory(state_path, max_age_s)
+        # Stream keys derived lately (HKDF per stream is cheap, but not per frame).
+        self._keys: collections.OrderedDict[tuple[bytes, bytes], tuple[ChaCha20Poly1305, ChaCha20Poly1305]] = (
+            collections.OrderedDict()
+        )
 
-    def _load(self) -> None:
-        assert self.state_path is not None
-        try:
-            saved = json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            raise LatentcommError(
-                f"replay memory {self.state_path} is unreadable ({exc}); move it away to start anew"
-            ) from None
-        for entry in saved.get("streams", []):
-            try:
-                key_id, stream_id = bytes.fromhex(entry["key_id"]), bytes.fromhex(entry["stream_id"])
-                high, bits = int(entry["high"]), int.from_bytes(base64.b64decode(entry["seen"]), "big")
-            except (KeyError, ValueError, TypeError):
-                continue
-            key = self.keyring.get(key_id)
-            if key is None:
-                continue  # a key no longer held: its frames are refused anyway
+    def _stream(self, key: Key, stream_id: bytes) -> tuple[ChaCha20Poly1305, ChaCha20Poly1305]:
+        k = (key.key_id, stream_id)
+        aeads = self._keys.get(k)
+        if aeads is None:
             s2r, r2s = _stream_keys(key, stream_id)
-            seen = {high - i for i in range(REPLAY_WINDOW) if bits >> i & 1}
-            self._streams[(key_id, stream_id)] = (ChaCha20Poly1305(s2r), ChaCha20Poly1305(r2s), seen, [high])
-        log.info("replay memory of %d sealed stream(s) restored from %s", len(self._streams), self.state_path)
-
-    def _save(self) -> None:
-        assert self.state_path is not None
-        streams = []
-        for (key_id, stream_id), (_, _, seen, high) in list(self._streams.items())[-PERSISTED_STREAMS:]:
-            bits = sum(1 << (high[0] - c) for c in seen if 0 <= high[0] - c < REPLAY_WINDOW)
-            streams.append({
-                "key_id": key_id.hex(), "stream_id": stream_id.hex(), "high": high[0],
-                "seen": base64.b64encode(bits.to_bytes(REPLAY_WINDOW // 8, "big")).decode(),
-            })  # fmt: skip
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        try:
-            tmp.write_text(json.dumps({"version": 1, "streams": streams}))
-            os.replace(tmp, self.state_path)
-        except OSError as exc:
-            log.error("could not save the replay memory to %s: %s", self.state_path, exc.strerror or exc)
+            aeads = self._keys[k] = (ChaCha20Poly1305(s2r), ChaCha20Poly1305(r2s))
+            while len(self._keys) > 4096:
+                self._keys.popitem(last=False)
+        self._keys.move_to_end(k)
+        return aeads
 
     def open(self, data: bytes) -> tuple[bytes, str, bytes]:
         """(inner v2 message, key id hex, stream id) of a sealed frame, or SealError."""
@@ -252,31 +217,22 @@ class BrokerOpener:
         key = self.keyring.get(key_id)
         if key is None:
             raise SealError(f"unknown key id {key_id.hex()}", v2.Status.UNKNOWN_KEY)
-        state = self._streams.get((key_id, stream_id))
-        if state is None:
-            s2r, r2s = _stream_keys(key, stream_id)
-            state = (ChaCha20Poly1305(s2r), ChaCha20Poly1305(r2s), set(), [0])
-        aead, _, seen, high = state
         if nonce[:4] != b"\0\0\0\0":
             raise SealError("sealed frame with a malformed nonce")
         counter = int.from_bytes(nonce[4:], "big")
         try:
+            self.replay.check(key_id, stream_id, counter)
+        except ReplayError as exc:
+            raise SealError(str(exc)) from None
+        aead, _ = self._stream(key, stream_id)
+        try:
             inner = aead.decrypt(nonce, sealed, ad)
         except InvalidTag:
             raise SealError(f"sealed frame {counter} failed authentication (tampered, or another key)") from None
-        if counter in seen or counter + REPLAY_WINDOW <= high[0]:
-            raise SealError(f"sealed frame {counter} of this stream was seen before (replayed)")
-        seen.add(counter)
-        high[0] = max(high[0], counter)
-        if len(seen) > 2 * REPLAY_WINDOW:
-            seen.difference_update([c for c in seen if c + REPLAY_WINDOW <= high[0]])
-        self._streams.pop((key_id, stream_id), None)
-        self._streams[(key_id, stream_id)] = state  # most recently used last
-        if self.state_path is not None:
-            self._save()
+        self.replay.record(key_id, stream_id, counter)
         return inner, key.key_id_hex, stream_id
 
     def seal_ack(self, key_id_hex: str, stream_id: bytes, inner: bytes) -> bytes:
-        key_id = bytes.fromhex(key_id_hex)
-        _, aead, _, _ = self._streams[(key_id, stream_id)]
-        return _stream_seal(aead, key_id, stream_id, secrets.token_bytes(12), inner)
+        key = self.keyring.keys[bytes.fromhex(key_id_hex)]
+        _, aead = self._stream(key, stream_id)
+        return _stream_seal(aead, key.key_id, stream_id, secrets.token_bytes(12), inner)
