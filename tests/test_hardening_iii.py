@@ -9,6 +9,9 @@ Each test names the issue's item it covers and fails on the code before the fix:
 4. 13-byte inter frames cost a whole picture each ...................... test_a_flood_of_skip_frames_*,
    test_the_pixel_budget_*
 5. the SPS was decoded before the size limit was checked ............... test_a_sequence_header_larger_*
+6. every sealed broker frame rewrote the whole replay memory ............ test_a_sealed_broker_frame_*,
+   test_the_replay_memory_*
+7. a malformed replay memory crashed or failed open ..................... test_every_malformed_replay_memory_*
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from latentcomm.codecs.video import FLAG_KEY, VIDEO_HEADER
 from latentcomm.receiver import PixelBudget
 from latentcomm.wire import v2
 from latentcomm.wire.keys import Key, generate_key
+from latentcomm.wire.replay import REPLAY_WINDOW, ReplayError, ReplayMemory, new_stream_id
 from latentcomm.wire.sealed import TYPE_SEALED, SecureConnection
-from tests.conftest import PYTHON, REPO, script_env
+from tests.conftest import PYTHON, REPO, run_script, script_env
 from tests.test_broker import MOSQUITTO, Broker, receiver_args
 from tests.videos import make_video
 
@@ -264,3 +268,124 @@ def test_a_sequence_header_larger_than_the_frame_claims_is_refused_before_decodi
     # Decoding it first took +150 MiB (64 Mpx of picture) before the mismatch was seen.
     assert rss_mib(rx.proc.pid, "VmHWM") - peak < 50
     assert rx.proc.poll() is None
+
+
+# -- 6. the replay memory: a constant cost per frame, windows kept compactly, old streams aged out ---------
+
+
+DAY = 86400.0
+
+
+def test_the_replay_memory_writes_a_line_per_frame_and_refuses_replays_after_a_restart(tmp_path):
+    now = [1_800_000_000.0]
+    path = tmp_path / "sealed-streams.json"
+    memory = ReplayMemory(path, clock=lambda: now[0])
+    key_id = b"k" * 8
+    streams = [new_stream_id(now[0]) for _ in range(4096)]
+    for sid in streams:  # 4,096 streams, each with a counter
+        memory.record(key_id, sid, 0)
+    snapshot = path.stat().st_mtime_ns, path.stat().st_ino
+    journal = memory.journal_path.stat().st_size
+    for counter in range(1, 201):  # 200 frames of one stream: the snapshot is not rewritten
+        memory.check(key_id, streams[7], counter)
+        memory.record(key_id, streams[7], counter)
+    assert (path.stat().st_mtime_ns, path.stat().st_ino) == snapshot
+    assert memory.journal_path.stat().st_size - journal < 200 * 80  # about 60 bytes a frame
+    memory.close()
+    again = ReplayMemory(path, clock=lambda: now[0])  # a restart: snapshot and journal read back
+    for counter in (0, 5, 200):
+        with pytest.raises(ReplayError, match="seen before"):
+            again.check(key_id, streams[7], counter)
+    again.check(key_id, streams[7], 201)
+    with pytest.raises(ReplayError):
+        again.check(key_id, streams[4000], 0)
+    assert len(path.read_bytes()) < 4096 * 120  # windows cut to the bits in use
+
+
+def test_the_replay_memory_ages_streams_out_without_reopening_replay(tmp_path):
+    now = [1_800_000_000.0]
+    memory = ReplayMemory(tmp_path / "m.json", max_age_s=30 * DAY, clock=lambda: now[0])
+    key_id = b"k" * 8
+    old = new_stream_id(now[0])
+    for counter in range(REPLAY_WINDOW + 10):
+        memory.record(key_id, old, counter)
+    now[0] += 2 * 3600  # idle two hours: its window collapses to the newest counter
+    memory.sweep()
+    with pytest.raises(ReplayError):
+        memory.check(key_id, old, REPLAY_WINDOW + 5)
+    now[0] += 31 * DAY  # a month idle: retired, and its frames are refused as too old to be new
+    fresh = new_stream_id(now[0])
+    memory.record(key_id, fresh, 0)
+    memory.sweep()
+    assert len(memory) == 1 and memory.retired == 1
+    with pytest.raises(ReplayError, match="retired"):
+        memory.check(key_id, old, 0)
+    memory.check(key_id, new_stream_id(now[0]), 0)  # a sender that starts now is welcome
+    memory.close()
+    reopened = ReplayMemory(tmp_path / "m.json", clock=lambda: now[0])
+    with pytest.raises(ReplayError, match="retired"):
+        reopened.check(key_id, old, 0)
+
+
+def test_the_replay_memory_stays_bounded_in_streams(tmp_path):
+    now = [1_800_000_000.0]
+    memory = ReplayMemory(tmp_path / "m.json", max_streams=100, clock=lambda: now[0])
+    ids = []
+    for _i in range(300):  # a sender restarting every minute for five hours
+        now[0] += 60
+        ids.append(new_stream_id(now[0]))
+        memory.record(b"k" * 8, ids[-1], 0)
+    assert len(memory) <= 101
+    with pytest.raises(ReplayError):
+        memory.check(b"k" * 8, ids[0], 0)  # forgotten, but refused: it started before the horizon
+
+
+@needs_mosquitto
+@pytest.mark.exclusive
+def test_a_sealed_broker_frame_appends_to_the_replay_memory_instead_of_rewriting_it(tmp_path, start_receiver):
+    from tests.test_broker import frames_folder, start_sender
+
+    broker = Broker(tmp_path)
+    try:
+        key = generate_key(tmp_path / "k.key")
+        out = tmp_path / "out"
+        out.mkdir()
+        memory = ReplayMemory(out / "sealed-streams.json")  # 4,096 streams with full windows already
+        for _ in range(4096):
+            sid = new_stream_id()
+            memory.record(key.key_id, sid, REPLAY_WINDOW)
+            memory.record(key.key_id, sid, 0)
+        memory.close()
+        rx = start_receiver(*receiver_args(broker, "rx"), "--key", str(tmp_path / "k.key"), "--out", str(out))
+        snapshot = (out / "sealed-streams.json").stat().st_mtime_ns
+        tx = start_sender(broker, frames_folder(tmp_path / "a", 12, 1), "--key", str(tmp_path / "k.key"))
+        stdout, stderr = tx.communicate(timeout=300)
+        assert tx.returncode == 0, stderr
+        rx.stop()
+    finally:
+        broker.stop()
+    assert (out / "sealed-streams.json").stat().st_mtime_ns == snapshot
+    assert len((out / "sealed-streams.json.journal").read_text().splitlines()) >= 12
+
+
+# -- 7. every malformed replay memory gets the same one-line refusal --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["[]", '{"streams": 5}', '{"streams": null}', '{"version": 1, "streams": [[1, 2]]}',
+     '{"version": 1, "streams": [{"key_id": "00", "stream_id": "00", "high": "1e400", "seen": ""}]}',
+     '{"version": 2, "horizon": 0, "streams": [{"id": "zz", "high": 1, "used": 0, "seen": "!!"}]}',
+     "not json"],
+)  # fmt: skip
+def test_every_malformed_replay_memory_is_refused_in_one_line(tmp_path, content):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sealed-streams.json").write_text(content)
+    generate_key(tmp_path / "k.key")
+    r = run_script("receiver_sdvae.py", "--codec", "h264", "--no-show", "--broker", "mqtt://127.0.0.1:1", "--key",
+                   str(tmp_path / "k.key"), "--out", str(out), timeout=120)  # fmt: skip
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "replay memory" in lines[0] and "move it away" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
