@@ -47,7 +47,14 @@ def parse_rate(text: str) -> float:
         raise ValueError(f"not a rate: {text!r} (examples: 64k, 256k, 1M)") from None
     if not value > 0 or not math.isfinite(value):
         raise ValueError(f"rate must be positive and finite, got {text!r}")
+    if not MIN_RATE <= value <= MAX_RATE:
+        raise ValueError(f"rate {text!r} is outside {MIN_RATE / 1e3:g} kbit/s to {MAX_RATE / 1e9:g} Gbit/s")
     return value
+
+
+#: The rates a link flag takes (a slower link can't carry one frame's overhead in a minute).
+MIN_RATE = 1_000.0
+MAX_RATE = 100e9
 
 
 def video_frames(path: str | Path, fps: float | None = None, max_frames: int | None = None) -> Iterator[SourceFrame]:

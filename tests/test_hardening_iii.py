@@ -12,6 +12,7 @@ Each test names the issue's item it covers and fails on the code before the fix:
 6. every sealed broker frame rewrote the whole replay memory ............ test_a_sealed_broker_frame_*,
    test_the_replay_memory_*
 7. a malformed replay memory crashed or failed open ..................... test_every_malformed_replay_memory_*
+10. --fps 1e-300 ended in a traceback ................................... test_rate_and_time_flags_*
 """
 
 from __future__ import annotations
@@ -389,3 +390,31 @@ def test_every_malformed_replay_memory_is_refused_in_one_line(tmp_path, content)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "replay memory" in lines[0] and "move it away" in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+# -- 10. rate and time flags within sensible bounds, refused in one line ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--codec", "h264", "--video", "x.mp4", "--fps", "1e-300"),
+     ("--codec", "learned", "--image", "temp", "--fps", "1e-300"),
+     ("--codec", "h264", "--video", "x.mp4", "--bandwidth", "1e-300"),
+     ("--codec", "h264", "--video", "x.mp4", "--bandwidth", "auto:1e400"),
+     ("--codec", "h264", "--video", "x.mp4", "--key-interval", "0"),
+     ("--codec", "h264", "--video", "x.mp4", "--max-frames", "-3"),
+     ("--timeout", "1e-300"), ("--retries", "-1"), ("--ack-timeout", "inf"), ("--wait-for-receiver", "1e30")],
+)  # fmt: skip
+def test_rate_and_time_flags_out_of_bounds_are_one_line_and_exit_2(args):
+    r = run_script("sender_sdvae.py", *args, timeout=60)
+    assert r.returncode == 2, (args, r.stderr)
+    assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1].startswith("sender_sdvae.py: error:")
+
+
+def test_the_throttle_and_receiver_bound_their_rates_and_times_too():
+    r = subprocess.run([PYTHON, "-m", "latentcomm.transports.throttle", "--rate", "1e-300"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60, env=script_env())  # fmt: skip
+    assert r.returncode == 2 and "--rate" in r.stderr and "Traceback" not in r.stderr
+    for args in (("--read-timeout", "1e-300"), ("--max-pixel-rate", "0"), ("--frame-timeout", "nan")):
+        r = run_script("receiver_sdvae.py", *args, timeout=60)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.stderr)

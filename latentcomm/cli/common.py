@@ -267,7 +267,7 @@ def number(
 
 
 #: Seconds: positive and finite (a day at most; longer is a typo, not a timeout).
-seconds = number(0, 86400, above=True)
+seconds = number(0.001, 86400)
 #: Seconds that may be 0 (a wait that is off).
 seconds_or_zero = number(0, 86400)
 

@@ -65,14 +65,16 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
     )
     stream.add_argument(
         "--fps",
-        type=number(0, 1000, above=True),
+        type=number(0.001, 1000),
         metavar="N",
         help="frames per second taken from the source (default: the video's own rate; required to stream a folder)",
     )
-    stream.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames from the source")
+    stream.add_argument(
+        "--max-frames", type=number(1, 2**31, integer=True), metavar="N", help="stop after N frames from the source"
+    )
     stream.add_argument(
         "--key-interval",
-        type=int,
+        type=number(1, 10**6, integer=True),
         metavar="N",
         help="learned codec: a key frame every N frames, inter frames (only the changed blocks) between them; "
         "1 = key frames only (default: 30; 1 with --broker, whose receivers don't share references). Video "
@@ -159,7 +161,12 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
         '{"image": NAME, "text": TEXT} per line',
     )
     p.add_argument("--timeout", type=seconds, default=30.0, help="seconds to wait for a connection, a send or an ack")
-    p.add_argument("--retries", type=int, default=3, help="v2: reconnect and resend this many times per image")
+    p.add_argument(
+        "--retries",
+        type=number(0, 1000, integer=True),
+        default=3,
+        help="v2: reconnect and resend this many times per image",
+    )
     p.add_argument(
         "--wait-for-receiver",
         type=seconds_or_zero,

@@ -263,7 +263,10 @@ def parser(cls: type[Objective], objectives: Iterable[str] = ()) -> argparse.Arg
     run.add_argument("--export", "--out", type=Path, default=d["export"], help="model folder the training writes")
     run.add_argument("--steps", type=int, default=d["steps"], help="stop at this step count")
     run.add_argument(
-        "--minutes", type=float, default=d["minutes"], help="stop (checkpointed) after this many minutes; 0 = no limit"
+        "--minutes",
+        type=float,
+        default=d["minutes"],
+        help="stop (checkpointed) after this many minutes; 0 = no limit",
     )
     run.add_argument(
         "--stop-after",
@@ -318,6 +321,8 @@ def train(cls: type[Objective], argv: list[str] | None = None, objectives: Itera
 def _train(objective: Objective, args: argparse.Namespace) -> int:
     if min(args.ckpt_every, args.log_every, args.batch) < 1 or args.eval_every < 0:
         raise TrainingError("--batch, --ckpt-every and --log-every must be at least 1, --eval-every at least 0")
+    if not 0 <= args.minutes <= 1e6 or not (math.isfinite(args.lr) and args.lr > 0):
+        raise TrainingError("--minutes must be 0 (no limit) to 1,000,000 and --lr a positive finite number")
     objective.check()
     if (status := objective.run_instead()) is not None:
         return status
