@@ -12,6 +12,7 @@ Each test names the issue's item it covers and fails on the code before the fix:
 6. every sealed broker frame rewrote the whole replay memory ............ test_a_sealed_broker_frame_*,
    test_the_replay_memory_*
 7. a malformed replay memory crashed or failed open ..................... test_every_malformed_replay_memory_*
+8. 300 idle live-event clients slowed a receiver 27-fold .................. test_live_event_clients_are_capped_*
 10. --fps 1e-300 ended in a traceback ................................... test_rate_and_time_flags_*
 """
 
@@ -30,6 +31,7 @@ import numpy as np
 import pytest
 
 from latentcomm.codecs.video import FLAG_KEY, VIDEO_HEADER
+from latentcomm.dashboard import MAX_EVENT_CLIENTS, DashboardState
 from latentcomm.receiver import PixelBudget
 from latentcomm.wire import v2
 from latentcomm.wire.keys import Key, generate_key
@@ -418,3 +420,42 @@ def test_the_throttle_and_receiver_bound_their_rates_and_times_too():
     for args in (("--read-timeout", "1e-300"), ("--max-pixel-rate", "0"), ("--frame-timeout", "nan")):
         r = run_script("receiver_sdvae.py", *args, timeout=60)
         assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+# -- 8. the dashboard's live events: capped, and one snapshot per change for all clients -------------------
+
+
+def test_live_event_clients_are_capped_and_share_one_snapshot(tmp_path, start_receiver, tiny_model):
+    from urllib.parse import urlparse
+
+    from tests.test_dashboard import dashboard_url
+
+    rx = start_receiver("--no-show", "--json", "--model", str(tiny_model), "--dashboard", "0")
+    url = urlparse(dashboard_url(rx))
+    clients, statuses = [], []
+    for _ in range(MAX_EVENT_CLIENTS + 8):
+        s = socket.create_connection((url.hostname, url.port), timeout=30)
+        s.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{url.port}\r\n\r\n".encode())
+        statuses.append(s.recv(4096).split(b"\r\n", 1)[0])
+        clients.append(s)
+    assert sum(b" 200 " in st for st in statuses) == MAX_EVENT_CLIENTS
+    assert sum(b" 503 " in st for st in statuses) == 8
+    for s in clients:
+        s.close()
+    # Closed pages free their places (noticed at the next keep-alive, 5 s at most).
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.create_connection((url.hostname, url.port), timeout=30) as s:
+            s.sendall(f"GET /events HTTP/1.1\r\nHost: 127.0.0.1:{url.port}\r\n\r\n".encode())
+            if b" 200 " in s.recv(4096).split(b"\r\n", 1)[0]:
+                break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("no place freed")
+
+    state = DashboardState()
+    first = state.event_data()
+    assert state.event_data() is first  # no change: the same bytes for every client
+    state.on_rejected("10.0.0.1:5", "test")
+    second = state.event_data()
+    assert second[0] == first[0] + 1 and second is state.event_data()
