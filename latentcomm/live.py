@@ -24,7 +24,7 @@ from pathlib import Path
 
 from latentcomm.codecs.video import VIDEO_HEADER, VideoCodec, fit_picture
 from latentcomm.ratecontrol import DelayBasedEstimator
-from latentcomm.stream import LiveSource, percentile
+from latentcomm.stream import SERIES_S, LiveSource, StreamTally
 from latentcomm.transports.base import FramePipeline
 from latentcomm.wire import v2
 from latentcomm.wire.encodings import COMP_NONE, ENC_VIDEO
@@ -96,10 +96,9 @@ def send_video_stream(
     if start:  # the encoder's target is set before the first frame, once its overhead is known
         codec.adaptive = estimator is not None
         set_link(start)
-    latencies: list[float] = []
+    tally = StreamTally()
     seq = acked = refused = sent_bytes = keys = key_requests = 0
     key_from = 0  # refusals of frames from this seq on ask for a key frame (older ones were answered)
-    per_second: dict[int, int] = {}
 
     def settle(item) -> dict | None:
         nonlocal acked, refused, sent_bytes, key_from, key_requests
@@ -116,10 +115,8 @@ def send_video_stream(
         if ack.ok:
             acked += 1
             sent_bytes += nbytes
-            latencies.append(latency)
+            tally.acknowledged(latency, int(t_ack - live.t0), nbytes)
             codec.last_latency_s = latency
-            sec = int(t_ack - live.t0)
-            per_second[sec] = per_second.get(sec, 0) + nbytes
             if estimator is not None and "written" in meta:
                 apply_rate(estimator.on_ack(meta["written"], t_ack, nbytes))
         else:
@@ -241,13 +238,13 @@ def send_video_stream(
         "achieved_fps": round(acked / span, 3),
         "bits_per_second": round(8 * sent_bytes / span, 1),
         "bandwidth_bps": bandwidth_bps,
-        "bits_per_second_by_second": [8 * per_second.get(s, 0) for s in range(int(span) + 1)],
-        "latency_p50_s": percentile(latencies, 50),
-        "latency_p95_s": percentile(latencies, 95),
+        "bits_per_second_by_second": tally.bits_by_second(span),
+        "latency_p50_s": tally.percentile(50),
+        "latency_p95_s": tally.percentile(95),
         "cpu_s_per_frame": round((time.process_time() - cpu0) / max(1, seq), 5),
     }
     if estimator is not None:
-        summary["estimated_bps_by_second"] = _by_second(estimator.history, live.t0, span)
+        summary["estimated_bps_by_second"] = _by_second(list(estimator.history), live.t0, span)[-SERIES_S:]
     yield summary
 
 

@@ -43,6 +43,8 @@ def parse_bandwidth(text: str) -> tuple[float | None, float | None]:
 
 #: The ceiling of ``--bandwidth auto`` without ``:MAX``.
 DEFAULT_AUTO_MAX = 2_000_000.0
+#: Estimator samples kept (an hour at 10 fps).
+HISTORY_SAMPLES = 36_000
 #: Where ``auto`` starts: low enough for a thin link's first second, found upwards from there.
 START_BPS = 128_000.0
 MIN_BPS = 16_000.0
@@ -69,7 +71,8 @@ class DelayBasedEstimator:
         self._last_delay = 0.0
         self._last_change = time.monotonic()
         self._last_drop = 0.0
-        self.history: list[RateSample] = []
+        #: The newest samples, one per acknowledged frame (bounded: a sender runs for days).
+        self.history: deque[RateSample] = deque(maxlen=HISTORY_SAMPLES)
 
     def delivered_bps(self, now: float) -> float:
         while self._acked and self._acked[0][0] < now - 1.0:

@@ -19,7 +19,7 @@ from latentcomm.codecs.base import ImageCodec
 from latentcomm.engine import Engine
 from latentcomm.errors import ImageError
 from latentcomm.images import center_crop_square, encode_png, load_image, pad_to_multiple, pil_to_tensor, resize_square
-from latentcomm.stream import percentile
+from latentcomm.stream import StreamTally
 from latentcomm.transports.base import FrameSender
 from latentcomm.transports.tcp import send_frame
 from latentcomm.wire import v2
@@ -380,7 +380,7 @@ def send_stream(
 
     thread = threading.Thread(target=wire, name="stream-send", daemon=True)
     thread.start()
-    latencies: list[float] = []
+    tally = StreamTally()
     sent = sent_bytes = failed = dropped_rate = 0
     seq = 0
     reference = None
@@ -396,7 +396,7 @@ def send_stream(
         if ack.ok:
             sent += 1
             sent_bytes += nbytes
-            latencies.append(latency)
+            tally.acknowledged(latency, 0, nbytes)
         else:
             failed += 1
         return {
@@ -485,6 +485,6 @@ def send_stream(
         "achieved_fps": round(sent / span, 3),
         "bits_per_second": round(8 * sent_bytes / span, 1),
         "bandwidth_bps": bandwidth_bps,
-        "latency_p50_s": percentile(latencies, 50),
-        "latency_p95_s": percentile(latencies, 95),
+        "latency_p50_s": tally.percentile(50),
+        "latency_p95_s": tally.percentile(95),
     }

@@ -16,6 +16,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,3 +171,44 @@ class LiveSource:
 
 def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
+
+
+#: Frames whose latency a stream's summary percentiles are taken over (about 1.8 hours at 10 fps).
+LATENCY_SAMPLES = 65_536
+#: Seconds a stream summary's per-second series covers (the newest ones).
+SERIES_S = 3_600
+
+
+class StreamTally:
+    """What a stream sender counts while it runs (latencies, bytes by second), in bounded memory.
+
+    A sender runs for days: keeping every latency and every second's bytes grew without end (a day at
+    10 fps: 864,000 latencies and 86,400 seconds). The percentiles are over the newest
+    ``LATENCY_SAMPLES`` frames and the per-second series covers the newest ``SERIES_S`` seconds; a
+    short stream (the tests', the benchmarks') is counted exactly as before.
+    """
+
+    def __init__(self, latency_samples: int = LATENCY_SAMPLES, series_s: int = SERIES_S) -> None:
+        self.latencies: deque[float] = deque(maxlen=latency_samples)
+        self.series_s = series_s
+        self._per_second: dict[int, int] = {}
+        self._newest = 0
+
+    def acknowledged(self, latency: float, second: int, nbytes: int) -> None:
+        """One acknowledged frame: its capture-to-acknowledgement latency, the stream second it was
+        acknowledged in, its bytes on the wire."""
+        self.latencies.append(latency)
+        self._per_second[second] = self._per_second.get(second, 0) + nbytes
+        if second > self._newest:
+            self._newest = second
+            if len(self._per_second) > self.series_s + 60:
+                for old in [s for s in self._per_second if s <= second - self.series_s]:
+                    del self._per_second[old]
+
+    def percentile(self, q: float) -> float | None:
+        return percentile(list(self.latencies), q)
+
+    def bits_by_second(self, span: float) -> list[int]:
+        """Bits sent in each of the stream's seconds up to ``span`` (the newest ``series_s`` of them)."""
+        last = int(span)
+        return [8 * self._per_second.get(s, 0) for s in range(max(0, last + 1 - self.series_s), last + 1)]

@@ -13,6 +13,7 @@ Each test names the issue's item it covers and fails on the code before the fix:
    test_the_replay_memory_*
 7. a malformed replay memory crashed or failed open ..................... test_every_malformed_replay_memory_*
 8. 300 idle live-event clients slowed a receiver 27-fold .................. test_live_event_clients_are_capped_*
+9. state that grew forever in long runs ................................ test_a_day_long_stream_keeps_*
 10. --fps 1e-300 ended in a traceback ................................... test_rate_and_time_flags_*
 """
 
@@ -459,3 +460,49 @@ def test_live_event_clients_are_capped_and_share_one_snapshot(tmp_path, start_re
     state.on_rejected("10.0.0.1:5", "test")
     second = state.event_data()
     assert second[0] == first[0] + 1 and second is state.event_data()
+
+
+# -- 9. a day-long stream keeps its memory flat ------------------------------------------------------------
+
+
+def test_a_day_long_stream_keeps_its_memory_flat():
+    """A simulated day at 5 fps through what a stream sender keeps (the rate estimator, the latencies
+    and bytes by second), and a simulated hour of a 1 Mbit/s link through the throttle's log: each
+    structure is as big after the day as after its first six hours."""
+    from latentcomm.ratecontrol import HISTORY_SAMPLES, DelayBasedEstimator
+    from latentcomm.stream import LATENCY_SAMPLES, SERIES_S, StreamTally
+    from latentcomm.transports.throttle import LOG_BIN_S, LOG_S, Throttle
+
+    estimator, tally = DelayBasedEstimator(), StreamTally()
+    t = 0.0
+
+    def run(hours: float) -> list[int]:
+        nonlocal t
+        for _ in range(int(hours * 3600 * 5)):
+            t += 0.2
+            estimator.on_ack(t - 0.05, t, 1600)
+            tally.acknowledged(0.05, int(t), 1600)
+        return [len(estimator.history), len(estimator._floor), len(estimator._acked), len(tally.latencies),
+                len(tally._per_second)]  # fmt: skip
+
+    after_six_hours = run(6)
+    after_a_day = run(18)
+    assert all(day <= six + 2 for day, six in zip(after_a_day[:4], after_six_hours[:4], strict=True)), (
+        after_six_hours, after_a_day)  # fmt: skip
+    assert after_a_day[0] <= HISTORY_SAMPLES and after_a_day[3] <= LATENCY_SAMPLES
+    assert after_a_day[4] <= SERIES_S + 61
+    assert len(tally.bits_by_second(t)) == SERIES_S
+
+    now = [0.0]
+    link = Throttle(("127.0.0.1", 9), 1e9, clock=lambda: now[0])
+    try:
+        sizes = []
+        for hours in (0.5, 1.5):
+            while now[0] < hours * 3600:
+                now[0] += 0.012  # a 1,500-byte chunk every 12 ms: 1 Mbit/s
+                link._take(1500)
+            sizes.append(len(link.log))
+        assert sizes[0] == sizes[1] == round(LOG_S / LOG_BIN_S)  # full after half an hour, and no bigger
+        assert sum(n for _, n in link.log) <= 1500 * LOG_S / 0.012 + 1500
+    finally:
+        link.close()
