@@ -14,6 +14,8 @@ Each test names the issue's item it covers and fails on the code before the fix:
 7. a malformed replay memory crashed or failed open ..................... test_every_malformed_replay_memory_*
 8. 300 idle live-event clients slowed a receiver 27-fold .................. test_live_event_clients_are_capped_*
 9. state that grew forever in long runs ................................ test_a_day_long_stream_keeps_*
+11. smaller: one forged plaintext refusal ended a sealed broker sender .. test_one_plaintext_refusal_*;
+    bit-flipped H.264 key frames .................................... test_a_bit_flipped_key_frame_*
 10. --fps 1e-300 ended in a traceback ................................... test_rate_and_time_flags_*
 """
 
@@ -506,3 +508,74 @@ def test_a_day_long_stream_keeps_its_memory_flat():
         assert sum(n for _, n in link.log) <= 1500 * LOG_S / 0.012 + 1500
     finally:
         link.close()
+
+
+# -- 11. smaller ------------------------------------------------------------------------------------------
+
+
+@needs_mosquitto
+@pytest.mark.exclusive
+def test_one_plaintext_refusal_before_the_first_sealed_answer_does_not_end_a_sealed_sender(tmp_path, start_receiver):
+    """Anyone on the broker (or any Zenoh peer) can publish a plaintext UNKNOWN_KEY before a sealed
+    sender's first authenticated acknowledgement; one is not believed (a receiver without the key
+    refuses the frame again when it is sent again)."""
+    import paho.mqtt.client as mqtt
+    from PIL import Image
+
+    from latentcomm.codecs import LEARNED_MODEL_DIR, LearnedCodec
+    from latentcomm.images import pil_to_tensor
+    from latentcomm.transports.mqtt import MqttSender
+
+    broker = Broker(tmp_path)
+    try:
+        key = generate_key(tmp_path / "k.key")
+        rx = start_receiver(*receiver_args(broker, "rx"), "--key", str(tmp_path / "k.key"))
+        sender = MqttSender(broker.url, "cams", timeout=30, retries=2, ack_timeout=10, key=key)
+        attacker = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        attacker.connect("127.0.0.1", broker.port)
+        attacker.loop_start()
+        forged = v2.encode_ack(v2.Ack(0, v2.Status.UNKNOWN_KEY, "forged"))
+        attacker.publish(sender.acks_topic, forged, qos=1).wait_for_publish(5)
+        time.sleep(0.5)
+        codec = LearnedCodec(LEARNED_MODEL_DIR, "cpu", "fp32")
+        enc = codec.encode(pil_to_tensor(Image.new("RGB", (64, 64), (90, 20, 200))))
+        frame = v2.ImageFrame(1, codec.model_id, enc.encoding, enc.compression, enc.shape, (64, 64), enc.payload, "a")
+        assert sender.send(frame).ok
+        sender.close()
+        attacker.loop_stop()
+        rx.stop()
+    finally:
+        broker.stop()
+
+
+def test_a_bit_flipped_key_frame_is_refused_whenever_ffmpeg_can_tell():
+    """Single bit flips in a real H.264 key frame: every one FFmpeg's decoder detects (an error, or a
+    picture it marks corrupt) is refused with KEY_FRAME_NEEDED; most are (measured: 86% of 200). The
+    rest decode to a picture no decoder can tell from a real one: in transit v2's checksum and sealing
+    are what catch them."""
+    import random
+
+    from PIL import Image
+
+    from latentcomm.codecs.video import KeyFrameNeeded, VideoCodec, parse_payload
+
+    picture = Image.open(REPO / "temp" / "apple.jpeg").convert("RGB").resize((320, 176))
+    enc = VideoCodec("h264", 256_000).encode_picture(picture, captured=0.0)
+    rng = random.Random(7)
+    refused = 0
+    for _ in range(40):
+        flipped = bytearray(enc.payload)
+        flipped[rng.randrange(VIDEO_HEADER.size + 40, len(flipped))] ^= 1 << rng.randrange(8)
+        plain = av.CodecContext.create("h264", "r")
+        try:
+            frames = plain.decode(av.Packet(parse_payload(bytes(flipped))[1]))
+            detected = not frames or frames[0].is_corrupt
+        except av.error.FFmpegError:
+            detected = True
+        try:
+            VideoCodec("h264").decode_picture(enc.shape, bytes(flipped), (176, 320))
+        except KeyFrameNeeded:
+            refused += 1
+            continue
+        assert not detected  # shown only when FFmpeg itself saw nothing wrong
+    assert refused >= 20

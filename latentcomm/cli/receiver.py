@@ -60,8 +60,9 @@ def build_parser(prog: str = "receiver_sdvae.py") -> argparse.ArgumentParser:
         type=byte_size,
         metavar="SIZE",
         help="keep the pictures in --out under SIZE (e.g. 500M, 2G): past it the oldest pairs are deleted, "
-        "with a log line when pruning starts (default: no bound). Numbering always continues from what --out "
-        "holds, so a restarted receiver never overwrites a picture",
+        "with a log line when pruning starts (default: no bound). The newest pair is always kept, so one picture "
+        "larger than SIZE leaves --out above it. Numbering always continues from what --out holds, so a "
+        "restarted receiver never overwrites a picture",
     )
     p.add_argument(
         "--no-show",

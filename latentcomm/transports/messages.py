@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: The only answers a sealed sender takes in clear (docs/security.md): from a receiver without its key.
 PLAINTEXT_REFUSALS = (v2.Status.UNKNOWN_KEY, v2.Status.SEALING_REQUIRED)
+#: Plaintext refusals a sealed sender must read (for different sends of its frames) before it gives up.
+PLAINTEXT_REFUSALS_BELIEVED = 2
 #: Answers a receiver remembers, to answer a resent frame without decoding it twice.
 DEDUP_WINDOW = 100_000
 
@@ -74,6 +76,7 @@ class MessageSender:
         self.last_frame_bytes = 0
         self.forged_acks = 0
         self._authenticated = False  # a sealed acknowledgement has come: no plaintext answer counts now
+        self._plain_refusals = 0  # plaintext refusals read before that (one alone is not believed)
         self.connect(broker, topic, wait_for)
 
     def connect(self, broker: str, topic: str, wait_for: float) -> None:
@@ -142,6 +145,13 @@ class MessageSender:
             if event.ok or event.status not in PLAINTEXT_REFUSALS or self._authenticated:
                 self.forged_acks += 1
                 log.warning("an unauthenticated acknowledgement (%s) ignored: forged, or stale", event.status.name)
+                return None
+            self._plain_refusals += 1
+            if self._plain_refusals < PLAINTEXT_REFUSALS_BELIEVED:
+                # Anyone on a broker (or any Zenoh peer) can publish one; a receiver that really lacks
+                # the key refuses the frame again when it is sent again.
+                log.warning("a receiver refused in clear (%s: %s); waiting for the frame's next answer before "
+                            "giving up", event.status.name, event.message)  # fmt: skip
                 return None
         elif self.sealer is not None:
             self._authenticated = True
