@@ -347,7 +347,10 @@ def test_a_video_stream_has_one_owner_any_viewers_and_survives_its_owner(broker,
         return rows
 
     taken, watched = frames_of(rxs[other]), frames_of(viewer)
-    assert taken and taken[0]["frame_type"] == "key" and len(taken) >= 20  # took over at a key frame
-    assert watched and watched[0]["frame_type"] == "key" and len(watched) >= 30  # joined at the key frame it asked for
-    assert summary["key_frame_requests"] >= 2 and summary["frames_acknowledged"] >= 60
+    # How many frames a loaded machine gets through is the benchmark's figure; these are the events.
+    assert taken and taken[0]["frame_type"] == "key" and len(taken) >= 3  # took over at a key frame
+    assert watched and watched[0]["frame_type"] == "key" and len(watched) >= 3  # joined at the key frame it asked for
+    seqs = [r["seq"] for r in taken]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # one owner at a time: each frame once
+    assert summary["key_frame_requests"] >= 2 and summary["frames_acknowledged"] >= len(taken)
     assert all(r["key_id"] for r in taken + watched)  # sealed end to end

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from latentcomm.stream import parse_rate
@@ -36,9 +37,13 @@ def test_a_stream_at_64k_fits_the_link_drops_instead_of_queueing(tmp_path, start
     windows = link.bytes_per_second(5.0)
     assert windows and max(windows) <= 1.10 * 64_000 / 8, max(windows)
     assert summary["bits_per_second"] <= 1.10 * 64_000
-    # Dropped, not queued: most frames never went out and latency stayed bounded.
+    # Dropped, not queued: most frames never went out and latency did not grow along the stream (a queue
+    # would make every frame wait for all before it; how long a frame takes on a busy machine is the
+    # benchmark's figure, not this test's).
     assert summary["frames_dropped"] == 130 - len(sent) > 0
-    assert summary["latency_p95_s"] < 4.0
+    latencies = [f["latency_s"] for f in sent]
+    third = max(1, len(latencies) // 3)
+    assert np.median(latencies[-third:]) <= 2 * np.median(latencies[:third]) + 1.0, latencies
     assert all(f["bytes"] <= 64_000 / 8 * 2.0 for f in sent)  # one frame never takes more than 2 s of the link
     # ... and uses it: the busiest 5 s carry at least half the budget (frames are sized to the link, and
     # encoding overlaps sending). How much of it is used is a speed figure that depends on the CPU, so it
