@@ -367,8 +367,8 @@ def server(r: Results) -> str:
             )
     if "sealed_overhead_bytes_per_frame" in d:
         out.append(
-            f"\nSealing adds {d['sealed_overhead_bytes_per_frame']} bytes to every frame (and one handshake of two "
-            "short messages per connection)."
+            f"\nSealing adds {d['sealed_overhead_bytes_per_frame']} bytes to every frame (and one handshake of "
+            "three short messages per connection)."
         )
     return "\n".join(out) + "\n"
 
@@ -772,7 +772,54 @@ def stream(r: Results) -> str:
     return "\n".join(out) + "\n"
 
 
+def hardening(r: Results) -> str:
+    d = r["hardening"]
+    rows = [f"Run of {run_line(d['meta'])}; real receiver processes on loopback, each figure beside its baseline:\n",
+            "| what | measured |", "|---|---|"]  # fmt: skip
+    if s := d.get("strangers"):
+        rows.append(
+            f"| 64 strangers with the key id: HELLO, then a 90 MiB SEALED body announced and pushed | RSS "
+            f"{s['rss_before_mib']:.0f} MiB before, {s['rss_64_open_after_hello_mib']:.0f} MiB with all 64 open, "
+            f"{s['rss_after_the_bodies_mib']:.0f} MiB after the bodies (peak {s['peak_rss_mib']:.0f} MiB) |"
+        )
+    if s := d.get("closed_streams"):
+        rows.append(
+            f"| 64 connections, each one 4096x4096 H.264 key frame ({s['key_frame_bytes']:,} bytes), then closed | "
+            f"RSS {s['rss_after_one_stream_mib']:.0f} MiB after the first, {s['rss_after_64_closed_streams_mib']:.0f} "
+            "MiB after all 64 |"
+        )
+    if s := d.get("skip_flood"):
+        lifted, default = s["budget lifted"], s["default budget"]
+        rows.append(
+            f"| a flood of {s['inter_frame_bytes']}-byte all-skip inter frames at 1920x1088 | receiver CPU "
+            f"{default['receiver_cpu_s_per_s']:.2f} s a second with the default budget ({default['frames_decoded']} "
+            f"of {default['frames_sent']} decoded), {lifted['receiver_cpu_s_per_s']:.2f} s with it lifted "
+            f"({lifted['frames_decoded']} of {lifted['frames_sent']}) |"
+        )
+    if s := d.get("replay_memory"):
+        rows.append(
+            f"| the sealed replay memory, {s['streams']:,} streams x {s['window']:,} counters | "
+            f"{s['ms_per_frame']:.3f} ms a frame (rewriting the whole memory, as every frame did before: "
+            f"{s['ms_per_whole_rewrite']:.0f} ms); start {s['start_s']:.2f} s; "
+            f"snapshot {s['snapshot_bytes'] / 1e6:.1f} MB |"
+        )
+    if s := d.get("live_events"):
+        none, many = s["0 clients"], s["300 clients"]
+        rows.append(
+            f"| frames a second a receiver handles, no page open / 300 `/events` connections tried "
+            f"({many['events_connections_served']} served) | {none['frames_per_s']:.0f} / {many['frames_per_s']:.0f} |"
+        )
+    if s := d.get("day_stream"):
+        h = s["heap_mib"]
+        rows.append(
+            f"| what a `--bandwidth auto` sender keeps, simulated at {s['fps']} fps | heap {h['after 1 h']:.1f} MiB "
+            f"after an hour, {h['after 24 h']:.1f} MiB after a day |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Results], str]] = {
+    "hardening": hardening,
     "which-codec": which_codec,
     "codec-speed-line": codec_speed_line,
     "speed": speed,
