@@ -42,6 +42,9 @@ HISTORY_S = 300
 MAX_REJECTIONS = 50
 #: Live-event (/events) connections served at once; more are answered 503. Each costs a write per change.
 MAX_EVENT_CLIENTS = 32
+#: A live-event client gets at most one update this often (a page is read by a person; a receiver at
+#: hundreds of frames a second would otherwise write the state to every page for every frame).
+EVENT_INTERVAL_S = 0.1
 #: Window of the per-sender frame rate.
 FPS_WINDOW_S = 10.0
 #: Seconds of a video stream's charts (bit rate, fps, latency, link rate).
@@ -288,6 +291,7 @@ def build_app(state: DashboardState, token: str | None = None):
                     if state.version != last:
                         last, data = state.event_data()
                         yield data
+                        await asyncio.sleep(EVENT_INTERVAL_S)  # later changes wait, then go as one
                     try:
                         await asyncio.wait_for(changed.wait(), timeout=5.0)
                     except TimeoutError:

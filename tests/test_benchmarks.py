@@ -143,6 +143,15 @@ def test_stream_benchmark_quick(tmp_path):
     assert {t["scene"] for t in r["temporal"]} == {"static", "pan"}
 
 
+def test_hardening_benchmark_measures_strangers_and_the_replay_memory(tmp_path):
+    out = tmp_path / "hardening.json"
+    run_bench("benchmarks/hardening.py", "--only", "strangers", "--only", "replay_memory", "--out", str(out))
+    r = json.loads(out.read_text())
+    assert r["strangers"]["rss_64_open_after_hello_mib"] > 0 and r["strangers"]["peak_rss_mib"] > 0
+    m = r["replay_memory"]
+    assert m["streams"] == 4096 and 0 < m["ms_per_frame"] < m["ms_per_whole_rewrite"]
+
+
 def test_import_graph_finds_a_known_cycle_and_measures_the_package(tmp_path):
     from benchmarks import import_graph as graph
 
