@@ -93,3 +93,17 @@ def test_every_relative_link_in_the_readme_and_docs_resolves():
         if not target.startswith(("http://", "https://")) and not (doc.parent / target).exists()
     ]
     assert not broken, broken
+
+
+def test_usage_lists_every_flag_of_every_command_as_its_parser_says():
+    """docs/usage.md's flag tables are written from the parsers: a flag added, renamed or explained
+    anew without rewriting them (python -m latentcomm.cli.flagdoc) fails here."""
+    from latentcomm.cli import flagdoc
+
+    text = (REPO / "docs" / "usage.md").read_text()
+    new, changed = flagdoc.render(text)
+    assert not changed, f"stale flag tables: {changed} (run python -m latentcomm.cli.flagdoc)"
+    for name in flagdoc.COMMANDS:
+        block = text.split(f"<!-- flags:{name} -->", 1)[1].split(f"<!-- /flags:{name} -->", 1)[0]
+        missing = [f for f in flagdoc.flags(name) if f"`{f}" not in block and f != "-h" and f != "--help"]
+        assert not missing, f"{name}: {missing}"

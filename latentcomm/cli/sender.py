@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from latentcomm.transports.base import FramePipeline
 
 DESCRIPTION = """\
-Encode images with a diffusers AutoencoderKL, compress their latents and send them over TCP to
-receiver_sdvae.py.
+Encode images (the learned codec, or a diffusers AutoencoderKL's latent as the original scripts
+did) or live video (H.264, AV1, VP9) and send them over TCP, a broker or Zenoh to receiver_sdvae.py.
 
 One image goes out in the legacy wire format by default (byte-compatible with the original
 scripts). Several images (--image given more than once, or a folder), or --protocol v2, use the

@@ -160,7 +160,7 @@ class Throttle:
         self.sock.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m latentcomm.transports.throttle", description=__doc__.split("\n")[0])
     p.add_argument("--listen", type=int, default=9000, help="local port to listen on (127.0.0.1)")
     p.add_argument("--to", default="127.0.0.1:65432", help="HOST:PORT of the receiver")
@@ -170,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         help="link rate in bits/s (64k, 1M, ...), or a schedule: 256k,64k@10s,256k@20s (the rate from each time "
         "on, seconds from the first byte forwarded)",
     )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     host, _, port = args.to.rpartition(":")
     try:
