@@ -32,6 +32,9 @@ from latentcomm.errors import (
 
 _moved.install()
 
+#: The package's version (pyproject.toml says the same; a test checks it).
+__version__ = "0.2.0"
+
 #: Public name -> the module that defines it.
 _LAZY = {
     "load_codec": "latentcomm.codecs.base",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import run_script, script_env
+from tests.conftest import REPO, run_script, script_env
 
 
 def assert_clean_error(proc, *needles: str, rc: int = 1) -> None:
@@ -201,3 +201,25 @@ def test_peer_reset_during_send(tiny_model, start_receiver):
     assert rx.proc.poll() is None
     assert rx.stop() == 0
     assert rx.next_json()["rejected"] == 1
+
+
+@pytest.mark.parametrize("script", ["sender_sdvae.py", "receiver_sdvae.py", "sender_sdvae_metrics.py"])
+def test_version_and_log_levels(script):
+    import re
+
+    version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)[1]
+    r = run_script(script, "--version", timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == f"latentcomm {version}"
+    r = run_script(script, "-q", "-v", timeout=60)
+    assert r.returncode == 2 and "not allowed with" in r.stderr
+
+
+def test_quiet_leaves_warnings_and_errors_only(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    loud = run_script("sender_sdvae.py", "--port", str(port), timeout=120)
+    quiet = run_script("sender_sdvae.py", "--port", str(port), "-q", timeout=120)
+    assert loud.returncode == quiet.returncode == 1
+    assert "INFO " in loud.stderr and "INFO " not in quiet.stderr
+    assert quiet.stderr.strip().splitlines()[-1].startswith("error: connection refused")

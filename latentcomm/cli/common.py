@@ -296,13 +296,32 @@ def port_type(value: str) -> int:
     return port
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Library logs to stderr as one line each; INFO shows which model was chosen and load times."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """``--version`` and how much the library logs (``-v``, ``-q``, ``--log-level``)."""
+    from latentcomm import __version__
+
+    p.add_argument("--version", action="version", version=f"latentcomm {__version__}")
+    level = p.add_mutually_exclusive_group()
+    level.add_argument("-v", "--verbose", action="store_true", help="log debug lines too (same as --log-level debug)")
+    level.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only (--log-level warning)")
+    level.add_argument("--log-level", choices=LOG_LEVELS, help="the library's log level on stderr (default: info)")
+
+
+def setup_logging(verbose: bool = False, args: argparse.Namespace | None = None) -> None:
+    """Library logs to stderr as one line each; INFO shows which model was chosen and load times.
+    ``args``: the flags of :func:`add_output_args`, when the command has them."""
+    level = logging.DEBUG if verbose else logging.INFO
+    if args is not None:
+        if getattr(args, "log_level", None):
+            level = getattr(logging, args.log_level.upper())
+        elif getattr(args, "verbose", False):
+            level = logging.DEBUG
+        elif getattr(args, "quiet", False):
+            level = logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "urllib3", "filelock", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -14,6 +14,7 @@ from latentcomm.cli.common import (
     add_key_args,
     add_model_args,
     add_network_args,
+    add_output_args,
     add_rate_args,
     check_rate_args,
     run,
@@ -41,6 +42,7 @@ def build_parser(prog: str = "sender_sdvae_metrics.py") -> argparse.ArgumentPars
     p.add_argument("--image", required=True, help="image file to measure and send")
     add_network_args(p, listening=False)
     add_model_args(p)
+    add_output_args(p)
     add_rate_args(p)
     add_key_args(p, receiver=False)
     p.add_argument("--size", type=int, default=256, help="square size the image is centre-cropped to (multiple of 8)")
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae_metrics.py") -
     if args.size <= 0 or args.size % 8 or args.size > 4096:
         parser.error(f"--size must be a positive multiple of 8 up to 4096 (the receiver's limit), got {args.size}")
     check_rate_args(parser, args)
-    setup_logging()
+    setup_logging(args=args)
     if args.codec != "vae" or args.key:
         return _v2(args)
     from latentcomm.engine import Engine

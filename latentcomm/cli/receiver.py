@@ -15,6 +15,7 @@ from latentcomm.cli.common import (
     add_key_args,
     add_model_args,
     add_network_args,
+    add_output_args,
     byte_size,
     is_loopback,
     number,
@@ -47,6 +48,7 @@ def build_parser(prog: str = "receiver_sdvae.py") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, formatter_class=HelpFormatter)
     add_network_args(p, listening=True)
     add_model_args(p)
+    add_output_args(p)
     add_key_args(p, receiver=True)
     add_broker_args(p, receiver=True)
     p.add_argument(
@@ -168,7 +170,7 @@ def build_parser(prog: str = "receiver_sdvae.py") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging(args=args)
     from latentcomm.codecs import load_codec
     from latentcomm.errors import LatentcommError
     from latentcomm.receiver import Receiver, ReceiverOptions

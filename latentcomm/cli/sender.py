@@ -14,6 +14,7 @@ from latentcomm.cli.common import (
     add_key_args,
     add_model_args,
     add_network_args,
+    add_output_args,
     add_rate_args,
     check_rate_args,
     number,
@@ -111,6 +112,7 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
     )
     add_network_args(p, listening=False)
     add_model_args(p)
+    add_output_args(p)
     add_rate_args(p)
     add_key_args(p, receiver=False)
     add_broker_args(p, receiver=False)
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
         parser.error("legacy frames can't carry a text; use v2")
     if args.key and args.protocol == "legacy":
         parser.error("legacy frames can't be sealed (the format has no room for an authentication tag); use v2")
-    setup_logging()
+    setup_logging(args=args)
     from latentcomm.wire.keys import load_key
 
     key = load_key(args.key) if args.key else None
@@ -380,7 +382,7 @@ def _send_video(parser, args) -> int:
             resolution = parse_resolution(args.resolution)
         except ValueError as exc:
             parser.error(f"--resolution: {exc}")
-    setup_logging()
+    setup_logging(args=args)
 
     from latentcomm.codecs.video import VideoCodec
     from latentcomm.live import send_video_stream
