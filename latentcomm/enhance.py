@@ -136,7 +136,10 @@ def qp_map(frame, height: int, width: int) -> np.ndarray:
     ``export_side_data=venc_params``), (ceil(H/16), ceil(W/16)); the frame's base QP where a block
     map is missing."""
     rows, cols = -(-height // BLOCK), -(-width // BLOCK)
-    for sd in frame.side_data:
+    side = frame.side_data
+    for item in side:
+        # PyAV 18.1.0 iterates the side data themselves, 18.1.1 their types (a mapping, as dicts do).
+        sd = item if hasattr(item, "type") else side[item]
         if sd.type.name == "VIDEO_ENC_PARAMS":
             try:
                 m = np.asarray(sd.qp_map(), dtype=np.float32)
