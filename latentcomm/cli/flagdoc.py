@@ -11,6 +11,7 @@ Each table sits between ``<!-- flags:NAME -->`` and ``<!-- /flags:NAME -->`` mar
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -100,7 +101,13 @@ def _default(action: argparse.Action) -> str:
     d = action.default
     if d is None or d is argparse.SUPPRESS or d is False or d == [] or action.nargs == 0:
         return ""
-    return f"`{d}`"
+    text = str(d)
+    # Paths inside the checkout (or beside it, ../shared) as a reader's checkout has them, not this one's.
+    for root, shown in ((REPO, ""), (REPO.parent, "../")):
+        if text.startswith(str(root) + os.sep):
+            text = shown + text[len(str(root)) + 1 :]
+            break
+    return f"`{text}`"
 
 
 def table(name: str) -> str:
