@@ -90,7 +90,9 @@ class Receiver:
         self.proc.wait(30)
 
 
-def h264_units(width: int, height: int, pictures: int) -> list[bytes]:
+def h264_units(width: int, height: int, pictures: int = 1) -> list[bytes]:
+    """Access units of a flat grey picture coded ``pictures`` times by libx264 (the first a key frame,
+    the rest all-skip inter frames of a dozen bytes); the tests send the same."""
     import av
 
     enc = av.CodecContext.create("libx264", "w")
@@ -101,6 +103,7 @@ def h264_units(width: int, height: int, pictures: int) -> list[bytes]:
     for i in range(pictures):
         frame.pts = i
         units.append(b"".join(bytes(p) for p in enc.encode(frame.reformat(format="yuv420p"))))
+    units[-1] += b"".join(bytes(p) for p in enc.encode(None))
     return units
 
 

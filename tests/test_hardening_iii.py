@@ -27,12 +27,11 @@ import socket
 import subprocess
 import threading
 import time
-from fractions import Fraction
 
 import av
-import numpy as np
 import pytest
 
+from benchmarks.hardening import h264_units
 from latentcomm.codecs.video import FLAG_KEY, VIDEO_HEADER
 from latentcomm.dashboard import MAX_EVENT_CLIENTS, DashboardState
 from latentcomm.receiver import PixelBudget
@@ -54,21 +53,6 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     raise AssertionError(f"no {field}")
-
-
-def h264_unit(width: int, height: int, *, pictures: int = 1) -> list[bytes]:
-    """Access units of a flat grey picture coded ``pictures`` times by libx264 (the first a key frame,
-    the rest all-skip inter frames of a dozen bytes)."""
-    enc = av.CodecContext.create("libx264", "w")
-    enc.width, enc.height, enc.pix_fmt, enc.time_base = width, height, "yuv420p", Fraction(1, 10)
-    enc.options = {"preset": "ultrafast", "tune": "zerolatency"}
-    frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 128, np.uint8), format="rgb24")
-    units = []
-    for i in range(pictures):
-        frame.pts = i
-        units.append(b"".join(bytes(p) for p in enc.encode(frame.reformat(format="yuv420p"))))
-    units[-1] += b"".join(bytes(p) for p in enc.encode(None))
-    return units
 
 
 def video_frame(seq: int, unit: bytes, number: int, shape_hw: tuple[int, int], key: bool) -> v2.ImageFrame:
@@ -207,7 +191,7 @@ def test_strangers_on_the_broker_cannot_stop_a_sealed_video_group(tmp_path, star
 def test_video_decoders_are_freed_when_their_connections_end(start_receiver, tiny_model):
     rx = start_receiver("--no-show", "--json", "--model", str(tiny_model), "--max-video-pixels", str(4096 * 4096),
                         "--max-pixel-rate", "1e9", "--max-total-pixel-rate", "1e9")  # fmt: skip
-    key = h264_unit(4096, 4096)[0]  # 50 KB
+    key = h264_units(4096, 4096)[0]  # 50 KB
     exchange(rx.port, [video_frame(1, key, 0, (4096, 4096), True)])  # the first one: allocator warm-up
     time.sleep(1.0)
     before = rss_mib(rx.proc.pid)
@@ -225,7 +209,7 @@ def test_video_decoders_are_freed_when_their_connections_end(start_receiver, tin
 def test_a_flood_of_skip_frames_is_refused_past_the_pixel_rate_budget(start_receiver, tiny_model):
     rate = 640 * 352 * 5  # five 640x352 pictures a second
     rx = start_receiver("--no-show", "--json", "--model", str(tiny_model), "--max-pixel-rate", str(rate))
-    units = h264_unit(640, 352, pictures=61)
+    units = h264_units(640, 352, pictures=61)
     assert max(len(u) for u in units[1:]) < 40  # all-skip inter frames
     frames = [video_frame(i + 1, u, i, (352, 640), i == 0) for i, u in enumerate(units)]
     t0 = time.monotonic()
@@ -256,7 +240,7 @@ def test_the_pixel_budget_refills_at_its_rate_per_stream_and_for_all():
 
 def test_a_live_video_picture_past_the_default_size_is_refused_before_decoding(start_receiver, tiny_model):
     rx = start_receiver("--no-show", "--json", "--model", str(tiny_model))
-    key = h264_unit(2048, 2048)[0]
+    key = h264_units(2048, 2048)[0]
     [ack] = exchange(rx.port, [video_frame(1, key, 0, (2048, 2048), True)])
     assert ack.status == v2.Status.TOO_LARGE and "--max-video-pixels" in ack.message
 
@@ -266,7 +250,7 @@ def test_a_live_video_picture_past_the_default_size_is_refused_before_decoding(s
 
 def test_a_sequence_header_larger_than_the_frame_claims_is_refused_before_decoding(start_receiver, tiny_model):
     rx = start_receiver("--no-show", "--json", "--model", str(tiny_model), "--max-pixels", "65536")
-    key = h264_unit(8192, 8192)[0]  # 197 KB, whose SPS says 8192x8192
+    key = h264_units(8192, 8192)[0]  # 197 KB, whose SPS says 8192x8192
     time.sleep(0.5)
     peak = rss_mib(rx.proc.pid, "VmHWM")
     [ack] = exchange(rx.port, [video_frame(1, key, 0, (16, 16), True)])  # the frame header says 16x16
