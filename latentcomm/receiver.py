@@ -162,6 +162,11 @@ class Receiver:
                 f"legacy frames carry 4-channel latents; model {self.default.source} has {self.default.latent_channels}"
             )
         self.codecs = {c.model_id: c for c in codecs}
+        # A video codec named by --codec was made before the enhancer: it decodes with it like the others
+        # (a receiver started with --codec h264 --enhance enhanced nothing and said nothing).
+        for c in codecs:
+            if isinstance(c, VideoCodec) and enhancer is not None:
+                c.set_enhancer(enhancer)
         # Video streams (latentcomm.codecs.video) are always accepted: a decoder costs nothing until a stream
         # uses it, and each stream gets its own (inter frames depend on the frames before them).
         for name in VIDEO_CODECS:

@@ -226,6 +226,12 @@ class VideoCodec(ImageCodec):
         self._stem: str | None = None
         self._expect: int | None = None  # the frame number the decoder can take next (None: a key frame)
 
+    def set_enhancer(self, enhancer) -> None:
+        """Decode through ``enhancer`` (it applies to the codec it was trained for; others ignore it)."""
+        self.enhancer = enhancer if enhancer is not None and self.spec.name == getattr(
+            getattr(enhancer, "config", None), "codec", "h264"
+        ) else None
+
     def new_stream(self) -> VideoCodec:
         """A fresh instance for another stream (its own encoder or decoder state)."""
         return VideoCodec(
