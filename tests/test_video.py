@@ -86,8 +86,13 @@ def test_h264_takes_the_slowest_preset_the_pixel_rate_allows_and_fills_a_fixed_r
     spends what the link gives (x264's ABR under the same cap left 5-20% of it unused)."""
     assert auto_preset(320, 176, 10) == auto_preset(640, 352, 10) == "medium"
     assert auto_preset(1280, 720, 30) == "veryfast" and auto_preset(3840, 2160, 60) == "ultrafast"
-    with pytest.raises(LocalProtocolError, match="h264 only"):
+    with pytest.raises(LocalProtocolError, match="takes one of 7"):
         VideoCodec("av1", preset="medium")
+    # SVT-AV1's ladder the same way (its real-time mode takes presets 7 and up); VP9 has none.
+    assert auto_preset(640, 352, 10, "av1") == "8" and auto_preset(1280, 720, 30, "av1") == "13"
+    assert auto_preset(640, 352, 10, "vp9") is None
+    with pytest.raises(LocalProtocolError, match="takes none"):
+        VideoCodec("vp9", preset="8")
     rng = np.random.default_rng(1)
     tx = VideoCodec("h264", 200_000, 10, key_interval=1000)
     units = []

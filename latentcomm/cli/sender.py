@@ -106,9 +106,10 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
     stream.add_argument(
         "--preset",
         metavar="NAME",
-        help="--codec h264: x264's preset, of medium, faster, veryfast, superfast, ultrafast (slower: more picture "
-        "per bit, more CPU). Default: the slowest the stream's pixel rate leaves room for (medium up to 2.5 Mpx/s, "
-        "e.g. 640x352 at 10 fps; faster up to 6, veryfast up to 30, superfast up to 90)",
+        help="the video encoder's preset (slower: more picture per bit, more CPU). --codec h264: x264's, of medium, "
+        "faster, veryfast, superfast, ultrafast; --codec av1: SVT-AV1's, 7 to 13. Default: the slowest the "
+        "stream's pixel rate leaves room for (h264: medium up to 2.5 Mpx/s, e.g. 640x352 at 10 fps, faster up to 6, "
+        "veryfast up to 30, superfast up to 90; av1: 8 up to 3 Mpx/s, 10 up to 6, 12 up to 12, then 13)",
     )
     add_network_args(p, listening=False)
     add_model_args(p)
@@ -191,10 +192,13 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
         parser.error("--retries must be >= 0 and --timeout positive")
     check_rate_args(parser, args)
     streaming = args.video is not None or args.camera is not None or args.fps is not None
-    from latentcomm.codecs.video import X264_PRESETS, is_video_codec
+    from latentcomm.codecs.video import VIDEO_CODECS, is_video_codec
 
-    if args.preset is not None and (args.codec != "h264" or args.preset not in X264_PRESETS):
-        parser.error(f"--preset is x264's: --codec h264 and one of {', '.join(X264_PRESETS)}")
+    if args.preset is not None:
+        presets = VIDEO_CODECS[args.codec].presets if is_video_codec(args.codec) else ()
+        if args.preset not in presets:
+            takes = f"one of {', '.join(presets)}" if presets else "no --preset"
+            parser.error(f"--preset {args.preset}: --codec {args.codec} takes {takes}")
     if is_video_codec(args.codec):
         return _send_video(parser, args)
     for flag, value in (("--resolution", args.resolution), ("--window", args.window)):
