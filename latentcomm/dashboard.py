@@ -164,6 +164,8 @@ class DashboardState:
         """One decoded image (the receiver's report dict and the pictures)."""
 
         sender = report.get("key_id") or sender_name(str(report.get("peer", "?")))
+        if report.get("stream"):  # a sender's --name: its own card, apart from other streams of that host or key
+            sender = f"{sender} ({report['stream']})"
         quality: dict = {}
         if original is not None and original.size == recon.size:
             try:
@@ -188,7 +190,7 @@ class DashboardState:
             s.last = {
                 k: report[k]
                 for k in ("index", "name", "seq", "peer", "codec", "quality", "payload_bytes", "frame_bytes", "text",
-                          "model", "frame_type", "link_bps", "sender_latency_ms")
+                          "model", "frame_type", "link_bps", "sender_latency_ms", "coded_size")
                 if k in report
             } | {"image_size": [h, w], "time": now}  # fmt: skip
             s.version += 1

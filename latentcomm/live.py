@@ -22,7 +22,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from PIL import Image
+
 from latentcomm.codecs.video import VIDEO_HEADER, VideoCodec, fit_picture
+from latentcomm.operating import CAPABILITY, LADDER, OperatingPolicy
 from latentcomm.ratecontrol import DelayBasedEstimator
 from latentcomm.stream import SERIES_S, LiveSource, StreamTally
 from latentcomm.transports.base import FramePipeline
@@ -31,9 +34,6 @@ from latentcomm.wire.encodings import COMP_NONE, ENC_VIDEO
 
 log = logging.getLogger(__name__)
 
-#: Share of the link the encoder aims at under a fixed --bandwidth (the rest: frame overhead jitter,
-#: and the rate control's own overshoot).
-RATE_MARGIN = 0.96
 #: The same under --bandwidth auto, whose estimate sits near the link's rate: the encoder's own
 #: overshoot must not keep a queue standing.
 ADAPTIVE_MARGIN = 0.85
@@ -51,9 +51,12 @@ def send_video_stream(
     auto_max_bps: float | None = None,
     texts: Callable[[Path], str | None] | None = None,
     fps: float = 10.0,
+    follow_link: bool = True,
 ) -> Iterator[dict]:
     """Stream ``live`` through ``codec`` into ``pipeline``; yield a report per acknowledged (or
-    refused) frame, then a summary. ``bandwidth_bps`` fixes the rate; ``auto_max_bps`` estimates it."""
+    refused) frame, then a summary. ``bandwidth_bps`` fixes the rate; ``auto_max_bps`` estimates it.
+    ``follow_link``: under a rate, code a smaller picture (fewer frames) when the link is thin for the
+    source's size (latentcomm.operating), once the receiver says it shows them at the source's size."""
     estimator = DelayBasedEstimator(auto_max_bps) if auto_max_bps else None
     client = pipeline.client
     outbox: queue.Queue = queue.Queue(maxsize=1)
@@ -79,7 +82,9 @@ def send_video_stream(
     stem: str | None = None  # the source's name stem, as the last key frame gave it
     overhead = 0  # bytes a frame costs besides its access unit (measured from the first frame)
 
-    margin = ADAPTIVE_MARGIN if estimator else RATE_MARGIN
+    # The share of the link the encoder aims at: the codec's own under a fixed --bandwidth (its rate
+    # control's overshoot set aside), less under auto, whose estimate sits near the link's rate.
+    margin = min(ADAPTIVE_MARGIN, codec.spec.rate_margin) if estimator else codec.spec.rate_margin
 
     def set_link(bps: float) -> None:
         """What the link's rate decides besides the encoder's target: the pacer, the in-flight bound,
@@ -97,12 +102,19 @@ def send_video_stream(
         codec.adaptive = estimator is not None
         set_link(start)
     tally = StreamTally()
+    policy: OperatingPolicy | None = None  # made at the first picture (it needs the source's size)
+    scaled_ok = False  # the receiver said it shows scaled pictures (before the policy exists, too)
+    taken = skipped = moves = 0
     seq = acked = refused = sent_bytes = keys = key_requests = 0
     key_from = 0  # refusals of frames from this seq on ask for a key frame (older ones were answered)
 
     def settle(item) -> dict | None:
-        nonlocal acked, refused, sent_bytes, key_from, key_requests
+        nonlocal acked, refused, sent_bytes, key_from, key_requests, scaled_ok
         s, ack, t_ack = item
+        if ack.ok and CAPABILITY in ack.message.split():
+            scaled_ok = True
+            if policy is not None:
+                policy.enable()
         with meta_lock:
             meta = metas.pop(s, None)
         if meta is None:
@@ -162,9 +174,26 @@ def send_video_stream(
             if item is None:
                 break
             f, captured = item
-            seq += 1
             t0 = time.monotonic()
             picture = fit_picture(f.image, resolution)
+            shown_size = picture.size  # what the receiver shows, whatever size it is coded at
+            if policy is None:
+                policy = OperatingPolicy(codec.model_id, *shown_size, fps)
+                if scaled_ok:
+                    policy.enable()
+            link_bps = bandwidth_bps or (estimator.estimate if estimator else 0.0)
+            if follow_link and link_bps and policy.choose(link_bps):
+                moves += 1
+                codec.request_key_frame()
+            rung = policy.rung if follow_link else LADDER[0]
+            taken += 1
+            if rung.stride > 1 and taken % rung.stride:
+                skipped += 1  # a rung at a lower frame rate: this source frame is not coded
+                continue
+            coded_size = rung.size(*shown_size)
+            if coded_size != shown_size:
+                picture = picture.resize(coded_size, Image.Resampling.LANCZOS)
+            seq += 1
             text = texts(Path(f.name)) if texts is not None else None
             if not overhead:
                 # What every inter frame costs besides its access unit (no name), sealing included,
@@ -177,6 +206,7 @@ def send_video_stream(
                 if start:
                     apply_rate(start)
             enc = codec.encode_picture(picture, captured=captured, source_index=f.index)
+            policy.on_frame(len(enc.payload) - VIDEO_HEADER.size, codec.bitrate_bps, live.produced, live.dropped)
             name = f.name
             if enc.facts["frame_type"] == "key":
                 keys += 1
@@ -185,7 +215,7 @@ def send_video_stream(
             elif stem is not None and f.name == f"{stem}-{f.index:06d}":
                 name = ""  # the receiver names it from the key frame's stem and the source index
             frame = v2.ImageFrame(
-                seq, codec.model_id, enc.encoding, enc.compression, enc.shape, enc.shape[1:], enc.payload, name,
+                seq, codec.model_id, enc.encoding, enc.compression, enc.shape, shown_size[::-1], enc.payload, name,
                 (), None, text,
             )  # fmt: skip
             with meta_lock:
@@ -197,6 +227,7 @@ def send_video_stream(
                     "payload_bytes": len(enc.payload),
                     "frame_type": enc.facts["frame_type"],
                     "bitrate_bps": enc.facts["bitrate_bps"],
+                    "coded_size": list(coded_size),
                     "encode_s": round(time.monotonic() - t0, 4),
                     "captured": captured,
                     "captured_time": time.time() - (time.monotonic() - captured),
@@ -218,6 +249,7 @@ def send_video_stream(
         thread.join(timeout=client.timeout)
         if not errors:
             pipeline.drain(timeout=client.timeout)
+        codec.close()
     if errors:
         raise errors[0]
     yield from ready()
@@ -232,6 +264,10 @@ def send_video_stream(
         "frames_dropped": live.dropped,
         "key_frames": keys,
         "key_frame_requests": key_requests,
+        "operating_point": policy.rung.label if policy is not None else None,
+        "operating_point_reason": policy.reason if policy is not None else None,
+        "operating_point_changes": moves,
+        "frames_skipped_for_rate": skipped,
         "reconnects": pipeline.reconnects,
         "bytes": sent_bytes,
         "seconds": round(span, 3),

@@ -23,6 +23,7 @@ from latentcomm.display import Viewer, display_available
 from latentcomm.engine import Engine
 from latentcomm.errors import ImageError, LatentcommError, RemoteProtocolError
 from latentcomm.images import crop_to, decode_image_bytes, tensor_to_pil, unit_float_to_image
+from latentcomm.operating import CAPABILITY as SCALED_CAPABILITY
 from latentcomm.store import OutputStore
 from latentcomm.transports.base import SHUTDOWN_GRACE_S, FrameSource, ReceivedFrame
 from latentcomm.wire import v2
@@ -217,6 +218,8 @@ class Receiver:
         the video limits: the picture size, the pixel-rate budgets, and the pixels all decoders hold."""
         key = (item.key_id or "", item.peer, f.model)
         h, w = (f.shape[1], f.shape[2]) if len(f.shape) == 3 else (0, 0)
+        # A picture coded smaller is shown (upscaled) at its picture size: that is what it costs here.
+        h, w = max(h, f.image_size[0]), max(w, f.image_size[1])
         pixels = h * w
         if pixels > self.opts.max_video_pixels:
             raise Rejected(v2.Status.TOO_LARGE, f"video picture {w}x{h} exceeds this receiver's "
@@ -293,6 +296,10 @@ class Receiver:
             "latent_shape": [1, *f.shape],
             **codec.payload_facts(f.payload),
         }
+        if "/" in info["name"]:  # a sender's --name: frames named NAME/...
+            info["stream"] = info["name"].split("/", 1)[0]
+        if codec.kind == "video":  # the size it was coded at; image_size is the size it is shown at
+            info["coded_size"] = [f.shape[1], f.shape[2]]
         if f.text is not None:
             info["text"] = f.text
         return codec.model_id, image, original, info
@@ -374,7 +381,10 @@ class Receiver:
             except Exception:  # the page's figures are never worth the receiver: log and go on
                 log.exception("dashboard could not take image #%d from %s", index, item.peer)
         if item.reply is not None:
-            item.reply.set_result(v2.Ack(f.seq, v2.Status.OK, ""))
+            # A video key frame's acknowledgement says this receiver shows pictures coded smaller than
+            # their picture size (latentcomm.operating): the sender may then follow a thin link with its size.
+            key = report.get("codec") == "video" and report.get("frame_type") == "key"
+            item.reply.set_result(v2.Ack(f.seq, v2.Status.OK, SCALED_CAPABILITY if key else ""))
         self._print(report)
         return report
 

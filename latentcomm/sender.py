@@ -289,8 +289,10 @@ def send_images_v2(
     size: int = 256,
     include_original: bool = True,
     texts: Callable[[Path], str | None] | None = None,
+    stream: str | None = None,
 ) -> Iterator[dict]:
     """Send each image over one v2 connection; yield one report dict per image, acknowledged or not.
+    ``stream``: the sender's stream name (``--name``), carried as the frames' name prefix ``NAME/``.
 
     A bad image file is reported and skipped; a lost connection is retried by the client; a frame
     the receiver refuses is reported with its status, so nothing is silently lost.
@@ -302,7 +304,8 @@ def send_images_v2(
             yield {"image": str(path), "seq": seq, "acknowledged": False, "error": str(exc)}
             continue
         text = texts(path) if texts is not None else None
-        frame, facts = build_v2_frame(codec, prepared, seq, path.name, include_original, text)
+        name = f"{stream}/{path.name}" if stream else path.name
+        frame, facts = build_v2_frame(codec, prepared, seq, name, include_original, text)
         t0 = time.perf_counter()
         ack = client.send(frame)
         report = make_report(

@@ -209,3 +209,33 @@ def test_a_video_stream_plays_live_with_its_charts(tmp_path, start_receiver, bro
     assert tx.returncode == 0, err
     if shot := os.environ.get("LATENTCOMM_VIDEO_SCREENSHOT"):
         browser.save_screenshot(str(REPO / shot))
+
+
+def test_two_named_streams_from_one_host_get_two_cards(tmp_path, start_receiver):
+    """--name: two cameras on one host (and one key) are two streams: each its own dashboard card and
+    its name in images.jsonl; a name that can't be one is a one-line error."""
+    from tests.videos import make_video
+
+    out = tmp_path / "out"
+    rx = start_receiver("--codec", "learned", "--no-show", "--json", "--out", str(out), "--dashboard", "127.0.0.1:0")
+    url = dashboard_url(rx)
+    video = make_video(tmp_path / "pan.mp4", frames=10, fps=10, size=64)
+    senders = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "sender_sdvae.py"), "--codec", "h264", "--port", str(rx.port), "--video",
+             str(video), "--bandwidth", "256k", "--name", name, "--json"],
+            cwd=REPO, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for name in ("front-cam", "rear-cam")
+    ]
+    for p in senders:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    with urllib.request.urlopen(url + "api/state", timeout=10) as resp:
+        cards = [s["sender"] for s in json.load(resp)["senders"]]
+    assert sorted(cards) == ["127.0.0.1 (front-cam)", "127.0.0.1 (rear-cam)"], cards
+    rows = [json.loads(line) for line in (out / "images.jsonl").read_text().splitlines()]
+    assert {r["stream"] for r in rows} == {"front-cam", "rear-cam"}
+    assert all(r["name"].startswith(r["stream"] + "/pan-") for r in rows)
+    bad = run_script("sender_sdvae.py", "--port", "1", "--name", "a/b")
+    assert bad.returncode == 2 and "--name" in bad.stderr and "Traceback" not in bad.stderr

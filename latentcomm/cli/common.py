@@ -7,6 +7,7 @@ import ipaddress
 import json
 import logging
 import math
+import re
 import signal
 import sys
 import threading
@@ -22,6 +23,19 @@ DEFAULT_PORT = 65432
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Show defaults and keep the description's line breaks."""
+
+
+#: ``--name``: what a sender's frames carry as their name prefix (``NAME/``): letters, digits, ``._-``.
+STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def stream_name(text: str) -> str:
+    """argparse type of ``--name``."""
+    if not STREAM_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return text
 
 
 def add_network_args(p: argparse.ArgumentParser, listening: bool) -> None:
@@ -119,16 +133,26 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, auto: bool = False) -> None:
+    """--codec (its choices are the codec registry's; ``auto``: the sender's choice for streams), --model,
+    --device, --precision."""
+    from latentcomm.codecs.base import REGISTRY
+
     p.add_argument(
         "--codec",
-        choices=["vae", "learned", "h264", "av1", "vp9"],
-        default="vae",
+        choices=[*REGISTRY, *(["auto"] if auto else [])],
+        default=None if auto else "vae",
         help="vae: an AutoencoderKL latent (the original scripts' path, the only one legacy frames carry); "
         "learned: the learned image codec in models/latentcomm-lic (a latent trained for rate, entropy-coded; "
         "far fewer bytes for the same picture, v2 frames only, needs no SD VAE); h264, av1, vp9: a real video "
         "codec (libx264, SVT-AV1, libvpx through PyAV) for streams (--video, --camera, a folder with --fps): "
-        "motion-compensated, the best picture per bit for live video. Receivers always accept the video codecs",
+        "motion-compensated, the best picture per bit for live video. Receivers always accept the video codecs"
+        + (
+            ". auto (the default for --video and --camera; vae otherwise): the video codec, preset and, under a "
+            "rate, picture size this machine runs in real time, measured at start-up, said once on stderr"
+            if auto
+            else ""
+        ),
     )
     p.add_argument(
         "--model",

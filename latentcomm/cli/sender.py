@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -22,6 +23,7 @@ from latentcomm.cli.common import (
     seconds,
     seconds_or_zero,
     setup_logging,
+    stream_name,
 )
 
 if TYPE_CHECKING:
@@ -111,8 +113,16 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
         "stream's pixel rate leaves room for (h264: medium up to 2.5 Mpx/s, e.g. 640x352 at 10 fps, faster up to 6, "
         "veryfast up to 30, superfast up to 90; av1: 8 up to 3 Mpx/s, 10 up to 6, 12 up to 12, then 13)",
     )
+    p.add_argument(
+        "--name",
+        type=stream_name,
+        metavar="NAME",
+        help="this sender's stream name (letters, digits, ._-): its frames are named NAME/..., and the receiver "
+        "keeps it apart from other streams of the same host or key (dashboard card, images.jsonl's 'stream'). "
+        "v2 frames",
+    )
     add_network_args(p, listening=False)
-    add_model_args(p)
+    add_model_args(p, auto=True)
     add_output_args(p)
     add_rate_args(p)
     add_key_args(p, receiver=False)
@@ -184,6 +194,8 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    if args.codec is None:  # streams from a video or a camera default to the video codec this machine affords
+        args.codec = "auto" if args.video is not None or args.camera is not None else "vae"
     if args.size < 0 or args.size % 8:
         parser.error(f"--size must be 0 or a positive multiple of 8, got {args.size}")
     if args.size > MAX_SIZE:
@@ -194,12 +206,14 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
     streaming = args.video is not None or args.camera is not None or args.fps is not None
     from latentcomm.codecs.video import VIDEO_CODECS, is_video_codec
 
+    if args.preset is not None and args.codec == "auto":
+        parser.error("--preset needs a named video codec (--codec h264 or av1): auto chooses its own")
     if args.preset is not None:
         presets = VIDEO_CODECS[args.codec].presets if is_video_codec(args.codec) else ()
         if args.preset not in presets:
             takes = f"one of {', '.join(presets)}" if presets else "no --preset"
             parser.error(f"--preset {args.preset}: --codec {args.codec} takes {takes}")
-    if is_video_codec(args.codec):
+    if is_video_codec(args.codec) or args.codec == "auto":
         return _send_video(parser, args)
     for flag, value in (("--resolution", args.resolution), ("--window", args.window)):
         if value:
@@ -231,6 +245,8 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
         parser.error("the learned codec travels in v2 frames only (the legacy format carries a VAE latent)")
     if (args.text is not None or args.text_file) and args.protocol == "legacy":
         parser.error("legacy frames can't carry a text; use v2")
+    if args.name and args.protocol == "legacy":
+        parser.error("--name travels in v2 frames (legacy frames carry no name)")
     if args.key and args.protocol == "legacy":
         parser.error("legacy frames can't be sealed (the format has no room for an authentication tag); use v2")
     setup_logging(args=args)
@@ -248,7 +264,9 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
     images = expand_images(args.image or ["temp/apple.jpeg"])
     protocol = args.protocol
     if protocol == "auto":
-        protocol = "v2" if len(images) > 1 or args.codec == "learned" or key or texts or args.broker else "legacy"
+        protocol = (
+            "v2" if len(images) > 1 or args.codec == "learned" or key or texts or args.broker or args.name else "legacy"
+        )
     if protocol == "legacy":
         if len(images) > 1:
             parser.error(
@@ -299,10 +317,14 @@ def _source(args):
     from latentcomm.stream import camera_frames, image_frames, video_frames
 
     if args.video is not None:
-        return video_frames(args.video, args.fps, args.max_frames)
-    if args.camera is not None:
-        return camera_frames(args.camera, args.fps, args.max_frames)
-    return image_frames(expand_images(args.image or ["temp/apple.jpeg"]), args.fps, args.max_frames)
+        frames = video_frames(args.video, args.fps, args.max_frames)
+    elif args.camera is not None:
+        frames = camera_frames(args.camera, args.fps, args.max_frames)
+    else:
+        frames = image_frames(expand_images(args.image or ["temp/apple.jpeg"]), args.fps, args.max_frames)
+    if args.name:  # --name: every frame's name carries the stream's, NAME/...
+        return (dataclasses.replace(f, name=f"{args.name}/{f.name}") for f in frames)
+    return frames
 
 
 def _latency_text(r: dict) -> str:
@@ -400,9 +422,15 @@ def _send_video(parser, args) -> int:
     frames = _source(args)
     first = next(frames)  # fail on a bad source before connecting
     fps = args.fps or _source_fps(args)
-    codec = VideoCodec(
-        args.codec, fixed or 256_000, fps, args.key_interval or max(1, round(10 * fps)), preset=args.preset
-    )
+    preset = args.preset
+    if args.codec == "auto":
+        from latentcomm.codecs.video import fit_picture
+        from latentcomm.operating import choose_codec
+
+        choice = choose_codec(fit_picture(first.image, resolution), fps, fixed or auto_max)
+        args.codec, preset = choice.codec, choice.preset
+        print(f"--codec auto: {choice.reason}", file=sys.stderr, flush=True)
+    codec = VideoCodec(args.codec, fixed or 256_000, fps, args.key_interval or max(1, round(10 * fps)), preset=preset)
     client = _client(args, key)
     pipeline: FramePipeline
     if args.broker:  # MQTT: one receiver of the group owns the stream; viewers watch it (docs/video.md)
@@ -419,7 +447,13 @@ def _send_video(parser, args) -> int:
                     f"stream: {r['frames_acknowledged']} of {r['frames_from_source']} frames shown at the receiver "
                     f"({r['frames_dropped']} superseded at the source, {r['frames_refused']} refused, "
                     f"{r['key_frames']} key frames, {r['key_frame_requests']} asked for), {r['achieved_fps']:.2f} fps, "
-                    f"{r['bits_per_second'] / 1000:.1f} kbit/s" + _latency_text(r),
+                    f"{r['bits_per_second'] / 1000:.1f} kbit/s"
+                    + _latency_text(r)
+                    + (
+                        f"; ended at {r['operating_point']} ({r['operating_point_reason']})"
+                        if r.get("operating_point_changes")
+                        else ""
+                    ),
                     flush=True,
                 )
             else:
@@ -466,11 +500,16 @@ def _send_legacy(engine, args, image) -> int:
 
 
 def _send_v2(codec, args, images, key=None, texts=None) -> int:
+    from tqdm import tqdm
+
     from latentcomm.sender import send_images_v2
 
     ok = failed = 0
-    with _client(args, key) as client:
-        for r in send_images_v2(codec, images, client, args.size, not args.no_original, texts):
+    # A folder's progress on stderr (a terminal only: tqdm's disable=None), beside the per-image lines.
+    bar = tqdm(total=len(images), unit="image", desc="sending", disable=None if len(images) > 1 else True)
+    with _client(args, key) as client, bar:
+        for r in send_images_v2(codec, images, client, args.size, not args.no_original, texts, args.name):
+            bar.update(1)
             ok += bool(r["acknowledged"])
             failed += not r["acknowledged"]
             if args.json:

@@ -53,6 +53,9 @@ VIDEO_VERSION = 1
 FLAG_KEY = 0x01
 #: The largest picture a video frame may claim (both sides even, as 4:2:0 needs).
 MAX_SIDE = 4096
+#: A frame coded smaller than its picture (latentcomm.operating) is shown at most this much larger per side.
+MAX_UPSCALE = 4
+UPSCALE_FILTER = Image.Resampling.LANCZOS
 #: x264's VBV cap over the rate it was opened at, for ``--bandwidth auto`` streams.
 VBV_HEADROOM = 1.3
 #: x264's VBV buffer in seconds of the rate: no frame, a key frame included, takes longer than this
@@ -99,6 +102,11 @@ class VideoSpec:
     options: dict = field(default_factory=dict)
     #: Can the running encoder take a new bit rate without a key frame (x264's reconfigure)?
     live_bitrate: bool = False
+    #: Share of a fixed link's rate (less the frames' own bytes) the encoder aims at: the rest absorbs its
+    #: own overshoot, which a queue on the link would otherwise keep (x264's VBV cap holds the rate
+    #: within a frame; SVT-AV1's CBR ran 2-8% over its target at 56-64 kbit/s, and takes no new rate
+    #: without a key frame).
+    rate_margin: float = 0.96
     #: The encoder's presets, slowest (best) first, that ``--preset`` may name ...
     presets: tuple[str, ...] = ()
     #: ... and (pixels per second, preset): the slowest preset up to each pixel rate (:func:`auto_preset`).
@@ -123,10 +131,21 @@ VIDEO_CODECS: dict[str, VideoSpec] = {
         "libsvtav1",
         "libdav1d",
         # The real-time mode (rtc=1: SVT-AV1 4's tools and rate control for conferencing), low-delay
-        # prediction (no frame reordering), which needs CBR (rc=2). Measured at 64 kbit/s, 640x352,
-        # against the first setting (preset 10 without rtc): the key frame of a still camera scene
-        # 14.4 -> 7.2 KB, +0.6 dB; the preset comes from the pixel rate (SVTAV1_AUTO_PRESET).
-        {"svtav1-params": "rtc=1:pred-struct=1:rc=2"},
+        # prediction (no frame reordering), which needs CBR (rc=2), and a flat structure
+        # (hierarchical-levels=0): every inter frame predicted from the last, none made a large
+        # "base layer" one. Measured at 640x352, preset 8: rtc against the first setting (preset 10
+        # without it) halved a still camera scene's key frame (14.4 -> 7.2 KB) for +0.6 dB at 64 kbit/s;
+        # the flat structure, against rtc's 4-frame layers, cut the largest inter frame of the car park
+        # clip from 5.9 to 2.3 KB (+0.5 dB) and held Tears of Steel at 64 kbit/s to 1.06x its target
+        # instead of 1.34x (same PSNR), +0.6 and +1.1 dB at 256 kbit/s. The preset comes from the pixel
+        # rate (SVTAV1_AUTO_PRESET). The rate control's buffer, as x264's VBV: a quarter second of the
+        # link to start with (a key frame's share), at most half a second: key frames at 56 kbit/s
+        # 7.4 -> 3.3 KB (Tears of Steel), 18.4 -> 5.0 KB (the station scene), for -0.1 dB.
+        {
+            "svtav1-params": "rtc=1:pred-struct=1:rc=2:hierarchical-levels=0:buf-sz=500:buf-initial-sz=250:"
+            "buf-optimal-sz=400"
+        },
+        rate_margin=0.9,
         presets=SVTAV1_PRESETS,
         auto_presets=SVTAV1_AUTO_PRESET,
     ),
@@ -253,9 +272,11 @@ class VideoCodec(ImageCodec):
 
     def set_enhancer(self, enhancer) -> None:
         """Decode through ``enhancer`` (it applies to the codec it was trained for; others ignore it)."""
-        self.enhancer = enhancer if enhancer is not None and self.spec.name == getattr(
-            getattr(enhancer, "config", None), "codec", "h264"
-        ) else None
+        self.enhancer = (
+            enhancer
+            if enhancer is not None and self.spec.name == getattr(getattr(enhancer, "config", None), "codec", "h264")
+            else None
+        )
 
     def new_stream(self) -> VideoCodec:
         """A fresh instance for another stream (its own encoder or decoder state)."""
@@ -289,8 +310,19 @@ class VideoCodec(ImageCodec):
         if abs(bps - self.bitrate_bps) > 0.2 * self.bitrate_bps:
             self._force_key = True
 
+    def close(self) -> None:
+        """End the stream's encoder cleanly (SVT-AV1 complains on stderr about one dropped unflushed)."""
+        enc, self._enc = self._enc, None
+        if enc is not None:
+            try:
+                enc.encode(None)
+            except Exception:  # noqa: BLE001 - a flush that fails frees the encoder all the same
+                log.debug("flushing the %s encoder failed", self.spec.encoder, exc_info=True)
+
     def _open_encoder(self, width: int, height: int) -> None:
         import av
+
+        self.close()  # a reopened encoder (new size or rate) ends the previous one cleanly
 
         if self.spec.encoder == "libsvtav1":
             os.environ.setdefault("SVT_LOG", "1")  # errors only: its banner is not the user's business
@@ -420,8 +452,14 @@ class VideoCodec(ImageCodec):
         c, h, w = shape
         if c != 3 or not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE) or h % 2 or w % 2:
             raise RemoteProtocolError(f"video frame shape {tuple(shape)} is not (3, even H, even W) within {MAX_SIDE}")
-        if tuple(image_size) != (h, w):
-            raise RemoteProtocolError(f"video frame claims picture {tuple(image_size)} but codes {(h, w)}")
+        shown = tuple(image_size)
+        if shown != (h, w) and not (
+            h <= shown[0] <= min(MAX_SIDE, MAX_UPSCALE * h) and w <= shown[1] <= min(MAX_SIDE, MAX_UPSCALE * w)
+        ):
+            raise RemoteProtocolError(
+                f"video frame claims picture {shown} for a coded {(h, w)}: it may be shown at most "
+                f"{MAX_UPSCALE}x larger per side, within {MAX_SIDE}, never smaller"
+            )
         facts, unit = parse_payload(payload)
         if not facts.key and self._expect != facts.frame_number:
             why = "no key frame yet" if self._expect is None else f"frame {self._expect} is missing"
@@ -458,6 +496,8 @@ class VideoCodec(ImageCodec):
         pixels = picture.to_ndarray(format="rgb24")
         if self.enhancer is not None:
             pixels = self._enhance(pixels, picture, facts.fps)
+        if shown != (h, w):  # coded smaller for a thin link (latentcomm.operating): shown at the source's size
+            pixels = upscale(pixels, shown)
         return pixels
 
     def drop_reference(self) -> None:
@@ -506,6 +546,13 @@ class VideoCodec(ImageCodec):
             raise RemoteProtocolError("frame names a video codec but holds no video access unit")
         pixels = self.decode_picture(shape, payload, image_size)
         return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def upscale(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A decoded picture (H, W, 3) at ``size`` (height, width): Lanczos, which measured above bicubic
+    on every scene of benchmarks/operating_points.py."""
+    h, w = size
+    return np.asarray(Image.fromarray(pixels).resize((w, h), UPSCALE_FILTER))
 
 
 class KeyFrameNeeded(RemoteProtocolError):
