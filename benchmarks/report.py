@@ -759,6 +759,72 @@ def live_video_scenes(r: Results) -> str:
     return "\n".join(out) + "\n"
 
 
+def thin_links(r: Results) -> str:
+    """Issue "Thin links": ours against what a user could afford on 2 cores in real time (each plain pipe
+    at ours' bits on the wire), per size and rate, mean over the scenes and on the real camera clip(s)."""
+    d = r["thin_links"]
+    rows = d.get("live_video", [])
+    scenes = sorted({row["scene"] for row in rows})
+    cameras = [s for s in scenes if s.endswith("-detection")]
+    out = [
+        f"Run of {run_line(d)} ({', '.join(scenes)}; {d.get('fps', 10)} fps, 10 s each; `python -m benchmarks.stream "
+        "--systems h264,av1,thin --json benchmarks/results/thin_links.json`). Ours: the real sender and receiver, "
+        "sealed, over the throttle. Each plain pipe (every frame coded and delivered, no framing) is given the "
+        "bits ours spent on the wire (two runs, interpolated). PSNR at the source's size; the best plain pipe "
+        "per row is the one with the best mean PSNR.\n",
+        "| size | link | scenes | ours auto | ours av1 | ours h264 | best plain pipe at ours' bits | ours auto - best "
+        "plain | ours auto: shown, latency p95, CPU ms/frame sender / receiver |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault((row["size"], row["rate"]), []).append(row)
+    order = {"64k": 0, "128k": 1, "256k": 2, "1M": 3}
+    for (size, rate), group in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 9))):
+        for label, which in (("all", scenes), ("real cameras", cameras)):
+            sel = [row for row in group if row["scene"] in which]
+            if not sel or (label == "real cameras" and set(which) == set(scenes)):
+                continue
+            by: dict = {}
+            for row in sel:
+                by.setdefault(row["system"], []).append(row)
+
+            def cell(system: str, by: dict = by) -> str:
+                got = by.get(system)
+                if not got:
+                    return "-"
+                return f"{_mean(got, 'viewer_psnr_db'):.2f} dB, {_mean(got, 'viewer_ssimulacra2'):.1f}"
+
+            plain = {k: v for k, v in by.items() if k.startswith("plain") and k.endswith("at ours' bits")}
+            best = max(plain, key=lambda k: _mean(plain[k], "viewer_psnr_db")) if plain else None
+            ours = by.get("ours auto, sealed") or by.get("ours av1, sealed")
+            gap = (
+                f"{_mean(ours, 'viewer_psnr_db') - _mean(plain[best], 'viewer_psnr_db'):+.2f} dB, "
+                f"{_mean(ours, 'viewer_ssimulacra2') - _mean(plain[best], 'viewer_ssimulacra2'):+.1f}"
+                if ours and best
+                else "-"
+            )
+            facts = "-"
+            if ours:
+                shown = sum(x["frames_shown"] for x in ours) / max(1, sum(x["frames_from_source"] for x in ours))
+                facts = (
+                    f"{100 * shown:.0f}%, {1000 * _mean(ours, 'latency_p95_s'):.0f} ms, "
+                    f"{1000 * _mean(ours, 'sender_cpu_s_per_frame'):.1f} / "
+                    f"{1000 * _mean(ours, 'receiver_cpu_s_per_frame'):.1f}"
+                )
+            best_cell = (
+                f"{best.removeprefix('plain ').removesuffix(' at ours' + chr(39) + ' bits')}: {cell(best)}"
+                if best
+                else "-"
+            )
+            out.append(
+                f"| {size} | {rate} | {label} | {cell('ours auto, sealed')} | {cell('ours av1, sealed')} | "
+                f"{cell('ours h264, sealed')} | "
+                f"{best_cell} | {gap} | {facts} |"
+            )
+    return "\n".join(out) + "\n"
+
+
 def stream(r: Results) -> str:
     d = r["stream"]
     out = ["| scene | coding | bytes per frame | mean PSNR |", "|---|---|---|---|"]
@@ -830,6 +896,7 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     "stream": stream,
     "live-video": live_video,
     "live-video-scenes": live_video_scenes,
+    "thin-links": thin_links,
     "lic-status": lic_status,
     "lic-measured": lic_measured,
     "kl-quality": kl_quality,

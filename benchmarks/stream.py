@@ -49,8 +49,10 @@ from tests.videos import make_video
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"320x176": (320, 176), "640x352": (640, 352)}
-RATES = {"64k": 64_000, "256k": 256_000, "1M": 1_000_000}
+RATES = {"64k": 64_000, "128k": 128_000, "256k": 256_000, "1M": 1_000_000}
 FPS = 10
+#: Every scene's first 10 s (the camera clips run longer).
+MAX_FRAMES = 100
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,7 +65,7 @@ def source_frames(video: Path, size: tuple[int, int]) -> dict[int, np.ndarray]:
     from latentcomm.codecs.video import fit_picture
     from latentcomm.stream import video_frames
 
-    return {f.index: np.asarray(fit_picture(f.image, size)) for f in video_frames(video, FPS)}
+    return {f.index: np.asarray(fit_picture(f.image, size)) for f in video_frames(video, FPS, MAX_FRAMES)}
 
 
 def viewer(source: dict[int, np.ndarray], shown: dict[int, np.ndarray], every: int = 10) -> dict:
@@ -82,40 +84,74 @@ def viewer(source: dict[int, np.ndarray], shown: dict[int, np.ndarray], every: i
     return {"viewer_psnr_db": statistics.fmean(psnrs), "viewer_ssimulacra2": statistics.fmean(s2)}
 
 
+#: Decoders for the plain pipes' encoders.
+DECODERS = {"libx264": "h264", "libsvtav1": "libdav1d", "libx265": "hevc"}
+#: Upscaling filters for the plain pipes coded at half size.
+FILTERS = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+
+
 def anchor(
-    lib: str, video: Path, size: tuple[int, int], rate: int, source: dict[int, np.ndarray], preset: str = "veryfast"
+    lib: str,
+    video: Path,
+    size: tuple[int, int],
+    rate: int,
+    source: dict[int, np.ndarray],
+    preset: str = "veryfast",
+    scale: float = 1.0,
+    upscale: str = "bicubic",
+    keep: dict | None = None,
 ) -> dict:
-    """A plain PyAV pipe: every frame encoded at ``rate`` and delivered, no framing, no loss."""
+    """A plain PyAV pipe: every frame encoded at ``rate`` and delivered, no framing, no loss. libx264
+    (zerolatency, no B-frames), libx265 (zerolatency) or SVT-AV1 (low delay, CBR) at ``preset``;
+    ``scale`` < 1 codes the picture that much smaller (Lanczos down) and shows it upscaled with
+    ``upscale`` at the source's size, as a user who codes small on a thin link would. ``keep``: gets the
+    pictures shown (source index -> pixels) under "shown"."""
     import av
 
-    options = (
-        {"preset": preset, "tune": "zerolatency"}
-        if lib == "libx264"
-        else {"preset": "10", "svtav1-params": "pred-struct=1:rc=2"}
-    )
+    if lib == "libsvtav1":
+        options = {"preset": preset, "svtav1-params": "pred-struct=1:rc=2"}
+    elif lib == "libx265":
+        options = {"preset": preset, "tune": "zerolatency", "x265-params": "log-level=error"}
+    else:
+        options = {"preset": preset, "tune": "zerolatency"}
     os.environ.setdefault("SVT_LOG", "1")
+    w, h = size
+    cw, ch = (w, h) if scale == 1 else (round(w * scale / 2) * 2, round(h * scale / 2) * 2)
     enc = av.CodecContext.create(lib, "w")
-    enc.width, enc.height = size
+    enc.width, enc.height = cw, ch
     enc.pix_fmt, enc.time_base, enc.framerate = "yuv420p", Fraction(1, FPS), Fraction(FPS)
     enc.bit_rate, enc.max_b_frames, enc.thread_count, enc.gop_size = rate, 0, 1, 250
     enc.options = options
     enc.open()
-    dec = av.CodecContext.create("h264" if lib == "libx264" else "libdav1d", "r")
+    dec = av.CodecContext.create(DECODERS[lib], "r")
     shown: dict[int, np.ndarray] = {}
     nbytes, cpu0 = 0, time.process_time()
     indexes = sorted(source)
+
+    def show(picture) -> None:
+        if scale == 1:
+            pixels = picture.to_ndarray(format="rgb24")
+        else:
+            pixels = np.asarray(picture.to_image().resize((w, h), FILTERS[upscale]))
+        shown[indexes[len(shown)]] = pixels
+
     for pts, index in enumerate(indexes):
-        frame = av.VideoFrame.from_ndarray(source[index], format="rgb24").reformat(format="yuv420p")
+        image = Image.fromarray(source[index])
+        if scale != 1:
+            image = image.resize((cw, ch), Image.Resampling.LANCZOS)
+        frame = av.VideoFrame.from_image(image).reformat(format="yuv420p")
         frame.pts = pts
         for packet in enc.encode(frame):
             nbytes += packet.size
             for picture in dec.decode(packet):
-                shown[indexes[len(shown)]] = picture.to_ndarray(format="rgb24")
+                show(picture)
     for packet in [*enc.encode(), None]:  # the encoder's flush, then the decoder's
         nbytes += packet.size if packet is not None else 0
         for picture in dec.decode(packet):
-            shown[indexes[len(shown)]] = picture.to_ndarray(format="rgb24")
+            show(picture)
     cpu = time.process_time() - cpu0
+    if keep is not None:
+        keep["shown"] = shown
     return {
         "frames_shown": len(shown), "bits_per_second": 8 * nbytes * FPS / len(indexes),
         "cpu_s_per_frame_both": cpu / len(indexes), **viewer(source, shown),
@@ -128,9 +164,17 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def live_run(
-    codec: str, video: Path, size: str, rate: str, key: Path, source: dict, tmp: Path, enhance: bool = False
+    codec: str,
+    video: Path,
+    size: str,
+    rate: str,
+    key: Path,
+    source: dict,
+    tmp: Path,
+    enhance: bool = False,
+    keep: dict | None = None,
 ) -> dict:
-    """Ours: the real sender and receiver, sealed, over the throttle at ``rate``."""
+    """Ours: the real sender and receiver, sealed, over the throttle at ``rate``. ``keep``: as anchor()'s."""
     out = tmp / f"out-{codec}-{video.stem}-{size}-{rate}-{int(enhance)}"
     extra = ("--enhance",) if enhance else ()
     rx = ReceiverProcess("--codec", "learned", "--no-show", "--json", "--out", str(out), "--key", str(key), *extra)
@@ -139,7 +183,7 @@ def live_run(
         rx_cpu0 = _cpu_seconds(rx.proc.pid)
         link = Throttle(("127.0.0.1", rx.port), RATES[rate])
         args = ["--codec", codec, "--port", str(link.port), "--video", str(video), "--fps", str(FPS),
-                "--bandwidth", rate, "--key", str(key), "--json"]  # fmt: skip
+                "--bandwidth", rate, "--key", str(key), "--json", "--max-frames", str(MAX_FRAMES)]  # fmt: skip
         if codec == "learned":
             w, h = SIZES[size]
             frames = tmp / f"frames-{video.stem}-{size}"
@@ -176,6 +220,8 @@ def live_run(
     # per-frame cost); the learned path's summary has no such figure: the whole process, start-up included.
     sender_cpu = summary.get("cpu_s_per_frame", sent_cpu / max(1, sent))
     shutil.rmtree(out, ignore_errors=True)
+    if keep is not None:
+        keep["shown"] = shown
     return {
         "frames_from_source": len(source),
         "frames_shown": len(reports),
@@ -188,17 +234,31 @@ def live_run(
     }
 
 
-#: The systems a run can do (``--systems``): the anchors, then ours.
-SYSTEMS = ("x264", "x264-preset", "x264-equal", "svtav1", "h264", "av1", "learned", "enhance")
+#: The systems a run can do (``--systems``): the anchors, then ours; "thin": what a user could afford
+#: on 2 cores in real time, each at ours' bits (THIN_ANCHORS).
+SYSTEMS = ("x264", "x264-preset", "x264-equal", "svtav1", "h264", "av1", "auto", "learned", "enhance", "thin")
+#: The plain pipes a user could assemble and afford in real time on 2 cores ("thin links" issue): each at
+#: full size and at half size upscaled with bicubic and with Lanczos. (label, encoder, preset).
+THIN_ANCHORS = (
+    ("x264 medium", "libx264", "medium"),
+    ("x265 fast", "libx265", "fast"),
+    ("SVT-AV1 preset 8", "libsvtav1", "8"),
+    ("SVT-AV1 preset 6", "libsvtav1", "6"),
+)
+#: Ours whose bits the thin-link anchors are given (the first present at that point).
+THIN_OURS = ("ours auto, sealed", "ours av1, sealed", "ours h264, sealed")
 EQUAL_BITS = "plain x264 at ours' bits"
 
 
-def equal_bits_anchor(video: Path, size: tuple[int, int], bits: float, source: dict[int, np.ndarray]) -> dict:
-    """Plain x264 (the issue's anchor) at exactly the bits ours spent on the wire: two runs, the second
-    at the rate the first's overshoot or undershoot calls for, and PSNR / SSIMULACRA2 interpolated
-    linearly in log-bits between them (as BD-rate does)."""
-    a = anchor("libx264", video, size, round(bits), source)
-    b = anchor("libx264", video, size, round(bits * bits / a["bits_per_second"]), source)
+def equal_bits_anchor(
+    video: Path, size: tuple[int, int], bits: float, source: dict[int, np.ndarray], lib: str = "libx264", **how
+) -> dict:
+    """A plain pipe (by default x264 veryfast, the issue's anchor) at exactly the bits ours spent on the
+    wire: two runs, the second at the rate the first's overshoot or undershoot calls for, and PSNR /
+    SSIMULACRA2 interpolated linearly in log-bits between them (as BD-rate does). ``how``: anchor()'s
+    preset, scale and upscale."""
+    a = anchor(lib, video, size, round(bits), source, **how)
+    b = anchor(lib, video, size, round(bits * bits / a["bits_per_second"]), source, **how)
     span = math.log(b["bits_per_second"]) - math.log(a["bits_per_second"])
     t = (math.log(bits) - math.log(a["bits_per_second"])) / span if abs(span) > 1e-9 else 0.0
     mix = {k: a[k] + t * (b[k] - a[k]) for k in ("viewer_psnr_db", "viewer_ssimulacra2")}
@@ -228,7 +288,7 @@ def live_video(
             if system in systems:
                 rows.append({**base, "system": name,
                              **anchor(lib, video, SIZES[size], RATES[rate], source, lib_preset)})  # fmt: skip
-        for codec in ("h264", "av1") + (("learned",) if size == "320x176" else ()):
+        for codec in ("h264", "av1", "auto") + (("learned",) if size == "320x176" else ()):
             if codec in systems:
                 rows.append({**base, "system": f"ours {codec}, sealed",
                              **live_run(codec, video, size, rate, key, source, tmp)})  # fmt: skip
@@ -237,6 +297,17 @@ def live_video(
             if ours:
                 rows.append({**base, "system": EQUAL_BITS,
                              **equal_bits_anchor(video, SIZES[size], ours[-1]["bits_per_second"], source)})  # fmt: skip
+        if "thin" in systems:
+            ours = [r for r in (*previous, *rows) if r | base == r and r["system"] in THIN_OURS]
+            ours.sort(key=lambda r: THIN_OURS.index(r["system"]))
+            if ours:
+                bits = ours[0]["bits_per_second"]
+                for label, lib, lib_preset in THIN_ANCHORS:
+                    for scale, up in ((1.0, "bicubic"), (0.5, "bicubic"), (0.5, "lanczos")):
+                        name = f"plain {label}" + ("" if scale == 1 else f", half size + {up}") + " at ours' bits"
+                        rows.append({**base, "system": name, "bits_of": ours[0]["system"],
+                                     **equal_bits_anchor(video, SIZES[size], bits, source, lib,
+                                                         preset=lib_preset, scale=scale, upscale=up)})  # fmt: skip
         if "enhance" in systems:
             rows.append({**base, "system": "ours h264 + enhance, sealed",
                          **live_run("h264", video, size, rate, key, source, tmp, enhance=True)})  # fmt: skip
@@ -376,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     rates, sizes = args.rates.split(","), args.sizes.split(",")
     temporal_frames, per_sender = 20, 10
     clips = sorted((REPO.parent / "shared" / "data" / "videos").glob("clip_*.mp4"))
+    # Real fixed cameras (CC BY 4.0, ../shared/data/videos-camera): their first 10 s, as a live source sends them.
+    cameras = sorted((REPO.parent / "shared" / "data" / "videos-camera").glob("*.mp4"))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         scenes = []
@@ -383,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "station":
                 scenes.append(station_scene(tmp / "station.mkv", 2.0 if args.quick else 10.0))
             else:
-                scenes += [c for c in clips if c.name.startswith(name)]
+                scenes += [c for c in (*clips, *cameras) if c.name.startswith(name)]
         if args.quick:
             scenes, rates, sizes, temporal_frames, per_sender = scenes[:1], ["1M"], ["320x176"], 3, 2
         systems = set(args.systems.split(","))

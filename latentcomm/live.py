@@ -178,7 +178,7 @@ def send_video_stream(
             picture = fit_picture(f.image, resolution)
             shown_size = picture.size  # what the receiver shows, whatever size it is coded at
             if policy is None:
-                policy = OperatingPolicy(codec.model_id, *shown_size, fps)
+                policy = OperatingPolicy(codec.model_id, *shown_size, fps, adaptive=estimator is not None)
                 if scaled_ok:
                     policy.enable()
             link_bps = bandwidth_bps or (estimator.estimate if estimator else 0.0)
@@ -206,7 +206,10 @@ def send_video_stream(
                 if start:
                     apply_rate(start)
             enc = codec.encode_picture(picture, captured=captured, source_index=f.index)
-            policy.on_frame(len(enc.payload) - VIDEO_HEADER.size, codec.bitrate_bps, live.produced, live.dropped)
+            policy.on_frame(
+                len(enc.payload) - VIDEO_HEADER.size, codec.bitrate_bps, live.produced, live.dropped,
+                enc.facts["frame_type"] == "key",
+            )  # fmt: skip
             name = f.name
             if enc.facts["frame_type"] == "key":
                 keys += 1

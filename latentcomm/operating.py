@@ -42,11 +42,14 @@ CAPABILITY = "scaled"
 TABLE_PATH = Path(__file__).with_name("operating_points.json")
 #: Encoder output over its target, or the share of source frames superseded, sustained for WINDOW_S,
 #: that steps the stream down a rung.
-OVERSHOOT = 1.2
+OVERSHOOT = 1.3
 MAX_DROPPED = 0.2
 WINDOW_S = 2.0
+#: ... judged only while the encoder's target stayed within this ratio over the window: when the link's
+#: estimate moves, frames overshoot and drop for a moment, and the rate, not the size, answers that.
+STABLE_TARGET = 1.1
 #: After an overshoot step-down, the stream stays at most at that rung this long.
-HOLD_S = 15.0
+HOLD_S = 10.0
 #: The least time between two moves, and the margin around a threshold before a move.
 MIN_DWELL_S = 4.0
 HYSTERESIS = 1.15
@@ -104,9 +107,10 @@ class OperatingPolicy:
 
     def __init__(
         self, codec: str, width: int, height: int, fps: float, table: dict[str, list[float]] | None = None,
-        clock=time.monotonic,
+        clock=time.monotonic, adaptive: bool = False,
     ) -> None:  # fmt: skip
         self.codec = codec
+        self.adaptive = adaptive  # the rate is estimated (--bandwidth auto)
         self.width, self.height, self.fps = width, height, fps
         self.thresholds = (load_table() if table is None else table).get(codec, [])
         self.clock = clock
@@ -135,10 +139,15 @@ class OperatingPolicy:
     def bpp(self, link_bps: float) -> float:
         return link_bps / max(1.0, self.width * self.height * self.fps)
 
-    def on_frame(self, nbytes: int, target_bps: float, produced: int = 0, dropped: int = 0) -> None:
+    def on_frame(self, nbytes: int, target_bps: float, produced: int = 0, dropped: int = 0, key: bool = False) -> None:
         """One coded frame's size, the encoder's target when it was coded, and the live source's
-        counts so far (frames it produced, frames superseded before they were taken)."""
+        counts so far (frames it produced, frames superseded before they were taken). A key frame
+        starts the window afresh: it is large by nature, and the frames it holds up on the link are
+        its cost, not a sign that the stream doesn't fit."""
         now = self.clock()
+        if key:
+            self._spent.clear()
+            return
         self._spent.append((now, nbytes, target_bps, produced, dropped))
         while self._spent and now - self._spent[0][0] > WINDOW_S:
             self._spent.popleft()
@@ -148,10 +157,15 @@ class OperatingPolicy:
         if len(self._spent) < 3 or self._spent[-1][0] - self._spent[0][0] < 0.8 * WINDOW_S:
             return None
         frames = list(self._spent)
+        targets = [f[2] for f in frames]
+        if max(targets) > STABLE_TARGET * min(targets):
+            return None  # the rate is moving (--bandwidth auto): the estimator's business, not the size's
         fps = self.fps / self.rung.stride
         per_frame = 8 * sum(f[1] for f in frames) / len(frames)
         target = sum(f[2] for f in frames) / len(frames)
-        if per_frame * fps > OVERSHOOT * target:
+        # Under --bandwidth auto x264 runs ABR, which spends past its target to make up an earlier
+        # shortfall: only the link's verdict (frames superseded) counts there.
+        if not self.adaptive and per_frame * fps > OVERSHOOT * target:
             return f"the encoder spent {per_frame * fps / target:.1f}x its target for {WINDOW_S:g} s"
         produced, dropped = frames[-1][3] - frames[0][3], frames[-1][4] - frames[0][4]
         if produced > 0 and dropped / produced > MAX_DROPPED:
