@@ -245,10 +245,15 @@ def send_video_stream(
                     if errors or not thread.is_alive():
                         break
     finally:
-        try:
-            outbox.put(None, timeout=max(5.0, client.timeout))
-        except queue.Full:
-            pass
+        # Tell the writer to finish, while it lives: one that died on an error (a receiver that isn't
+        # there) takes nothing more, and waiting on its full outbox held the error back for --timeout.
+        deadline = time.monotonic() + max(5.0, client.timeout)
+        while thread.is_alive() and time.monotonic() < deadline:
+            try:
+                outbox.put(None, timeout=0.1)
+                break
+            except queue.Full:
+                continue
         thread.join(timeout=client.timeout)
         if not errors:
             pipeline.drain(timeout=client.timeout)

@@ -277,6 +277,19 @@ def test_video_flag_mistakes_are_one_line():
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
 
 
+def test_a_video_sender_without_a_receiver_fails_at_once(tmp_path):
+    """No receiver: the one-line error as soon as the connection is refused (it once waited out
+    --timeout, 30 s, behind the writer thread that had already failed)."""
+    from tests.conftest import run_script
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    video = make_video(tmp_path / "pan.mp4", frames=10, fps=10, size=64)
+    r = run_script("sender_sdvae.py", "--codec", "h264", "--port", str(port), "--video", str(video), timeout=25)
+    assert r.returncode == 1 and "is the receiver running?" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_the_metrics_script_measures_and_sends_one_h264_key_frame(tmp_path, start_receiver):
     from tests.conftest import run_script
 
