@@ -82,13 +82,21 @@ REPORTED_FACTS = (
 def prepare(path: str | Path | Image.Image, size: int, fit: str = "resize") -> Prepared:
     """Load an image (or take a decoded one, e.g. a video frame) and shape it for the model.
 
-    ``size`` > 0: square size x size, by plain resize (the original sender) or centre crop
-    (``fit="crop"``, the metrics script). ``size`` 0: native size, padded to a multiple of 8.
+    ``size`` > 0: square size x size, by plain resize (the original sender: the legacy path) or centre
+    crop (``fit="crop"``, the metrics script); ``fit="aspect"`` (v2 frames): the longer side ``size``,
+    the aspect ratio kept. ``size`` 0: native size, padded to a multiple of 8.
     """
     t0 = time.perf_counter()
     img = path if isinstance(path, Image.Image) else load_image(path)
     if size > 0:
-        img = resize_square(img, size) if fit == "resize" else center_crop_square(img, size)
+        if fit == "aspect":
+            scale = size / max(img.size)
+            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                             Image.Resampling.LANCZOS)  # fmt: skip
+        elif fit == "resize":
+            img = resize_square(img, size)
+        else:
+            img = center_crop_square(img, size)
     tensor, hw = pad_to_multiple(pil_to_tensor(img))
     return Prepared(img, tensor, hw, time.perf_counter() - t0)
 
@@ -299,7 +307,7 @@ def send_images_v2(
     """
     for seq, path in enumerate(paths, start=1):
         try:
-            prepared = prepare(path, size)
+            prepared = prepare(path, size, fit="aspect")
         except ImageError as exc:
             yield {"image": str(path), "seq": seq, "acknowledged": False, "error": str(exc)}
             continue
@@ -422,7 +430,7 @@ def send_stream(
             f, captured = item
             seq += 1
             t0 = time.monotonic()
-            prepared = prepare(f.image, size)
+            prepared = prepare(f.image, size, fit="aspect")
             ref_png = encode_png(prepared.image) if include_original else None
             probe = v2.ImageFrame(seq, codec.model_id, 4, 0, (1, 1, 1), prepared.size, b"", f.name, (), ref_png)
             overhead = len(v2.encode_image(probe))

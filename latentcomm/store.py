@@ -65,7 +65,8 @@ class OutputStore:
             written: list[tuple[Path, int]] = []
             try:
                 written.append((recon_path, _write_new(recon_path, recon)))
-                written.append((compare_path, _write_new(compare_path, compare_image(original, recon))))
+                if original is not None:  # without an original the comparison is the reconstruction: not twice
+                    written.append((compare_path, _write_new(compare_path, compare_image(original, recon))))
             except FileExistsError as exc:
                 for path, _ in written:  # ours, just written: the pair goes under another number
                     path.unlink(missing_ok=True)
@@ -75,7 +76,7 @@ class OutputStore:
             self._files[index] = written
             self.total_bytes += sum(size for _, size in written)
             self._prune()
-            return index, recon_path, compare_path
+            return index, recon_path, compare_path if original is not None else recon_path
         raise OSError(f"no free picture number in {self.folder}")
 
     def _prune(self) -> None:

@@ -95,7 +95,7 @@ def test_images_and_figures_appear_live_in_a_real_browser(tmp_path, start_receiv
     texts.write_text(json.dumps({"image": "b.png", "text": '{"temperature_c": 21.5}'}) + "\n")
     tx = run_script(
         "sender_sdvae.py", "--codec", "learned", "--port", str(rx.port), "--image", str(folder),
-        "--text-file", str(texts), "--json", timeout=300,
+        "--text-file", str(texts), "--json", "--send-original", timeout=300,
     )  # fmt: skip
     assert tx.returncode == 0, tx.stderr
 

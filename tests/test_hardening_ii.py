@@ -83,7 +83,7 @@ def test_a_restarted_receiver_continues_the_numbering(tiny_model, start_receiver
     for run in range(2):
         rx = start_receiver("--no-show", "--json", "--model", str(tiny_model), "--out", str(out))
         tx = _send(rx.port, "--model", str(tiny_model), "--image", str(tmp_path / "a.png"), "--size", "64",
-                   "--protocol", "v2")  # fmt: skip
+                   "--protocol", "v2", "--send-original")  # fmt: skip
         assert tx.returncode == 0, tx.stderr
         got = rx.next_json()
         assert got["index"] == run + 1 and got["recon_path"].endswith(f"{run + 1:04d}_recon.png")
@@ -113,7 +113,7 @@ def test_max_disk_prunes_the_oldest_pictures(tiny_model, start_receiver, tmp_pat
     rng = np.random.default_rng(0)
     for i in range(6):  # noise: about 25 KB per pair, so 60 KiB holds two
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    tx = _send(rx.port, "--model", str(tiny_model), "--image", str(folder), "--size", "64")
+    tx = _send(rx.port, "--model", str(tiny_model), "--image", str(folder), "--size", "64", "--send-original")
     assert tx.returncode == 0, tx.stderr
     for _ in range(6):
         rx.next_json()

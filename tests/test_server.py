@@ -73,11 +73,22 @@ def test_folder_of_images_goes_v2_and_every_image_is_acknowledged(tiny_model, st
     lines = [json.loads(line) for line in tx.stdout.splitlines()]
     assert [r["acknowledged"] for r in lines[:-1]] == [True] * 3
     assert lines[-1] == {"summary": True, "acknowledged": 3, "failed": 0}
+    without = []
     for i in range(3):
         got = rx.next_json()
         assert (got["protocol"], got["name"], got["seq"]) == ("v2", f"{i:03d}.png", i + 1)
-        assert got["image_size"] == [40 + 8 * i, 56] and got["has_original"]
+        # v2 stills leave the original out unless asked (--send-original): a thin link carries the latent.
+        assert got["image_size"] == [40 + 8 * i, 56] and not got["has_original"]
         assert Image.open(got["recon_path"]).size == (56, 40 + 8 * i)
+        without.append(got["frame_bytes"])
+    tx = run_script("sender_sdvae.py", "--image", str(folder), "--model", str(tiny_model), "--port", str(rx.port),
+                    "--size", "0", "--json", "--send-original")  # fmt: skip
+    assert tx.returncode == 0, tx.stderr
+    for i in range(3):
+        got = rx.next_json()
+        assert got["has_original"] and got["frame_bytes"] > without[i] + 40 * 56
+        assert got["compare_path"] != got["recon_path"]
+        assert Image.open(got["compare_path"]).size[0] >= 2 * 56  # original | reconstruction
 
 
 def test_32_concurrent_senders_nothing_lost_or_mixed_up(engine, tiny_model, start_receiver, tmp_path):
@@ -327,3 +338,16 @@ def test_sigterm_finishes_frames_in_flight(engine, tiny_model, start_receiver, t
     # Five images go out before SIGTERM; how many more the draining receiver still accepts depends on
     # timing, so only the lower bound is fixed. What matters: every acknowledged image was written.
     assert written[: len(acked)] == acked and len(acked) >= 5
+
+
+def test_size_keeps_the_aspect_ratio_for_v2_and_squares_for_legacy(tiny_model, start_receiver, tmp_path):
+    """--size 64 on a 120x60 photo: v2 frames keep its shape (64x32); the legacy frame squares it, as
+    the original sender does."""
+    Image.new("RGB", (120, 60), (20, 160, 90)).save(tmp_path / "wide.png")
+    rx = start_receiver("--no-show", "--json", "--model", str(tiny_model), "--out", str(tmp_path / "out"))
+    for protocol, shape in (("v2", [32, 64]), ("legacy", [64, 64])):
+        tx = run_script("sender_sdvae.py", "--image", str(tmp_path / "wide.png"), "--model", str(tiny_model),
+                        "--port", str(rx.port), "--size", "64", "--protocol", protocol, "--json")  # fmt: skip
+        assert tx.returncode == 0, tx.stderr
+        got = rx.next_json()
+        assert got["image_size"] == shape and Image.open(got["recon_path"]).size == (shape[1], shape[0])
