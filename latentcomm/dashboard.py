@@ -40,6 +40,8 @@ PAGE = Path(__file__).with_name("dashboard.html")
 HISTORY_S = 300
 #: Rejected frames kept for the page.
 MAX_REJECTIONS = 50
+#: Cards on the page (one per sender: key id or host, and --name): past it the longest silent goes.
+MAX_CARDS = 64
 #: Live-event (/events) connections served at once; more are answered 503. Each costs a write per change.
 MAX_EVENT_CLIENTS = 32
 #: A live-event client gets at most one update this often (a page is read by a person; a receiver at
@@ -177,7 +179,10 @@ class DashboardState:
         recon_png, original_png = _png(recon), _png(original) if original is not None else b""
         now = time.time()
         with self._lock:
-            s = self.senders.setdefault(sender, SenderStats(sender))
+            s = self.senders.pop(sender, None) or SenderStats(sender)
+            self.senders[sender] = s  # the most recently heard last
+            while len(self.senders) > MAX_CARDS:  # named streams, keys, hosts: the page stays bounded
+                self.senders.pop(next(iter(self.senders)))
             s.frames += 1
             s.bytes += int(report.get("frame_bytes", 0))
             s.payload_bytes += int(report.get("payload_bytes", 0))

@@ -25,6 +25,7 @@ from latentcomm.errors import ImageError, LatentcommError, RemoteProtocolError
 from latentcomm.images import crop_to, decode_image_bytes, tensor_to_pil, unit_float_to_image
 from latentcomm.operating import CAPABILITY as SCALED_CAPABILITY
 from latentcomm.store import OutputStore
+from latentcomm.stream import stream_of
 from latentcomm.transports.base import SHUTDOWN_GRACE_S, FrameSource, ReceivedFrame
 from latentcomm.wire import v2
 from latentcomm.wire.encodings import decode_latent
@@ -64,6 +65,13 @@ class ReceiverOptions:
     max_video_pixels: int = DEFAULT_MAX_VIDEO_PIXELS
     max_pixel_rate: float = DEFAULT_PIXEL_RATE
     max_total_pixel_rate: float = DEFAULT_TOTAL_PIXEL_RATE
+    #: Human output (not --json): a video stream's frames as one line a second per stream; True
+    #: (--verbose): every frame's lines, as for stills.
+    every_frame: bool = False
+
+
+#: Seconds between a video stream's summary lines on stdout (without --json or --verbose).
+STREAM_LINE_S = 1.0
 
 
 class PixelBudget:
@@ -184,6 +192,7 @@ class Receiver:
         self.stdout = stdout
         self.summary = Summary()
         self._decoded = 0
+        self._video_lines: dict[tuple[str, str, str], dict] = {}  # per stream, for one line a second
         self.viewer: Viewer | None = None
         if options.show:
             if display_available():
@@ -296,8 +305,8 @@ class Receiver:
             "latent_shape": [1, *f.shape],
             **codec.payload_facts(f.payload),
         }
-        if "/" in info["name"]:  # a sender's --name: frames named NAME/...
-            info["stream"] = info["name"].split("/", 1)[0]
+        if stream := stream_of(info["name"]):  # a sender's --name: frames named NAME/...
+            info["stream"] = stream
         if codec.kind == "video":  # the size it was coded at; image_size is the size it is shown at
             info["coded_size"] = [f.shape[1], f.shape[2]]
         if f.text is not None:
@@ -400,6 +409,9 @@ class Receiver:
         if self.opts.json_lines:
             print(json.dumps(r), file=self.stdout, flush=True)
             return
+        if r.get("codec") == "video" and not self.opts.every_frame:
+            self._tally_video(r)
+            return
         name = f" {r['name']!r} (seq {r['seq']})" if r.get("name") or "seq" in r else ""
         lines = [
             f"Image #{r['index']}{name} from {r['peer']}: {r['image_size'][1]}x{r['image_size'][0]}"
@@ -409,10 +421,41 @@ class Receiver:
             f"  Decode + display time:   {r['decode_display_s']:.3f} s",
         ]
         if "recon_path" in r:
-            lines.append(f"  Saved:                   {r['compare_path']}, {r['recon_path']}")
+            saved = r["recon_path"]
+            if r["compare_path"] != saved:
+                saved = f"{r['compare_path']}, {saved}"
+            lines.append(f"  Saved:                   {saved}")
         if "text" in r:  # a peer's text, escaped: no escape sequence or newline reaches the terminal raw
             lines.append(f"  Text:                    {printable(r['text'])}")
         print("\n".join(lines), file=self.stdout, flush=True)
+
+    def _tally_video(self, r: dict, flush: bool = False) -> None:
+        """A video frame's report, summed per stream and printed as one line a second (``flush``: print
+        what every stream holds now, as the receiver stops)."""
+        now = time.monotonic()
+        if r:
+            key = (r["peer"], r.get("stream") or "", r["model"])
+            t = self._video_lines.setdefault(key, {"since": now, "frames": 0, "bytes": 0, "keys": 0})
+            t["frames"] += 1
+            t["bytes"] += r["frame_bytes"]
+            t["keys"] += r.get("frame_type") == "key"
+            t["last"] = r
+        for key, t in list(self._video_lines.items()):
+            if not t["frames"] or (now - t["since"] < STREAM_LINE_S and not flush):
+                continue
+            last = t["last"]
+            h, w = last["image_size"]
+            coded = last.get("coded_size", [h, w])
+            size = f"{w}x{h}" + (f" (coded {coded[1]}x{coded[0]})" if coded != [h, w] else "")
+            span = max(now - t["since"], 1e-3)
+            named = f" {key[1]}" if key[1] else ""  # a name stream_of() accepted: letters, digits, ._-
+            name = printable(last.get("name", ""))
+            print(
+                f"Video{named} from {key[0]}, {key[2]}: {t['frames']} frame(s) ({t['keys']} key) in {span:.1f} s, "
+                f"{8 * t['bytes'] / span / 1000:.1f} kbit/s, {size}, last #{last['index']} {name!r}",
+                file=self.stdout, flush=True,
+            )  # fmt: skip
+            self._video_lines[key] = {"since": now, "frames": 0, "bytes": 0, "keys": 0}
 
     # -- serving ------------------------------------------------------------------------------------
 
@@ -437,6 +480,8 @@ class Receiver:
                 except queue.Empty:
                     if self.viewer is not None:
                         self.viewer.pump()
+                    if self._video_lines:  # a stream's second is up although its next frame hasn't come
+                        self._tally_video({})
                     continue
                 if self.handle(item) is not None and self.opts.once:
                     break
@@ -445,6 +490,7 @@ class Receiver:
         log.info("stopping: finishing frames in flight")
         server.stop_accepting()
         self._drain(server)
+        self._tally_video({}, flush=True)
         self.summary.rejected += server.stats.rejected
         self.summary.bytes_received = server.stats.bytes_received
         return self.summary

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from collections import deque
@@ -28,6 +29,17 @@ from latentcomm.errors import ImageError
 from latentcomm.images import load_image
 
 log = logging.getLogger(__name__)
+
+
+#: A sender's stream name (``--name``): its frames are named ``NAME/...``. A receiver takes a name
+#: prefix as the stream's only when it is one of these (a peer's arbitrary text never becomes a card).
+STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def stream_of(frame_name: str) -> str | None:
+    """The stream name a frame's name carries (``NAME/...``), or None."""
+    head, sep, _ = frame_name.partition("/")
+    return head if sep and STREAM_NAME.fullmatch(head) else None
 
 
 @dataclass

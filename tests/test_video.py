@@ -301,3 +301,24 @@ def test_the_metrics_script_measures_and_sends_one_h264_key_frame(tmp_path, star
     assert report["acknowledged"] and report["codec"] == "video" and report["psnr_db"] > 25
     got = rx.next_json()
     assert got["model"] == "h264" and got["frame_type"] == "key" and got["name"] == "apple.jpeg"
+
+
+def test_a_video_stream_prints_a_line_a_second_and_every_frame_with_verbose(tmp_path, start_receiver):
+    """Without --json the receiver sums a video stream into one line a second (a frame's five lines
+    each were 50 lines a second at 10 fps); --verbose prints every frame's lines."""
+    video = make_video(tmp_path / "pan.mp4", frames=30, fps=10, size=64)
+    for extra, per_frame in (((), False), (("--verbose",), True)):
+        rx = start_receiver("--codec", "learned", "--no-show", *extra)
+        frames, summary = finish(start_sender(rx.port, video, "--codec", "h264", "--bandwidth", "256k", "--name",
+                                              "gate"))  # fmt: skip
+        rx.stop()
+        lines = []
+        while not rx.stdout_lines.empty():
+            lines.append(rx.stdout_lines.get())
+        images = [line for line in lines if line.startswith("Image #")]
+        summaries = [line for line in lines if line.startswith("Video gate from 127.0.0.1")]
+        if per_frame:
+            assert len(images) == summary["frames_acknowledged"] and not summaries
+        else:
+            assert not images and 1 <= len(summaries) <= 10, lines
+            assert sum(int(line.split(": ")[1].split()[0]) for line in summaries) == summary["frames_acknowledged"]

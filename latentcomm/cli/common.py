@@ -7,7 +7,6 @@ import ipaddress
 import json
 import logging
 import math
-import re
 import signal
 import sys
 import threading
@@ -25,12 +24,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Show defaults and keep the description's line breaks."""
 
 
-#: ``--name``: what a sender's frames carry as their name prefix (``NAME/``): letters, digits, ``._-``.
-STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
 def stream_name(text: str) -> str:
-    """argparse type of ``--name``."""
+    """argparse type of ``--name`` (latentcomm.stream.STREAM_NAME: letters, digits, ``._-``)."""
+    from latentcomm.stream import STREAM_NAME
+
     if not STREAM_NAME.fullmatch(text):
         raise argparse.ArgumentTypeError(
             f"{text!r}: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"

@@ -55,7 +55,8 @@ def build_parser(prog: str = "receiver_sdvae.py") -> argparse.ArgumentParser:
         "--out",
         type=Path,
         metavar="DIR",
-        help="save NNNN_compare.png (side by side) and NNNN_recon.png (exact pixels) for every image",
+        help="save NNNN_recon.png (exact pixels) for every image, and NNNN_compare.png (side by side) when the "
+        "original came with it",
     )
     p.add_argument(
         "--max-disk",
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
         enhancer.keep_up = args.enhance == "auto"
     options = ReceiverOptions(
         args.out, not args.no_show, args.once, args.json, args.max_disk, int(args.max_video_pixels),
-        args.max_pixel_rate, args.max_total_pixel_rate,
+        args.max_pixel_rate, args.max_total_pixel_rate, every_frame=args.verbose,
     )  # fmt: skip
     receiver = Receiver(codecs, options, dashboard=state, enhancer=enhancer)
     server.start()
