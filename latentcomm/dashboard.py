@@ -4,7 +4,8 @@ The receiver's main thread reports every decoded image (``on_image``) and every 
 (``on_rejected``) to a ``DashboardState``; the web app reads it. The page (`/`) is one HTML file with
 inline script and no build step: it loads the current state from `/api/state`, then listens to
 `/events` (server-sent events) and redraws the per-sender cards, the bytes-per-second chart and the
-rejected frames as they change, without reloading. Images come from `/image/{sender}/{kind}.png`.
+rejected frames as they change, without reloading. Images come from `/image/{sender}/{kind}.png`;
+`/metrics` gives the same figures in Prometheus' text format (latentcomm/prometheus.py).
 
 With a token (required beyond loopback), every request, the event stream included, must carry it
 as ``?token=...`` or ``Authorization: Bearer ...``; the page passes on the token it was opened with.
@@ -311,8 +312,18 @@ def build_app(state: DashboardState, token: str | None = None):
             stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         )
 
+    from prometheus_client import generate_latest
+
+    from latentcomm.prometheus import CONTENT_TYPE, registry_for
+
+    registry = registry_for(state)
+
+    async def metrics(request):
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
+
     routes = [
         Route("/", page),
+        Route("/metrics", metrics),
         Route("/api/state", api_state),
         Route("/events", events),
         Route("/image/{sender}/{kind}.png", image),

@@ -239,3 +239,33 @@ def test_two_named_streams_from_one_host_get_two_cards(tmp_path, start_receiver)
     assert all(r["name"].startswith(r["stream"] + "/pan-") for r in rows)
     bad = run_script("sender_sdvae.py", "--port", "1", "--name", "a/b")
     assert bad.returncode == 2 and "--name" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_metrics_are_scraped_in_prometheus_format_behind_the_token(tmp_path, start_receiver):
+    """GET /metrics: each named stream's frames, bytes and link rate, the refusals, as Prometheus'
+    text format (parsed back with prometheus_client's own parser); the token guards it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.videos import make_video
+
+    rx = start_receiver("--codec", "learned", "--no-show", "--dashboard", "127.0.0.1:0", "--dashboard-token", "s3")
+    url = dashboard_url(rx)
+    assert get(url + "metrics") == 401
+    video = make_video(tmp_path / "pan.mp4", frames=10, fps=10, size=64)
+    tx = subprocess.run(
+        [sys.executable, str(REPO / "sender_sdvae.py"), "--codec", "h264", "--port", str(rx.port), "--video",
+         str(video), "--bandwidth", "256k", "--name", "gate", "--json"],
+        cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert tx.returncode == 0, tx.stderr
+    acked = json.loads(tx.stdout.splitlines()[-1])["frames_acknowledged"]
+    req = urllib.request.Request(url + "metrics", headers={"Authorization": "Bearer s3"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = resp.read().decode()
+    samples = {(s.name, s.labels.get("stream")): s.value for f in text_string_to_metric_families(text)
+               for s in f.samples}  # fmt: skip
+    assert samples[("latentcomm_frames_total", "127.0.0.1 (gate)")] == acked
+    assert samples[("latentcomm_bytes_total", "127.0.0.1 (gate)")] > 0
+    assert samples[("latentcomm_link_bits_per_second", "127.0.0.1 (gate)")] == 256_000
+    assert samples[("latentcomm_refused_total", None)] == 0 and samples[("latentcomm_streams", None)] == 1
