@@ -70,33 +70,123 @@ MIN_RATE = 1_000.0
 MAX_RATE = 100e9
 
 
-def video_frames(path: str | Path, fps: float | None = None, max_frames: int | None = None) -> Iterator[SourceFrame]:
-    """Decoded frames of a video file (PyAV), subsampled to ``fps`` by their timestamps."""
+#: How long a URL source (``--video rtsp://...``) is reopened after it drops before the sender gives
+#: up, by default (``--reconnect``).
+RECONNECT_S = 30.0
+#: How long opening or reading a URL source may block (FFmpeg's own default is to wait for ever).
+URL_TIMEOUT_S = 10.0
+
+
+def is_url(source: str | Path) -> bool:
+    """Is ``source`` a URL PyAV opens as given (``rtsp://``, ``http(s)://``, ``udp://``, ``tcp://``, ...)?"""
+    return isinstance(source, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source) is not None
+
+
+def url_stem(url: str) -> str:
+    """A frame-name stem for a URL source: its host and last path part, letters, digits and ._- only."""
+    rest = url.split("://", 1)[1].split("?", 1)[0]
+    host, _, path = rest.partition("/")
+    host = host.rpartition("@")[2]  # never a user name or password in a frame's name
+    last = path.rstrip("/").rpartition("/")[2]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{host}-{last}" if last else host).strip("-") or "stream"
+
+
+def video_frames(
+    path: str | Path,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    options: dict[str, str] | None = None,
+    reconnect_s: float = RECONNECT_S,
+) -> Iterator[SourceFrame]:
+    """Decoded frames of a video file or URL (PyAV), subsampled to ``fps`` by their timestamps.
+
+    A URL goes to FFmpeg exactly as given (``Path`` would fold ``rtsp://host`` into ``rtsp:/host``),
+    with ``options`` (FFmpeg's protocol and demuxer options: ``rtsp_transport=tcp``, ...) and a read
+    timeout; when it drops (an error, or the end of a live stream) it is reopened with a backoff for up
+    to ``reconnect_s`` seconds (0: not at all), frame numbers going on from where they were, each drop
+    logged. A file is read once."""
     import av
 
-    path = Path(path)
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as exc:
-        raise ImageError(f"cannot open video {path}: {exc}") from None
-    yield from _frames(container, path.stem, fps, max_frames)
+    if not is_url(path):
+        path = Path(path)
+        try:
+            container = av.open(str(path), options=options or {})
+        except (av.error.FFmpegError, OSError) as exc:
+            raise ImageError(f"cannot open video {path}: {exc}") from None
+        yield from _frames(container, path.stem, fps, max_frames)
+        return
+    url, stem = str(path), url_stem(str(path))
+    shown = _redact(url)
+    first, start, sent, t_offset = True, 0, 0, 0.0
+    while True:
+        deadline = time.monotonic() + (reconnect_s if not first else 0.0)
+        wait = 0.5
+        while True:
+            try:
+                container = av.open(url, options=options or {}, timeout=URL_TIMEOUT_S)
+                break
+            except (av.error.FFmpegError, OSError) as exc:
+                if time.monotonic() + wait > deadline:
+                    what = "cannot open" if first else f"lost and could not reopen within {reconnect_s:g} s"
+                    raise ImageError(f"{what} video {shown}: {exc}") from None
+                time.sleep(wait)
+                wait = min(5.0, 2 * wait)
+        first = False
+        last = {"index": start - 1, "pts": t_offset, "sent": sent}
+        try:
+            for f in _frames(container, stem, fps, max_frames and max_frames - sent, start, t_offset):
+                last.update(index=f.index, pts=f.pts)
+                last["sent"] += 1
+                yield f
+            dropped = None if max_frames and last["sent"] >= max_frames else "the stream ended"
+        except ImageError as exc:
+            dropped = str(exc)
+        sent = last["sent"]
+        if dropped is None or reconnect_s <= 0:
+            if dropped is not None and sent == 0:
+                raise ImageError(f"video {shown}: {dropped}")
+            return
+        log.warning("video source %s dropped (%s): reconnecting for up to %g s", shown, dropped, reconnect_s)
+        start, t_offset = last["index"] + 1, last["pts"] + (1.0 / fps if fps else 0.04)
 
 
-def camera_frames(index: int, fps: float | None = None, max_frames: int | None = None) -> Iterator[SourceFrame]:
-    """Frames of a V4L2 camera (/dev/videoN) through PyAV."""
+def _redact(url: str) -> str:
+    """A URL for a log line or an error: without the password in ``user:password@host``."""
+    return re.sub(r"://([^/@:]*):[^/@]*@", r"://\1:***@", url)
+
+
+def camera_frames(
+    device: int | str,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    size: tuple[int, int] | None = None,
+    pixel_format: str | None = None,
+) -> Iterator[SourceFrame]:
+    """Frames of a V4L2 camera through PyAV: ``device`` a number N (/dev/videoN) or a device path;
+    ``size`` (width, height) and ``pixel_format`` (V4L2's input format: mjpeg, yuyv422, ...) ask the
+    camera for a mode, which it may refuse (a clear error) or round to its nearest."""
     import av
 
-    dev = f"/dev/video{index}"
+    dev = f"/dev/video{device}" if isinstance(device, int) or str(device).isdigit() else str(device)
     if not Path(dev).exists():
-        raise ImageError(f"camera {index}: {dev} does not exist (no V4L2 camera with that number)")
+        raise ImageError(f"camera {device}: {dev} does not exist (no V4L2 camera there)")
+    options = {"framerate": str(int(fps))} if fps else {}
+    if size:
+        options["video_size"] = f"{size[0]}x{size[1]}"
+    if pixel_format:
+        options["input_format"] = pixel_format
     try:
-        container = av.open(dev, format="v4l2", options={"framerate": str(int(fps))} if fps else {})
+        container = av.open(dev, format="v4l2", options=options)
     except (av.error.FFmpegError, OSError) as exc:
-        raise ImageError(f"cannot open camera {dev}: {exc}") from None
-    yield from _frames(container, f"camera{index}", fps, max_frames)
+        asked = ", ".join(f"{k}={v}" for k, v in options.items())
+        raise ImageError(f"cannot open camera {dev} ({asked or 'its default mode'}): {exc}") from None
+    yield from _frames(container, f"camera{device}" if str(device).isdigit() else Path(dev).name, fps, max_frames)
 
 
-def _frames(container, stem: str, fps: float | None, max_frames: int | None) -> Iterator[SourceFrame]:
+def _frames(
+    container, stem: str, fps: float | None, max_frames: int | None, start: int = 0, t_offset: float = 0.0
+) -> Iterator[SourceFrame]:
+    """``start``, ``t_offset``: the first frame's number and time (a reopened URL source goes on)."""
     import av
 
     try:
@@ -106,10 +196,14 @@ def _frames(container, stem: str, fps: float | None, max_frames: int | None) -> 
         raise ImageError(f"{stem}: no video stream") from None
     rate = float(stream.average_rate or stream.guessed_rate or 25)
     step = 1.0 / fps if fps else 0.0
-    next_t, sent = 0.0, 0
+    next_t, sent, t0 = t_offset, 0, None
     try:
-        for i, frame in enumerate(container.decode(stream)):
-            pts = float(frame.time) if frame.time is not None else i / rate
+        for n, frame in enumerate(container.decode(stream)):
+            i = start + n
+            pts = float(frame.time) if frame.time is not None else n / rate
+            if start or t_offset:  # a reopened stream's clock starts anywhere: ours goes on from t_offset
+                t0 = pts if t0 is None else t0
+                pts = t_offset + pts - t0
             if step and pts + 1e-6 < next_t:
                 continue
             next_t = (next_t if step else pts) + step

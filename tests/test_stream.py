@@ -75,6 +75,9 @@ def test_fps_and_max_frames_pick_from_the_source(tmp_path, start_receiver):
     [
         (["--video", "nope.mp4"], "cannot open video nope.mp4", 1),
         (["--camera", "7"], "/dev/video7 does not exist", 1),
+        (["--camera", "/dev/v4l/by-id/nope", "--camera-size", "640x480"], "/dev/v4l/by-id/nope does not exist", 1),
+        (["--camera", "0", "--camera-size", "big"], "--camera-size 'big'", 2),
+        (["--video", "x.mp4", "--camera-format", "mjpeg"], "are for --camera", 2),
         (["--video", "x.mp4", "--bandwidth", "fast"], "--bandwidth: not a rate", 2),
         (["--video", "x.mp4", "--bandwidth", "64k", "--codec", "vae"], "add --codec learned", 2),
         (["--video", "x.mp4", "--protocol", "legacy"], "streams travel in v2 frames", 2),

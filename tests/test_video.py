@@ -322,3 +322,39 @@ def test_a_video_stream_prints_a_line_a_second_and_every_frame_with_verbose(tmp_
         else:
             assert not images and 1 <= len(summaries) <= 10, lines
             assert sum(int(line.split(": ")[1].split()[0]) for line in summaries) == summary["frames_acknowledged"]
+
+
+def test_a_stream_url_is_sent_as_given_and_reopened_when_it_drops(tmp_path, start_receiver):
+    """--video tcp://...: a real MPEG-TS server on loopback (tests/videos.py: FFmpeg listening, as an IP
+    camera does) that drops its client after 15 frames and takes the next: the sender reopens it,
+    frame numbers going on, and the receiver shows frames from both connections. A URL that doesn't
+    open, and a malformed --video-option, are one-line errors."""
+    from tests.conftest import run_script
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([PYTHON, "-m", "tests.videos", f"tcp://127.0.0.1:{port}?listen=1", "15", "40"],
+                              cwd=REPO, env=script_env())  # fmt: skip
+    try:
+        out = tmp_path / "out"
+        rx = start_receiver("--codec", "learned", "--no-show", "--json", "--out", str(out))
+        time.sleep(1.0)  # the server listening
+        frames, summary = finish(subprocess.Popen(
+            [PYTHON, str(REPO / "sender_sdvae.py"), "--codec", "h264", "--port", str(rx.port), "--video",
+             f"tcp://127.0.0.1:{port}", "--video-option", "probesize=500000", "--fps", "10", "--max-frames", "25",
+             "--reconnect", "10", "--bandwidth", "1M", "--json"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env(),
+        ))  # fmt: skip
+    finally:
+        server.kill()
+        server.wait()
+    rx.stop()
+    shown = received(out)
+    indexes = sorted(int(r["name"].rsplit("-", 1)[1]) for r in shown)
+    assert summary["frames_from_source"] == 25 and indexes[0] < 15 <= indexes[-1], indexes
+    assert all(r["name"].startswith(f"127.0.0.1-{port}-") for r in shown)
+    r = run_script("sender_sdvae.py", "--codec", "h264", "--port", "1", "--video", "tcp://127.0.0.1:1", timeout=60)
+    assert r.returncode == 1 and "cannot open video tcp://127.0.0.1:1" in r.stderr and "Traceback" not in r.stderr
+    r = run_script("sender_sdvae.py", "--codec", "h264", "--video", "x.mp4", "--video-option", "nokey", timeout=60)
+    assert r.returncode == 2 and "--video-option 'nokey'" in r.stderr

@@ -34,3 +34,47 @@ def make_video(path: Path, frames: int = 60, fps: int = 10, size: int = 256, mot
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def serve_mpegts(url: str, frames_per_client: list[int], fps: int = 10, size: int = 64) -> None:
+    """A live stream server, as an IP camera is one: for each entry, wait for a client at ``url``
+    (FFmpeg's ``tcp://host:port?listen=1``), send it that many frames of a pan as MPEG-TS in real
+    time, then drop it. Run it in its own process (``python -m tests.videos URL N [N ...]``)."""
+    import av
+
+    src = np.asarray(Image.open(REPO / "temp" / "apple.jpeg").convert("RGB").resize((size * 3, size * 2)))
+    n = 0
+    for count in frames_per_client:
+        try:
+            n = _serve_one(url, count, fps, size, src, n)
+        except (av.error.FFmpegError, OSError):  # the client left first: the next one is served all the same
+            n += count
+
+
+def _serve_one(url: str, count: int, fps: int, size: int, src: np.ndarray, n: int) -> int:
+    import time
+
+    import av
+
+    with av.open(url, "w", format="mpegts") as container:
+        stream = container.add_stream("mpeg2video", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.bit_rate = 2_000_000
+        stream.codec_context.gop_size = 1  # every picture decodable alone: a client joins anywhere
+        for _ in range(count):
+            x = (n * 4) % (2 * size)
+            view = np.ascontiguousarray(src[size // 2 : size // 2 + size, x : x + size])
+            for packet in stream.encode(av.VideoFrame.from_ndarray(view, format="rgb24")):
+                container.mux(packet)
+            n += 1
+            time.sleep(1 / fps)
+        for packet in stream.encode():
+            container.mux(packet)
+    return n
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_mpegts(sys.argv[1], [int(v) for v in sys.argv[2:]])

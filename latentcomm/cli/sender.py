@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -62,9 +63,39 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
     )
     stream = p.add_argument_group("streams (v2)")
     src = stream.add_mutually_exclusive_group()
-    src.add_argument("--video", metavar="PATH", help="send a video file's frames as a live stream (PyAV)")
     src.add_argument(
-        "--camera", type=int, metavar="N", help="send a V4L2 camera's frames (/dev/videoN) as a live stream"
+        "--video",
+        metavar="PATH_OR_URL",
+        help="send a video file's frames, or a stream's (any URL this PyAV opens: rtsp://, http(s)://, udp://, "
+        "tcp://, srt:// where built in; given to FFmpeg as written), as a live stream",
+    )
+    src.add_argument(
+        "--camera",
+        metavar="N_OR_PATH",
+        help="send a V4L2 camera's frames as a live stream: a number N (/dev/videoN) or a device path "
+        "(/dev/v4l/by-id/...)",
+    )
+    stream.add_argument(
+        "--camera-size", metavar="WxH", help="--camera: ask the camera for this picture size (e.g. 1280x720)"
+    )
+    stream.add_argument(
+        "--camera-format", metavar="NAME", help="--camera: ask for this V4L2 pixel format (e.g. mjpeg, yuyv422)"
+    )
+    stream.add_argument(
+        "--video-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an FFmpeg protocol or demuxer option for --video (repeatable), e.g. rtsp_transport=tcp, "
+        "stimeout=5000000, fflags=nobuffer",
+    )
+    stream.add_argument(
+        "--reconnect",
+        type=number(0, 86400),
+        default=30.0,
+        metavar="S",
+        help="--video URL: when the stream drops, reopen it for up to S seconds before giving up, frame "
+        "numbers going on (default: 30; 0: give up at once)",
     )
     stream.add_argument(
         "--fps",
@@ -204,6 +235,15 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    bad = [o for o in args.video_option if "=" not in o or not o.split("=", 1)[0]]
+    if bad:
+        parser.error(f"--video-option {bad[0]!r}: give KEY=VALUE (e.g. rtsp_transport=tcp)")
+    if args.video_option and args.video is None:
+        parser.error("--video-option is for --video")
+    if (args.camera_size or args.camera_format) and args.camera is None:
+        parser.error("--camera-size and --camera-format are for --camera")
+    if args.camera_size and not re.fullmatch(r"[1-9]\d{0,4}x[1-9]\d{0,4}", args.camera_size.lower()):
+        parser.error(f"--camera-size {args.camera_size!r}: give WIDTHxHEIGHT (e.g. 1280x720)")
     if args.codec is None:  # streams from a video or a camera default to the video codec this machine affords
         args.codec = "auto" if args.video is not None or args.camera is not None else "vae"
     if args.size < 0 or args.size % 8:
@@ -327,9 +367,10 @@ def _source(args):
     from latentcomm.stream import camera_frames, image_frames, video_frames
 
     if args.video is not None:
-        frames = video_frames(args.video, args.fps, args.max_frames)
+        frames = video_frames(args.video, args.fps, args.max_frames, _video_options(args), args.reconnect)
     elif args.camera is not None:
-        frames = camera_frames(args.camera, args.fps, args.max_frames)
+        size = tuple(int(v) for v in args.camera_size.lower().split("x")) if args.camera_size else None
+        frames = camera_frames(args.camera, args.fps, args.max_frames, size, args.camera_format)
     else:
         frames = image_frames(expand_images(args.image or ["temp/apple.jpeg"]), args.fps, args.max_frames)
     if args.name:  # --name: every frame's name carries the stream's, NAME/...
@@ -478,13 +519,21 @@ def _send_video(parser, args) -> int:
     return 0
 
 
+def _video_options(args) -> dict[str, str]:
+    """--video-option KEY=VALUE pairs (already checked by the parser)."""
+    return dict(option.split("=", 1) for option in args.video_option)
+
+
 def _source_fps(args) -> float:
-    """The video file's own frame rate (a camera without --fps: 30)."""
-    if args.video is None:
+    """The video file's own frame rate (a camera or a URL without --fps: 30; a URL is not opened twice,
+    a server that takes one client would refuse the second)."""
+    from latentcomm.stream import is_url
+
+    if args.video is None or is_url(args.video):
         return 30.0
     import av
 
-    with av.open(args.video) as container:
+    with av.open(args.video, options=_video_options(args)) as container:
         stream = container.streams.video[0]
         return float(stream.average_rate or stream.guessed_rate or 25)
 
