@@ -68,6 +68,18 @@ def add_key_args(p: argparse.ArgumentParser, receiver: bool) -> None:
         )
 
 
+def check_broker_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Parser errors for broker flags that can't apply: the TLS and credential flags are MQTT's."""
+    tls = [f for f in ("broker_ca", "broker_cert", "broker_key", "broker_password_file") if getattr(args, f, None)]
+    scheme = (args.broker or "").partition("://")[0]
+    if tls and scheme not in ("mqtt", "mqtts"):
+        parser.error(f"--{tls[0].replace('_', '-')} is for an MQTT broker (--broker mqtts://USER@HOST:PORT)")
+    if (args.broker_ca or args.broker_cert) and scheme != "mqtts":
+        parser.error("--broker-ca and --broker-cert need TLS: --broker mqtts://HOST:PORT")
+    if bool(args.broker_cert) != bool(args.broker_key):
+        parser.error("--broker-cert and --broker-key go together")
+
+
 def add_broker_args(p: argparse.ArgumentParser, receiver: bool) -> None:
     """--broker / --topic (and the receiver's --group / --client-id): frames through MQTT or Zenoh."""
     g = p.add_argument_group("through an MQTT broker or Zenoh (instead of a TCP connection)")
@@ -75,8 +87,19 @@ def add_broker_args(p: argparse.ArgumentParser, receiver: bool) -> None:
     g.add_argument(
         "--broker",
         metavar="URL",
-        help="mqtt://HOST:PORT: publish/subscribe frames through this MQTT broker; zenoh://HOST:PORT: Zenoh, peer "
-        f"to peer ({where}). The flags below that name a broker are MQTT's",
+        help="mqtt://HOST:PORT: publish/subscribe frames through this MQTT broker; mqtts://[USER@]HOST:PORT: the "
+        "same over TLS (8883 by default), as a user (the password from --broker-password-file or "
+        "LATENTCOMM_BROKER_PASSWORD, never the URL); zenoh://HOST:PORT: Zenoh, peer to peer ({where}). The flags "
+        "below that name a broker are MQTT's".replace("{where}", where),
+    )
+    g.add_argument("--broker-ca", metavar="PEM", help="mqtts: the CA certificate(s) to verify the broker with "
+                   "(default: the system's)")  # fmt: skip
+    g.add_argument("--broker-cert", metavar="PEM", help="mqtts: this client's certificate (brokers that ask for one)")
+    g.add_argument("--broker-key", metavar="PEM", help="mqtts: the private key of --broker-cert")
+    g.add_argument(
+        "--broker-password-file",
+        metavar="PATH",
+        help="the broker user's password: the file's first line (or set LATENTCOMM_BROKER_PASSWORD)",
     )
     g.add_argument("--topic", default="default", metavar="NAME", help="stream name; senders and receivers must match")
     if not receiver:

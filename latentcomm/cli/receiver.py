@@ -17,6 +17,7 @@ from latentcomm.cli.common import (
     add_network_args,
     add_output_args,
     byte_size,
+    check_broker_args,
     is_loopback,
     number,
     port_type,
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
         or args.max_text < 0
     ):
         parser.error("limits must be positive")
+    check_broker_args(parser, args)
     if args.viewer and not args.broker:
         parser.error("--viewer watches streams through a --broker")
     if args.broker and not 0 <= args.session_expiry <= 0xFFFFFFFF:

@@ -18,6 +18,7 @@ from latentcomm.cli.common import (
     add_network_args,
     add_output_args,
     add_rate_args,
+    check_broker_args,
     check_rate_args,
     number,
     run,
@@ -289,6 +290,7 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
         parser.error("--key-interval must be positive")
     if streaming and args.protocol == "legacy":
         parser.error("streams travel in v2 frames")
+    check_broker_args(parser, args)
     if args.broker and args.protocol == "legacy":
         parser.error("a broker carries v2 frames only")
     if args.codec == "learned" and args.protocol == "legacy":
@@ -350,9 +352,11 @@ def _client(args, key, pace_bps=None):
     if args.broker:
         from latentcomm.transports import broker_transport
 
-        return broker_transport(args.broker).Sender(
+        transport = broker_transport(args.broker)
+        auth = {"auth": transport.auth_from_args(args)} if hasattr(transport, "auth_from_args") else {}
+        return transport.Sender(
             args.broker, args.topic, args.timeout, args.retries, args.wait_for_receiver, ack_timeout=args.ack_timeout,
-            key=key,
+            key=key, **auth,
         )  # fmt: skip
     from latentcomm.transports.tcp import V2Client
 

@@ -21,6 +21,7 @@ from latentcomm.errors import LatentcommError
 #: ``--broker`` URL scheme -> the module that carries frames that way.
 BROKERS: dict[str, str] = {
     "mqtt": "latentcomm.transports.mqtt",  # through an MQTT broker (Mosquitto): groups, viewers, persistence
+    "mqtts": "latentcomm.transports.mqtt",  # the same over TLS, with a user and a password or client certificate
     "zenoh": "latentcomm.transports.zenoh",  # Zenoh, peer to peer: query per frame, reply per acknowledgement
 }
 

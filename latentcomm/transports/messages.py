@@ -55,8 +55,10 @@ class MessageSender:
         ack_timeout: float = 10.0,
         sender_id: str | None = None,
         key: Key | None = None,
+        auth=None,
     ) -> None:
-        """``broker``: the URL its transport takes; ``timeout``: seconds to wait for a connection;
+        """``broker``: the URL its transport takes (``auth``: its TLS and credentials, MQTT's BrokerAuth);
+        ``timeout``: seconds to wait for a connection;
         ``ack_timeout``: seconds until a frame is sent again (``retries`` times at most); ``wait_for``:
         seconds to keep trying to reach the other end; a sealed sender's ``sender_id`` is its stream's."""
         self.sealer = BrokerSealer(key) if key is not None else None
@@ -77,6 +79,7 @@ class MessageSender:
         self.forged_acks = 0
         self._authenticated = False  # a sealed acknowledgement has come: no plaintext answer counts now
         self._plain_refusals = 0  # plaintext refusals read before that (one alone is not believed)
+        self.auth = auth
         self.connect(broker, topic, wait_for)
 
     def connect(self, broker: str, topic: str, wait_for: float) -> None:

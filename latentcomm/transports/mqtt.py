@@ -48,6 +48,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -67,15 +68,89 @@ DEFAULT_LEASE_S = 3.0
 CLAIMANT_MEMORY = 4096
 
 
-def parse_broker(url: str) -> tuple[str, int]:
-    """mqtt://HOST[:PORT] -> (host, port); 1883 by default."""
+@dataclass(frozen=True)
+class BrokerAuth:
+    """How to reach a broker as brokers are run: TLS (``mqtts://``) with a CA (``--broker-ca``; the
+    system's otherwise) and a client certificate (``--broker-cert``/``--broker-key``), and the password
+    of the URL's user (``mqtts://USER@HOST``), read from a file or the environment, never the command
+    line (``ps`` shows it)."""
+
+    ca: str | None = None
+    cert: str | None = None
+    keyfile: str | None = None
+    password: str | None = None
+
+
+#: The environment variable a broker password may come from (the command line never carries one).
+PASSWORD_ENV = "LATENTCOMM_BROKER_PASSWORD"
+
+
+def auth_from_args(args) -> BrokerAuth:
+    """The TLS and credential flags (--broker-ca, --broker-cert, --broker-key, --broker-password-file;
+    or LATENTCOMM_BROKER_PASSWORD). LatentcommError for a file that can't be read."""
+    import os
+
+    password = None
+    if getattr(args, "broker_password_file", None):
+        try:
+            password = Path(args.broker_password_file).read_text().splitlines()[0]
+        except (OSError, IndexError, UnicodeDecodeError) as exc:
+            raise LatentcommError(f"--broker-password-file {args.broker_password_file}: cannot read a first line "
+                                  f"({getattr(exc, 'strerror', None) or exc})") from None  # fmt: skip
+    elif os.environ.get(PASSWORD_ENV):
+        password = os.environ[PASSWORD_ENV]
+    for flag in ("broker_ca", "broker_cert", "broker_key"):
+        path = getattr(args, flag, None)
+        if path and not Path(path).is_file():
+            raise LatentcommError(f"--{flag.replace('_', '-')} {path}: no such file")
+    return BrokerAuth(getattr(args, "broker_ca", None), getattr(args, "broker_cert", None),
+                      getattr(args, "broker_key", None), password)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+
+
+def parse_broker(url: str) -> BrokerAddress:
+    """mqtt://[USER@]HOST[:PORT] (1883) or mqtts://[USER@]HOST[:PORT] (TLS, 8883)."""
     u = urlparse(url)
-    if u.scheme != "mqtt" or not u.hostname:
-        raise LatentcommError(f"--broker must look like mqtt://HOST:PORT, got {url!r}")
+    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+        raise LatentcommError(f"--broker must look like mqtt://HOST:PORT or mqtts://USER@HOST:PORT, got {url!r}")
+    if u.password is not None:
+        raise LatentcommError(
+            "--broker: no password in the URL (the command line shows in ps); put it in a file "
+            "(--broker-password-file) or LATENTCOMM_BROKER_PASSWORD"
+        )
     try:
-        return u.hostname, u.port or 1883
+        port = u.port or (8883 if u.scheme == "mqtts" else 1883)
     except ValueError:
         raise LatentcommError(f"--broker {url!r}: bad port") from None
+    return BrokerAddress(u.hostname, port, u.scheme == "mqtts", u.username)
+
+
+def _secure(client, address: BrokerAddress, auth: BrokerAuth | None) -> None:
+    """TLS and credentials on a paho client, before it connects."""
+    auth = auth or BrokerAuth()
+    if address.tls:
+        import ssl
+
+        try:
+            client.tls_set(ca_certs=auth.ca, certfile=auth.cert, keyfile=auth.keyfile,
+                           cert_reqs=ssl.CERT_REQUIRED)  # fmt: skip
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise LatentcommError(f"--broker-ca/--broker-cert/--broker-key: {exc}") from None
+    elif auth.ca or auth.cert:
+        raise LatentcommError("--broker-ca and --broker-cert need an mqtts:// broker")
+    if address.username:
+        if auth.password is None:
+            log.info("broker user %s without a password", address.username)
+        client.username_pw_set(address.username, auth.password)
+    elif auth.password is not None:
+        raise LatentcommError("a broker password needs a user: mqtts://USER@HOST")
 
 
 def check_topic(topic: str) -> str:
@@ -103,7 +178,9 @@ def _client(client_id: str, manual_ack: bool = False, v5: bool = False):
     return c
 
 
-def _connect(client, host: str, port: int, wait_for: float, session_expiry: int | None = None) -> None:
+def _connect(
+    client, address: BrokerAddress, auth: BrokerAuth | None, wait_for: float, session_expiry: int | None = None
+) -> None:
     """Connect, retrying for ``wait_for`` seconds; with ``session_expiry`` (MQTT 5) the session is kept
     (clean start off) for that many seconds after a disconnect. paho reconnects with the same options."""
     extra: dict = {}
@@ -114,16 +191,41 @@ def _connect(client, host: str, port: int, wait_for: float, session_expiry: int 
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = session_expiry
         extra = {"clean_start": False, "properties": props}
+    _secure(client, address, auth)
+    host, port = address.host, address.port
     deadline = time.monotonic() + wait_for
     while True:
         try:
             client.connect(host, port, keepalive=10, **extra)
             return
-        except OSError as exc:
-            if time.monotonic() < deadline:
+        except OSError as exc:  # ssl.SSLError is one: a certificate that doesn't verify
+            if time.monotonic() < deadline and not isinstance(exc, ssl_error()):
                 time.sleep(0.25)
                 continue
             raise TransportError(f"cannot reach the MQTT broker at {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _accepted(endpoint, timeout: float) -> bool:
+    """Wait for the broker's CONNACK: True once accepted, False on a refusal (bad user name or
+    password, not authorized: said at once, not after the timeout) or the timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if endpoint._connected.wait(0.1):
+            return True
+        if getattr(endpoint, "_refused", None):
+            return False
+    return endpoint._connected.is_set()
+
+
+def ssl_error() -> type:
+    import ssl
+
+    return ssl.SSLError
+
+
+def refusal(reason_code) -> str:
+    """What a broker's CONNACK refusal says ("Bad user name or password", "Not authorized")."""
+    return f"the MQTT broker refused the connection: {reason_code}"
 
 
 class MqttSender(MessageSender):
@@ -132,27 +234,31 @@ class MqttSender(MessageSender):
     def connect(self, broker: str, topic: str, wait_for: float) -> None:
         #: Where acknowledgements go instead of send()'s queue (a BrokerPipeline's window).
         self.on_ack = None
-        self.host, self.port = parse_broker(broker)
+        self.address = parse_broker(broker)
+        self.host, self.port = self.address.host, self.address.port
         self.topic = check_topic(topic)
         self.frames_topic = f"latentcomm/{topic}/frames/{self.sender_id}"
         self.video_topic = f"latentcomm/{topic}/video/{self.sender_id}"
         self.acks_topic = f"latentcomm/{topic}/acks/{self.sender_id}"
         self._acks: queue.Queue[v2.Ack] = queue.Queue()
         self._connected = threading.Event()
+        self._refused: str | None = None  # the broker's CONNACK refusal, when it refused
         self._closing = False
         self.client = _client(f"latentcomm-send-{self.sender_id}")
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
-        _connect(self.client, self.host, self.port, wait_for)
+        _connect(self.client, self.address, self.auth, wait_for)
         self.client.loop_start()
-        if not self._connected.wait(self.timeout):
+        if not _accepted(self, self.timeout):
             self.close()
-            raise TransportError(f"the MQTT broker at {self.host}:{self.port} did not accept the connection")
+            raise TransportError(self._refused or f"the MQTT broker at {self.host}:{self.port} did not accept the "
+                                 "connection")  # fmt: skip
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.warning("broker refused the connection: %s", reason_code)
+            self._refused = refusal(reason_code)
             return
         client.subscribe(self.acks_topic, qos=1)
         if self._connected.is_set() or flags.session_present:
@@ -235,16 +341,19 @@ class MqttServer(MessageOpener):
         replay_state: Path | None = None,
         viewer: bool = False,
         lease_s: float = DEFAULT_LEASE_S,
+        auth: BrokerAuth | None = None,
     ) -> None:
         if session_expiry < 0 or session_expiry > 0xFFFFFFFF:
             raise LatentcommError(f"--session-expiry {session_expiry}: give 0 to 4294967295 seconds")
         super().__init__(v2_limits, keyring, replay_state, queue_size)
-        self.host, self.port = parse_broker(broker)
+        self.broker_address = parse_broker(broker)
+        self.host, self.port = self.broker_address.host, self.broker_address.port
+        self.auth = auth
         self.topic = check_topic(topic)
         if not group or any(c in group for c in "/#+"):
             raise LatentcommError(f"--group {group!r}: no '/', '#' or '+'")
         self.subscription = f"$share/{group}/latentcomm/{topic}/frames/+"
-        self.address = (f"mqtt://{self.host}", self.port)
+        self.address = (f"{'mqtts' if self.broker_address.tls else 'mqtt'}://{self.host}", self.port)
         self.client_id = client_id or f"latentcomm-recv-{uuid.uuid4().hex[:12]}"
         self._stopping = threading.Event()
         # Video streams (latentcomm/<topic>/video/<sender>): every receiver subscribes without sharing;
@@ -274,7 +383,8 @@ class MqttServer(MessageOpener):
         if not viewer:
             self._set_will()
         self._connected = threading.Event()
-        _connect(self.client, self.host, self.port, wait_for, session_expiry)
+        self._refused: str | None = None  # the broker's CONNACK refusal, when it refused
+        _connect(self.client, self.broker_address, self.auth, wait_for, session_expiry)
         if not viewer:
             threading.Thread(target=self._renew, name="video-claims", daemon=True).start()
 
@@ -284,17 +394,21 @@ class MqttServer(MessageOpener):
         return cls(
             args.broker, args.topic, args.group, args.client_id, v2_limits, keyring=keyring,
             session_expiry=args.session_expiry, replay_state=replay_state, viewer=args.viewer,
+            auth=auth_from_args(args),
         )  # fmt: skip
 
     def start(self) -> MqttServer:
         self.client.loop_start()
-        if not self._connected.wait(30):
-            raise TransportError(f"the MQTT broker at {self.host}:{self.port} did not accept the connection")
+        if not _accepted(self, 30):
+            self.client.loop_stop()
+            raise TransportError(self._refused or f"the MQTT broker at {self.host}:{self.port} did not accept the "
+                                 "connection")  # fmt: skip
         return self
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.warning("broker refused the connection: %s", reason_code)
+            self._refused = refusal(reason_code)
             return
         if not self.viewer:
             client.subscribe(self.subscription, qos=1)
