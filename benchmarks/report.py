@@ -768,13 +768,13 @@ def thin_links(r: Results) -> str:
     cameras = [s for s in scenes if s.endswith("-detection")]
     out = [
         f"Run of {run_line(d)} ({', '.join(scenes)}; {d.get('fps', 10)} fps, 10 s each; `python -m benchmarks.stream "
-        "--systems h264,av1,thin --json benchmarks/results/thin_links.json`). Ours: the real sender and receiver, "
+        "--systems auto,h264,thin --json benchmarks/results/thin_links.json`). Ours: the real sender and receiver, "
         "sealed, over the throttle. Each plain pipe (every frame coded and delivered, no framing) is given the "
         "bits ours spent on the wire (two runs, interpolated). PSNR at the source's size; the best plain pipe "
         "per row is the one with the best mean PSNR.\n",
-        "| size | link | scenes | ours auto | ours av1 | ours h264 | best plain pipe at ours' bits | ours auto - best "
+        "| size | link | scenes | ours auto | ours h264 | best plain pipe at ours' bits | ours auto - best "
         "plain | ours auto: shown, latency p95, CPU ms/frame sender / receiver |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     groups: dict = {}
     for row in rows:
@@ -818,8 +818,7 @@ def thin_links(r: Results) -> str:
                 else "-"
             )
             out.append(
-                f"| {size} | {rate} | {label} | {cell('ours auto, sealed')} | {cell('ours av1, sealed')} | "
-                f"{cell('ours h264, sealed')} | "
+                f"| {size} | {rate} | {label} | {cell('ours auto, sealed')} | {cell('ours h264, sealed')} | "
                 f"{best_cell} | {gap} | {facts} |"
             )
     return "\n".join(out) + "\n"
