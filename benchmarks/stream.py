@@ -108,8 +108,8 @@ def anchor(
     pictures shown (source index -> pixels) under "shown"."""
     import av
 
-    if lib == "libsvtav1":
-        options = {"preset": preset, "svtav1-params": "pred-struct=1:rc=2"}
+    if lib == "libsvtav1":  # the issue's anchor without a preset: 10, low delay, CBR
+        options = {"preset": preset or "10", "svtav1-params": "pred-struct=1:rc=2"}
     elif lib == "libx265":
         options = {"preset": preset, "tune": "zerolatency", "x265-params": "log-level=error"}
     else:

@@ -18,15 +18,19 @@ and for the receiver ``latentcomm_refused_total`` (frames refused, any reason) a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-if TYPE_CHECKING:
-    from latentcomm.dashboard import DashboardState
-
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class DashboardState(Protocol):
+    """What is read of latentcomm.dashboard.DashboardState (named here, not imported: the dashboard
+    imports this module, and nothing points back up)."""
+
+    def snapshot(self) -> dict: ...
 
 
 class DashboardCollector(Collector):

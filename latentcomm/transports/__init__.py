@@ -30,6 +30,6 @@ def broker_transport(url: str) -> ModuleType:
     """The transport module for a ``--broker`` URL (LatentcommError naming the schemes there are)."""
     scheme = urlparse(url).scheme
     if scheme not in BROKERS:
-        kinds = " or ".join(f"{s}://HOST:PORT" for s in BROKERS)
+        kinds = " or ".join(f"{s}://HOST:PORT" for s in BROKERS if s != "mqtts") + " (mqtts://USER@HOST:PORT: TLS)"
         raise LatentcommError(f"--broker must look like {kinds}, got {url!r}")
     return importlib.import_module(BROKERS[scheme])
