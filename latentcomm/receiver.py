@@ -162,8 +162,12 @@ class Receiver:
         stdout: TextIO = sys.stdout,
         dashboard: DashboardState | None = None,
         enhancer=None,
+        outputs: list | None = None,
     ) -> None:
         self.dashboard = dashboard
+        #: Further outputs (``--record``: latentcomm.record.McapRecorder): each takes
+        #: ``on_frame(report, payload, picture)`` for every decoded frame, before it is acknowledged.
+        self.outputs = list(outputs or [])
         vae = [c for c in codecs if c.decodes_legacy_frames]
         self.default: Engine | None = vae[0].engine if vae else None
         if self.default is not None and self.default.latent_channels != LATENT_CHANNELS:
@@ -389,6 +393,11 @@ class Receiver:
                 self.dashboard.on_image(report, recon, original)
             except Exception:  # the page's figures are never worth the receiver: log and go on
                 log.exception("dashboard could not take image #%d from %s", index, item.peer)
+        for output in self.outputs:  # a recording that fails is logged; the frame was decoded all the same
+            try:
+                output.on_frame(report, f.payload, recon)
+            except Exception:
+                log.exception("%s could not take image #%d from %s", type(output).__name__, index, item.peer)
         if item.reply is not None:
             # A video key frame's acknowledgement says this receiver shows pictures coded smaller than
             # their picture size (latentcomm.operating): the sender may then follow a thin link with its size.

@@ -149,6 +149,14 @@ def build_parser(prog: str = "receiver_sdvae.py") -> argparse.ArgumentParser:
         help="read the dashboard token from this file (its first line)",
     )
     p.add_argument(
+        "--record",
+        type=Path,
+        metavar="FILE.mcap",
+        help="record every stream into this MCAP file, as Foxglove reads it: video access units as they arrived "
+        "(foxglove.CompressedVideo, no re-encoding), stills as their decoded PNG, texts as logs; one topic set "
+        "per stream (/NAME/video, ...). Never overwrites a file",
+    )
+    p.add_argument(
         "--enhance",
         nargs="?",
         const="auto",
@@ -277,7 +285,12 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
         args.out, not args.no_show, args.once, args.json, args.max_disk, int(args.max_video_pixels),
         args.max_pixel_rate, args.max_total_pixel_rate, every_frame=args.verbose,
     )  # fmt: skip
-    receiver = Receiver(codecs, options, dashboard=state, enhancer=enhancer)
+    outputs = []
+    if args.record is not None:
+        from latentcomm.record import McapRecorder
+
+        outputs.append(McapRecorder(args.record))
+    receiver = Receiver(codecs, options, dashboard=state, enhancer=enhancer, outputs=outputs)
     server.start()
     host, port = server.address
     models = ", ".join(c.model_id for c in codecs)
@@ -288,6 +301,8 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
     try:
         summary = receiver.serve(server, stop_on_signals())
     finally:
+        for output in outputs:
+            output.close()
         if dashboard is not None:
             dashboard.stop()
         if args.broker:
