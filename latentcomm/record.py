@@ -1,4 +1,6 @@
-"""The receiver's recording (``--record FILE.mcap``): every stream into one MCAP file, as Foxglove reads it.
+"""The receiver's Foxglove outputs: ``--record FILE.mcap`` (every stream into one MCAP file, as
+Foxglove reads it) and ``--foxglove [HOST:]PORT`` (the same messages live on a Foxglove WebSocket
+server, for the Foxglove app to connect to).
 
 Why: robotics teams look at camera data in Foxglove and keep it in MCAP. A video stream is recorded
 as it arrived, without re-encoding: each access unit becomes a ``foxglove.CompressedVideo`` message
@@ -7,7 +9,8 @@ at any key frame). Stills (a learned or VAE latent, which no player decodes) are
 decoded picture, a PNG ``foxglove.CompressedImage``; texts as ``foxglove.Log`` messages. Topics are
 per stream: ``/NAME/video``, ``/NAME/image``, ``/NAME/log``, NAME the sender's ``--name``, else its
 key id or address (letters, digits and ``_``). Written with the Foxglove SDK (``foxglove-sdk``);
-read back with the ``mcap`` package (tests/test_record.py decodes every frame with PyAV).
+read back with the ``mcap`` package (tests/test_record.py decodes every frame with PyAV). Both
+outputs share one SDK context, so a frame is encoded into messages once.
 """
 
 from __future__ import annotations
@@ -30,24 +33,36 @@ def topic_name(report: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "unknown"
 
 
-class McapRecorder:
-    """One MCAP file for every stream the receiver decodes (see the module docstring)."""
+class FoxgloveSink:
+    """Every stream the receiver decodes, as Foxglove messages: into an MCAP file (``record``) and/or
+    live on a Foxglove WebSocket server (``serve``: (host, port); port 0 picks one). See the module."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, record: Path | None = None, serve: tuple[str, int] | None = None) -> None:
         try:
             import foxglove
         except ImportError:
-            raise LatentcommError("--record needs the Foxglove SDK: pip install foxglove-sdk") from None
-        if path.exists():
-            raise LatentcommError(f"--record {path}: the file exists (a recording is never overwritten)")
-        self.path = path
+            raise LatentcommError("--record and --foxglove need the Foxglove SDK: pip install foxglove-sdk") from None
+        if record is not None and record.exists():
+            raise LatentcommError(f"--record {record}: the file exists (a recording is never overwritten)")
+        self.path = record
         self._context = foxglove.Context()
+        self._writer = self.server = None
         try:
-            self._writer = foxglove.open_mcap(str(path), context=self._context)
-        except Exception as exc:  # noqa: BLE001 - the SDK's own error types: a folder that isn't there, rights
-            raise LatentcommError(f"--record {path}: {exc}") from None
+            if record is not None:
+                self._writer = foxglove.open_mcap(str(record), context=self._context)
+            if serve is not None:
+                self.server = foxglove.start_server(name="latentcomm", host=serve[0], port=serve[1],
+                                                    context=self._context)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - the SDK's own error types: a missing folder, a port in use
+            what = f"--record {record}" if self._writer is None and record is not None else "--foxglove"
+            raise LatentcommError(f"{what}: {exc}") from None
         self._channels: dict[str, object] = {}
         self.messages = 0
+
+    @property
+    def port(self) -> int | None:
+        """The WebSocket server's port (None without one)."""
+        return self.server.port if self.server is not None else None
 
     def _channel(self, topic: str, kind: str):
         from foxglove.channels import CompressedImageChannel, CompressedVideoChannel, LogChannel
@@ -85,5 +100,8 @@ class McapRecorder:
         self.messages += 1
 
     def close(self) -> None:
-        self._writer.close()
-        log.info("recorded %d frame(s) to %s", self.messages, self.path)
+        if self.server is not None:
+            self.server.stop()
+        if self._writer is not None:
+            self._writer.close()
+            log.info("recorded %d frame(s) to %s", self.messages, self.path)

@@ -60,3 +60,72 @@ def test_a_recording_is_never_overwritten(tmp_path):
                    str(tmp_path / "old.mcap"), timeout=60)  # fmt: skip
     assert r.returncode == 1 and "the file exists" in r.stderr and "Traceback" not in r.stderr
     assert (tmp_path / "old.mcap").read_bytes() == b"earlier run"
+
+
+def test_a_foxglove_websocket_client_subscribes_and_decodes_the_live_stream(tmp_path, start_receiver):
+    """--foxglove: a WebSocket client speaking Foxglove's protocol (here, with the websockets package)
+    is advertised the stream's video topic once frames flow, subscribes, and gets H.264 access units
+    that PyAV decodes from the first key frame on (a late viewer starts at a key frame)."""
+    import asyncio
+    import base64
+    import socket
+    import struct
+
+    import av
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    from websockets.asyncio.client import connect
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rx = start_receiver("--codec", "learned", "--no-show", "--json", "--foxglove", f"127.0.0.1:{port}")
+    video = make_video(tmp_path / "pan.mp4", frames=60, fps=10, size=128)
+    tx = subprocess.Popen(
+        [PYTHON, str(REPO / "sender_sdvae.py"), "--codec", "h264", "--port", str(rx.port), "--video", str(video),
+         "--bandwidth", "512k", "--name", "gate", "--key-interval", "10", "--json"],
+        cwd=REPO, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    async def watch() -> list[bytes]:
+        async with connect(f"ws://127.0.0.1:{port}", subprotocols=["foxglove.sdk.v1", "foxglove.websocket.v1"],
+                           open_timeout=30) as ws:  # fmt: skip
+            channel = None
+            units: list[bytes] = []
+            cls = None
+            async with asyncio.timeout(90):
+                while len(units) < 25:  # a key frame (every 10 frames) among them
+                    msg = await ws.recv()
+                    if isinstance(msg, str):
+                        op = json.loads(msg)
+                        for ch in op.get("channels", []) if op.get("op") == "advertise" else []:
+                            if ch["topic"] == "/gate/video" and channel is None:
+                                channel = ch
+                                files = descriptor_pb2.FileDescriptorSet.FromString(base64.b64decode(ch["schema"]))
+                                pool = descriptor_pool.DescriptorPool()
+                                for f in files.file:
+                                    pool.Add(f)
+                                cls = message_factory.GetMessageClass(pool.FindMessageTypeByName(ch["schemaName"]))
+                                await ws.send(json.dumps({"op": "subscribe",
+                                                          "subscriptions": [{"id": 7, "channelId": ch["id"]}]}))
+                    elif msg[0] == 0x01:  # message data: opcode, subscription id, log time, payload
+                        sub, _t = struct.unpack_from("<IQ", msg, 1)
+                        assert sub == 7
+                        proto = cls.FromString(msg[13:])
+                        assert proto.format == "h264"
+                        units.append(bytes(proto.data))
+            return units
+
+    try:
+        units = asyncio.run(watch())
+    finally:
+        tx.wait(120)
+        rx.stop()
+    assert tx.returncode == 0, tx.stderr.read()
+    decoder = av.CodecContext.create("h264", "r")
+    pictures = []
+    for unit in units:
+        try:
+            pictures += decoder.decode(av.Packet(unit))
+        except av.error.InvalidDataError:
+            assert not pictures  # joined mid-stream: nothing decodes before the next key frame
+    assert pictures and all((p.width, p.height) == (128, 128) for p in pictures)

@@ -340,6 +340,12 @@ def port_type(value: str) -> int:
     return port
 
 
+def host_port(value: str) -> tuple[str, int]:
+    """'[HOST:]PORT' -> (host, port), 127.0.0.1 when no host is given (argparse type)."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", port_type(port)
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 

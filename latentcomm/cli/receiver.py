@@ -18,6 +18,7 @@ from latentcomm.cli.common import (
     add_output_args,
     byte_size,
     check_broker_args,
+    host_port,
     is_loopback,
     number,
     port_type,
@@ -157,6 +158,15 @@ def build_parser(prog: str = "receiver_sdvae.py") -> argparse.ArgumentParser:
         "per stream (/NAME/video, ...). Never overwrites a file",
     )
     p.add_argument(
+        "--foxglove",
+        nargs="?",
+        const="8765",
+        type=host_port,
+        metavar="[HOST:]PORT",
+        help="serve every stream live to the Foxglove app (a Foxglove WebSocket server; default 127.0.0.1:8765): "
+        "the same topics as --record. Beyond loopback it is in clear: put it behind an SSH tunnel or a VPN",
+    )
+    p.add_argument(
         "--enhance",
         nargs="?",
         const="auto",
@@ -214,6 +224,9 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
             raise LatentcommError(f"--out {args.out} is not writable")
     from latentcomm.wire.keys import Keyring, load_key
 
+    if args.foxglove is not None and not is_loopback(args.foxglove[0]) and not args.insecure:
+        parser.error(f"--foxglove {args.foxglove[0]}: the Foxglove server has no authentication; serve it on loopback "
+                     "(and tunnel it), or add --insecure to accept that")  # fmt: skip
     dash_host, dash_port = None, None
     token = _dashboard_token(parser, args)
     if args.dashboard is not None:
@@ -286,10 +299,13 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
         args.max_pixel_rate, args.max_total_pixel_rate, every_frame=args.verbose,
     )  # fmt: skip
     outputs = []
-    if args.record is not None:
-        from latentcomm.record import McapRecorder
+    if args.record is not None or args.foxglove is not None:
+        from latentcomm.record import FoxgloveSink
 
-        outputs.append(McapRecorder(args.record))
+        sink = FoxgloveSink(args.record, args.foxglove)
+        if sink.port is not None:
+            print(f"Foxglove WebSocket server on ws://{args.foxglove[0]}:{sink.port}/", file=sys.stderr, flush=True)
+        outputs.append(sink)
     receiver = Receiver(codecs, options, dashboard=state, enhancer=enhancer, outputs=outputs)
     server.start()
     host, port = server.address
