@@ -150,6 +150,92 @@ def video_frames(
         start, t_offset = last["index"] + 1, last["pts"] + (1.0 / fps if fps else 0.04)
 
 
+#: Foxglove's picture messages a recording can hold, and what codes their data.
+MCAP_PICTURE_SCHEMAS = ("foxglove.CompressedVideo", "foxglove.CompressedImage")
+#: foxglove.CompressedVideo formats -> PyAV decoders.
+MCAP_VIDEO_DECODERS = {"h264": "h264", "h265": "hevc", "av1": "libdav1d", "vp9": "vp9"}
+
+
+def mcap_frames(
+    path: str | Path, topic: str | None = None, fps: float | None = None, max_frames: int | None = None
+) -> Iterator[SourceFrame]:
+    """A recording's camera frames as a live source: the protobuf ``foxglove.CompressedVideo`` (decoded
+    with PyAV) or ``foxglove.CompressedImage`` (JPEG/PNG) messages on ``topic`` (default: the first
+    topic holding either), timed by their log times, subsampled to ``fps``."""
+    try:
+        from mcap.exceptions import McapError
+        from mcap.reader import make_reader
+        from mcap_protobuf.decoder import DecoderFactory
+    except ImportError:
+        raise ImageError("replaying an MCAP recording needs: pip install mcap mcap-protobuf-support") from None
+    import av
+
+    path = Path(path)
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise ImageError(f"cannot open recording {path}: {exc.strerror or exc}") from None
+    with fh:
+        try:
+            reader = make_reader(fh, decoder_factories=[DecoderFactory()])
+            summary = reader.get_summary()
+        except (McapError, ValueError, EOFError) as exc:
+            raise ImageError(f"{path}: not a readable MCAP file ({exc})") from None
+        pictures = sorted(
+            c.topic for c in (summary.channels.values() if summary else [])
+            if summary.schemas.get(c.schema_id) is not None
+            and summary.schemas[c.schema_id].name in MCAP_PICTURE_SCHEMAS
+        )  # fmt: skip
+        if topic is None:
+            if not pictures:
+                raise ImageError(f"{path}: no foxglove.CompressedVideo or CompressedImage topic")
+            topic = pictures[0]
+        elif topic not in pictures:
+            raise ImageError(f"{path}: no picture topic {topic!r} (there: {', '.join(pictures) or 'none'})")
+        # run.mcap, /gate/video: run-gate-video
+        stem = re.sub(r"[^A-Za-z0-9._]+", "-", f"{path.stem}-{topic}").strip("-")
+        decoder, t0, next_t, sent, step = None, None, 0.0, 0, (1.0 / fps if fps else 0.0)
+        try:
+            for i, (_schema, _channel, message, proto) in enumerate(reader.iter_decoded_messages(topics=[topic])):
+                pts = (message.log_time - (t0 := message.log_time if t0 is None else t0)) / 1e9
+                if _schema.name == "foxglove.CompressedVideo":
+                    if decoder is None:
+                        name = MCAP_VIDEO_DECODERS.get(proto.format)
+                        if name is None:
+                            raise ImageError(f"{path} {topic}: video format {proto.format!r} is not one of "
+                                             f"{', '.join(MCAP_VIDEO_DECODERS)}")  # fmt: skip
+                        decoder = av.CodecContext.create(name, "r")
+                    try:
+                        decoded = decoder.decode(av.Packet(bytes(proto.data)))
+                    except av.error.InvalidDataError:
+                        continue  # before the recording's first key frame
+                    images = [d.to_image().convert("RGB") for d in decoded]
+                else:
+                    images = [load_image_bytes(bytes(proto.data))]
+                for image in images:  # every picture decodes, so inter frames keep their references
+                    if step and pts + 1e-6 < next_t:
+                        continue
+                    next_t = (next_t if step else pts) + step
+                    yield SourceFrame(i, pts, image, f"{stem}-{i:06d}")
+                    sent += 1
+                    if max_frames and sent >= max_frames:
+                        return
+        except (McapError, av.error.FFmpegError) as exc:
+            raise ImageError(f"{path}: replaying {topic} failed: {exc}") from None
+
+
+def load_image_bytes(data: bytes):
+    """A JPEG/PNG message's picture (RGB)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - PIL raises several kinds for a bad picture
+        raise ImageError(f"a recorded picture does not decode: {exc}") from None
+
+
 def _redact(url: str) -> str:
     """A URL for a log line or an error: without the password in ``user:password@host``."""
     return re.sub(r"://([^/@:]*):[^/@]*@", r"://\1:***@", url)

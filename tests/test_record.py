@@ -53,6 +53,22 @@ def test_a_live_stream_is_recorded_as_it_arrived_and_decodes_frame_for_frame(tmp
         want = np.asarray(Image.open(report["recon_path"]).convert("RGB"))
         assert np.array_equal(pictures[0].to_ndarray(format="rgb24"), want)  # the very picture shown
 
+    # The recording replayed as a sender's live source, to another receiver.
+    out2 = tmp_path / "out2"
+    rx2 = start_receiver("--codec", "learned", "--no-show", "--json", "--out", str(out2))
+    tx = subprocess.run(
+        [PYTHON, str(REPO / "sender_sdvae.py"), "--codec", "h264", "--port", str(rx2.port), "--video", str(record),
+         "--mcap-topic", "/gate/video", "--bandwidth", "1M", "--json"],
+        cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert tx.returncode == 0, tx.stderr
+    rx2.stop()
+    replayed = [json.loads(line) for line in (out2 / "images.jsonl").read_text().splitlines()]
+    assert len(replayed) >= len(shown) // 2 and all(r["name"].startswith("run-gate-video-") for r in replayed)
+    bad = run_script("sender_sdvae.py", "--codec", "h264", "--port", "1", "--video", str(record), "--mcap-topic",
+                     "/nope", timeout=60)  # fmt: skip
+    assert bad.returncode == 1 and "no picture topic '/nope' (there: /gate/video)" in bad.stderr
+
 
 def test_a_recording_is_never_overwritten(tmp_path):
     (tmp_path / "old.mcap").write_bytes(b"earlier run")

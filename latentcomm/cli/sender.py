@@ -91,6 +91,12 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
         "stimeout=5000000, fflags=nobuffer",
     )
     stream.add_argument(
+        "--mcap-topic",
+        metavar="TOPIC",
+        help="--video FILE.mcap: replay this topic's camera frames (foxglove.CompressedVideo or CompressedImage, "
+        "protobuf) as a live source, in their recorded timing (default: the first such topic)",
+    )
+    stream.add_argument(
         "--reconnect",
         type=number(0, 86400),
         default=30.0,
@@ -241,6 +247,8 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
         parser.error(f"--video-option {bad[0]!r}: give KEY=VALUE (e.g. rtsp_transport=tcp)")
     if args.video_option and args.video is None:
         parser.error("--video-option is for --video")
+    if args.mcap_topic and not (args.video or "").lower().endswith(".mcap"):
+        parser.error("--mcap-topic is for --video FILE.mcap")
     if (args.camera_size or args.camera_format) and args.camera is None:
         parser.error("--camera-size and --camera-format are for --camera")
     if args.camera_size and not re.fullmatch(r"[1-9]\d{0,4}x[1-9]\d{0,4}", args.camera_size.lower()):
@@ -368,9 +376,11 @@ def _client(args, key, pace_bps=None):
 def _source(args):
     """The stream's frames: --video, --camera, or the --image files/folder at --fps."""
     from latentcomm.sender import expand_images
-    from latentcomm.stream import camera_frames, image_frames, video_frames
+    from latentcomm.stream import camera_frames, image_frames, mcap_frames, video_frames
 
-    if args.video is not None:
+    if args.video is not None and args.video.lower().endswith(".mcap"):  # a recording: its camera topic
+        frames = mcap_frames(args.video, args.mcap_topic, args.fps, args.max_frames)
+    elif args.video is not None:
         frames = video_frames(args.video, args.fps, args.max_frames, _video_options(args), args.reconnect)
     elif args.camera is not None:
         size = tuple(int(v) for v in args.camera_size.lower().split("x")) if args.camera_size else None
@@ -535,6 +545,8 @@ def _source_fps(args) -> float:
 
     if args.video is None or is_url(args.video):
         return 30.0
+    if args.video.lower().endswith(".mcap"):
+        return 10.0  # a recording's rate is its messages' timing; without --fps, pictures are taken at 10 a second
     import av
 
     with av.open(args.video, options=_video_options(args)) as container:
