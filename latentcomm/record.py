@@ -7,7 +7,8 @@ as it arrived, without re-encoding: each access unit becomes a ``foxglove.Compre
 (H.264 Annex B, AV1 OBUs, VP9 frames; the key frames carry their parameter sets, so a player starts
 at any key frame). Stills (a learned or VAE latent, which no player decodes) are recorded as their
 decoded picture, a PNG ``foxglove.CompressedImage``; texts as ``foxglove.Log`` messages. Topics are
-per stream: ``/NAME/video``, ``/NAME/image``, ``/NAME/log``, NAME the sender's ``--name``, else its
+per stream: ``/NAME/video``, ``/NAME/image``, ``/NAME/log`` and ``/NAME/stats`` (the figures, JSON),
+NAME the sender's ``--name``, else its
 key id or address (letters, digits and ``_``). Written with the Foxglove SDK (``foxglove-sdk``);
 read back with the ``mcap`` package (tests/test_record.py decodes every frame with PyAV). Both
 outputs share one SDK context, so a frame is encoded into messages once.
@@ -16,6 +17,7 @@ outputs share one SDK context, so a frame is encoded into messages once.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import time
@@ -26,6 +28,20 @@ from PIL import Image
 from latentcomm.errors import LatentcommError
 
 log = logging.getLogger(__name__)
+
+#: The figures each frame adds on ``/NAME/stats`` (JSON): what the dashboard charts.
+STATS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "frame_bytes": {"type": "integer", "description": "bytes on the wire"},
+        "payload_bytes": {"type": "integer", "description": "the coded picture's bytes"},
+        "link_bps": {"type": "integer", "description": "the sender's link rate, bits/s (fixed or estimated)"},
+        "sender_latency_ms": {"type": "integer", "description": "the sender's last capture-to-acknowledgement"},
+        "decode_s": {"type": "number", "description": "this receiver's decode time"},
+        "frame_type": {"type": "string", "description": "key or inter (video)"},
+    },
+}
+
 
 def topic_name(report: dict) -> str:
     """The stream's topic prefix: its --name, else its key id or address, as a topic segment."""
@@ -65,11 +81,18 @@ class FoxgloveSink:
         return self.server.port if self.server is not None else None
 
     def _channel(self, topic: str, kind: str):
+        import foxglove
         from foxglove.channels import CompressedImageChannel, CompressedVideoChannel, LogChannel
 
         if topic not in self._channels:
-            cls = {"video": CompressedVideoChannel, "image": CompressedImageChannel, "log": LogChannel}[kind]
-            self._channels[topic] = cls(topic, context=self._context)
+            if kind == "stats":  # JSON, its schema below: Foxglove's plot panel charts its fields
+                schema = foxglove.Schema(name="latentcomm.StreamFigures", encoding="jsonschema",
+                                         data=json.dumps(STATS_SCHEMA).encode())  # fmt: skip
+                self._channels[topic] = foxglove.Channel(topic, schema=schema, message_encoding="json",
+                                                         context=self._context)  # fmt: skip
+            else:
+                cls = {"video": CompressedVideoChannel, "image": CompressedImageChannel, "log": LogChannel}[kind]
+                self._channels[topic] = cls(topic, context=self._context)
         return self._channels[topic]
 
     def on_frame(self, report: dict, payload: bytes, recon: Image.Image) -> None:
@@ -93,6 +116,8 @@ class FoxgloveSink:
             self._channel(f"{prefix}/image", "image").log(
                 CompressedImage(timestamp=stamp, frame_id=frame_id, data=buf.getvalue(), format="png"), log_time=now
             )
+        figures = {k: report[k] for k in STATS_SCHEMA["properties"] if report.get(k) is not None}
+        self._channel(f"{prefix}/stats", "stats").log(json.dumps(figures).encode(), log_time=now)
         if report.get("text") is not None:
             self._channel(f"{prefix}/log", "log").log(
                 Log(timestamp=stamp, level=LogLevel.Info, message=report["text"], name=frame_id), log_time=now

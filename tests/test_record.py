@@ -36,16 +36,24 @@ def test_a_live_stream_is_recorded_as_it_arrived_and_decodes_frame_for_frame(tmp
     shown = [json.loads(line) for line in (out / "images.jsonl").read_text().splitlines()]
     assert shown
 
-    videos, logs = [], []
+    videos, logs, figures = [], [], []
     with record.open("rb") as fh:
         reader = make_reader(fh, decoder_factories=[DecoderFactory()])
-        for schema, channel, _message, proto in reader.iter_decoded_messages():
+        for schema, channel, _message in reader.iter_messages(topics=["/gate/stats"]):
+            assert schema.name == "latentcomm.StreamFigures" and channel.message_encoding == "json"
+            figures.append(json.loads(_message.data))
+        fh.seek(0)
+        reader = make_reader(fh, decoder_factories=[DecoderFactory()])
+        for schema, channel, _message, proto in reader.iter_decoded_messages(topics=["/gate/video", "/gate/log"]):
             if channel.topic == "/gate/video":
                 assert schema.name == "foxglove.CompressedVideo" and proto.format == "h264"
                 videos.append(bytes(proto.data))
             elif channel.topic == "/gate/log":
                 logs.append(proto.message)
+
     assert len(videos) == len(shown) and logs == ["robot 7"] * len(shown)
+    assert [f["frame_bytes"] for f in figures] == [r["frame_bytes"] for r in shown]
+    assert all(f["link_bps"] == 512_000 for f in figures)
     decoder = av.CodecContext.create("h264", "r")
     for unit, report in zip(videos, shown, strict=True):
         pictures = decoder.decode(av.Packet(unit))
