@@ -36,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.harness import RESULTS, run_meta, write_results
+from benchmarks.stream import psnr
 from latentcomm.operating import LADDER, TABLE_PATH, rung_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,11 +54,6 @@ HELD_OUT = ("one-by-one-person-detection",)
 MAX_SCENE_LOSS_DB = 0.3
 #: Bytes a sealed video frame costs besides its access unit (measured: 90-110).
 FRAME_OVERHEAD = 100
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * math.log10(255.0**2 / max(mse, 1e-10))
 
 
 def scene_path(name: str, tmp: Path) -> Path:

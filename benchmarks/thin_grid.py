@@ -20,27 +20,15 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from benchmarks.harness import RESULTS, run_meta, write_results
+from benchmarks.operating_points import scene_path
 from benchmarks.stream import RATES, SIZES, anchor, live_run, psnr, source_frames
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
 PLAIN = (
     ("plain x264 medium", "libx264", "medium", 1.0),
     ("plain SVT-AV1 preset 8", "libsvtav1", "8", 1.0),
     ("plain x264 medium, half size + bicubic", "libx264", "medium", 0.5),
 )
-
-
-def find_scene(name: str, tmp: Path) -> Path:
-    from latentcomm.scenes import station_scene
-
-    if name == "station":
-        return station_scene(tmp / "station.mkv", 10.0)
-    for folder in ("videos", "videos-camera"):
-        found = sorted((SHARED / folder).glob(f"{name}*.mp4"))
-        if found:
-            return found[0]
-    raise SystemExit(f"error: no scene {name!r} in {SHARED}")
 
 
 def label(picture: np.ndarray, text: str) -> Image.Image:
@@ -65,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        video = find_scene(args.scene, tmp)
+        video = scene_path(args.scene, tmp)
         source = source_frames(video, SIZES[args.size])
         index = args.frame if args.frame is not None else sorted(source)[min(79, len(source) - 1)]
         if index not in source:

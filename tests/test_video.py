@@ -320,7 +320,8 @@ def test_a_video_stream_prints_a_line_a_second_and_every_frame_with_verbose(tmp_
         if per_frame:
             assert len(images) == summary["frames_acknowledged"] and not summaries
         else:
-            assert not images and 1 <= len(summaries) <= 10, lines
+            # a line a second: fewer lines than frames however slow a busy machine makes the stream
+            assert not images and 1 <= len(summaries) < summary["frames_acknowledged"], lines
             assert sum(int(line.split(": ")[1].split()[0]) for line in summaries) == summary["frames_acknowledged"]
 
 

@@ -42,6 +42,7 @@ import logging
 import math
 import queue
 import secrets
+import ssl
 import threading
 import time
 import uuid
@@ -136,8 +137,6 @@ def _secure(client, address: BrokerAddress, auth: BrokerAuth | None) -> None:
     """TLS and credentials on a paho client, before it connects."""
     auth = auth or BrokerAuth()
     if address.tls:
-        import ssl
-
         try:
             client.tls_set(ca_certs=auth.ca, certfile=auth.cert, keyfile=auth.keyfile,
                            cert_reqs=ssl.CERT_REQUIRED)  # fmt: skip
@@ -199,7 +198,7 @@ def _connect(
             client.connect(host, port, keepalive=10, **extra)
             return
         except OSError as exc:  # ssl.SSLError is one: a certificate that doesn't verify
-            if time.monotonic() < deadline and not isinstance(exc, ssl_error()):
+            if time.monotonic() < deadline and not isinstance(exc, ssl.SSLError):
                 time.sleep(0.25)
                 continue
             raise TransportError(f"cannot reach the MQTT broker at {host}:{port}: {exc.strerror or exc}") from None
@@ -215,12 +214,6 @@ def _accepted(endpoint, timeout: float) -> bool:
         if getattr(endpoint, "_refused", None):
             return False
     return endpoint._connected.is_set()
-
-
-def ssl_error() -> type:
-    import ssl
-
-    return ssl.SSLError
 
 
 def refusal(reason_code) -> str:
