@@ -33,6 +33,7 @@ DOCS = [
     REPO / "docs" / "benchmarks.md",
     REPO / "docs" / "streams.md",
     REPO / "docs" / "video.md",
+    REPO / "docs" / "install.md",
     *(REPO / "models" / m / "README.md" for m in ("latentcomm-lic", "latentcomm-kl-f8")),
 ]
 BLOCK = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
@@ -883,7 +884,25 @@ def hardening(r: Results) -> str:
     return "\n".join(rows) + "\n"
 
 
+def install(r: Results) -> str:
+    d = r["install"]
+    out = [
+        f"Run of {run_line(d)}, Python {d['python']}, pip against a {d['pip_index']} (`python -m "
+        "benchmarks.install`): each a fresh virtual environment, the checkout installed with its extras; size is "
+        "what the install added to site-packages.\n",
+        "| install | command | size | distributions | torch | time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in d["rows"]:
+        out.append(
+            f"| {row['target']} | `{row['pip_install']}` | {row['mib']:,} MiB | {row['distributions']} | "
+            f"{'yes' if row['torch'] else 'no'} | {row['seconds']:.0f} s |"
+        )
+    return "\n".join(out) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Results], str]] = {
+    "install": install,
     "hardening": hardening,
     "which-codec": which_codec,
     "codec-speed-line": codec_speed_line,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from latentcomm.errors import TransportError
+from latentcomm.errors import TransportError, require
 from latentcomm.metrics import psnr, ssim
 
 log = logging.getLogger(__name__)
@@ -172,9 +172,12 @@ class DashboardState:
         quality: dict = {}
         if original is not None and original.size == recon.size:
             try:
-                value = ssim(original, recon)
-                quality = {"psnr_db": round(psnr(original, recon), 2),
-                           "ssim": round(value, 4) if value is not None else None}  # fmt: skip
+                quality = {"psnr_db": round(psnr(original, recon), 2), "ssim": None}
+                try:
+                    value = ssim(original, recon)
+                except ImportError:  # a video-only install has no scikit-image: PSNR alone
+                    value = None
+                quality["ssim"] = round(value, 4) if value is not None else None
             except Exception:  # a figure on the page is never worth a frame: log it and show none
                 log.exception("dashboard: no PSNR/SSIM for an image from %s", report.get("peer"))
         recon_png, original_png = _png(recon), _png(original) if original is not None else b""
@@ -369,7 +372,9 @@ class Dashboard:
     """The web server on a daemon thread; ``stop()`` ends it."""
 
     def __init__(self, state: DashboardState, host: str, port: int, token: str | None = None) -> None:
-        import uvicorn
+        require("starlette", "dashboard", "--dashboard")
+        uvicorn = require("uvicorn", "dashboard", "--dashboard")
+        require("prometheus_client", "dashboard", "--dashboard's /metrics")
 
         self.state = state
         config = uvicorn.Config(build_app(state, token), host=host, port=port, log_level="warning", lifespan="off")

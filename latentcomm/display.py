@@ -16,8 +16,11 @@ def display_available() -> bool:
     """Can matplotlib open a window here? (False on headless servers, CI, SSH without X.)"""
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return False
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ModuleNotFoundError:  # an install without the [display] extra: pictures go to --out instead
+        log.info("matplotlib is not installed (pip install 'latentcomm[display]'): no window")
+        return False
     backend = matplotlib.get_backend().lower()
     return backend not in ("agg", "pdf", "svg", "ps", "cairo", "template") and "inline" not in backend
 

@@ -8,6 +8,9 @@ means this process tried to build an invalid frame (a bug or misuse on our side)
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class LatentcommError(Exception):
     """Base of every error a user can cause; its message is one line meant for the user."""
@@ -39,3 +42,20 @@ class LocalProtocolError(ProtocolError):
 
 class TransportError(LatentcommError):
     """A network operation failed: refused connection, port in use, timeout, peer hung up."""
+
+
+class MissingExtra(LatentcommError):
+    """A feature whose packages this install left out (pyproject.toml's extras: a video-only device
+    installs the core, without torch, the dashboard's web server or Foxglove's SDK)."""
+
+
+def require(module: str, extra: str, feature: str) -> ModuleType:
+    """``module``, imported, or :class:`MissingExtra` saying which extra brings it: the one line a user
+    of a light install gets instead of a traceback when a flag needs more than the core."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise MissingExtra(
+            f"{feature} needs {exc.name or module!r}, which this install lacks: "
+            f"pip install 'latentcomm[{extra}]' (or -r requirements.txt)"
+        ) from None

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from latentcomm.errors import ImageError
+
+if TYPE_CHECKING:  # tensors only for the learned and VAE codecs: a video-only install has no torch
+    import torch
 
 #: The autoencoder down-samples by 8; inputs must be a multiple of this.
 LATENT_STRIDE = 8
@@ -121,6 +124,8 @@ def center_crop_square(img: Image.Image, size: int) -> Image.Image:
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image -> float32 tensor (1, 3, H, W) in [-1, 1]."""
+    import torch
+
     arr = np.asarray(to_rgb(img), dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
 
@@ -132,6 +137,8 @@ def tensor_to_pil(x: torch.Tensor) -> Image.Image:
 
 def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:
     """Tensor in [-1, 1] -> HxWx3 uint8 array, rounding to nearest."""
+    import torch
+
     if x.dim() == 4:
         if x.shape[0] != 1:
             raise ValueError(f"expected a single image, got batch of {x.shape[0]}")
@@ -154,6 +161,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = LATENT_STRIDE) -> tuple[tor
     produce ringing) on an artificial black edge. Returns the padded tensor and the original (H, W)
     to crop back to after decoding.
     """
+    import torch
+
     h, w = x.shape[-2:]
     ph = (-h) % multiple
     pw = (-w) % multiple

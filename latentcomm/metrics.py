@@ -1,4 +1,8 @@
-"""Image quality metrics on 8-bit pixels, as a viewer sees them (scikit-image implementations)."""
+"""Image quality metrics on 8-bit pixels, as a viewer sees them (scikit-image implementations).
+
+scikit-image, pytorch-msssim and ssimulacra2 load on first use: PSNR needs only numpy, so the
+dashboard of a video-only install (no scikit-image, see pyproject.toml's extras) still shows it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 
 def _u8(img: Image.Image | np.ndarray) -> np.ndarray:
@@ -24,7 +27,8 @@ def psnr(reference: Image.Image | np.ndarray, test: Image.Image | np.ndarray) ->
         raise ValueError(f"images differ in size: {a.shape} vs {b.shape}")
     if np.array_equal(a, b):
         return float("inf")
-    return float(peak_signal_noise_ratio(a, b, data_range=255))
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)  # as skimage's peak_signal_noise_ratio
+    return float(10 * np.log10(255.0**2 / mse))
 
 
 def ssim(reference: Image.Image | np.ndarray, test: Image.Image | np.ndarray) -> float | None:
@@ -40,6 +44,8 @@ def ssim(reference: Image.Image | np.ndarray, test: Image.Image | np.ndarray) ->
     if side < 3:
         return None
     win = min(7, side if side % 2 else side - 1)
+    from skimage.metrics import structural_similarity
+
     return float(structural_similarity(a, b, channel_axis=-1, data_range=255, win_size=win))
 
 

@@ -14,25 +14,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-import torch
+import numpy as np
 from PIL import Image
 
 from latentcomm.codecs.base import ImageCodec
-from latentcomm.codecs.video import VIDEO_CODECS, KeyFrameNeeded, VideoCodec
+from latentcomm.codecs.video import VIDEO_CODECS, KeyFrameNeeded, VideoCodec, parse_payload
 from latentcomm.display import Viewer, display_available
-from latentcomm.engine import Engine
 from latentcomm.errors import ImageError, LatentcommError, RemoteProtocolError
-from latentcomm.images import crop_to, decode_image_bytes, tensor_to_pil, unit_float_to_image
+from latentcomm.images import decode_image_bytes, unit_float_to_image
 from latentcomm.operating import CAPABILITY as SCALED_CAPABILITY
 from latentcomm.store import OutputStore
 from latentcomm.stream import stream_of
 from latentcomm.transports.base import SHUTDOWN_GRACE_S, FrameSource, ReceivedFrame
 from latentcomm.wire import v2
-from latentcomm.wire.encodings import decode_latent
 from latentcomm.wire.legacy import LATENT_CHANNELS, LegacyFrame
 
 if TYPE_CHECKING:
     from latentcomm.dashboard import DashboardState
+    from latentcomm.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +67,8 @@ class ReceiverOptions:
     #: Human output (not --json): a video stream's frames as one line a second per stream; True
     #: (--verbose): every frame's lines, as for stills.
     every_frame: bool = False
+    #: --save-frames: a video frame is also written as a PNG in out_dir (video is always kept as video).
+    save_frames: bool = False
 
 
 #: Seconds between a video stream's summary lines on stdout (without --json or --verbose).
@@ -211,19 +212,23 @@ class Receiver:
 
     # -- decoding ---------------------------------------------------------------------------------
 
-    def _legacy(self, f: LegacyFrame) -> tuple[str, torch.Tensor, Image.Image | None, dict]:
+    def _legacy(self, f: LegacyFrame) -> tuple[str, np.ndarray, Image.Image | None, dict]:
         if self.default is None:
             raise Rejected(
                 v2.Status.UNKNOWN_MODEL,
-                "legacy frame refused: this receiver runs only the learned codec (legacy frames carry a VAE latent)",
+                "legacy frame refused: this receiver runs no VAE (legacy frames carry a VAE latent; it runs "
+                f"{', '.join(self.codecs)})",
             )
+        from latentcomm.images import crop_to, tensor_to_uint8  # torch: the VAE path only
+        from latentcomm.wire.encodings import decode_latent
+
         latent = decode_latent(f.flag, LATENT_CHANNELS, f.height, f.width, f.payload)
         arr = f.original_array()
         original = None
         if arr is not None:
             original = unit_float_to_image(arr).crop((0, 0, f.image_size[1], f.image_size[0]))
         info = {"dtype": "f16" if f.flag == 2 else "i8", "flag": f.flag, "latent_shape": list(latent.shape)}
-        image = crop_to(self.default.decode(latent), f.image_size)
+        image = tensor_to_uint8(crop_to(self.default.decode(latent), f.image_size))
         return self.default.source, image, original, info
 
     def _stream_codec(self, codec: ImageCodec, item: ReceivedFrame, f: v2.ImageFrame) -> ImageCodec:
@@ -277,6 +282,8 @@ class Receiver:
         doomed = [k for k in self._streams if k[1] in gone or now - self._stream_seen.get(k, now) > STREAM_IDLE_S]
         for key in doomed:
             self._free(key)
+            if self.store is not None:  # its video file is finished: it plays, with its index, from now on
+                self.store.end_video(key)
         return len(doomed)
 
     @property
@@ -284,7 +291,7 @@ class Receiver:
         """Live stream decoders held (video streams and other stateful codecs)."""
         return len(self._streams)
 
-    def _v2(self, f: v2.ImageFrame, item: ReceivedFrame) -> tuple[str, torch.Tensor, Image.Image | None, dict]:
+    def _v2(self, f: v2.ImageFrame, item: ReceivedFrame) -> tuple[str, np.ndarray, Image.Image | None, dict]:
         codec = self.codecs.get(f.model)
         if codec is None:
             raise Rejected(
@@ -299,7 +306,7 @@ class Receiver:
             original = decode_image_bytes(f.reference_png, max_pixels=oh * ow, formats=("PNG",))
             if original.size != (ow, oh):
                 raise Rejected(v2.Status.MALFORMED, f"reference image is {original.size}, expected {(ow, oh)}")
-        image = codec.decode(f.encoding, f.compression, f.shape, f.payload, f.params, f.image_size)
+        image = codec.decode_pixels(f.encoding, f.compression, f.shape, f.payload, f.params, f.image_size)
         info = {
             "seq": f.seq,
             "name": codec.frame_name(f.name, f.payload),
@@ -338,11 +345,14 @@ class Receiver:
                 item.reply.set_result(v2.Ack(f.seq, status, str(exc)))
             return None
         size = f.image_size
-        recon = tensor_to_pil(image)
+        recon = Image.fromarray(image, mode="RGB")
         decode_s = time.perf_counter() - t0
         self._decoded += 1
-        # The picture's number: with --out, the next file number (continued from what the folder holds).
-        index = self.store.next_index if self.store is not None else self._decoded
+        video = info.get("codec") == "video"
+        # The picture's number: with --out, the next file number (continued from what the folder holds);
+        # a video frame kept only in its stream's video file is counted, not numbered.
+        png = self.store is not None and (not video or self.opts.save_frames)
+        index = self.store.next_index if png else self._decoded
         report = {
             "index": index,
             "peer": item.peer,
@@ -361,8 +371,17 @@ class Receiver:
         }
         if self.store is not None:
             try:
-                index, recon_path, compare_path = self.store.save(original, recon)
-                report["index"] = index
+                if video:  # the access unit as it arrived, into the stream's video file
+                    saved = self.store.save_video(
+                        (item.key_id or "", item.peer, f.model), info.get("stream") or item.peer, f.model,
+                        parse_payload(f.payload)[1], info["frame_type"] == "key", (f.shape[1], f.shape[2]),
+                        report["time"],
+                    )  # fmt: skip
+                    if saved is not None:
+                        report.update(video_path=str(saved[0]), video_frame=saved[1])
+                if png:
+                    index, recon_path, compare_path = self.store.save(original, recon)
+                    report.update(index=index, recon_path=str(recon_path), compare_path=str(compare_path))
             except OSError as exc:  # a full disk, a file where the folder should be: this image fails, not the server
                 reason = f"decoded but not saved to {self.opts.out_dir}: {exc.strerror or exc}"
                 log.error("image from %s: %s", item.peer, reason)
@@ -373,7 +392,6 @@ class Receiver:
                 if self.dashboard is not None:
                     self.dashboard.on_rejected(item.peer, reason)
                 return None
-            report.update(recon_path=str(recon_path), compare_path=str(compare_path))
         if self.viewer is not None:
             title = f"#{index} from {item.peer}: {len(f.payload):,} byte latent"
             try:
@@ -500,6 +518,8 @@ class Receiver:
         server.stop_accepting()
         self._drain(server)
         self._tally_video({}, flush=True)
+        if self.store is not None:
+            self.store.close()
         self.summary.rejected += server.stats.rejected
         self.summary.bytes_received = server.stats.bytes_received
         return self.summary

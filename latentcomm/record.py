@@ -25,7 +25,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from latentcomm.errors import LatentcommError
+from latentcomm.errors import LatentcommError, require
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,7 @@ class FoxgloveSink:
     live on a Foxglove WebSocket server (``serve``: (host, port); port 0 picks one). See the module."""
 
     def __init__(self, record: Path | None = None, serve: tuple[str, int] | None = None) -> None:
-        try:
-            import foxglove
-        except ImportError:
-            raise LatentcommError("--record and --foxglove need the Foxglove SDK: pip install foxglove-sdk") from None
+        foxglove = require("foxglove", "foxglove", "--record and --foxglove")
         if record is not None and record.exists():
             raise LatentcommError(f"--record {record}: the file exists (a recording is never overwritten)")
         self.path = record

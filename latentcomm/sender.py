@@ -11,12 +11,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from latentcomm.codecs.base import ImageCodec
-from latentcomm.engine import Engine
 from latentcomm.errors import ImageError
 from latentcomm.images import center_crop_square, encode_png, load_image, pad_to_multiple, pil_to_tensor, resize_square
 from latentcomm.stream import StreamTally
@@ -25,6 +25,9 @@ from latentcomm.transports.tcp import send_frame
 from latentcomm.wire import v2
 from latentcomm.wire.encodings import DTYPE_FLAGS, FLAG_INT8, encode_latent
 from latentcomm.wire.legacy import LegacyFrame, frame_to_bytes
+
+if TYPE_CHECKING:  # the VAE path's; a video-only install has no torch
+    from latentcomm.engine import Engine
 
 log = logging.getLogger(__name__)
 

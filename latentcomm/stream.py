@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from latentcomm.errors import ImageError
+from latentcomm.errors import ImageError, require
 from latentcomm.images import load_image
 
 log = logging.getLogger(__name__)
@@ -162,13 +162,12 @@ def mcap_frames(
     """A recording's camera frames as a live source: the protobuf ``foxglove.CompressedVideo`` (decoded
     with PyAV) or ``foxglove.CompressedImage`` (JPEG/PNG) messages on ``topic`` (default: the first
     topic holding either), timed by their log times, subsampled to ``fps``."""
-    try:
-        from mcap.exceptions import McapError
-        from mcap.reader import make_reader
-        from mcap_protobuf.decoder import DecoderFactory
-    except ImportError:
-        raise ImageError("replaying an MCAP recording needs: pip install mcap mcap-protobuf-support") from None
+    require("mcap", "foxglove", "replaying an MCAP recording")
+    require("mcap_protobuf", "foxglove", "replaying an MCAP recording")
     import av
+    from mcap.exceptions import McapError
+    from mcap.reader import make_reader
+    from mcap_protobuf.decoder import DecoderFactory
 
     path = Path(path)
     try:

@@ -89,7 +89,8 @@ def test_a_receiver_with_enhance_streams_and_shows_better_pictures(tmp_path, sta
     # "always": this test is about the pictures; whether a loaded machine keeps up is --enhance auto's
     # business (test_a_stream_too_fast_to_enhance_is_shown_unenhanced). --codec h264: the codec named on
     # the command line enhances too (it was once made before the enhancer and enhanced nothing).
-    rx = start_receiver("--codec", "h264", "--no-show", "--json", "--out", str(out), "--enhance", "always")
+    rx = start_receiver("--codec", "h264", "--no-show", "--json", "--out", str(out), "--save-frames",
+                        "--enhance", "always")  # fmt: skip
     proxy = Proxy(rx.port)
     tx = subprocess.run(
         [PYTHON, str(REPO / "sender_sdvae.py"), "--codec", "h264", "--port", str(proxy.port), "--video", str(video),

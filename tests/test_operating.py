@@ -98,7 +98,7 @@ def test_a_thin_link_codes_smaller_and_the_receiver_shows_the_source_size(tmp_pa
     rung = LADDER[rung_for(thresholds, rate / (w * h * 10))]
     video = station_scene(tmp_path / "station.mkv", seconds=3.0)
     out = tmp_path / "out"
-    rx = start_receiver("--codec", "learned", "--no-show", "--json", "--out", str(out))
+    rx = start_receiver("--codec", "learned", "--no-show", "--json", "--out", str(out), "--save-frames")
     tx = subprocess.run(
         [PYTHON, str(REPO / "sender_sdvae.py"), "--codec", "h264", "--port", str(rx.port), "--video", str(video),
          "--resolution", f"{w}x{h}", "--bandwidth", str(rate), "--json"],

@@ -24,7 +24,8 @@ def test_a_live_stream_is_recorded_as_it_arrived_and_decodes_frame_for_frame(tmp
     from mcap_protobuf.decoder import DecoderFactory
 
     record, out = tmp_path / "run.mcap", tmp_path / "out"
-    rx = start_receiver("--codec", "learned", "--no-show", "--json", "--out", str(out), "--record", str(record))
+    rx = start_receiver("--codec", "learned", "--no-show", "--json", "--out", str(out), "--save-frames",
+                        "--record", str(record))  # fmt: skip
     video = make_video(tmp_path / "pan.mp4", frames=30, fps=10, size=128)
     tx = subprocess.run(
         [PYTHON, str(REPO / "sender_sdvae.py"), "--codec", "h264", "--port", str(rx.port), "--video", str(video),

@@ -143,7 +143,8 @@ def test_sealed_h264_over_a_256k_link_shows_every_frame(tmp_path, start_receiver
     key = tmp_path / "k.key"
     generate_key(key)
     out = tmp_path / "out"
-    rx = start_receiver("--codec", "learned", "--no-show", "--json", "--out", str(out), "--key", str(key))
+    rx = start_receiver("--codec", "learned", "--no-show", "--json", "--out", str(out), "--save-frames",
+                        "--key", str(key))  # fmt: skip
     link = Throttle(("127.0.0.1", rx.port), 256_000)
     video = make_video(tmp_path / "pan.mp4", frames=50, fps=10, size=256)
     frames, summary = finish(start_sender(link.port, video, "--codec", "h264", "--bandwidth", "256k", "--key",

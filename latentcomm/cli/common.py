@@ -153,15 +153,16 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def add_model_args(p: argparse.ArgumentParser, auto: bool = False) -> None:
+def add_model_args(p: argparse.ArgumentParser, auto: bool = False, default: str | None = "vae") -> None:
     """--codec (its choices are the codec registry's; ``auto``: the sender's choice for streams), --model,
-    --device, --precision."""
+    --device, --precision. ``default=None`` lets a command tell an explicit --codec vae from the default
+    (the receiver: without torch the default falls back to video only, an explicit one is an error)."""
     from latentcomm.codecs.base import REGISTRY
 
     p.add_argument(
         "--codec",
         choices=[*REGISTRY, *(["auto"] if auto else [])],
-        default=None if auto else "vae",
+        default=None if auto else default,
         help="vae: an AutoencoderKL latent (the original scripts' path, the only one legacy frames carry); "
         "learned: the learned image codec in models/latentcomm-lic (a latent trained for rate, entropy-coded; "
         "far fewer bytes for the same picture, v2 frames only, needs no SD VAE); h264, av1, vp9: a real video "

@@ -49,7 +49,7 @@ examples:
 def build_parser(prog: str = "receiver_sdvae.py") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, formatter_class=HelpFormatter)
     add_network_args(p, listening=True)
-    add_model_args(p)
+    add_model_args(p, default=None)
     add_output_args(p)
     add_key_args(p, receiver=True)
     add_broker_args(p, receiver=True)
@@ -61,13 +61,20 @@ def build_parser(prog: str = "receiver_sdvae.py") -> argparse.ArgumentParser:
         "original came with it",
     )
     p.add_argument(
+        "--save-frames",
+        action="store_true",
+        help="with --out, also save every video frame as a PNG (NNNN_recon.png). Without it a video stream is "
+        "kept as video only: NNNN_video-STREAM.mkv in --out, the access units as they arrived (no re-encoding; "
+        "a new file when the stream's codec or coded size changes), each frame's file and number in images.jsonl",
+    )
+    p.add_argument(
         "--max-disk",
         type=byte_size,
         metavar="SIZE",
-        help="keep the pictures in --out under SIZE (e.g. 500M, 2G): past it the oldest pairs are deleted, "
-        "with a log line when pruning starts (default: no bound). The newest pair is always kept, so one picture "
-        "larger than SIZE leaves --out above it. Numbering always continues from what --out holds, so a "
-        "restarted receiver never overwrites a picture",
+        help="keep the pictures and video files in --out under SIZE (e.g. 500M, 2G): past it the oldest files "
+        "are deleted, never a video file still being written, with a log line when pruning starts (default: no "
+        "bound). The newest file is always kept, so one larger than SIZE leaves --out above it. Numbering always "
+        "continues from what --out holds, so a restarted receiver never overwrites a picture or a video",
     )
     p.add_argument(
         "--no-show",
@@ -192,6 +199,7 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
     args = parser.parse_args(argv)
     setup_logging(args=args)
     from latentcomm.codecs import load_codec
+    from latentcomm.codecs.base import CodecUnavailable
     from latentcomm.errors import LatentcommError
     from latentcomm.receiver import Receiver, ReceiverOptions
     from latentcomm.transports.tcp import FrameServer
@@ -277,7 +285,14 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
             v2_limits=v2_limits,
             keyring=keyring,
         )
-    codecs = [load_codec(args.codec, args.model, args.device, args.precision)]
+    try:
+        codecs = [load_codec(args.codec or "vae", args.model, args.device, args.precision)]
+    except CodecUnavailable as exc:
+        if args.codec is not None:
+            raise
+        # A video-only install (no torch): the default still codec can't load, video streams still can.
+        codecs = []
+        print(f"receiving video only: {exc}", file=sys.stderr, flush=True)
     codecs += [load_codec("vae", m, args.device, args.precision) for m in args.extra_model]
     dashboard = None
     state = None
@@ -290,13 +305,16 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
         print(f"Dashboard on http://{shown}:{dashboard.address[1]}/", file=sys.stderr, flush=True)
     enhancer = None
     if args.enhance:
+        from latentcomm.errors import require
+
+        require("torch", "learned", "--enhance")
         from latentcomm.enhance import ENHANCER_DIR, VideoEnhancer
 
         enhancer = VideoEnhancer.from_pretrained(ENHANCER_DIR)
         enhancer.keep_up = args.enhance == "auto"
     options = ReceiverOptions(
         args.out, not args.no_show, args.once, args.json, args.max_disk, int(args.max_video_pixels),
-        args.max_pixel_rate, args.max_total_pixel_rate, every_frame=args.verbose,
+        args.max_pixel_rate, args.max_total_pixel_rate, every_frame=args.verbose, save_frames=args.save_frames,
     )  # fmt: skip
     outputs = []
     if args.record is not None or args.foxglove is not None:
@@ -309,10 +327,10 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
     receiver = Receiver(codecs, options, dashboard=state, enhancer=enhancer, outputs=outputs)
     server.start()
     host, port = server.address
-    models = ", ".join(c.model_id for c in codecs)
+    models = f"model {', '.join(c.model_id for c in codecs)}" if codecs else "video only"
     sealing = f"sealed frames only, key id(s) {', '.join(k.hex() for k in keyring.keys)}" if keyring else "in clear"
     print(
-        f"Receiver listening on {host}:{port} (model {models}; {sealing}); Ctrl-C to stop", file=sys.stderr, flush=True
+        f"Receiver listening on {host}:{port} ({models}; {sealing}); Ctrl-C to stop", file=sys.stderr, flush=True
     )
     try:
         summary = receiver.serve(server, stop_on_signals())

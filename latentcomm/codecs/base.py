@@ -23,11 +23,16 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from latentcomm.errors import LocalProtocolError, MissingExtra
 
-from latentcomm.errors import LocalProtocolError
+if TYPE_CHECKING:  # the interface names tensors; a video-only install (no torch) never builds one
+    import numpy as np
+    import torch
+
+#: What to install when a codec's module can't import (pyproject.toml's extras).
+EXTRAS: dict[str, str] = {"vae": "vae", "learned": "learned"}
 
 #: ``--codec`` name -> ``module:Class``. Classes load on first use, so a sender of H.264 never loads
 #: the learned codec's model code, and the video codecs' PyAV stays out of an image sender.
@@ -133,13 +138,31 @@ class ImageCodec(ABC):
         Raises RemoteProtocolError (with a one-line reason) for anything that does not decode.
         """
 
+    def decode_pixels(self, encoding: int, compression: int, shape, payload: bytes, params, image_size) -> np.ndarray:
+        """:meth:`decode` as what a viewer sees: an (H, W, 3) uint8 array, what the receiver shows, saves
+        and records. Video codecs decode to pixels directly and never touch torch (a video-only install
+        has none); the tensor codecs go through :meth:`decode`."""
+        from latentcomm.images import tensor_to_uint8
+
+        return tensor_to_uint8(self.decode(encoding, compression, shape, payload, params, image_size))
+
+
+class CodecUnavailable(MissingExtra):
+    """A registered codec whose dependencies this install lacks (a video-only install and the learned
+    or VAE codec): the message says which extra to install."""
+
 
 def codec_class(name: str) -> type[ImageCodec]:
     """The class registered for ``--codec name``."""
     if name not in REGISTRY:
         raise LocalProtocolError(f"unknown codec {name!r}; choose one of {', '.join(REGISTRY)}")
     module, _, cls = REGISTRY[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    try:
+        loaded = importlib.import_module(module)
+    except ModuleNotFoundError as exc:  # an install without this codec's extra: one line, what to add
+        hint = f"pip install 'latentcomm[{EXTRAS.get(name, 'full')}]' (or -r requirements.txt)"
+        raise CodecUnavailable(f"codec {name!r} needs {exc.name!r}, which this install lacks: {hint}") from None
+    return getattr(loaded, cls)
 
 
 def is_learned_model(model: str | Path) -> bool:

@@ -37,14 +37,17 @@ import struct
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from latentcomm.codecs.base import CodecOptions, Encoded, ImageCodec
 from latentcomm.errors import LocalProtocolError, RemoteProtocolError
 from latentcomm.wire.encodings import COMP_NONE, ENC_VIDEO
+
+if TYPE_CHECKING:  # only the tensor interface (benchmarks, stills): live video is pixels, no torch
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -541,10 +544,15 @@ class VideoCodec(ImageCodec):
                 )  # fmt: skip
         return out
 
-    def decode(self, encoding, compression, shape, payload, params, image_size) -> torch.Tensor:
+    def decode_pixels(self, encoding, compression, shape, payload, params, image_size) -> np.ndarray:
         if encoding != ENC_VIDEO or compression != COMP_NONE or params:
             raise RemoteProtocolError("frame names a video codec but holds no video access unit")
-        pixels = self.decode_picture(shape, payload, image_size)
+        return self.decode_picture(shape, payload, image_size)
+
+    def decode(self, encoding, compression, shape, payload, params, image_size) -> torch.Tensor:
+        import torch
+
+        pixels = self.decode_pixels(encoding, compression, shape, payload, params, image_size)
         return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 

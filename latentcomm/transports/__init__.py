@@ -16,7 +16,7 @@ import importlib
 from types import ModuleType
 from urllib.parse import urlparse
 
-from latentcomm.errors import LatentcommError
+from latentcomm.errors import LatentcommError, require
 
 #: ``--broker`` URL scheme -> the module that carries frames that way.
 BROKERS: dict[str, str] = {
@@ -32,4 +32,6 @@ def broker_transport(url: str) -> ModuleType:
     if scheme not in BROKERS:
         kinds = " or ".join(f"{s}://HOST:PORT" for s in BROKERS if s != "mqtts") + " (mqtts://USER@HOST:PORT: TLS)"
         raise LatentcommError(f"--broker must look like {kinds}, got {url!r}")
+    if scheme == "zenoh":
+        require("zenoh", "zenoh", "--broker zenoh://")
     return importlib.import_module(BROKERS[scheme])

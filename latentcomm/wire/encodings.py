@@ -16,11 +16,14 @@ import gzip
 import io
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from latentcomm.errors import LocalProtocolError, RemoteProtocolError
+
+if TYPE_CHECKING:  # torch only where a latent is handled: video frames use this module's ids without it
+    import torch
 
 FLAG_INT8 = 0
 FLAG_FLOAT16 = 2
@@ -94,6 +97,8 @@ def bounded_gunzip(payload: bytes, expected: int) -> bytes:
 
 def decode_latent(flag: int, channels: int, height: int, width: int, payload: bytes) -> torch.Tensor:
     """gzip payload -> float32 latent (1, C, h, w); the inverse of ``encode_latent``."""
+    import torch
+
     expected = raw_latent_size(flag, channels, height, width)
     raw = bounded_gunzip(payload, expected)
     arr = np.frombuffer(raw, dtype=_NUMPY_DTYPES[flag]).astype(np.float32)
@@ -143,6 +148,8 @@ def v2_quantize(latent: torch.Tensor, encoding: int) -> tuple[bytes, list[tuple[
     uint8 maps each channel's [min, max] onto 0..255, so it adapts to any model's latent range (the
     SD VAE's several-unit spread included) where the legacy int8 rule clips.
     """
+    import torch
+
     z = latent.detach().float().cpu()
     if not torch.isfinite(z).all():
         raise LocalProtocolError("latent contains NaN or inf; refusing to send it")
@@ -164,6 +171,8 @@ def v2_quantize(latent: torch.Tensor, encoding: int) -> tuple[bytes, list[tuple[
 def v2_dequantize(
     raw: bytes, encoding: int, shape: tuple[int, int, int], params: list[tuple[float, float]]
 ) -> torch.Tensor:
+    import torch
+
     c, h, w = shape
     if encoding == ENC_FLOAT16:
         arr = np.frombuffer(raw, "<f2").astype(np.float32)
