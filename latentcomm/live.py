@@ -195,6 +195,8 @@ def send_video_stream(
                 picture = picture.resize(coded_size, Image.Resampling.LANCZOS)
             seq += 1
             text = texts(Path(f.name)) if texts is not None else None
+            if f.note:  # the source's own news (a reconnect) goes before the user's text
+                text = f"[{f.note}]" + (f" {text}" if text else "")
             if not overhead:
                 # What every inter frame costs besides its access unit (no name), sealing included,
                 # known before the first frame so that the encoder opens at the rate left for video.

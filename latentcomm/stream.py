@@ -12,6 +12,7 @@ sized to what the link carries in one frame interval, and encoding overlaps send
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -48,6 +49,9 @@ class SourceFrame:
     pts: float  # seconds from the start of the source
     image: Image.Image
     name: str
+    #: What happened to the source before this frame, for the receiver's people (a URL source that
+    #: dropped and was reopened): it travels as the frame's text, so the dashboard and images.jsonl show it.
+    note: str | None = None
 
 
 def parse_rate(text: str) -> float:
@@ -118,6 +122,7 @@ def video_frames(
     url, stem = str(path), url_stem(str(path))
     shown = _redact(url)
     first, start, sent, t_offset = True, 0, 0, 0.0
+    note, dropped_at = None, 0.0
     while True:
         deadline = time.monotonic() + (reconnect_s if not first else 0.0)
         wait = 0.5
@@ -131,12 +136,17 @@ def video_frames(
                     raise ImageError(f"{what} video {shown}: {exc}") from None
                 time.sleep(wait)
                 wait = min(5.0, 2 * wait)
+        if not first:
+            note = f"source reconnected after {time.monotonic() - dropped_at:.1f} s ({note})"
+            log.warning("video source %s: %s", shown, note)
         first = False
         last = {"index": start - 1, "pts": t_offset, "sent": sent}
         try:
             for f in _frames(container, stem, fps, max_frames and max_frames - sent, start, t_offset):
                 last.update(index=f.index, pts=f.pts)
                 last["sent"] += 1
+                if note is not None:  # the first frame after a reconnect says so
+                    f, note = dataclasses.replace(f, note=note), None
                 yield f
             dropped = None if max_frames and last["sent"] >= max_frames else "the stream ended"
         except ImageError as exc:
@@ -147,6 +157,7 @@ def video_frames(
                 raise ImageError(f"video {shown}: {dropped}")
             return
         log.warning("video source %s dropped (%s): reconnecting for up to %g s", shown, dropped, reconnect_s)
+        note, dropped_at = f"dropped: {dropped}", time.monotonic()
         start, t_offset = last["index"] + 1, last["pts"] + (1.0 / fps if fps else 0.04)
 
 
@@ -339,6 +350,8 @@ class LiveSource:
                 with self._cond:
                     if self._slot is not None:
                         self.dropped += 1  # superseded before the sender took it
+                        if self._slot[0].note and not f.note:  # its news is not: the next frame carries it
+                            f = dataclasses.replace(f, note=self._slot[0].note)
                     self._slot = (f, time.monotonic())
                     self.produced += 1
                     self._cond.notify_all()

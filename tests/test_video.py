@@ -356,6 +356,9 @@ def test_a_stream_url_is_sent_as_given_and_reopened_when_it_drops(tmp_path, star
     indexes = sorted(int(r["name"].rsplit("-", 1)[1]) for r in shown)
     assert summary["frames_from_source"] == 25 and indexes[0] < 15 <= indexes[-1], indexes
     assert all(r["name"].startswith(f"127.0.0.1-{port}-") for r in shown)
+    # The reconnect is news for the receiver's people: the first frame after it says so (dashboard, images.jsonl).
+    notes = [r["text"] for r in shown if "source reconnected after" in (r.get("text") or "")]
+    assert len(notes) == 1 and "dropped: the stream ended" in notes[0], [r.get("text") for r in shown]
     r = run_script("sender_sdvae.py", "--codec", "h264", "--port", "1", "--video", "tcp://127.0.0.1:1", timeout=60)
     assert r.returncode == 1 and "cannot open video tcp://127.0.0.1:1" in r.stderr and "Traceback" not in r.stderr
     r = run_script("sender_sdvae.py", "--codec", "h264", "--video", "x.mp4", "--video-option", "nokey", timeout=60)
