@@ -142,3 +142,44 @@ def test_no_receiver_is_a_transport_error_and_bad_urls_are_one_line(url):
     assert r.returncode != 0 and "mqtt://HOST:PORT or zenoh://HOST:PORT" in r.stderr.strip().splitlines()[-1]
     r = run_script("receiver_sdvae.py", "--codec", "learned", "--no-show", "--broker", url, "--viewer")
     assert r.returncode != 0 and "Zenoh has no viewers" in r.stderr.strip().splitlines()[-1]
+
+
+def test_zenohs_is_tls_with_the_receivers_certificate_and_mutual_with_a_ca(tmp_path, start_receiver):
+    """zenohs://: the link in TLS, certificates made here (tests/test_broker_tls.py). A sender that
+    can't verify the receiver, or lacks the certificate a mutual-TLS receiver asks for, stops at once
+    with one line; one that can sends."""
+    from tests.test_broker_tls import make_ca_and_server_cert
+
+    ca, cert, key = make_ca_and_server_cert(tmp_path)
+    url = f"zenohs://localhost:{free_port()}"
+    folder = images(tmp_path / "in", 2)
+    rx = start_receiver("--codec", "learned", "--no-show", "--json", "--broker", url, "--topic", "cams",
+                        "--broker-cert", str(cert), "--broker-key", str(key))  # fmt: skip
+    assert "Receiver listening on zenohs://localhost" in rx.stderr
+    ok = send(url, "--codec", "learned", "--image", str(folder), "--size", "0", "--broker-ca", str(ca))
+    assert ok.returncode == 0 and [s["ack_status"] for s in results(ok)] == ["OK", "OK"], ok.stderr
+    assert len(decoded(rx, 2)) == 2
+    untrusted = send(url, "--codec", "learned", "--image", str(folder), "--size", "0", "--wait-for-receiver", "1")
+    last = untrusted.stderr.strip().splitlines()[-1]
+    assert untrusted.returncode == 1 and "over TLS" in last and "Traceback" not in untrusted.stderr, untrusted.stderr
+    plain = send(url.replace("zenohs", "zenoh"), "--codec", "learned", "--image", str(folder), "--size", "0",
+                 "--retries", "0", "--ack-timeout", "1")  # fmt: skip
+    assert plain.returncode != 0 and "Traceback" not in plain.stderr  # no frame reaches a TLS listener in clear
+    rx.stop()
+
+    mutual = f"zenohs://localhost:{free_port()}"
+    rx = start_receiver("--codec", "learned", "--no-show", "--json", "--broker", mutual, "--topic", "cams",
+                        "--broker-cert", str(cert), "--broker-key", str(key), "--broker-ca", str(ca))  # fmt: skip
+    anonymous = send(mutual, "--codec", "learned", "--image", str(folder), "--size", "0", "--broker-ca", str(ca),
+                     "--wait-for-receiver", "1")  # fmt: skip
+    assert anonymous.returncode == 1 and "over TLS" in anonymous.stderr.strip().splitlines()[-1], anonymous.stderr
+    known = send(mutual, "--codec", "learned", "--image", str(folder), "--size", "0", "--broker-ca", str(ca),
+                 "--broker-cert", str(cert), "--broker-key", str(key))  # fmt: skip
+    assert known.returncode == 0 and [s["ack_status"] for s in results(known)] == ["OK", "OK"], known.stderr
+
+    r = run_script("receiver_sdvae.py", "--codec", "learned", "--no-show", "--broker", mutual)
+    assert r.returncode == 1 and "needs its certificate: --broker-cert" in r.stderr.strip().splitlines()[-1]
+    r = run_script("sender_sdvae.py", "--broker", mutual, "--broker-ca", str(tmp_path / "nope.pem"))
+    assert r.returncode == 1 and "--broker-ca" in r.stderr and "no such file" in r.stderr
+    r = run_script("sender_sdvae.py", "--broker", "zenoh://localhost:1", "--broker-ca", str(ca))
+    assert r.returncode == 2 and "needs TLS" in r.stderr

@@ -69,13 +69,14 @@ def add_key_args(p: argparse.ArgumentParser, receiver: bool) -> None:
 
 
 def check_broker_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Parser errors for broker flags that can't apply: the TLS and credential flags are MQTT's."""
-    tls = [f for f in ("broker_ca", "broker_cert", "broker_key", "broker_password_file") if getattr(args, f, None)]
+    """Parser errors for broker flags that can't apply: the TLS flags are for mqtts:// and zenohs://,
+    the password MQTT's."""
     scheme = (args.broker or "").partition("://")[0]
-    if tls and scheme not in ("mqtt", "mqtts"):
-        parser.error(f"--{tls[0].replace('_', '-')} is for an MQTT broker (--broker mqtts://USER@HOST:PORT)")
-    if (args.broker_ca or args.broker_cert) and scheme != "mqtts":
-        parser.error("--broker-ca and --broker-cert need TLS: --broker mqtts://HOST:PORT")
+    if getattr(args, "broker_password_file", None) and scheme not in ("mqtt", "mqtts"):
+        parser.error("--broker-password-file is for an MQTT broker (--broker mqtts://USER@HOST:PORT)")
+    tls = [f for f in ("broker_ca", "broker_cert", "broker_key") if getattr(args, f, None)]
+    if tls and scheme not in ("mqtts", "zenohs"):
+        parser.error(f"--{tls[0].replace('_', '-')} needs TLS: --broker mqtts://HOST:PORT or zenohs://HOST:PORT")
     if bool(args.broker_cert) != bool(args.broker_key):
         parser.error("--broker-cert and --broker-key go together")
 
@@ -89,13 +90,15 @@ def add_broker_args(p: argparse.ArgumentParser, receiver: bool) -> None:
         metavar="URL",
         help="mqtt://HOST:PORT: publish/subscribe frames through this MQTT broker; mqtts://[USER@]HOST:PORT: the "
         "same over TLS (8883 by default), as a user (the password from --broker-password-file or "
-        "LATENTCOMM_BROKER_PASSWORD, never the URL); zenoh://HOST:PORT: Zenoh, peer to peer ({where}). The flags "
-        "below that name a broker are MQTT's".replace("{where}", where),
+        "LATENTCOMM_BROKER_PASSWORD, never the URL); zenoh://HOST:PORT: Zenoh, peer to peer ({where}); "
+        "zenohs://HOST:PORT: the same over TLS".replace("{where}", where),
     )
     g.add_argument("--broker-ca", metavar="PEM", help="mqtts: the CA certificate(s) to verify the broker with "
-                   "(default: the system's)")  # fmt: skip
-    g.add_argument("--broker-cert", metavar="PEM", help="mqtts: this client's certificate (brokers that ask for one)")
-    g.add_argument("--broker-key", metavar="PEM", help="mqtts: the private key of --broker-cert")
+                   "(default: the system's). zenohs: a sender verifies the receiver's certificate with it; a "
+                   "receiver given it asks every sender for a certificate it signed (mutual TLS)")  # fmt: skip
+    g.add_argument("--broker-cert", metavar="PEM", help="mqtts: this client's certificate (brokers that ask for one). "
+                   "zenohs: the receiver's certificate (required there), or a sender's for mutual TLS")  # fmt: skip
+    g.add_argument("--broker-key", metavar="PEM", help="the private key of --broker-cert")
     g.add_argument(
         "--broker-password-file",
         metavar="PATH",

@@ -329,6 +329,8 @@ def main(argv: list[str] | None = None, prog: str = "receiver_sdvae.py") -> int:
     host, port = server.address
     models = f"model {', '.join(c.model_id for c in codecs)}" if codecs else "video only"
     sealing = f"sealed frames only, key id(s) {', '.join(k.hex() for k in keyring.keys)}" if keyring else "in clear"
+    if (args.broker or "").startswith(("mqtts://", "zenohs://")):
+        sealing += ", over TLS" if keyring else " over TLS (frames not sealed: --key)"
     print(
         f"Receiver listening on {host}:{port} ({models}; {sealing}); Ctrl-C to stop", file=sys.stderr, flush=True
     )

@@ -23,6 +23,7 @@ BROKERS: dict[str, str] = {
     "mqtt": "latentcomm.transports.mqtt",  # through an MQTT broker (Mosquitto): groups, viewers, persistence
     "mqtts": "latentcomm.transports.mqtt",  # the same over TLS, with a user and a password or client certificate
     "zenoh": "latentcomm.transports.zenoh",  # Zenoh, peer to peer: query per frame, reply per acknowledgement
+    "zenohs": "latentcomm.transports.zenoh",  # the same over TLS (a receiver certificate; mutual with --broker-ca)
 }
 
 
@@ -30,8 +31,9 @@ def broker_transport(url: str) -> ModuleType:
     """The transport module for a ``--broker`` URL (LatentcommError naming the schemes there are)."""
     scheme = urlparse(url).scheme
     if scheme not in BROKERS:
-        kinds = " or ".join(f"{s}://HOST:PORT" for s in BROKERS if s != "mqtts") + " (mqtts://USER@HOST:PORT: TLS)"
+        kinds = " or ".join(f"{s}://HOST:PORT" for s in BROKERS if not s.endswith("s"))
+        kinds += " (over TLS: mqtts://USER@HOST:PORT, zenohs://HOST:PORT)"
         raise LatentcommError(f"--broker must look like {kinds}, got {url!r}")
-    if scheme == "zenoh":
-        require("zenoh", "zenoh", "--broker zenoh://")
+    if scheme in ("zenoh", "zenohs"):
+        require("zenoh", "zenoh", f"--broker {scheme}://")
     return importlib.import_module(BROKERS[scheme])

@@ -31,6 +31,7 @@ import queue
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -45,17 +46,59 @@ from latentcomm.wire.keys import Keyring
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ZenohTls:
+    """``zenohs://``: the link in TLS (Zenoh's own, rustls). The receiver, which listens, presents
+    ``cert``/``key`` (--broker-cert/--broker-key); a sender verifies it against ``ca`` (--broker-ca) for
+    the URL's host. A receiver given ``ca`` too asks each sender for a certificate that CA signed
+    (mutual TLS): then only holders of one connect at all, before any frame is read."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+def auth_from_args(args) -> ZenohTls:
+    """The TLS flags a ``zenohs://`` URL takes (files checked here: one line, not Zenoh's panic)."""
+    tls = ZenohTls(getattr(args, "broker_ca", None), getattr(args, "broker_cert", None),
+                   getattr(args, "broker_key", None))  # fmt: skip
+    for flag, path in (("--broker-ca", tls.ca), ("--broker-cert", tls.cert), ("--broker-key", tls.key)):
+        if path is not None and not Path(path).is_file():
+            raise LatentcommError(f"{flag} {path}: no such file")
+    return tls
+
+
+def _tls_config(config: zenoh.Config, tls: ZenohTls, listening: bool) -> None:
+    link = "transport/link/tls/"
+    if listening:
+        if not (tls.cert and tls.key):
+            raise LatentcommError("a zenohs:// receiver needs its certificate: --broker-cert PEM --broker-key PEM")
+        config.insert_json5(link + "listen_certificate", json.dumps(tls.cert))
+        config.insert_json5(link + "listen_private_key", json.dumps(tls.key))
+        if tls.ca:  # senders must show a certificate this CA signed
+            config.insert_json5(link + "root_ca_certificate", json.dumps(tls.ca))
+            config.insert_json5(link + "enable_mtls", "true")
+    else:
+        if tls.ca:
+            config.insert_json5(link + "root_ca_certificate", json.dumps(tls.ca))
+        if tls.cert and tls.key:  # for a receiver that asks (mutual TLS)
+            config.insert_json5(link + "connect_certificate", json.dumps(tls.cert))
+            config.insert_json5(link + "connect_private_key", json.dumps(tls.key))
+            config.insert_json5(link + "enable_mtls", "true")
+
+
 def parse_endpoint(url: str) -> str:
-    """``zenoh://HOST:PORT`` -> Zenoh's endpoint ``tcp/HOST:PORT`` (port 7447 by default)."""
+    """``zenoh://HOST:PORT`` -> Zenoh's endpoint ``tcp/HOST:PORT`` (port 7447 by default);
+    ``zenohs://HOST:PORT`` -> ``tls/HOST:PORT``."""
     u = urlparse(url)
-    if u.scheme != "zenoh" or not u.hostname:
-        raise LatentcommError(f"--broker must look like zenoh://HOST:PORT, got {url!r}")
+    if u.scheme not in ("zenoh", "zenohs") or not u.hostname:
+        raise LatentcommError(f"--broker must look like zenoh://HOST:PORT or zenohs://HOST:PORT, got {url!r}")
     try:
         port = u.port or 7447
     except ValueError:
         raise LatentcommError(f"--broker {url!r}: bad port") from None
     host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
-    return f"tcp/{host}:{port}"
+    return f"{'tls' if u.scheme == 'zenohs' else 'tcp'}/{host}:{port}"
 
 
 def check_topic(topic: str) -> str:
@@ -64,9 +107,13 @@ def check_topic(topic: str) -> str:
     return topic
 
 
-def _open(listen: str | None = None, connect: str | None = None, wait_for: float = 0.0) -> zenoh.Session:
+def _open(
+    listen: str | None = None, connect: str | None = None, wait_for: float = 0.0, tls: ZenohTls | None = None
+) -> zenoh.Session:
     """A peer session that listens on or connects to one endpoint, nothing else (no multicast
-    scouting: a receiver must not pick up strangers' senders on the LAN)."""
+    scouting: a receiver must not pick up strangers' senders on the LAN). Over TLS a sender's session
+    opens only once the handshake with the receiver succeeded (within ``wait_for``), so a certificate
+    that doesn't verify is said at once rather than as a missing acknowledgement."""
     config = zenoh.Config()
     config.insert_json5("mode", '"peer"')
     config.insert_json5("scouting/multicast/enabled", "false")
@@ -74,6 +121,12 @@ def _open(listen: str | None = None, connect: str | None = None, wait_for: float
         config.insert_json5("listen/endpoints", json.dumps([listen]))
     if connect:
         config.insert_json5("connect/endpoints", json.dumps([connect]))
+    secure = (listen or connect or "").startswith("tls/")
+    if secure:
+        _tls_config(config, tls or ZenohTls(), listening=bool(listen))
+        if connect:
+            config.insert_json5("connect/exit_on_failure", "true")
+            config.insert_json5("connect/timeout_ms", str(max(2000, int(1000 * wait_for))))
     deadline = time.monotonic() + wait_for
     while True:
         try:
@@ -83,7 +136,11 @@ def _open(listen: str | None = None, connect: str | None = None, wait_for: float
                 time.sleep(0.25)
                 continue
             where = f"listen on {listen}" if listen else f"reach a receiver at {connect}"
-            raise TransportError(f"Zenoh could not {where}: {str(exc).splitlines()[0]}") from None
+            hint = ""
+            if secure and connect:
+                hint = " (over TLS: is the receiver up, its certificate signed by --broker-ca and made for that host?)"
+            reason = str(exc).splitlines()[0].split(" at /")[0]
+            raise TransportError(f"Zenoh could not {where}: {reason}{hint}") from None
 
 
 class ZenohSender(MessageSender):
@@ -93,7 +150,7 @@ class ZenohSender(MessageSender):
         self.endpoint = parse_endpoint(broker)
         self.topic = check_topic(topic)
         self.key_expr = f"latentcomm/{topic}/frames/{self.sender_id}"
-        self.session = _open(connect=self.endpoint, wait_for=wait_for)
+        self.session = _open(connect=self.endpoint, wait_for=wait_for, tls=self.auth)
 
     def close(self) -> None:
         self.session.close()
@@ -143,13 +200,16 @@ class ZenohSource(MessageOpener):
         wait_for: float = 10.0,
         keyring: Keyring | None = None,
         replay_state: Path | None = None,
+        tls: ZenohTls | None = None,
     ) -> None:
         super().__init__(v2_limits, keyring, replay_state, queue_size)
         self.endpoint = parse_endpoint(broker)
         self.topic = check_topic(topic)
-        host, _, port = self.endpoint.removeprefix("tcp/").rpartition(":")
-        self.address = (f"zenoh://{host}", int(port))
+        scheme, _, where = self.endpoint.partition("/")
+        host, _, port = where.rpartition(":")
+        self.address = (f"{'zenohs' if scheme == 'tls' else 'zenoh'}://{host}", int(port))
         self.wait_for = wait_for
+        self.tls = tls
         self.session: zenoh.Session | None = None
         self.queryable = None
 
@@ -158,10 +218,11 @@ class ZenohSource(MessageOpener):
         """The receiver's flags; those only a broker has (``--viewer``) are refused in one line."""
         if getattr(args, "viewer", False):
             raise LatentcommError("--viewer watches streams through an MQTT broker; Zenoh has no viewers")
-        return cls(args.broker, args.topic, v2_limits, keyring=keyring, replay_state=replay_state)
+        return cls(args.broker, args.topic, v2_limits, keyring=keyring, replay_state=replay_state,
+                   tls=auth_from_args(args))  # fmt: skip
 
     def start(self) -> ZenohSource:
-        self.session = _open(listen=self.endpoint, wait_for=self.wait_for)
+        self.session = _open(listen=self.endpoint, wait_for=self.wait_for, tls=self.tls)
         self.queryable = self.session.declare_queryable(
             f"latentcomm/{self.topic}/frames/*", self._on_query, complete=True
         )
