@@ -39,6 +39,9 @@ STATS_SCHEMA = {
         "sender_latency_ms": {"type": "integer", "description": "the sender's last capture-to-acknowledgement"},
         "decode_s": {"type": "number", "description": "this receiver's decode time"},
         "frame_type": {"type": "string", "description": "key or inter (video)"},
+        "image_size": {"type": "array", "items": {"type": "integer"}, "description": "shown [height, width]"},
+        "coded_size": {"type": "array", "items": {"type": "integer"},
+                       "description": "coded [height, width] (video: smaller than shown on a thin link)"},
     },
 }
 

@@ -55,6 +55,7 @@ def test_a_live_stream_is_recorded_as_it_arrived_and_decodes_frame_for_frame(tmp
     assert len(videos) == len(shown) and logs == ["robot 7"] * len(shown)
     assert [f["frame_bytes"] for f in figures] == [r["frame_bytes"] for r in shown]
     assert all(f["link_bps"] == 512_000 for f in figures)
+    assert [(f["coded_size"], f["image_size"]) for f in figures] == [(r["coded_size"], r["image_size"]) for r in shown]
     decoder = av.CodecContext.create("h264", "r")
     for unit, report in zip(videos, shown, strict=True):
         pictures = decoder.decode(av.Packet(unit))
