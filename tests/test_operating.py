@@ -140,6 +140,8 @@ def test_a_video_without_codec_streams_with_the_codec_auto_chose_and_says_why(tm
     chosen = said[0].split()[2]
     shown = [json.loads(line) for line in (out / "images.jsonl").read_text().splitlines()]
     assert chosen in ("av1", "h264") and shown and all(r["model"] == chosen for r in shown)
+    # The receiver's side is told too: the first frame's text (the dashboard's and MCAP's log) says it.
+    assert shown[0]["text"] == f"[{said[0]}]" and not any(r.get("text") for r in shown[1:])
     res = subprocess.run(
         [PYTHON, str(REPO / "sender_sdvae.py"), "--port", "1", "--video", str(video), "--preset", "8"],
         cwd=REPO, env=script_env(), capture_output=True, text=True, timeout=60,

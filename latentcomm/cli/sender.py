@@ -497,6 +497,8 @@ def _send_video(parser, args) -> int:
         choice = choose_codec(fit_picture(first.image, resolution), fps, fixed or auto_max)
         args.codec, preset = choice.codec, choice.preset
         print(f"--codec auto: {choice.reason}", file=sys.stderr, flush=True)
+        # ...and to the receiver's people: the first frame's text says it (dashboard, images.jsonl, MCAP log).
+        first = dataclasses.replace(first, note=f"--codec auto: {choice.reason}")
     codec = VideoCodec(args.codec, fixed or 256_000, fps, args.key_interval or max(1, round(10 * fps)), preset=preset)
     client = _client(args, key)
     pipeline: FramePipeline
