@@ -6,11 +6,14 @@ changes under --bandwidth auto."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -363,3 +366,50 @@ def test_a_stream_url_is_sent_as_given_and_reopened_when_it_drops(tmp_path, star
     assert r.returncode == 1 and "cannot open video tcp://127.0.0.1:1" in r.stderr and "Traceback" not in r.stderr
     r = run_script("sender_sdvae.py", "--codec", "h264", "--video", "x.mp4", "--video-option", "nokey", timeout=60)
     assert r.returncode == 2 and "--video-option 'nokey'" in r.stderr
+
+
+RTSP_SERVER = shutil.which("rtsp-server-perl")
+
+
+@pytest.mark.skipif(RTSP_SERVER is None, reason="the distribution's RTSP server: apt install rtsp-server-perl")
+def test_an_ip_camera_through_a_real_rtsp_server(tmp_path, start_receiver):
+    """rtsp://: the distribution's RTSP server (rtsp-server-perl, which .ci/run installs), a camera
+    publishing H.264 to it (tests/videos.py), and the sender reading it as an IP camera is read, with
+    an FFmpeg option passed through (--video-option). The receiver shows the camera's frames."""
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    client_port, source_port = free_port(), free_port()
+    rtp = 30000 + 2 * (os.getpid() % 4000)
+    server = subprocess.Popen([RTSP_SERVER, "--clientport", str(client_port), "--serverport", str(source_port),
+                               "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1",
+                               "--rtp_start_port", str(rtp)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    camera = None
+    try:
+        time.sleep(1.0)  # the server listening
+        camera = subprocess.Popen([PYTHON, "-m", "tests.videos", f"rtsp://127.0.0.1:{source_port}/gate", "400"],
+                                  cwd=REPO, env=script_env(), stderr=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(2.0)  # publishing
+        out = tmp_path / "out"
+        rx = start_receiver("--no-show", "--json", "--out", str(out))
+        frames, summary = finish(subprocess.Popen(
+            [PYTHON, str(REPO / "sender_sdvae.py"), "--codec", "h264", "--port", str(rx.port), "--video",
+             f"rtsp://127.0.0.1:{client_port}/gate", "--video-option", "rtsp_transport=udp", "--fps", "10",
+             "--max-frames", "30", "--bandwidth", "256k", "--json"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_env(),
+        ))  # fmt: skip
+        rx.stop()
+    finally:
+        for proc in (camera, server):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+    shown = received(out)
+    assert summary["frames_from_source"] == 30 and summary["frames_acknowledged"] >= 5, summary
+    assert all(r["name"].startswith(f"127.0.0.1-{client_port}-gate-") for r in shown)
+    with av.open(shown[0]["video_path"]) as container:  # kept as video, as it came
+        assert sum(1 for _ in container.decode(video=0)) == len(shown)

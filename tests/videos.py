@@ -74,7 +74,34 @@ def _serve_one(url: str, count: int, fps: int, size: int, src: np.ndarray, n: in
     return n
 
 
+def push_rtsp(url: str, frames: int, fps: int = 10, size: int = 64) -> None:
+    """A camera publishing to an RTSP server (``rtsp://host:port/path``, ANNOUNCE/RECORD over UDP, as
+    FFmpeg's ``-f rtsp`` does): a pan in H.264, every 10th picture a key frame, in real time."""
+    import time
+
+    import av
+
+    src = np.asarray(Image.open(REPO / "temp" / "apple.jpeg").convert("RGB").resize((size * 3, size * 2)))
+    with av.open(url, "w", format="rtsp", options={"rtsp_transport": "udp"}) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"tune": "zerolatency", "preset": "ultrafast", "g": "10"}
+        t0 = time.monotonic()
+        for n in range(frames):
+            x = (n * 4) % (2 * size)
+            view = np.ascontiguousarray(src[size // 2 : size // 2 + size, x : x + size])
+            frame = av.VideoFrame.from_ndarray(view, format="rgb24")
+            frame.pts = n
+            for packet in stream.encode(frame):
+                container.mux(packet)
+            time.sleep(max(0.0, t0 + (n + 1) / fps - time.monotonic()))
+
+
 if __name__ == "__main__":
     import sys
 
-    serve_mpegts(sys.argv[1], [int(v) for v in sys.argv[2:]])
+    if sys.argv[1].startswith("rtsp://"):
+        push_rtsp(sys.argv[1], int(sys.argv[2]))
+    else:
+        serve_mpegts(sys.argv[1], [int(v) for v in sys.argv[2:]])
