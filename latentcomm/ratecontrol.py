@@ -31,6 +31,20 @@ from dataclasses import dataclass
 from latentcomm.stream import parse_rate
 
 
+@dataclass(frozen=True)
+class Bandwidth:
+    """``--bandwidth``, parsed once (by argparse, :func:`bandwidth_arg`): a fixed rate in bits/s, or
+    ``auto`` estimated from the acknowledgements up to ``auto_max_bps``. The learned codec takes a
+    fixed rate as its byte budget per frame; a video codec takes either as its encoder's target."""
+
+    fixed_bps: float | None = None
+    auto_max_bps: float | None = None
+
+    @property
+    def auto(self) -> bool:
+        return self.auto_max_bps is not None
+
+
 def parse_bandwidth(text: str) -> tuple[float | None, float | None]:
     """'256k' -> (256000, None): a fixed rate; 'auto' / 'auto:1M' -> (None, max): estimated."""
     t = text.strip().lower()

@@ -320,6 +320,17 @@ seconds = number(0.001, 86400)
 seconds_or_zero = number(0, 86400)
 
 
+def bandwidth_arg(text: str):
+    """The argparse ``type`` of --bandwidth (:class:`latentcomm.ratecontrol.Bandwidth`): '256k', 'auto',
+    'auto:1M' parsed once, here; a one-line error otherwise."""
+    from latentcomm.ratecontrol import Bandwidth, parse_bandwidth
+
+    try:
+        return Bandwidth(*parse_bandwidth(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def byte_size(text: str) -> int:
     """'500M', '2G', '64k', '1000000' -> bytes (k, M, G: powers of 1024); positive and finite."""
 

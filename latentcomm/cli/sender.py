@@ -18,6 +18,7 @@ from latentcomm.cli.common import (
     add_network_args,
     add_output_args,
     add_rate_args,
+    bandwidth_arg,
     check_broker_args,
     check_rate_args,
     number,
@@ -125,6 +126,7 @@ def build_parser(prog: str = "sender_sdvae.py") -> argparse.ArgumentParser:
     stream.add_argument(
         "--bandwidth",
         metavar="RATE",
+        type=bandwidth_arg,
         help="fit the stream into RATE bits/s (e.g. 64k, 256k, 1M): each frame gets the best quality the budget "
         "allows, frames are dropped rather than queued when the link can't keep up (--codec learned, or a video "
         "codec). Video codecs also take 'auto' or 'auto:MAX': the rate is estimated from the acknowledgements' "
@@ -279,12 +281,10 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
             parser.error(f"{flag} is for the video codecs (--codec h264, av1 or vp9)")
     bandwidth = None
     if args.bandwidth is not None:
-        from latentcomm.stream import parse_rate
-
-        try:
-            bandwidth = parse_rate(args.bandwidth)
-        except ValueError as exc:
-            parser.error(f"--bandwidth: {exc}")
+        if args.bandwidth.auto:
+            parser.error("--bandwidth auto follows the link with a video codec (--codec h264, av1, vp9 or auto); "
+                         "the learned codec takes a fixed RATE")  # fmt: skip
+        bandwidth = args.bandwidth.fixed_bps
         if args.codec != "learned":
             parser.error("--bandwidth picks each frame's quality with the learned codec: add --codec learned")
         if args.quality is not None or args.target_bytes is not None:
@@ -463,12 +463,7 @@ def _send_video(parser, args) -> int:
         parser.error("--dtype and --compression are for --codec vae")
     fixed = auto_max = None
     if args.bandwidth is not None:
-        from latentcomm.ratecontrol import parse_bandwidth
-
-        try:
-            fixed, auto_max = parse_bandwidth(args.bandwidth)
-        except ValueError as exc:
-            parser.error(f"--bandwidth: {exc}")
+        fixed, auto_max = args.bandwidth.fixed_bps, args.bandwidth.auto_max_bps
     resolution = None
     if args.resolution is not None:
         try:
