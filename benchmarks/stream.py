@@ -177,7 +177,9 @@ def live_run(
     """Ours: the real sender and receiver, sealed, over the throttle at ``rate``. ``keep``: as anchor()'s."""
     out = tmp / f"out-{codec}-{video.stem}-{size}-{rate}-{int(enhance)}"
     extra = ("--enhance",) if enhance else ()
-    rx = ReceiverProcess("--codec", "learned", "--no-show", "--json", "--out", str(out), "--key", str(key), *extra)
+    # --save-frames: the pictures as shown (enhanced, upscaled), which PSNR is measured on.
+    rx = ReceiverProcess("--codec", "learned", "--no-show", "--json", "--out", str(out), "--save-frames", "--key",
+                         str(key), *extra)  # fmt: skip
     try:
         rx.wait_listening()
         rx_cpu0 = _cpu_seconds(rx.proc.pid)
