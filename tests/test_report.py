@@ -66,6 +66,8 @@ def test_quick_start_sample_report_is_what_the_sender_prints(start_receiver, tmp
         want = next(line for line in sample.splitlines() if line.startswith(prefix))
         got = next(line for line in tx.stdout.splitlines() if line.startswith(prefix))
         assert got == want, f"README sample says {want!r}, the sender prints {got!r}"
+    wire = re.compile(r"\(([\d,]+) bytes on the wire\)")  # the timing beside it varies; the bytes don't
+    assert wire.search(sample)[1] == wire.search(tx.stdout)[1], tx.stdout
 
 
 def test_the_readme_layout_names_every_module_and_only_real_files():
