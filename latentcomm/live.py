@@ -74,6 +74,8 @@ def send_video_stream(
             with meta_lock:  # (an acknowledgement that beat this to it leaves its frame out of the estimate)
                 if frame.seq in metas:
                     metas[frame.seq]["written"] = time.monotonic()
+                    if getattr(pipeline, "last_frame_bytes", None):  # as written: an INTER is smaller
+                        metas[frame.seq]["bytes"] = pipeline.last_frame_bytes
 
     thread = threading.Thread(target=writer, name="stream-write", daemon=True)
     thread.start()
@@ -81,6 +83,8 @@ def send_video_stream(
 
     stem: str | None = None  # the source's name stem, as the last key frame gave it
     overhead = 0  # bytes a frame costs besides its access unit (measured from the first frame)
+    bare: v2.ImageFrame | None = None  # an inter frame without its access unit, which that is measured on
+    compact = False  # the connection sends inter frames as INTER messages (the receiver reads them)
 
     # The share of the link the encoder aims at: the codec's own under a fixed --bandwidth (its rate
     # control's overshoot set aside), less under auto, whose estimate sits near the link's rate.
@@ -109,12 +113,19 @@ def send_video_stream(
     key_from = 0  # refusals of frames from this seq on ask for a key frame (older ones were answered)
 
     def settle(item) -> dict | None:
-        nonlocal acked, refused, sent_bytes, key_from, key_requests, scaled_ok
+        nonlocal acked, refused, sent_bytes, key_from, key_requests, scaled_ok, overhead, compact
         s, ack, t_ack = item
         if ack.ok and CAPABILITY in ack.message.split():
             scaled_ok = True
             if policy is not None:
                 policy.enable()
+        if ack.ok and not compact and bare is not None and getattr(pipeline, "compact", False):
+            # The receiver reads INTER messages: an inter frame's framing shrinks, and the encoder
+            # gets the bytes it saves.
+            compact = True
+            overhead = len(v2.encode_inter(bare)) + client.seal_overhead
+            if bandwidth_bps:
+                apply_rate(bandwidth_bps)
         with meta_lock:
             meta = metas.pop(s, None)
         if meta is None:
@@ -194,15 +205,17 @@ def send_video_stream(
             if coded_size != shown_size:
                 picture = picture.resize(coded_size, Image.Resampling.LANCZOS)
             seq += 1
-            text = texts(Path(f.name)) if texts is not None else None
-            if f.note:  # the source's own news (a reconnect) goes before the user's text
+            user_text = texts(Path(f.name)) if texts is not None else None
+            text = user_text
+            if f.note:  # the source's own news (a reconnect, --codec auto's choice) goes before the user's text
                 text = f"[{f.note}]" + (f" {text}" if text else "")
             if not overhead:
                 # What every inter frame costs besides its access unit (no name), sealing included,
-                # known before the first frame so that the encoder opens at the rate left for video.
+                # known before the first frame so that the encoder opens at the rate left for video
+                # (with the user's text, which every frame carries; not a one-off note).
                 bare = v2.ImageFrame(
                     0, codec.model_id, ENC_VIDEO, COMP_NONE, (3, *picture.size[::-1]), picture.size[::-1],
-                    bytes(VIDEO_HEADER.size), "", (), None, text,
+                    bytes(VIDEO_HEADER.size), "", (), None, user_text,
                 )  # fmt: skip
                 overhead = len(v2.encode_image(bare)) + client.seal_overhead
                 if start:

@@ -420,7 +420,9 @@ class Receiver:
             # A video key frame's acknowledgement says this receiver shows pictures coded smaller than
             # their picture size (latentcomm.operating): the sender may then follow a thin link with its size.
             key = report.get("codec") == "video" and report.get("frame_type") == "key"
-            item.reply.set_result(v2.Ack(f.seq, v2.Status.OK, SCALED_CAPABILITY if key else ""))
+            # It also says this receiver reads INTER messages (a connection's inter frames in 20 bytes of
+            # framing, docs/protocol.md): the sender's connection may then send them.
+            item.reply.set_result(v2.Ack(f.seq, v2.Status.OK, f"{SCALED_CAPABILITY} {v2.COMPACT}" if key else ""))
         self._print(report)
         return report
 

@@ -189,3 +189,90 @@ def test_fuzz_bit_flips_in_a_valid_frame(pos, value):
             pass
         else:
             assert np.isfinite(v2_dequantize(raw, ev.encoding, ev.shape, list(ev.params)).numpy()).all()
+
+
+# -- INTER: an inter frame that inherits its header from the connection's last IMAGE -----------------
+
+
+def video_frame(seq: int, name: str = "", text: str | None = None, size=(96, 160)) -> v2.ImageFrame:
+    from latentcomm.wire.encodings import ENC_VIDEO
+
+    return v2.ImageFrame(seq, "h264", ENC_VIDEO, COMP_NONE, (3, *size), size, bytes([seq % 256]) * 300, name, (),
+                         None, text)  # fmt: skip
+
+
+def test_inter_frames_go_only_once_the_receiver_says_it_reads_them_and_arrive_whole():
+    tx, rx = v2.Connection(v2.Role.SENDER), v2.Connection(v2.Role.RECEIVER)
+    frames = [video_frame(1, "cam-000000"), video_frame(2), video_frame(3, text="gate 7")]
+    before = [tx.send(f) for f in frames]
+    assert all(b[5] == v2.TYPE_IMAGE for b in before)  # no word from the receiver yet: whole IMAGEs
+    ack = rx.send(v2.Ack(1, v2.Status.OK, f"scaled {v2.COMPACT}"))
+    tx.receive_data(ack)
+    assert tx.next_event().ok and tx.compact
+    after = [tx.send(f) for f in frames]
+    assert [b[5] for b in after] == [v2.TYPE_IMAGE, v2.TYPE_INTER, v2.TYPE_INTER]  # a named frame goes whole
+    saved = v2.IMAGE_HEADER.size + len("h264") - v2.INTER_HEADER.size  # 20 bytes of framing instead of 52
+    assert len(after[1]) == len(before[1]) - saved == v2.PREFIX.size + v2.INTER_HEADER.size + 300
+    assert feed(rx, b"".join(before + after), 7) == frames + frames  # expanded to the very frames sent
+
+
+def test_an_inter_frame_without_its_image_is_refused_and_the_stream_stays_in_sync():
+    tx = v2.Connection(v2.Role.SENDER)
+    tx.compact = True
+    whole, inter, other = tx.send(video_frame(1, "cam-000000")), tx.send(video_frame(2)), tx.send(video_frame(3))
+    rx = v2.Connection(v2.Role.RECEIVER)
+    rx.receive_data(inter + whole + other)
+    with pytest.raises(v2.FrameRejected, match="before any image frame") as exc:
+        rx.next_event()
+    assert exc.value.status == v2.Status.MALFORMED and exc.value.seq == 2
+    assert rx.next_event().seq == 1 and rx.next_event() == video_frame(3)
+    # A refused IMAGE leaves nothing to inherit: the INTERs after it are refused too, not guessed.
+    bad = bytearray(tx.send(video_frame(4, "cam-000004")))
+    bad[-1] ^= 0xFF
+    rx.receive_data(bytes(bad) + tx.send(video_frame(5)))
+    for seq, status in ((4, v2.Status.CHECKSUM), (5, v2.Status.MALFORMED)):
+        with pytest.raises(v2.FrameRejected) as exc:
+            rx.next_event()
+        assert (exc.value.seq, exc.value.status) == (seq, status)
+
+
+def test_a_refusal_makes_the_senders_next_frame_whole_and_a_new_size_goes_whole():
+    tx, rx = v2.Connection(v2.Role.SENDER), v2.Connection(v2.Role.RECEIVER)
+    tx.compact = True
+    tx.send(video_frame(1, "cam-000000"))
+    assert tx.send(video_frame(2))[5] == v2.TYPE_INTER
+    tx.receive_data(rx.send(v2.Ack(2, v2.Status.KEY_FRAME_NEEDED, "frame 1 is missing")))
+    assert not tx.next_event().ok
+    assert tx.send(video_frame(3))[5] == v2.TYPE_IMAGE  # whatever the receiver lacks, this one it can read
+    assert tx.send(video_frame(4, size=(48, 80)))[5] == v2.TYPE_IMAGE  # a thin link's smaller picture
+
+
+def test_inter_frames_are_held_to_the_limits_from_their_header():
+    tx = v2.Connection(v2.Role.SENDER)
+    tx.compact = True
+    tx.send(video_frame(1, "cam-000000"))
+    for frame, limits, words in (
+        (video_frame(2), v2.Limits(max_payload_bytes=100), "payload of 300 bytes exceeds the limit of 100"),
+        (video_frame(3, text="x" * 50), v2.Limits(max_text_bytes=10), r"text of 50 bytes .* 10 \(--max-text\)"),
+        (video_frame(4), v2.Limits(max_payload_bytes=100, max_text_bytes=10), "message body of 308 bytes exceeds"),
+    ):
+        rx = v2.Connection(v2.Role.RECEIVER, limits)
+        rx.base = video_frame(1)
+        rx.receive_data(tx.send(frame)[: v2.PREFIX.size + v2.INTER_HEADER.size + v2.TEXT_LEN.size])  # header only
+        with pytest.raises(RemoteProtocolError, match=words):
+            rx.next_event()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=600), st.integers(min_value=0, max_value=1), st.integers(min_value=1, max_value=64))
+def test_fuzz_inter_bodies(body, flags, chunk):
+    limits = v2.Limits(max_payload_bytes=256, max_text_bytes=64)
+    rx = v2.Connection(v2.Role.RECEIVER, limits)
+    rx.base = video_frame(1)
+    message = v2.PREFIX.pack(v2.MAGIC, v2.VERSION, v2.TYPE_INTER, flags, len(body)) + body
+    try:
+        events = feed(rx, message, chunk)
+    except RemoteProtocolError:
+        return
+    for ev in events:  # whatever parses is the base's header with a payload within the limit
+        assert ev.shape == (3, 96, 160) and len(ev.payload) <= 256 and ev.name == ""

@@ -160,6 +160,12 @@ def test_sealed_h264_over_a_256k_link_shows_every_frame(tmp_path, start_receiver
                                                                   for r in shown)  # fmt: skip
     assert shown[0]["frame_type"] == "key" and shown[0]["name"] == "pan-000000" and shown[1]["frame_type"] == "inter"
     assert all(r["text"] == "robot 7" and r["model"] == "h264" for r in shown)
+    # Once the key frame's OK said this receiver reads INTER messages, inter frames go in 32 fewer bytes of
+    # framing (their header inherited from the key frame's, docs/protocol.md), sealed as ever.
+    key = shown[0]
+    inter = [r["frame_bytes"] - r["payload_bytes"] for r in shown if r["frame_type"] == "inter"]
+    whole = key["frame_bytes"] - key["payload_bytes"] - len(key["name"])  # an IMAGE's framing without its name
+    assert inter[-10:] == [whole - 32] * 10, (whole, inter)
     source = {f"pan-{i:06d}": i for i in range(50)}
     from latentcomm.stream import video_frames
 

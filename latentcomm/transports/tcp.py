@@ -554,11 +554,19 @@ class Pipeline:
         self._generation = 0
         self._closed = False
         self.reconnects = 0
+        #: Bytes on the wire of the last frame written (sealing included; an INTER is smaller).
+        self.last_frame_bytes = 0
 
     @property
     def in_flight(self) -> int:
         with self._cond:
             return len(self._inflight)
+
+    @property
+    def compact(self) -> bool:
+        """This connection sends inter frames as INTER messages (its receiver said it reads them)."""
+        proto = self.client._proto
+        return bool(proto is not None and proto.compact)
 
     @property
     def _inflight_bytes(self) -> int:
@@ -594,6 +602,7 @@ class Pipeline:
         client = self.client
         assert client._proto is not None
         data = client._proto.send(frame)
+        self.last_frame_bytes = len(data)
         generation = self._generation
         with self._cond:
             self._inflight[frame.seq] = size

@@ -165,6 +165,9 @@ class SecureConnection(v2.ReceiveBuffer):
         self._in: _Direction | None = None
         #: Bytes on the wire of the last message returned by ``next_event`` (prefix included).
         self.last_message_size = 0
+        #: As :class:`v2.Connection`'s: the receiver reads INTER messages; what an INTER inherits.
+        self.compact = False
+        self.base: v2.ImageFrame | None = None
 
     @property
     def established(self) -> bool:
@@ -196,7 +199,10 @@ class SecureConnection(v2.ReceiveBuffer):
         Before a receiver has a session (an unknown key id, plaintext where a seal was due), an ACK
         can only go out in clear: the sender treats such an answer as a refusal, never a delivery.
         """
-        inner = v2.Connection(self.role).send(event)
+        plain = v2.Connection(self.role)
+        plain.compact, plain.base = self.compact, self.base  # INTER state spans the sealed messages
+        inner = plain.send(event)
+        self.base = plain.base
         if self._out is None:
             if self.role is v2.Role.RECEIVER and isinstance(event, v2.Ack) and not event.ok:
                 return inner
@@ -370,9 +376,13 @@ class SecureConnection(v2.ReceiveBuffer):
         d.counter += 1
         # Authenticated: only now is the inner v2 message parsed, with the ordinary limits.
         parser = v2.Connection(self.role, self.limits)
+        parser.base, parser.compact = self.base, self.compact
         parser.receive_data(inner)
         parser.receive_eof()
-        event = parser.next_event()
+        try:
+            event = parser.next_event()
+        finally:
+            self.base, self.compact = parser.base, parser.compact
         if parser.next_event() is not v2.CLOSED:
             raise SealError("a sealed frame holds more than one message", v2.Status.MALFORMED)
         return event

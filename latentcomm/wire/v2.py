@@ -2,7 +2,7 @@
 
 The byte layout is specified in docs/protocol.md. In short, every message is
 
-    prefix  "!4sBBHI": magic b"LCV2", version 2, type (1 IMAGE, 2 ACK), reserved 0, body_len
+    prefix  "!4sBBHI": magic b"LCV2", version 2, type (1 IMAGE, 2 ACK, 7 INTER), flags, body_len
 
 followed by ``body_len`` bytes of body. The magic read as a legacy header means a 1.28 GB payload,
 which no receiver accepts, so a receiver tells v2 from legacy on one port by the first four bytes.
@@ -15,6 +15,13 @@ clean EOF), and turn events into bytes with ``send``. Two kinds of errors:
   message). The connection cannot continue: answer if you can, then close.
 - ``FrameRejected`` (a subclass): a well-delimited IMAGE whose content is bad (checksum, sizes).
   The stream is still in sync: acknowledge with the error code and keep reading.
+
+INTER is an IMAGE that says only what changes from frame to frame (sequence number, checksum,
+payload, text) and inherits the rest (model, encoding, compression, shapes, parameters) from the
+last IMAGE on the connection: a live video's inter frame in 20 bytes of framing instead of about 51.
+A sender uses it only once the receiver has said it reads it (``COMPACT`` in an acknowledgement;
+the transport sets :attr:`Connection.compact`), so an older receiver never gets one; each message of
+a broker stands alone and is always a whole IMAGE (a late viewer must be able to read it).
 """
 
 from __future__ import annotations
@@ -44,6 +51,12 @@ PARAM = struct.Struct("!ff")
 TEXT_LEN = struct.Struct("!I")
 TYPE_IMAGE = 1
 TYPE_ACK = 2
+#: (3 HELLO, 4 SEALED: latentcomm.wire.sealed; 5, 6: latentcomm.wire.broker_seal)
+TYPE_INTER = 7
+#: INTER's fixed body: sequence number, checksum (then the text's length with FLAG_TEXT).
+INTER_HEADER = struct.Struct("!II")
+#: The word in an acknowledgement by which a receiver says it reads INTER messages.
+COMPACT = "compact"
 #: Prefix flag (the prefix's 16-bit field, 0 in the first v2 receivers): an IMAGE carries a text.
 FLAG_TEXT = 0x0001
 
@@ -193,6 +206,30 @@ def encode_image(frame: ImageFrame) -> bytes:
     return PREFIX.pack(MAGIC, VERSION, TYPE_IMAGE, flags, len(body)) + body
 
 
+def inherits(frame: ImageFrame, base: ImageFrame | None) -> bool:
+    """Can ``frame`` go as an INTER after ``base`` (everything but seq, payload and text the same, no
+    name, no reference picture)?"""
+    return (
+        base is not None
+        and not frame.name
+        and frame.reference_png is None
+        and (frame.model, frame.encoding, frame.compression, frame.shape, frame.image_size, frame.params)
+        == (base.model, base.encoding, base.compression, base.shape, base.image_size, base.params)
+    )
+
+
+def encode_inter(frame: ImageFrame) -> bytes:
+    """``frame`` as an INTER message (the caller checked :func:`inherits`)."""
+    text = b"" if frame.text is None else frame.text.encode("utf-8", "strict")
+    header = INTER_HEADER.pack(frame.seq, _checksum(b"", b"", frame.payload, text))
+    flags = 0
+    if frame.text is not None:
+        flags |= FLAG_TEXT
+        header += TEXT_LEN.pack(len(text))
+    body = header + frame.payload + text
+    return PREFIX.pack(MAGIC, VERSION, TYPE_INTER, flags, len(body)) + body
+
+
 def encode_ack(ack: Ack) -> bytes:
     msg = ack.message.encode()[:1024]
     body = ACK_HEADER.pack(ack.seq, int(ack.status), len(msg)) + msg
@@ -240,12 +277,20 @@ class Connection(ReceiveBuffer):
         self._closed = False
         #: Bytes on the wire of the last message returned by ``next_event`` (prefix included).
         self.last_message_size = 0
+        #: Sender: the receiver reads INTER messages (it said :data:`COMPACT`); the transport sets it.
+        self.compact = False
+        #: The last IMAGE sent (sender) or read (receiver): what an INTER inherits.
+        self.base: ImageFrame | None = None
 
     def send(self, event: ImageFrame | Ack) -> bytes:
         if isinstance(event, ImageFrame):
             if self.role is not Role.SENDER:
                 raise LocalProtocolError("a receiver does not send images")
-            return encode_image(event)
+            if self.compact and inherits(event, self.base):
+                return encode_inter(event)
+            data = encode_image(event)
+            self.base = event
+            return data
         if isinstance(event, Ack):
             if self.role is not Role.RECEIVER:
                 raise LocalProtocolError("a sender does not send acknowledgements")
@@ -271,17 +316,22 @@ class Connection(ReceiveBuffer):
             raise RemoteProtocolError("not a v2 message (bad magic)")
         if version != VERSION:
             raise RemoteProtocolError(f"unsupported protocol version {version}")
-        want = TYPE_IMAGE if self.role is Role.RECEIVER else TYPE_ACK
-        if mtype != want:
+        want = (TYPE_IMAGE, TYPE_INTER) if self.role is Role.RECEIVER else (TYPE_ACK,)
+        if mtype not in want:
             raise RemoteProtocolError(f"unexpected message type {mtype} for a {self.role.value}")
-        limit = self.limits.max_body if mtype == TYPE_IMAGE else ACK_HEADER.size + 65535
+        limit = {
+            TYPE_IMAGE: self.limits.max_body,
+            TYPE_INTER: INTER_HEADER.size + TEXT_LEN.size + self.limits.max_payload_bytes + self.limits.max_text_bytes,
+        }.get(mtype, ACK_HEADER.size + 65535)
         if body_len > limit:
             raise RemoteProtocolError(f"message body of {body_len} bytes exceeds the limit of {limit}")
-        if flags & ~FLAG_TEXT or (flags and mtype != TYPE_IMAGE):
+        if flags & ~FLAG_TEXT or (flags and mtype == TYPE_ACK):
             raise RemoteProtocolError(f"unknown prefix flags {flags:#06x}")
         has_text = bool(flags & FLAG_TEXT)
         if mtype == TYPE_IMAGE and avail >= PREFIX.size + IMAGE_HEADER.size + has_text * TEXT_LEN.size:
             self._check_image_header(body_len, has_text)
+        if mtype == TYPE_INTER and avail >= PREFIX.size + INTER_HEADER.size + has_text * TEXT_LEN.size:
+            self._check_inter_header(body_len, has_text)
         if avail < PREFIX.size + body_len:
             if self._eof:
                 raise RemoteProtocolError(f"connection closed after {avail - PREFIX.size} of {body_len} body bytes")
@@ -290,7 +340,56 @@ class Connection(ReceiveBuffer):
         body = bytes(self._buf[start : start + body_len])
         self._pos = start + body_len
         self.last_message_size = PREFIX.size + body_len
-        return self._parse_image(body, has_text) if mtype == TYPE_IMAGE else self._parse_ack(body)
+        if mtype == TYPE_IMAGE:
+            self.base = None  # an IMAGE refused here leaves nothing to inherit: INTERs are refused till the next
+            self.base = self._parse_image(body, has_text)
+            return self.base
+        if mtype == TYPE_INTER:
+            return self._parse_inter(body, has_text)
+        ack = self._parse_ack(body)
+        if not ack.ok:  # the receiver may lack the last IMAGE: the next frame goes whole
+            self.base = None
+        elif COMPACT in ack.message.split():
+            self.compact = True
+        return ack
+
+    def _parse_inter(self, body: bytes, has_text: bool) -> ImageFrame:
+        """An INTER: the last IMAGE's fields with this message's sequence number, payload and text."""
+        fixed = INTER_HEADER.size + has_text * TEXT_LEN.size
+        if len(body) < fixed:
+            raise RemoteProtocolError("inter frame shorter than its header")
+        seq, crc = INTER_HEADER.unpack_from(body)
+        text_len = TEXT_LEN.unpack_from(body, INTER_HEADER.size)[0] if has_text else 0
+        if text_len > self.limits.max_text_bytes:
+            raise FrameRejected(seq, Status.TOO_LARGE, f"text of {text_len} bytes exceeds the limit")
+        if text_len > len(body) - fixed:
+            raise FrameRejected(seq, Status.MALFORMED, f"text of {text_len} bytes in a {len(body)}-byte body")
+        payload, text_raw = body[fixed : len(body) - text_len], body[len(body) - text_len :]
+        if len(payload) > self.limits.max_payload_bytes:
+            raise FrameRejected(seq, Status.TOO_LARGE, f"payload of {len(payload)} bytes exceeds the limit")
+        if self.base is None:
+            raise FrameRejected(seq, Status.MALFORMED, "an inter frame before any image frame on this connection")
+        if _checksum(b"", b"", payload, text_raw) != crc:
+            raise FrameRejected(seq, Status.CHECKSUM, "checksum mismatch (data corrupted in transit)")
+        text = _utf8(text_raw, "text", seq) if has_text else None
+        b = self.base
+        return ImageFrame(seq, b.model, b.encoding, b.compression, b.shape, b.image_size, payload, "", b.params,
+                          None, text)  # fmt: skip
+
+    def _check_inter_header(self, body_len: int, has_text: bool) -> None:
+        """An INTER's text and payload within the limits, from its header, before its body is buffered
+        (the same limits and words as an IMAGE's)."""
+        lim = self.limits
+        text_len = 0
+        if has_text:
+            (text_len,) = TEXT_LEN.unpack_from(self._buf, self._pos + PREFIX.size + INTER_HEADER.size)
+            if text_len > lim.max_text_bytes:
+                raise RemoteProtocolError(
+                    f"text of {text_len} bytes exceeds the receiver's limit of {lim.max_text_bytes} (--max-text)"
+                )
+        payload_len = body_len - INTER_HEADER.size - has_text * TEXT_LEN.size - text_len
+        if payload_len > lim.max_payload_bytes:
+            raise RemoteProtocolError(f"payload of {payload_len} bytes exceeds the limit of {lim.max_payload_bytes}")
 
     def _check_image_header(self, body_len: int, has_text: bool) -> None:
         """Refuse oversized images from the fixed header alone, before their body is buffered."""
