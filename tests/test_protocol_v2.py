@@ -214,6 +214,8 @@ def test_inter_frames_go_only_once_the_receiver_says_it_reads_them_and_arrive_wh
     saved = v2.IMAGE_HEADER.size + len("h264") - v2.INTER_HEADER.size  # 20 bytes of framing instead of 52
     assert len(after[1]) == len(before[1]) - saved == v2.PREFIX.size + v2.INTER_HEADER.size + 300
     assert feed(rx, b"".join(before + after), 7) == frames + frames  # expanded to the very frames sent
+    # Between frames a connection keeps the header an INTER inherits, never a payload (memory per connection).
+    assert rx.base.payload == b"" and tx.base.payload == b"" and rx.base.shape == (3, 96, 160)
 
 
 def test_an_inter_frame_without_its_image_is_refused_and_the_stream_stays_in_sync():

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum, IntEnum
 
 from latentcomm.errors import LocalProtocolError, RemoteProtocolError
@@ -218,6 +218,12 @@ def inherits(frame: ImageFrame, base: ImageFrame | None) -> bool:
     )
 
 
+def _header_of(frame: ImageFrame) -> ImageFrame:
+    """What an INTER inherits, without the bytes: a connection keeps no payload, reference picture or
+    text between frames (64 connections holding a 64 MiB payload each would be 4 GiB)."""
+    return replace(frame, payload=b"", reference_png=None, text=None, name="")
+
+
 def encode_inter(frame: ImageFrame) -> bytes:
     """``frame`` as an INTER message (the caller checked :func:`inherits`)."""
     text = b"" if frame.text is None else frame.text.encode("utf-8", "strict")
@@ -289,7 +295,7 @@ class Connection(ReceiveBuffer):
             if self.compact and inherits(event, self.base):
                 return encode_inter(event)
             data = encode_image(event)
-            self.base = event
+            self.base = _header_of(event)
             return data
         if isinstance(event, Ack):
             if self.role is not Role.RECEIVER:
@@ -342,8 +348,9 @@ class Connection(ReceiveBuffer):
         self.last_message_size = PREFIX.size + body_len
         if mtype == TYPE_IMAGE:
             self.base = None  # an IMAGE refused here leaves nothing to inherit: INTERs are refused till the next
-            self.base = self._parse_image(body, has_text)
-            return self.base
+            frame = self._parse_image(body, has_text)
+            self.base = _header_of(frame)
+            return frame
         if mtype == TYPE_INTER:
             return self._parse_inter(body, has_text)
         ack = self._parse_ack(body)
