@@ -345,7 +345,7 @@ class Receiver:
                 item.reply.set_result(v2.Ack(f.seq, status, str(exc)))
             return None
         size = f.image_size
-        recon = Image.fromarray(image, mode="RGB")
+        recon = Image.fromarray(image)  # (H, W, 3) uint8: RGB
         decode_s = time.perf_counter() - t0
         self._decoded += 1
         video = info.get("codec") == "video"
