@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 from PIL import Image
 
-from latentcomm.codecs.base import ImageCodec
-from latentcomm.codecs.video import VIDEO_CODECS, KeyFrameNeeded, VideoCodec, parse_payload
+from latentcomm.codecs.base import REGISTRY, ImageCodec, load_codec
+from latentcomm.codecs.video import KeyFrameNeeded, parse_payload
 from latentcomm.display import Viewer, display_available
 from latentcomm.errors import ImageError, LatentcommError, RemoteProtocolError
 from latentcomm.images import decode_image_bytes, unit_float_to_image
@@ -176,18 +176,20 @@ class Receiver:
                 f"legacy frames carry 4-channel latents; model {self.default.source} has {self.default.latent_channels}"
             )
         self.codecs = {c.model_id: c for c in codecs}
-        # A video codec named by --codec was made before the enhancer: it decodes with it like the others
-        # (a receiver started with --codec h264 --enhance enhanced nothing and said nothing).
-        for c in codecs:
-            if isinstance(c, VideoCodec) and enhancer is not None:
+        # The codecs REGISTRY declares always decoded (the video codecs) are accepted whatever --codec
+        # said: a decoder costs nothing until a stream uses it, and each stream gets its own (inter
+        # frames depend on the frames before them).
+        for name, entry in REGISTRY.items():
+            if entry.always_decoded and name not in self.codecs:
+                try:
+                    self.codecs[name] = load_codec(name)
+                except LatentcommError as exc:
+                    log.info("codec %s not available: %s", name, exc)
+        # Every codec decodes through the enhancer it was trained for, the one --codec named included
+        # (a receiver started with --codec h264 --enhance once enhanced nothing and said nothing).
+        if enhancer is not None:
+            for c in self.codecs.values():
                 c.set_enhancer(enhancer)
-        # Video streams (latentcomm.codecs.video) are always accepted: a decoder costs nothing until a stream
-        # uses it, and each stream gets its own (inter frames depend on the frames before them).
-        for name in VIDEO_CODECS:
-            try:
-                self.codecs.setdefault(name, VideoCodec(name, enhancer=enhancer))
-            except LatentcommError as exc:
-                log.info("video codec %s not available: %s", name, exc)
         self._streams: OrderedDict[tuple[str, str, str], ImageCodec] = OrderedDict()
         self._stream_pixels: dict[tuple[str, str, str], int] = {}  # the picture size each decoder holds
         self._stream_seen: dict[tuple[str, str, str], float] = {}  # when each stream's last frame came

@@ -11,8 +11,9 @@ Implementations, each one module registered in :data:`REGISTRY`:
 
 The sender, the receiver, the metrics script and the benchmarks use them the same way; what differs
 between them is said by class attributes (``kind``, ``inter_coded``, ``compression_label``), never
-by ``isinstance``. A new codec is one module with a class that has ``from_options`` plus one line in
-:data:`REGISTRY`. The legacy frame (original scripts) keeps its own encoder in
+by ``isinstance``; what must be known before the class is imported (the extra that installs it,
+whether receivers always decode it) is said by its :data:`REGISTRY` line. A new codec is one module
+with a class that has ``from_options`` plus that one line. The legacy frame (original scripts) keeps its own encoder in
 :mod:`latentcomm.wire.encodings`: its layout is frozen and has no room for another codec.
 """
 
@@ -31,17 +32,29 @@ if TYPE_CHECKING:  # the interface names tensors; a video-only install (no torch
     import numpy as np
     import torch
 
-#: What to install when a codec's module can't import (pyproject.toml's extras).
-EXTRAS: dict[str, str] = {"vae": "vae", "learned": "learned"}
+@dataclass(frozen=True)
+class Registered:
+    """A codec as :data:`REGISTRY` declares it: where its class is, and what a program must know
+    before importing it (an import may cost torch, a second and a gigabyte)."""
 
-#: ``--codec`` name -> ``module:Class``. Classes load on first use, so a sender of H.264 never loads
-#: the learned codec's model code, and the video codecs' PyAV stays out of an image sender.
-REGISTRY: dict[str, str] = {
-    "vae": "latentcomm.codecs.vae:VaeCodec",
-    "learned": "latentcomm.codecs.learned.codec:LearnedCodec",
-    "h264": "latentcomm.codecs.video:VideoCodec",
-    "av1": "latentcomm.codecs.video:VideoCodec",
-    "vp9": "latentcomm.codecs.video:VideoCodec",
+    #: ``module:Class``, imported on first use.
+    target: str
+    #: The pyproject.toml extra that brings its dependencies ("core": none beyond the core).
+    extra: str = "core"
+    #: A receiver decodes its streams whatever ``--codec`` names (a decoder costs nothing until a
+    #: stream uses it): the video codecs.
+    always_decoded: bool = False
+
+
+#: ``--codec`` name -> its class and what it needs. Classes load on first use, so a sender of H.264
+#: never loads the learned codec's model code, and the video codecs' PyAV stays out of an image
+#: sender. A new codec is one module and one line here.
+REGISTRY: dict[str, Registered] = {
+    "vae": Registered("latentcomm.codecs.vae:VaeCodec", extra="vae"),
+    "learned": Registered("latentcomm.codecs.learned.codec:LearnedCodec", extra="learned"),
+    "h264": Registered("latentcomm.codecs.video:VideoCodec", always_decoded=True),
+    "av1": Registered("latentcomm.codecs.video:VideoCodec", always_decoded=True),
+    "vp9": Registered("latentcomm.codecs.video:VideoCodec", always_decoded=True),
 }
 
 
@@ -126,6 +139,10 @@ class ImageCodec(ABC):
         was refused undecoded), so the stream goes on from a key frame. Nothing for stateless codecs."""
         return None
 
+    def set_enhancer(self, enhancer) -> None:
+        """A receiver's picture enhancer (``--enhance``): the codecs it was trained for take it."""
+        return None
+
     def frame_name(self, name: str, payload: bytes) -> str:
         """The name a decoded frame is reported under: the one it carries (a video stream's inter
         frames may leave it out and carry only their index in the source)."""
@@ -156,11 +173,13 @@ def codec_class(name: str) -> type[ImageCodec]:
     """The class registered for ``--codec name``."""
     if name not in REGISTRY:
         raise LocalProtocolError(f"unknown codec {name!r}; choose one of {', '.join(REGISTRY)}")
-    module, _, cls = REGISTRY[name].partition(":")
+    entry = REGISTRY[name]
+    module, _, cls = entry.target.partition(":")
     try:
         loaded = importlib.import_module(module)
     except ModuleNotFoundError as exc:  # an install without this codec's extra: one line, what to add
-        hint = f"pip install 'latentcomm[{EXTRAS.get(name, 'full')}]' (or -r requirements.txt)"
+        extra = "full" if entry.extra == "core" else entry.extra
+        hint = f"pip install 'latentcomm[{extra}]' (or -r requirements.txt)"
         raise CodecUnavailable(f"codec {name!r} needs {exc.name!r}, which this install lacks: {hint}") from None
     return getattr(loaded, cls)
 
