@@ -325,8 +325,8 @@ def main(argv: list[str] | None = None, prog: str = "sender_sdvae.py") -> int:
     protocol = args.protocol
     if protocol == "auto":
         protocol = (
-            "v2" if len(images) > 1 or args.codec == "learned" or key or texts or args.broker or args.name else "legacy"
-        )
+            "v2" if len(images) > 1 or args.codec != "vae" or key or texts or args.broker or args.name else "legacy"
+        )  # only the VAE codec speaks the original scripts' frame
     if protocol == "legacy":
         if len(images) > 1:
             parser.error(
