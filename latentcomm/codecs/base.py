@@ -19,14 +19,13 @@ with a class that has ``from_options`` plus that one line. The legacy frame (ori
 
 from __future__ import annotations
 
-import importlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from latentcomm.errors import LocalProtocolError, MissingExtra
+from latentcomm.errors import LocalProtocolError, MissingExtra, require
 
 if TYPE_CHECKING:  # the interface names tensors; a video-only install (no torch) never builds one
     import numpy as np
@@ -175,12 +174,10 @@ def codec_class(name: str) -> type[ImageCodec]:
         raise LocalProtocolError(f"unknown codec {name!r}; choose one of {', '.join(REGISTRY)}")
     entry = REGISTRY[name]
     module, _, cls = entry.target.partition(":")
-    try:
-        loaded = importlib.import_module(module)
-    except ModuleNotFoundError as exc:  # an install without this codec's extra: one line, what to add
-        extra = "full" if entry.extra == "core" else entry.extra
-        hint = f"pip install 'latentcomm[{extra}]' (or -r requirements.txt)"
-        raise CodecUnavailable(f"codec {name!r} needs {exc.name!r}, which this install lacks: {hint}") from None
+    try:  # an install without this codec's extra: one line, what to add
+        loaded = require(module, "full" if entry.extra == "core" else entry.extra, f"codec {name!r}")
+    except MissingExtra as exc:
+        raise CodecUnavailable(str(exc)) from None
     return getattr(loaded, cls)
 
 
